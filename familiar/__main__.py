@@ -1,0 +1,7 @@
+"""``python -m familiar``."""
+
+import sys
+
+from familiar.cli import main
+
+sys.exit(main())

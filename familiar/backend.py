@@ -1,0 +1,487 @@
+"""SlotClient: the only code in familiar that talks to LLM servers.
+
+One client per slot. Per request attempt it takes a seat (the slot's ``parallel``
+cap, shared by all replicas), passes the request-rate throttle, picks the replica
+with the fewest outstanding requests (skipping replicas cooling down after a
+failure), streams the answer so time to first token is measured, and reports an
+:class:`CallEvent` to every hook. Failed attempts (connect errors, timeouts, 429,
+5xx, malformed answers) are retried by tenacity with exponential backoff and
+jitter, honouring ``Retry-After``; the seat is given back while waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+import httpx
+import openai
+import structlog
+from asyncio_throttle import Throttler
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from familiar.context import correlation_id
+from familiar.errors import (
+    BackendConnectError,
+    BackendError,
+    BackendHTTPError,
+    BackendProtocolError,
+    BackendTimeout,
+)
+from familiar.seats import Seats
+from familiar.slots import Slot
+
+log = structlog.get_logger("familiar.backend")
+
+Kind = Literal["chat", "completion"]
+Message = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How failed attempts are retried. ``sleep`` is injectable so tests take no time."""
+
+    attempts: int = 4
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    cooldown_s: float = 5.0
+    max_retry_after_s: float = 120.0
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    def backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Full-jitter exponential backoff, never shorter than the server's Retry-After."""
+        ceiling = min(self.max_s, self.initial_s * (2 ** (attempt - 1)))
+        wait = random.uniform(ceiling / 2, ceiling)
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, self.max_retry_after_s))
+        return wait
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """A finished request: the text and everything measured on the way."""
+
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_s: float
+    ttft_s: float | None
+    queue_wait_s: float
+    attempts: int
+    replica: str
+    slot: str
+    model: str
+
+    def json(self) -> Any:
+        """The text parsed as JSON (for schema-constrained calls)."""
+        return json.loads(self.text)
+
+
+@dataclass(frozen=True)
+class CallEvent:
+    """One HTTP attempt to a backend, as seen by telemetry hooks."""
+
+    slot: str
+    replica: str
+    model: str
+    runtime: str
+    role: str | None
+    kind: Kind
+    attempt: int
+    status: Literal["ok", "error"]
+    error_type: str | None
+    http_status: int | None
+    latency_s: float
+    ttft_s: float | None
+    queue_wait_s: float
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    finish_reason: str | None
+    correlation_id: str | None
+    seats_in_use: int
+    seats_total: int
+
+
+Hook = Callable[[CallEvent], None]
+
+
+@dataclass
+class Replica:
+    url: str
+    client: openai.AsyncOpenAI
+    outstanding: int = 0
+    failures: int = 0
+    cooldown_until: float = 0.0
+
+    def cooling(self, now: float) -> bool:
+        return self.cooldown_until > now
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, BackendHTTPError):
+        return exc.retryable
+    return isinstance(exc, BackendTimeout | BackendConnectError | BackendProtocolError)
+
+
+def _retry_after(headers: httpx.Headers | Mapping[str, str]) -> float | None:
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None  # an HTTP date: treat as absent, backoff applies
+
+
+@dataclass
+class _Attempt:
+    text: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    ttft_s: float | None = None
+    chunks: int = 0
+
+
+class SlotClient:
+    """Talks to one slot: seats, throttle, retries, replica choice, streaming."""
+
+    def __init__(
+        self,
+        slot: Slot,
+        *,
+        seats: Seats | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retry: RetryPolicy | None = None,
+        hooks: Sequence[Hook] = (),
+        stream: bool = True,
+    ) -> None:
+        if slot.embedded:
+            raise ValueError(f"slot {slot.name!r} is 'embedded': resolve it with Fleet first")
+        self.slot = slot
+        self.seats = seats if seats is not None else Seats(slot.parallel)
+        self.retry = retry or RetryPolicy()
+        self.hooks: list[Hook] = list(hooks)
+        self.stream = stream
+        self._throttler = _throttler(slot.rps)
+        size = max(self.seats.total, slot.parallel) + 2
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(slot.timeout_s, connect=slot.connect_timeout_s),
+            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+        )
+        key = slot.api_key() or "sk-no-key"
+        self.replicas = [
+            Replica(
+                url=url,
+                client=openai.AsyncOpenAI(
+                    base_url=url, api_key=key, max_retries=0, http_client=cast(Any, self._http)
+                ),
+            )
+            for url in slot.url
+        ]
+        self._rr = 0
+
+    def __repr__(self) -> str:  # never shows a key
+        return (
+            f"SlotClient(slot={self.slot.name!r}, urls={list(self.slot.url)!r}, "
+            f"seats={self.seats!r})"
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> SlotClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- public calls ---------------------------------------------------------------
+
+    async def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        role: str | None = None,
+        json_schema: Mapping[str, Any] | None = None,
+        schema_name: str = "result",
+        **params: Any,
+    ) -> CallResult:
+        """A chat completion; ``json_schema`` asks for schema-constrained output."""
+        body: dict[str, Any] = {"messages": list(messages), **_clean(params)}
+        if json_schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": schema_name, "schema": dict(json_schema), "strict": True},
+            }
+        return await self._call("chat", body, role)
+
+    async def complete(self, prompt: str, *, role: str | None = None, **params: Any) -> CallResult:
+        """A raw text completion (``/v1/completions``)."""
+        return await self._call("completion", {"prompt": prompt, **_clean(params)}, role)
+
+    # -- machinery --------------------------------------------------------------------
+
+    async def _call(self, kind: Kind, body: dict[str, Any], role: str | None) -> CallResult:
+        first_wait: list[float] = []
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            ra = exc.retry_after if isinstance(exc, BackendHTTPError) else None
+            return self.retry.backoff(state.attempt_number, ra)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.retry.attempts),
+            wait=wait,
+            retry=retry_if_exception(_retryable),
+            sleep=self.retry.sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._attempt(
+                    kind, body, role, attempt.retry_state.attempt_number, first_wait
+                )
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    def _pick(self) -> Replica:
+        now = time.monotonic()
+        ready = [r for r in self.replicas if not r.cooling(now)]
+        if not ready:  # everyone is cooling down: probe the one that recovers first
+            return min(self.replicas, key=lambda r: r.cooldown_until)
+        low = min(r.outstanding for r in ready)
+        best = [r for r in ready if r.outstanding == low]
+        self._rr += 1
+        return best[self._rr % len(best)]
+
+    async def _attempt(
+        self, kind: Kind, body: dict[str, Any], role: str | None, n: int, first_wait: list[float]
+    ) -> CallResult:
+        queued = time.monotonic()
+        async with self.seats:
+            if self._throttler is not None:
+                async with self._throttler:
+                    pass
+            queue_wait = time.monotonic() - queued
+            if not first_wait:
+                first_wait.append(queue_wait)
+            replica = self._pick()
+            replica.outstanding += 1
+            start = time.monotonic()
+            acc = _Attempt()
+            error: BackendError | None = None
+            try:
+                await self._request(replica, kind, body, acc, start)
+            except BackendError as exc:
+                error = exc
+                raise
+            except asyncio.CancelledError:
+                raise
+            finally:
+                replica.outstanding -= 1
+                latency = time.monotonic() - start
+                self._after(replica, error)
+                self._emit(kind, role, n, replica, acc, error, latency, queue_wait)
+        return CallResult(
+            text="".join(acc.text),
+            finish_reason=acc.finish_reason,
+            prompt_tokens=acc.prompt_tokens,
+            completion_tokens=acc.completion_tokens,
+            latency_s=latency,
+            ttft_s=acc.ttft_s,
+            queue_wait_s=first_wait[0],
+            attempts=n,
+            replica=replica.url,
+            slot=self.slot.name,
+            model=self.slot.model,
+        )
+
+    def _after(self, replica: Replica, error: BackendError | None) -> None:
+        if error is None:
+            replica.failures = 0
+            replica.cooldown_until = 0.0
+        elif len(self.replicas) > 1 and _replica_fault(error):
+            replica.failures += 1
+            backoff = self.retry.cooldown_s * 2 ** min(replica.failures - 1, 4)
+            replica.cooldown_until = time.monotonic() + backoff
+            log.warning(
+                "replica cooling down",
+                slot=self.slot.name,
+                replica=replica.url,
+                seconds=round(backoff, 2),
+                error=type(error).__name__,
+            )
+
+    async def _request(
+        self, replica: Replica, kind: Kind, body: dict[str, Any], acc: _Attempt, start: float
+    ) -> None:
+        cid = correlation_id.get()
+        headers = {"X-Correlation-ID": cid} if cid else None
+        name, url = self.slot.name, replica.url
+        try:
+            if self.stream:
+                await self._stream(replica, kind, body, headers, acc, start)
+            else:
+                await self._plain(replica, kind, body, headers, acc, start)
+        except openai.APITimeoutError:
+            raise BackendTimeout(
+                name, f"no answer within {self.slot.timeout_s}s", replica=url
+            ) from None
+        except openai.APIConnectionError as exc:
+            raise BackendConnectError(name, f"connection failed: {exc}", replica=url) from None
+        except openai.APIStatusError as exc:
+            raise BackendHTTPError(
+                name,
+                exc.status_code,
+                _short(exc.message),
+                retry_after=_retry_after(exc.response.headers),
+                replica=url,
+            ) from None
+        except httpx.TimeoutException:
+            raise BackendTimeout(name, "read timed out mid-answer", replica=url) from None
+        except httpx.TransportError as exc:
+            raise BackendConnectError(
+                name, f"transport error: {type(exc).__name__}", replica=url
+            ) from None
+        except (openai.APIResponseValidationError, ValueError, KeyError, TypeError) as exc:
+            raise BackendProtocolError(
+                name, f"malformed answer: {_short(str(exc))}", replica=url
+            ) from None
+        if acc.chunks == 0:
+            raise BackendProtocolError(name, "empty or malformed answer", replica=url)
+
+    async def _stream(
+        self,
+        replica: Replica,
+        kind: Kind,
+        body: dict[str, Any],
+        headers: dict[str, str] | None,
+        acc: _Attempt,
+        start: float,
+    ) -> None:
+        api: Any = replica.client
+        extra = {"stream": True, "stream_options": {"include_usage": True}}
+        if kind == "chat":
+            stream: Any = await api.chat.completions.create(
+                model=self.slot.model, extra_headers=headers, **body, **extra
+            )
+        else:
+            stream = await api.completions.create(
+                model=self.slot.model, extra_headers=headers, **body, **extra
+            )
+        async with stream:
+            async for chunk in stream:
+                acc.chunks += 1
+                if chunk.usage is not None:
+                    acc.prompt_tokens = chunk.usage.prompt_tokens
+                    acc.completion_tokens = chunk.usage.completion_tokens
+                if not chunk.choices:
+                    continue
+                choice = chunk.choices[0]
+                piece = choice.delta.content if kind == "chat" else choice.text
+                if piece:
+                    if acc.ttft_s is None:
+                        acc.ttft_s = time.monotonic() - start
+                    acc.text.append(piece)
+                if choice.finish_reason is not None:
+                    acc.finish_reason = choice.finish_reason
+
+    async def _plain(
+        self,
+        replica: Replica,
+        kind: Kind,
+        body: dict[str, Any],
+        headers: dict[str, str] | None,
+        acc: _Attempt,
+        start: float,
+    ) -> None:
+        api: Any = replica.client
+        if kind == "chat":
+            resp: Any = await api.chat.completions.create(
+                model=self.slot.model, extra_headers=headers, **body
+            )
+            text = resp.choices[0].message.content or ""
+        else:
+            resp = await api.completions.create(
+                model=self.slot.model, extra_headers=headers, **body
+            )
+            text = resp.choices[0].text or ""
+        acc.chunks = 1
+        acc.text.append(text)
+        acc.finish_reason = resp.choices[0].finish_reason
+        if resp.usage is not None:
+            acc.prompt_tokens = resp.usage.prompt_tokens
+            acc.completion_tokens = resp.usage.completion_tokens
+
+    def _emit(
+        self,
+        kind: Kind,
+        role: str | None,
+        attempt: int,
+        replica: Replica,
+        acc: _Attempt,
+        error: BackendError | None,
+        latency: float,
+        queue_wait: float,
+    ) -> None:
+        if not self.hooks:
+            return
+        event = CallEvent(
+            slot=self.slot.name,
+            replica=replica.url,
+            model=self.slot.model,
+            runtime=self.slot.runtime,
+            role=role,
+            kind=kind,
+            attempt=attempt,
+            status="ok" if error is None else "error",
+            error_type=None if error is None else type(error).__name__,
+            http_status=error.status
+            if isinstance(error, BackendHTTPError)
+            else (None if error else 200),
+            latency_s=latency,
+            ttft_s=acc.ttft_s,
+            queue_wait_s=queue_wait,
+            prompt_tokens=acc.prompt_tokens,
+            completion_tokens=acc.completion_tokens,
+            finish_reason=acc.finish_reason,
+            correlation_id=correlation_id.get(),
+            seats_in_use=self.seats.in_use,
+            seats_total=self.seats.total,
+        )
+        for hook in self.hooks:
+            try:
+                hook(event)
+            except Exception:  # a hook must never break the work
+                log.exception("event hook failed", hook=repr(hook))
+
+
+def _replica_fault(error: BackendError) -> bool:
+    """Errors that say the replica itself is unwell (not the request, not overload)."""
+    if isinstance(error, BackendHTTPError):
+        return error.status >= 500
+    return isinstance(error, BackendConnectError | BackendTimeout)
+
+
+def _throttler(rps: float | None) -> Throttler | None:
+    if rps is None:
+        return None
+    if rps >= 1:
+        return Throttler(rate_limit=round(rps), period=1.0)
+    return Throttler(rate_limit=1, period=1.0 / rps)
+
+
+def _clean(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,25 @@
+"""Context carried across awaits: the correlation id of the current session or batch."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+correlation_id: ContextVar[str | None] = ContextVar("familiar_correlation_id", default=None)
+
+
+def new_correlation_id() -> str:
+    """A fresh id: sortable by time prefix, unique by random suffix."""
+    return uuid.uuid7().hex if hasattr(uuid, "uuid7") else uuid.uuid4().hex
+
+
+@contextmanager
+def bound_correlation_id(value: str) -> Iterator[str]:
+    """Bind ``value`` as the correlation id for the enclosed code (and its tasks)."""
+    token = correlation_id.set(value)
+    try:
+        yield value
+    finally:
+        correlation_id.reset(token)

@@ -1,0 +1,265 @@
+"""The dispatcher: bounded work board, one worker task per seat, routing by code.
+
+Work items name the role they prefer. Every pool (a role served by a slot) runs one
+worker task per seat of its slot, all inside one ``asyncio.TaskGroup``. A worker
+takes its own role's work first; when there is none, it steals from the roles its
+role may stand in for (``naughty`` <-> ``kindergarten``), so no worker pool idles
+while interchangeable work waits. The board is bounded (``submit`` waits for room)
+and closed explicitly; results keep their item ids; a failing item reports its error
+without touching the others unless ``fail_fast`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from familiar.errors import DispatchError
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+#: Which roles a role's pool may steal work from when it has none of its own.
+STEALS: Mapping[str, tuple[str, ...]] = {
+    "naughty": ("kindergarten",),
+    "kindergarten": ("naughty",),
+}
+
+
+@dataclass(frozen=True)
+class WorkItem(Generic[P]):
+    id: str
+    role: str
+    payload: P
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A role served by one slot with ``seats`` worker tasks. ``client`` is opaque here."""
+
+    role: str
+    slot: str
+    seats: int
+    client: Any = None
+
+
+@dataclass(frozen=True)
+class ItemResult(Generic[R]):
+    id: str
+    role: str
+    ran_as: str | None
+    slot: str | None
+    value: R | None = None
+    error: BaseException | None = None
+    started: float = 0.0
+    finished: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+Handler = Callable[[WorkItem[P], Pool], Awaitable[R]]
+
+
+class BoardClosed(RuntimeError):
+    """``put`` on a closed board."""
+
+
+class WorkBoard(Generic[P]):
+    """A bounded, closable set of per-role FIFO queues with work stealing."""
+
+    def __init__(self, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError("a work board must be bounded (maxsize >= 1)")
+        self.maxsize = maxsize
+        self._queues: dict[str, deque[WorkItem[P]]] = {}
+        self._size = 0
+        self._closed = False
+        self._cond = asyncio.Condition()
+
+    def __len__(self) -> int:
+        return self._size
+
+    def pending(self, role: str) -> int:
+        return len(self._queues.get(role, ()))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def put(self, item: WorkItem[P]) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self._closed or self._size < self.maxsize)
+            if self._closed:
+                raise BoardClosed("the work board is closed")
+            self._queues.setdefault(item.role, deque()).append(item)
+            self._size += 1
+            self._cond.notify_all()
+
+    async def take(self, roles: Sequence[str]) -> WorkItem[P] | None:
+        """The next item of the first role in ``roles`` that has one; None once closed."""
+        async with self._cond:
+            while True:
+                for role in roles:
+                    queue = self._queues.get(role)
+                    if queue:
+                        self._size -= 1
+                        self._cond.notify_all()
+                        return queue.popleft()
+                if self._closed:
+                    return None
+                await self._cond.wait()
+
+    async def close(self) -> None:
+        async with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+@dataclass
+class PoolState:
+    pool: Pool
+    busy: int = 0
+    done: int = 0
+    stolen: int = 0
+
+
+class Dispatcher(Generic[P, R]):
+    """Fan work out to pools of workers; ``async with Dispatcher(pools, handler) as d``."""
+
+    def __init__(
+        self,
+        pools: Sequence[Pool],
+        handler: Handler[P, R],
+        *,
+        maxsize: int | None = None,
+        fail_fast: bool = False,
+        steals: Mapping[str, tuple[str, ...]] = STEALS,
+    ) -> None:
+        if not pools:
+            raise ValueError("the dispatcher needs at least one pool")
+        self.pools = [PoolState(p) for p in pools]
+        self._handler = handler
+        self._fail_fast = fail_fast
+        self._steals = steals
+        seats = sum(p.seats for p in pools)
+        self.board: WorkBoard[P] = WorkBoard(maxsize or max(2 * seats, 1))
+        self._futures: dict[str, asyncio.Future[ItemResult[R]]] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._accepts = {p.role for p in pools} | {
+            victim for p in pools for victim in steals.get(p.role, ())
+        }
+
+    async def __aenter__(self) -> Dispatcher[P, R]:
+        self._tg = asyncio.TaskGroup()
+        await self._tg.__aenter__()
+        for state in self.pools:
+            for seat in range(state.pool.seats):
+                self._tg.create_task(
+                    self._worker(state), name=f"worker:{state.pool.role}@{state.pool.slot}#{seat}"
+                )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None
+        await self.board.close()
+        try:
+            return await self._tg.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:  # fail-fast: surface the item's error itself
+            failed = group.subgroup(DispatchError)
+            if failed is None:
+                raise
+            first: BaseException = failed
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
+        finally:
+            for fut in self._futures.values():
+                fut.cancel()
+            self._futures.clear()
+
+    def accepts(self, role: str) -> bool:
+        return role in self._accepts
+
+    async def submit(self, item: WorkItem[P]) -> asyncio.Future[ItemResult[R]]:
+        """Queue an item (waits while the board is full); its result arrives on the future."""
+        if not self.accepts(item.role):
+            raise ValueError(f"no active pool can run work for role {item.role!r}")
+        if item.id in self._futures:
+            raise ValueError(f"duplicate work item id {item.id!r}")
+        fut: asyncio.Future[ItemResult[R]] = asyncio.get_running_loop().create_future()
+        self._futures[item.id] = fut
+        try:
+            await self.board.put(item)
+        except BaseException:
+            self._futures.pop(item.id, None)
+            raise
+        return fut
+
+    async def _worker(self, state: PoolState) -> None:
+        pool = state.pool
+        roles = (pool.role, *self._steals.get(pool.role, ()))
+        while (item := await self.board.take(roles)) is not None:
+            fut = self._futures.pop(item.id)
+            state.busy += 1
+            if item.role != pool.role:
+                state.stolen += 1
+            started = time.monotonic()
+            try:
+                value = await self._handler(item, pool)
+            except Exception as exc:
+                result: ItemResult[R] = ItemResult(
+                    item.id,
+                    item.role,
+                    pool.role,
+                    pool.slot,
+                    error=exc,
+                    started=started,
+                    finished=time.monotonic(),
+                )
+                if not fut.done():
+                    fut.set_result(result)
+                if self._fail_fast:
+                    raise DispatchError(item.id, exc) from exc
+            else:
+                result = ItemResult(
+                    item.id,
+                    item.role,
+                    pool.role,
+                    pool.slot,
+                    value=value,
+                    started=started,
+                    finished=time.monotonic(),
+                )
+                if not fut.done():
+                    fut.set_result(result)
+            finally:
+                state.busy -= 1
+                state.done += 1
+
+
+async def run_all(
+    pools: Sequence[Pool],
+    handler: Handler[P, R],
+    items: Iterable[WorkItem[P]],
+    *,
+    fail_fast: bool = False,
+    maxsize: int | None = None,
+) -> list[ItemResult[R]]:
+    """Run every item through a dispatcher; results in the items' order."""
+    async with Dispatcher(pools, handler, fail_fast=fail_fast, maxsize=maxsize) as d:
+        futures: list[asyncio.Future[ItemResult[R]]] = []
+        for item in items:
+            futures.append(await d.submit(item))
+        return list(await asyncio.gather(*futures))

@@ -1,0 +1,91 @@
+"""Fleet: one SlotClient per active slot, with the embedded backend resolved.
+
+Seats belong to a deployment, not to a slot's name: slots that point at the same
+URLs (e.g. every role bound to the embedded llama-server) share one ``Seats`` object,
+so their sum in flight never exceeds the deployment's ``parallel``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from familiar.backend import Hook, RetryPolicy, SlotClient
+from familiar.seats import Seats
+from familiar.slots import Slot
+
+
+class Fleet:
+    """Owns the clients of a run; ``async with Fleet(...) as fleet: fleet[slot_name]``."""
+
+    def __init__(
+        self,
+        slots: Mapping[str, Slot],
+        *,
+        home: Path,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retry: RetryPolicy | None = None,
+        hooks: Sequence[Hook] = (),
+        local_seats: int = 4,
+    ) -> None:
+        self._slots = dict(slots)
+        self._home = home
+        self._transport = transport
+        self._retry = retry
+        self._hooks = list(hooks)
+        self._local_seats = local_seats
+        self._stack = AsyncExitStack()
+        self.clients: dict[str, SlotClient] = {}
+        self.seats: dict[tuple[str, ...], Seats] = {}
+        self._caps: dict[tuple[str, ...], int] = {}
+
+    def __getitem__(self, slot: str) -> SlotClient:
+        return self.clients[slot]
+
+    async def __aenter__(self) -> Fleet:
+        try:
+            resolved = await self._resolve_embedded()
+            for slot in resolved.values():  # the strictest cap of a deployment wins
+                cap = min(slot.parallel, self._caps.get(slot.url, slot.parallel))
+                self._caps[slot.url] = cap
+            self.seats = {url: Seats(cap) for url, cap in self._caps.items()}
+            for name, slot in resolved.items():
+                client = SlotClient(
+                    slot,
+                    seats=self.seats[slot.url],
+                    transport=self._transport,
+                    retry=self._retry,
+                    hooks=self._hooks,
+                )
+                self._stack.push_async_callback(client.aclose)
+                self.clients[name] = client
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    async def _resolve_embedded(self) -> dict[str, Slot]:
+        if not any(s.embedded for s in self._slots.values()):
+            return self._slots
+        from familiar.local import LocalServer  # the extra is optional
+
+        server = LocalServer(self._home, seats=self._local_seats)
+        info = await self._stack.enter_async_context(server.running(owned=True))
+        return {
+            name: slot.model_copy(update={"url": (info.base_url,), "parallel": info.seats})
+            if slot.embedded
+            else slot
+            for name, slot in self._slots.items()
+        }

@@ -1,0 +1,66 @@
+"""structlog set-up: JSON or console lines on stderr, correlation id bound, secrets masked."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+from familiar.context import correlation_id
+
+_SECRET_KEYS = re.compile(r"(api[_-]?key|authorization|token|secret|password)", re.I)
+_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{6,}")
+_SK = re.compile(r"\bsk-[A-Za-z0-9_-]{8,}")
+
+
+def mask(text: str) -> str:
+    """Hide bearer tokens and ``sk-...`` keys inside free text."""
+    return _SK.sub("sk-***", _BEARER.sub(r"\1***", text))
+
+
+def _add_correlation_id(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    cid = correlation_id.get()
+    if cid is not None:
+        event.setdefault("correlation_id", cid)
+    return event
+
+
+def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in list(event.items()):
+        if _SECRET_KEYS.search(key) and not key.endswith("_env"):
+            event[key] = "***"
+        elif isinstance(value, str):
+            event[key] = mask(value)
+    return event
+
+
+def configure(level: str | None = None, json: bool | None = None) -> None:
+    """Configure structlog once per process. ``FAMILIAR_LOG_LEVEL``, ``FAMILIAR_LOG_JSON``."""
+    name = (level or os.environ.get("FAMILIAR_LOG_LEVEL") or "warning").upper()
+    numeric = logging.getLevelNamesMapping().get(name, logging.WARNING)
+    as_json = json if json is not None else os.environ.get("FAMILIAR_LOG_JSON") == "1"
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            _add_correlation_id,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,105 @@
+"""Slots: backend deployments, and the slots file that lists them.
+
+A slot is one OpenAI-compatible deployment: one or more replica URLs, a model name,
+a runtime, and ``parallel`` -- the number of requests it serves at once, a hard cap.
+API keys never live in the file: ``api_key_env`` names an environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from familiar.errors import SlotsFileError
+
+Runtime = Literal["vllm", "llama.cpp", "sglang", "ollama", "openai"]
+EMBEDDED = "embedded"
+#: Runtimes known to honour ``response_format`` with ``json_schema``.
+SCHEMA_RUNTIMES: frozenset[str] = frozenset({"vllm", "llama.cpp", "sglang", "openai"})
+
+
+class Slot(BaseModel):
+    """One backend deployment. ``parallel`` is never exceeded."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    url: tuple[str, ...]
+    model: str
+    runtime: Runtime = "openai"
+    parallel: Annotated[int, Field(ge=1, le=4096)] = 1
+    rps: Annotated[float, Field(gt=0)] | None = None
+    timeout_s: Annotated[float, Field(gt=0)] = 300.0
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    api_key_env: str | None = None
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _listify(cls, value: object) -> object:
+        if isinstance(value, str):
+            return (value,)
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _check_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("url must name at least one replica")
+        for url in value:
+            if url != EMBEDDED and not url.startswith(("http://", "https://")):
+                raise ValueError(f"url {url!r} must be http(s)://... or 'embedded'")
+        if EMBEDDED in value and len(value) > 1:
+            raise ValueError("'embedded' cannot be mixed with other replicas")
+        return tuple(u.rstrip("/") for u in value)
+
+    @property
+    def embedded(self) -> bool:
+        return self.url == (EMBEDDED,)
+
+    @property
+    def supports_json_schema(self) -> bool:
+        return self.runtime in SCHEMA_RUNTIMES
+
+    def api_key(self) -> str | None:
+        """The key from the named environment variable (never stored on the object)."""
+        if self.api_key_env is None:
+            return None
+        return os.environ.get(self.api_key_env) or None
+
+
+def parse_slots(data: dict[str, object], source: str) -> dict[str, Slot]:
+    """Validate the parsed TOML of a slots file."""
+    table = data.get("slots")
+    if not isinstance(table, dict) or not table:
+        raise SlotsFileError(f"{source}: no [slots.<name>] tables found")
+    unknown = set(data) - {"slots"}
+    if unknown:
+        raise SlotsFileError(f"{source}: unknown top-level key(s): {', '.join(sorted(unknown))}")
+    slots: dict[str, Slot] = {}
+    for name, body in table.items():
+        if not isinstance(body, dict):
+            raise SlotsFileError(f"{source}: [slots.{name}] must be a table")
+        try:
+            slots[name] = Slot(name=name, **body)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or name
+            raise SlotsFileError(f"{source}: [slots.{name}] {where}: {err['msg']}") from None
+    return slots
+
+
+def load_slots(path: Path) -> dict[str, Slot]:
+    """Read and validate a slots file."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SlotsFileError(f"slots file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SlotsFileError(f"cannot read slots file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SlotsFileError(f"{path}: invalid TOML: {exc}") from None
+    return parse_slots(data, str(path))
