@@ -22,7 +22,7 @@ from typing import Any, Literal, cast
 import httpx
 import openai
 import structlog
-from asyncio_throttle import Throttler
+from asyncio_throttle.throttler import Throttler
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from familiar.context import correlation_id

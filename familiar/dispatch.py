@@ -171,11 +171,11 @@ class Dispatcher(Generic[P, R]):
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
+    ) -> None:
         assert self._tg is not None
         await self.board.close()
         try:
-            return await self._tg.__aexit__(exc_type, exc, tb)
+            await self._tg.__aexit__(exc_type, exc, tb)
         except BaseExceptionGroup as group:  # fail-fast: surface the item's error itself
             failed = group.subgroup(DispatchError)
             if failed is None:

@@ -1,0 +1,1014 @@
+"""A fake OpenAI-compatible HTTP/1.1 server for tests and benchmarks.
+
+Pure ``asyncio`` streams and the standard library only (``httpx`` is imported lazily, and only by
+the :func:`spawn_fake_server` helper). The hot path is kept lean so that the server can be used
+as a zero-latency benchmark target; HTTP keep-alive is supported, request bodies must carry a
+``Content-Length`` (no chunked request bodies), and streamed answers use
+``Transfer-Encoding: chunked``.
+
+Endpoints
+---------
+* ``POST /v1/chat/completions`` and ``POST /v1/completions`` (also without the ``/v1`` prefix):
+  OpenAI response shapes, SSE streaming when ``"stream": true`` (with a final usage-only chunk
+  when ``stream_options.include_usage`` is true).
+* ``GET /health`` and ``GET /v1/models``.
+* Admin (JSON): ``POST /_admin/config``, ``POST /_admin/faults``, ``POST /_admin/replies``,
+  ``GET /_admin/stats``, ``POST /_admin/reset``, ``GET /_admin/requests``.
+
+Reply text selection for a completion request, in order: the next queued fault (a fault of kind
+``"reply"`` is a scripted success), else the next queued scripted reply, else ``"{}"`` when the
+request has a ``response_format`` of type ``json_schema``/``json_object``, else
+``"echo: " + <last user message or prompt>`` (the echoed part truncated to
+:data:`ECHO_MAX_CHARS` characters).
+
+Faults (consumed one per completion request, FIFO; optional ``"delay_s"`` delays any non-reply
+fault):
+
+* ``{"kind": "status", "status": 500}`` (any status; ``"retry_after": 0.2`` sets ``Retry-After``)
+* ``{"kind": "hang"}``: never answer until the client disconnects or the server stops
+* ``{"kind": "reset"}``: close the socket abruptly (``SO_LINGER`` 0, so the peer gets a RST)
+* ``{"kind": "malformed"}``: 200, ``application/json``, body ``{"choices": [``
+* ``{"kind": "reply", "text": "...", "finish_reason": "stop"}``: scripted successful reply
+
+Stats: ``requests`` (completion requests received), ``in_flight``, ``max_in_flight``,
+``completed`` (completion requests answered successfully with a full, well-formed 200 response,
+scripted ``reply`` faults included), ``faults_served`` (fault-queue entries consumed, ``reply``
+entries included), ``disconnects`` (completion requests whose client went away, or hit a
+``reset`` fault, before the response was fully written) and ``connections`` (TCP connections
+accepted; useful to verify keep-alive).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from http import HTTPStatus
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ECHO_MAX_CHARS",
+    "FAULT_KINDS",
+    "RECORDED_HEADERS",
+    "FakeConfig",
+    "FakeOpenAIServer",
+    "SpawnedFakeServer",
+    "main",
+    "spawn_fake_server",
+]
+
+DEFAULT_MODEL = "fake-model"
+#: Maximum number of characters of the user's text echoed back by the default reply.
+ECHO_MAX_CHARS = 200
+#: Request headers copied into each recorded request (lower-cased names).
+RECORDED_HEADERS: tuple[str, ...] = ("authorization", "x-correlation-id", "x-request-id")
+FAULT_KINDS = frozenset({"status", "hang", "reset", "malformed", "reply"})
+
+_MAX_HEADER_BYTES = 64 * 1024
+_MAX_BODY_BYTES = 64 * 1024 * 1024
+_READ_SIZE = 65536
+_MALFORMED_BODY = b'{"choices": ['
+_PIECE_RE = re.compile(r"\s*\S+|\s+")
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+_CHAT = "chat"
+_TEXT = "text"
+_COMPLETION_ROUTES: dict[str, str] = {
+    "/v1/chat/completions": _CHAT,
+    "/chat/completions": _CHAT,
+    "/v1/completions": _TEXT,
+    "/completions": _TEXT,
+}
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+_status_line_cache: dict[int, bytes] = {}
+
+
+def _status_line(status: int) -> bytes:
+    line = _status_line_cache.get(status)
+    if line is None:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Unknown"
+        line = f"HTTP/1.1 {status} {phrase}\r\n".encode()
+        _status_line_cache[status] = line
+    return line
+
+
+def _response_bytes(
+    status: int,
+    body: bytes,
+    *,
+    keep_alive: bool,
+    content_type: bytes = b"application/json",
+    extra_headers: bytes = b"",
+) -> bytes:
+    return b"".join(
+        (
+            _status_line(status),
+            b"Content-Type: ",
+            content_type,
+            b"\r\nContent-Length: ",
+            str(len(body)).encode(),
+            b"\r\n" if keep_alive else b"\r\nConnection: close\r\n",
+            extra_headers,
+            b"\r\n",
+            body,
+        )
+    )
+
+
+def _error_body(message: str, err_type: str, code: str | None = None) -> bytes:
+    return _dumps({"error": {"message": message, "type": err_type, "param": None, "code": code}})
+
+
+def _sse_chunk(obj: Any) -> bytes:
+    """One SSE event framed as one HTTP chunk."""
+    data = b"data: " + _dumps(obj) + b"\n\n"
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+_SSE_DONE_AND_END = b"%x\r\n%b\r\n0\r\n\r\n" % (len(b"data: [DONE]\n\n"), b"data: [DONE]\n\n")
+
+
+def _content_text(content: Any) -> str:
+    """Text of a chat message ``content`` (a string or a list of content parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def _format_seconds(value: float) -> str:
+    return format(value, "g")
+
+
+class _BadRequestError(Exception):
+    """The peer sent something this server will not parse; the connection is dropped."""
+
+
+@dataclass(slots=True)
+class _Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    keep_alive: bool
+
+
+class _Connection:
+    """A client connection with its own read buffer (bytes read while waiting are kept)."""
+
+    __slots__ = ("buf", "reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.buf = bytearray()
+
+    async def _fill(self) -> bool:
+        data = await self.reader.read(_READ_SIZE)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    async def read_request(self) -> _Request | None:
+        """Read one request; ``None`` on a clean EOF between requests."""
+        buf = self.buf
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end >= 0:
+                break
+            if len(buf) > _MAX_HEADER_BYTES:
+                raise _BadRequestError("header block too large")
+            if not await self._fill():
+                if buf:
+                    raise _BadRequestError("EOF inside the header block")
+                return None
+        head = bytes(buf[:end]).decode("latin-1")
+        del buf[: end + 4]
+        lines = head.split("\r\n")
+        try:
+            method, target, version = lines[0].split(" ", 2)
+        except ValueError:
+            raise _BadRequestError(f"bad request line {lines[0]!r}") from None
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if "transfer-encoding" in headers:
+            raise _BadRequestError("chunked request bodies are not supported")
+        try:
+            length = int(headers.get("content-length", "0"))
+        except ValueError:
+            raise _BadRequestError("bad Content-Length") from None
+        if length < 0 or length > _MAX_BODY_BYTES:
+            raise _BadRequestError("bad Content-Length")
+        while len(buf) < length:
+            if not await self._fill():
+                raise _BadRequestError("EOF inside the body")
+        body = bytes(buf[:length])
+        del buf[:length]
+        connection = headers.get("connection", "").lower()
+        if version == "HTTP/1.1":
+            keep_alive = "close" not in connection
+        else:
+            keep_alive = "keep-alive" in connection
+        path = target.split("?", 1)[0]
+        return _Request(method, path, headers, body, keep_alive)
+
+    async def wait_eof(self) -> None:
+        """Return when the peer has closed the connection (buffering anything it sends)."""
+        try:
+            while await self._fill():
+                pass
+        except (ConnectionError, OSError):
+            pass
+
+    async def sleep_unless_eof(self, delay: float) -> bool:
+        """Sleep ``delay`` seconds; ``False`` if the peer disconnected meanwhile."""
+        watcher = asyncio.create_task(self.wait_eof())
+        try:
+            done, _ = await asyncio.wait((watcher,), timeout=delay)
+            return not done
+        finally:
+            if not watcher.done():
+                watcher.cancel()
+                await asyncio.wait((watcher,))
+
+
+@dataclass(slots=True)
+class FakeConfig:
+    """Runtime configuration (see ``POST /_admin/config``)."""
+
+    latency_s: float = 0.0
+    ttft_s: float = 0.0
+    model: str = DEFAULT_MODEL
+
+
+def _validate_fault(fault: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(fault, Mapping):
+        raise ValueError(f"a fault must be an object, got {fault!r}")
+    kind = fault.get("kind")
+    if kind not in FAULT_KINDS:
+        raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
+    out = dict(fault)
+    if kind == "status":
+        status = out.get("status")
+        if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+            raise ValueError(f"status fault needs an integer 'status', got {status!r}")
+        retry_after = out.get("retry_after")
+        if retry_after is not None and not isinstance(retry_after, int | float):
+            raise ValueError(f"'retry_after' must be a number, got {retry_after!r}")
+    elif kind == "reply":
+        if not isinstance(out.get("text"), str):
+            raise ValueError("reply fault needs a string 'text'")
+        if not isinstance(out.setdefault("finish_reason", "stop"), str):
+            raise ValueError("'finish_reason' must be a string")
+    delay = out.setdefault("delay_s", 0.0)
+    if not isinstance(delay, int | float) or delay < 0:
+        raise ValueError(f"'delay_s' must be a non-negative number, got {delay!r}")
+    return out
+
+
+class FakeOpenAIServer:
+    """In-process fake OpenAI server; use as ``async with FakeOpenAIServer() as srv:``."""
+
+    def __init__(
+        self,
+        *,
+        latency_s: float = 0.0,
+        ttft_s: float = 0.0,
+        model: str = DEFAULT_MODEL,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.host = host
+        self._port = port
+        self._default_config = FakeConfig(latency_s=latency_s, ttft_s=ttft_s, model=model)
+        self.config = FakeConfig(latency_s=latency_s, ttft_s=ttft_s, model=model)
+        self._faults: deque[dict[str, Any]] = deque()
+        self._replies: deque[str] = deque()
+        self._requests: list[dict[str, Any]] = []
+        self._n_requests = 0
+        self._in_flight = 0
+        self._max_in_flight = 0
+        self._completed = 0
+        self._faults_served = 0
+        self._disconnects = 0
+        self._connections = 0
+        self._ids = itertools.count(1)
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._admin_routes: dict[tuple[str, str], Callable[[Any], Any]] = {
+            ("POST", "/_admin/config"): self._admin_config,
+            ("POST", "/_admin/faults"): self._admin_faults,
+            ("POST", "/_admin/replies"): self._admin_replies,
+            ("GET", "/_admin/stats"): lambda _body: self.stats,
+            ("POST", "/_admin/reset"): self._admin_reset,
+            ("GET", "/_admin/requests"): lambda _body: self.requests,
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start listening (again, on the same port after a :meth:`stop`)."""
+        if self._server is not None:
+            raise RuntimeError("server already running")
+        server = await asyncio.start_server(
+            self._handle, self.host, self._port, backlog=2048, reuse_address=True
+        )
+        self._server = server
+        self._port = server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stop listening and drop every open connection (in-flight requests die)."""
+        server = self._server
+        if server is None:
+            return
+        self._server = None
+        server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def port(self) -> int:
+        if self._port == 0:
+            raise RuntimeError("port not known before start()")
+        return self._port
+
+    @property
+    def base(self) -> str:
+        """``http://HOST:PORT`` (no trailing slash)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """OpenAI ``base_url``: ``http://HOST:PORT/v1``."""
+        return f"{self.base}/v1"
+
+    # ------------------------------------------------------------------ control API
+
+    def configure(
+        self,
+        *,
+        latency_s: float | None = None,
+        ttft_s: float | None = None,
+        model: str | None = None,
+    ) -> dict[str, Any]:
+        """Change the config (any subset); returns the resulting config."""
+        if latency_s is not None:
+            if latency_s < 0:
+                raise ValueError("latency_s must be >= 0")
+            self.config.latency_s = float(latency_s)
+        if ttft_s is not None:
+            if ttft_s < 0:
+                raise ValueError("ttft_s must be >= 0")
+            self.config.ttft_s = float(ttft_s)
+        if model is not None:
+            self.config.model = str(model)
+        return asdict(self.config)
+
+    def add_faults(self, faults: Iterable[Mapping[str, Any]]) -> int:
+        """Append faults to the FIFO; returns the number queued."""
+        validated = [_validate_fault(f) for f in faults]
+        self._faults.extend(validated)
+        return len(self._faults)
+
+    def add_replies(self, replies: Iterable[str]) -> int:
+        """Append scripted reply texts to the FIFO; returns the number queued."""
+        texts = list(replies)
+        if not all(isinstance(t, str) for t in texts):
+            raise ValueError("replies must be strings")
+        self._replies.extend(texts)
+        return len(self._replies)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {
+            "requests": self._n_requests,
+            "in_flight": self._in_flight,
+            "max_in_flight": self._max_in_flight,
+            "completed": self._completed,
+            "faults_served": self._faults_served,
+            "disconnects": self._disconnects,
+            "connections": self._connections,
+        }
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """Recorded completion requests: ``{"path", "body", "headers"}`` each (a copy)."""
+        return list(self._requests)
+
+    def reset(self) -> None:
+        """Clear stats, faults, replies and recorded requests; restore the initial config.
+
+        ``in_flight`` keeps counting requests still being served; ``max_in_flight`` restarts
+        from the current ``in_flight``.
+        """
+        self.config = FakeConfig(**asdict(self._default_config))
+        self._faults.clear()
+        self._replies.clear()
+        self._requests.clear()
+        self._n_requests = 0
+        self._max_in_flight = self._in_flight
+        self._completed = 0
+        self._faults_served = 0
+        self._disconnects = 0
+        self._connections = 0
+
+    # ------------------------------------------------------------------ admin handlers
+
+    def _admin_config(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise ValueError("body must be a JSON object")
+        unknown = set(body) - {"latency_s", "ttft_s", "model"}
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        for key in ("latency_s", "ttft_s"):
+            value = body.get(key)
+            if value is not None and (not isinstance(value, int | float) or value < 0):
+                raise ValueError(f"{key} must be a non-negative number")
+        model = body.get("model")
+        if model is not None and not isinstance(model, str):
+            raise ValueError("model must be a string")
+        return self.configure(
+            latency_s=body.get("latency_s"), ttft_s=body.get("ttft_s"), model=model
+        )
+
+    def _admin_faults(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("faults"), list):
+            raise ValueError('body must be {"faults": [...]}')
+        return {"queued": self.add_faults(body["faults"])}
+
+    def _admin_replies(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("replies"), list):
+            raise ValueError('body must be {"replies": [...]}')
+        return {"queued": self.add_replies(body["replies"])}
+
+    def _admin_reset(self, _body: Any) -> dict[str, Any]:
+        self.reset()
+        return {"status": "ok"}
+
+    # ------------------------------------------------------------------ HTTP plumbing
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(writer)
+        self._connections += 1
+        conn = _Connection(reader, writer)
+        try:
+            while True:
+                req = await conn.read_request()
+                if req is None:
+                    break
+                if not await self._dispatch(conn, req):
+                    break
+        except _BadRequestError as exc:
+            with contextlib.suppress(ConnectionError, OSError):
+                writer.write(
+                    _response_bytes(
+                        400, _error_body(str(exc), "invalid_request_error"), keep_alive=False
+                    )
+                )
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            self._writers.discard(writer)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _dispatch(self, conn: _Connection, req: _Request) -> bool:
+        """Serve one request; return whether the connection stays open."""
+        path = req.path
+        kind = _COMPLETION_ROUTES.get(path)
+        if kind is not None and req.method == "POST":
+            return await self._completion(conn, req, kind)
+        writer = conn.writer
+        keep = req.keep_alive
+        if req.method == "GET" and path == "/health":
+            writer.write(_response_bytes(200, b'{"status":"ok"}', keep_alive=keep))
+        elif req.method == "GET" and path in ("/v1/models", "/models"):
+            body = _dumps(
+                {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": self.config.model,
+                            "object": "model",
+                            "created": 0,
+                            "owned_by": "fake-openai",
+                        }
+                    ],
+                }
+            )
+            writer.write(_response_bytes(200, body, keep_alive=keep))
+        elif path.startswith("/_admin/"):
+            writer.write(self._admin(req))
+        elif kind is not None or path in ("/health", "/v1/models", "/models"):
+            writer.write(
+                _response_bytes(
+                    405,
+                    _error_body(f"{req.method} not allowed", "invalid_request_error"),
+                    keep_alive=keep,
+                )
+            )
+        else:
+            writer.write(
+                _response_bytes(
+                    404, _error_body(f"no route {path}", "invalid_request_error"), keep_alive=keep
+                )
+            )
+        await writer.drain()
+        return keep
+
+    def _admin(self, req: _Request) -> bytes:
+        keep = req.keep_alive
+        handler = self._admin_routes.get((req.method, req.path))
+        if handler is None:
+            return _response_bytes(
+                404,
+                _error_body(f"no admin route {req.method} {req.path}", "invalid_request_error"),
+                keep_alive=keep,
+            )
+        try:
+            body = json.loads(req.body) if req.body else None
+            result = handler(body)
+        except ValueError as exc:
+            return _response_bytes(
+                400, _error_body(str(exc), "invalid_request_error"), keep_alive=keep
+            )
+        return _response_bytes(200, _dumps(result), keep_alive=keep)
+
+    # ------------------------------------------------------------------ completions
+
+    async def _completion(self, conn: _Connection, req: _Request, kind: str) -> bool:
+        self._n_requests += 1
+        body: Any
+        try:
+            body = json.loads(req.body) if req.body else {}
+        except ValueError:
+            body = None
+        headers = req.headers
+        self._requests.append(
+            {
+                "path": req.path,
+                "body": body,
+                "headers": {h: headers[h] for h in RECORDED_HEADERS if h in headers},
+            }
+        )
+        self._in_flight += 1
+        if self._in_flight > self._max_in_flight:
+            self._max_in_flight = self._in_flight
+        try:
+            writer = conn.writer
+            keep = req.keep_alive
+            if not isinstance(body, dict):
+                writer.write(
+                    _response_bytes(
+                        400,
+                        _error_body("request body must be a JSON object", "invalid_request_error"),
+                        keep_alive=keep,
+                    )
+                )
+                await writer.drain()
+                return keep
+            finish_reason = "stop"
+            if self._faults:
+                fault = self._faults.popleft()
+                self._faults_served += 1
+                if fault["kind"] != "reply":
+                    return await self._serve_fault(conn, req, fault)
+                text: str = fault["text"]
+                finish_reason = fault["finish_reason"]
+            elif self._replies:
+                text = self._replies.popleft()
+            else:
+                text = self._default_text(body, kind)
+            if body.get("stream"):
+                ok = await self._send_stream(conn, req, body, kind, text, finish_reason)
+            else:
+                ok = await self._send_full(conn, req, body, kind, text, finish_reason)
+            if ok:
+                self._completed += 1
+                return keep
+            self._disconnects += 1
+            return False
+        except (ConnectionError, OSError):
+            self._disconnects += 1
+            raise
+        finally:
+            self._in_flight -= 1
+
+    @staticmethod
+    def _default_text(body: dict[str, Any], kind: str) -> str:
+        response_format = body.get("response_format")
+        if isinstance(response_format, dict) and response_format.get("type") in (
+            "json_schema",
+            "json_object",
+        ):
+            return "{}"
+        source = ""
+        if kind == _CHAT:
+            messages = body.get("messages")
+            if isinstance(messages, list):
+                for message in reversed(messages):
+                    if isinstance(message, dict) and message.get("role") == "user":
+                        source = _content_text(message.get("content"))
+                        break
+        else:
+            prompt = body.get("prompt")
+            if isinstance(prompt, list) and prompt:
+                prompt = prompt[-1]
+            if isinstance(prompt, str):
+                source = prompt
+        return "echo: " + source[:ECHO_MAX_CHARS]
+
+    @staticmethod
+    def _prompt_tokens(body: dict[str, Any], kind: str) -> int:
+        n = 0
+        if kind == _CHAT:
+            messages = body.get("messages")
+            if isinstance(messages, list):
+                for message in messages:
+                    if isinstance(message, dict):
+                        n += len(_content_text(message.get("content")).split())
+        else:
+            prompt = body.get("prompt")
+            if isinstance(prompt, str):
+                n = len(prompt.split())
+            elif isinstance(prompt, list):
+                n = sum(len(p.split()) for p in prompt if isinstance(p, str))
+        return max(n, 1)
+
+    async def _serve_fault(self, conn: _Connection, req: _Request, fault: dict[str, Any]) -> bool:
+        kind = fault["kind"]
+        writer = conn.writer
+        delay = fault["delay_s"]
+        if delay > 0 and kind != "hang" and not await conn.sleep_unless_eof(delay):
+            self._disconnects += 1
+            return False
+        if kind == "status":
+            status: int = fault["status"]
+            extra = b""
+            retry_after = fault.get("retry_after")
+            if retry_after is not None:
+                extra = f"Retry-After: {_format_seconds(retry_after)}\r\n".encode()
+            err_type = "rate_limit_error" if status == 429 else "fake_fault"
+            body = _error_body(f"injected fault: HTTP {status}", err_type, str(status))
+            writer.write(
+                _response_bytes(status, body, keep_alive=req.keep_alive, extra_headers=extra)
+            )
+            await writer.drain()
+            return req.keep_alive
+        if kind == "malformed":
+            writer.write(_response_bytes(200, _MALFORMED_BODY, keep_alive=req.keep_alive))
+            await writer.drain()
+            return req.keep_alive
+        if kind == "hang":
+            await conn.wait_eof()
+            self._disconnects += 1
+            return False
+        # kind == "reset"
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+        self._disconnects += 1
+        return False
+
+    def _usage(self, body: dict[str, Any], kind: str, completion_tokens: int) -> dict[str, int]:
+        prompt_tokens = self._prompt_tokens(body, kind)
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+
+    async def _send_full(
+        self,
+        conn: _Connection,
+        req: _Request,
+        body: dict[str, Any],
+        kind: str,
+        text: str,
+        finish_reason: str,
+    ) -> bool:
+        config = self.config
+        delay = max(config.latency_s, config.ttft_s)
+        if delay > 0 and not await conn.sleep_unless_eof(delay):
+            return False
+        n = next(self._ids)
+        usage = self._usage(body, kind, len(_PIECE_RE.findall(text)))
+        if kind == _CHAT:
+            payload: dict[str, Any] = {
+                "id": f"chatcmpl-fake-{n}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": config.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "logprobs": None,
+                        "finish_reason": finish_reason,
+                    }
+                ],
+                "usage": usage,
+            }
+        else:
+            payload = {
+                "id": f"cmpl-fake-{n}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": config.model,
+                "choices": [
+                    {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+                ],
+                "usage": usage,
+            }
+        writer = conn.writer
+        writer.write(_response_bytes(200, _dumps(payload), keep_alive=req.keep_alive))
+        await writer.drain()
+        return True
+
+    async def _send_stream(
+        self,
+        conn: _Connection,
+        req: _Request,
+        body: dict[str, Any],
+        kind: str,
+        text: str,
+        finish_reason: str,
+    ) -> bool:
+        config = self.config
+        ttft = config.ttft_s
+        rest_delay = config.latency_s - ttft
+        if ttft > 0 and not await conn.sleep_unless_eof(ttft):
+            return False
+        pieces = _PIECE_RE.findall(text)
+        n = next(self._ids)
+        created = int(time.time())
+        model = config.model
+        chat = kind == _CHAT
+        if chat:
+            base: dict[str, Any] = {
+                "id": f"chatcmpl-fake-{n}",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+            }
+
+            def event(content: str | None, finish: str | None, first: bool = False) -> bytes:
+                delta: dict[str, Any] = {}
+                if first:
+                    delta["role"] = "assistant"
+                if content is not None:
+                    delta["content"] = content
+                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                return _sse_chunk({**base, "choices": [choice]})
+
+        else:
+            base = {
+                "id": f"cmpl-fake-{n}",
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+            }
+
+            def event(content: str | None, finish: str | None, first: bool = False) -> bytes:
+                choice = {
+                    "index": 0,
+                    "text": content or "",
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+                return _sse_chunk({**base, "choices": [choice]})
+
+        head = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+            b"Transfer-Encoding: chunked\r\n"
+            + (b"" if req.keep_alive else b"Connection: close\r\n")
+            + b"\r\n"
+        )
+        first = head + event(pieces[0] if pieces else "", None, True)
+        rest = [event(piece, None) for piece in pieces[1:]]
+        rest.append(event(None, finish_reason))
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            rest.append(
+                _sse_chunk({**base, "choices": [], "usage": self._usage(body, kind, len(pieces))})
+            )
+        rest.append(_SSE_DONE_AND_END)
+        writer = conn.writer
+        if rest_delay > 0:
+            writer.write(first)
+            await writer.drain()
+            if not await conn.sleep_unless_eof(rest_delay):
+                return False
+            writer.write(b"".join(rest))
+        else:
+            rest.insert(0, first)
+            writer.write(b"".join(rest))
+        await writer.drain()
+        return True
+
+
+# ---------------------------------------------------------------------- subprocess mode
+
+
+class SpawnedFakeServer:
+    """Handle on a fake server running in a subprocess (see :func:`spawn_fake_server`)."""
+
+    def __init__(self, base: str, process: subprocess.Popen[bytes], client: httpx.Client) -> None:
+        self.base = base
+        self.url = f"{base}/v1"
+        self.port = int(base.rsplit(":", 1)[1])
+        self.process = process
+        self._client = client
+
+    def admin(self, method: str, path: str, json: Any = None) -> Any:
+        """Call an admin (or any) endpoint, e.g. ``admin("GET", "/_admin/stats")``."""
+        response = self._client.request(method, path, json=json)
+        response.raise_for_status()
+        return response.json()
+
+    def configure(
+        self,
+        *,
+        latency_s: float | None = None,
+        ttft_s: float | None = None,
+        model: str | None = None,
+    ) -> dict[str, Any]:
+        values = {"latency_s": latency_s, "ttft_s": ttft_s, "model": model}
+        result: dict[str, Any] = self.admin(
+            "POST", "/_admin/config", {k: v for k, v in values.items() if v is not None}
+        )
+        return result
+
+    def add_faults(self, faults: Iterable[Mapping[str, Any]]) -> int:
+        queued: int = self.admin("POST", "/_admin/faults", {"faults": list(faults)})["queued"]
+        return queued
+
+    def add_replies(self, replies: Iterable[str]) -> int:
+        queued: int = self.admin("POST", "/_admin/replies", {"replies": list(replies)})["queued"]
+        return queued
+
+    def stats(self) -> dict[str, int]:
+        result: dict[str, int] = self.admin("GET", "/_admin/stats")
+        return result
+
+    def requests(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.admin("GET", "/_admin/requests")
+        return result
+
+    def reset(self) -> None:
+        self.admin("POST", "/_admin/reset")
+
+
+def _stop_process(process: subprocess.Popen[bytes], grace_s: float) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def spawn_fake_server(
+    latency_s: float = 0.0,
+    ttft_s: float = 0.0,
+    *,
+    model: str = DEFAULT_MODEL,
+    port: int = 0,
+    startup_timeout_s: float = 15.0,
+    stop_grace_s: float = 5.0,
+) -> Iterator[SpawnedFakeServer]:
+    """Run ``python -m tests.support.fake_openai`` in a subprocess for the ``with`` block."""
+    import selectors
+
+    import httpx
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.support.fake_openai",
+        "--port",
+        str(port),
+        "--latency",
+        repr(float(latency_s)),
+        "--ttft",
+        repr(float(ttft_s)),
+        "--model",
+        model,
+    ]
+    process = subprocess.Popen(
+        cmd, cwd=_REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            if not selector.select(timeout=startup_timeout_s):
+                raise RuntimeError(
+                    f"fake OpenAI server did not report LISTENING within {startup_timeout_s}s"
+                )
+        line = process.stdout.readline().decode().strip()
+        if not line.startswith("LISTENING "):
+            raise RuntimeError(
+                f"fake OpenAI server failed to start (exit code {process.poll()}): {line!r}"
+            )
+        base = line.split(" ", 1)[1]
+        with httpx.Client(base_url=base, timeout=10.0) as client:
+            yield SpawnedFakeServer(base, process, client)
+    finally:
+        _stop_process(process, stop_grace_s)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    server = FakeOpenAIServer(
+        latency_s=args.latency, ttft_s=args.ttft, model=args.model, host=args.host, port=args.port
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with server:
+        print(f"LISTENING {server.base}", flush=True)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Fake OpenAI-compatible server")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0, help="total latency, seconds")
+    parser.add_argument("--ttft", type=float, default=0.0, help="time to first token, seconds")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    asyncio.run(_serve(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
