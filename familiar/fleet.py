@@ -27,7 +27,7 @@ class Fleet:
         slots: Mapping[str, Slot],
         *,
         home: Path,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: Any = None,
         retry: RetryPolicy | None = None,
         hooks: Sequence[Hook] = (),
         local_seats: int = 4,

@@ -107,7 +107,7 @@ def test_config_errors(tmp_path: Path) -> None:
     with pytest.raises(RoleStringError):
         load_config(workspace=tmp_path, roles="naughty x")
     write(tmp_path / "roles" / "naughty.toml", "[role]\nname = 'naughty'\nkind = 'boss'\n")
-    with pytest.raises(RoleFileError, match="naughty.toml"):
+    with pytest.raises(RoleFileError, match=r"naughty\.toml"):
         load_config(workspace=tmp_path)
 
 
