@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-import _common  # noqa: F401  (puts the repo on sys.path)
+import _common  # puts the repo on sys.path
 import openai
 
 from familiar.backend import SlotClient

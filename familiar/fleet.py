@@ -11,8 +11,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
-
-import httpx
+from typing import Any
 
 from familiar.backend import Hook, RetryPolicy, SlotClient
 from familiar.seats import Seats
