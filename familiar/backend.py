@@ -40,11 +40,11 @@ log = structlog.get_logger("familiar.backend")
 
 # The openai SDK 3.x speaks httpx2 natively (and converts legacy httpx clients on every
 # request, which costs ~40% of throughput); older SDKs speak httpx. Use the native one.
+_HTTP: Any
 try:
-    import httpx2 as _http_lib
+    import httpx2 as _HTTP
 except ImportError:  # pragma: no cover - openai < 3
-    _http_lib = httpx  # type: ignore[no-redef]
-_HTTP: Any = _http_lib
+    _HTTP = httpx
 _TIMEOUT_ERRORS: tuple[type[Exception], ...] = (httpx.TimeoutException, _HTTP.TimeoutException)
 _TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.TransportError, _HTTP.TransportError)
 

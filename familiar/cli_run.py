@@ -1,11 +1,181 @@
-"""Commands that run work: filled in by the sessions and translation modules."""
+"""``familiar run`` and ``familiar sessions``: agent sessions from the command line."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import sys
 from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
+
+from familiar.config import Config, find_workspace, load_config, state_home
+from familiar.context import bound_correlation_id, new_correlation_id
+from familiar.errors import ConfigError
+from familiar.lang import detect_lang
+from familiar.store import read_json, write_text_atomic
 
 
 def add_run_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Register ``run``, ``sessions``, ``translate``, ``telemetry`` when they exist."""
+    run = sub.add_parser(
+        "run",
+        help="run an agent session: plan, fan out to workers, integrate, translate",
+        description="Run TASK as an agent session. The planner (grandpa, else the strongest "
+        "worker) splits it into subtasks with pinned decisions; code routes hard subtasks "
+        "to naughty and easy ones to kindergarten; the planner merges the results. "
+        "Exit codes: 0 done, 1 the session failed, 2 usage or configuration error.",
+    )
+    common(run)
+    run.add_argument("task", nargs="?", help="the task text")
+    run.add_argument("--task-file", type=Path, metavar="FILE", help="read the task from FILE")
+    run.add_argument(
+        "--resume", metavar="ID", help="continue session ID without redoing finished subtasks"
+    )
+    run.add_argument(
+        "--roles",
+        metavar="STRING",
+        help="role configuration for this run only "
+        "(overrides CLAUDE.md), e.g. 'naughty x kindergarten'",
+    )
+    run.add_argument(
+        "--lang",
+        choices=("en", "ja"),
+        help="language of the final result (default: the task's language)",
+    )
+    run.add_argument(
+        "--out", type=Path, metavar="DIR", help="also write the result to DIR/result.md"
+    )
+    run.add_argument(
+        "--max-subtasks",
+        type=int,
+        default=6,
+        metavar="N",
+        help="upper bound on the plan's subtasks (default 6)",
+    )
+    run.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    run.set_defaults(func=cmd_run)
+
+    sessions = sub.add_parser("sessions", help="list sessions with status and timings")
+    common(sessions)
+    sessions.add_argument("--json", action="store_true")
+    sessions.set_defaults(func=cmd_sessions)
+
+
+def _task(args: argparse.Namespace) -> str:
+    if args.task and args.task_file:
+        raise ConfigError("give the task as text or with --task-file, not both")
+    if args.task_file:
+        try:
+            text = args.task_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read --task-file {args.task_file}: {exc}") from None
+    else:
+        text = args.task or ""
+    if not text.strip():
+        raise ConfigError('no task given: familiar run "TASK" (or --task-file FILE)')
+    return text
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Config, Path, str]:
+    from familiar.session import check_runnable, create_session_dir
+
+    if not 1 <= args.max_subtasks <= 8:
+        raise ConfigError("--max-subtasks must be between 1 and 8")
+    if args.resume:
+        if args.task or args.task_file:
+            raise ConfigError("--resume continues a recorded task; do not give a new one")
+        home = state_home(find_workspace(args.workspace))
+        directory = home / "sessions" / args.resume
+        if not (directory / "task.md").is_file():
+            raise ConfigError(f"no session {args.resume!r} under {home / 'sessions'}")
+        recorded = read_json(directory / "config.json")
+        cfg = load_config(args.workspace, args.slots, args.roles or recorded["roles"])
+        task = (directory / "task.md").read_text(encoding="utf-8")
+        check_runnable(cfg, detect_lang(task), args.lang)
+        return cfg, directory, args.resume
+    task = _task(args)
+    cfg = load_config(args.workspace, args.slots, args.roles)
+    check_runnable(cfg, detect_lang(task), args.lang)
+    sid = new_correlation_id()
+    return cfg, create_session_dir(cfg, task, sid), sid
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg, directory, sid = _prepare(args)
+    print(f"session {sid}  ({directory})", file=sys.stderr)
+    outcome = asyncio.run(_run(cfg, directory, sid, args))
+    if args.out:
+        write_text_atomic(args.out / "result.md", outcome.final or "")
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "id": outcome.id,
+                    "status": outcome.status,
+                    "lang": outcome.lang,
+                    "directory": str(outcome.directory),
+                    "result": outcome.final,
+                    "worker_calls": outcome.asked,
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+    else:
+        print(outcome.final)
+    return 0
+
+
+async def _run(cfg: Config, directory: Path, sid: str, args: argparse.Namespace) -> Any:
+    from familiar.fleet import Fleet
+    from familiar.session import Session
+    from familiar.view import LiveView, PlainView
+
+    with bound_correlation_id(sid), ExitStack() as stack:
+        async with Fleet(cfg.active_slots, home=cfg.home) as fleet:
+            view: Any
+            if sys.stderr.isatty() and not args.json:
+                view = stack.enter_context(
+                    LiveView(
+                        lambda: {
+                            ",".join(
+                                c.slot.name for c in fleet.clients.values() if c.seats is seats
+                            ): (seats.in_use, seats.total)
+                            for seats in fleet.seats.values()
+                        }
+                    )
+                )
+            else:
+                view = PlainView()
+            session = Session(
+                cfg, fleet, directory, view=view, lang=args.lang, max_subtasks=args.max_subtasks
+            )
+            return await session.run()
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    from familiar.session import list_sessions
+
+    rows = list_sessions(state_home(find_workspace(args.workspace)))
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("no sessions yet")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "status", "roles", "seconds", "task")
+    for r in rows:
+        table.add_row(
+            r["id"],
+            r["status"],
+            r["roles"],
+            "" if r["duration_s"] is None else str(r["duration_s"]),
+            r["task"],
+        )
+    Console().print(table)
+    return 0

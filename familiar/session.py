@@ -1,0 +1,504 @@
+"""Agent sessions: plan -> constrained fan-out -> integrate -> translate.
+
+Every step's result is written atomically into the session directory
+``FAMILIAR_HOME/sessions/<correlation_id>/`` as soon as it completes:
+
+    session.json        status, timings, roles, prompt versions, planner fallback reason
+    task.md             the task as given
+    config.json         the resolved configuration (slots without keys)
+    plan.json           the validated plan
+    subtasks/<id>.prompt.md, subtasks/<id>.json   each worker prompt and result
+    integration.json    the merged deliverable and decision check
+    final.md            the result in the requested language
+
+``resume`` reads them back and redoes only what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from familiar.backend import CallResult, SlotClient
+from familiar.config import Config
+from familiar.dispatch import Dispatcher, Pool, WorkItem
+from familiar.errors import ConfigError, RuntimeFailure
+from familiar.fleet import Fleet
+from familiar.lang import NAMES, detect_lang
+from familiar.plan import (
+    INTEGRATION_SCHEMA,
+    MAX_SUBTASKS,
+    WORKER_SCHEMA,
+    Integration,
+    Plan,
+    PlanInvalid,
+    Subtask,
+    WorkerOutput,
+    extract_json,
+    fallback_plan,
+    parse_plan,
+    plan_schema,
+)
+from familiar.prompts import Prompt, load_prompt
+from familiar.store import read_json, write_json_atomic, write_text_atomic
+from familiar.view import SessionView
+
+log = structlog.get_logger("familiar.session")
+
+PLANNERS = ("grandpa", "naughty", "kindergarten")
+TASK_PROMPTS = (
+    "plan.md",
+    "plan_repair.md",
+    "worker_task.md",
+    "integrate.md",
+    "translate_result.md",
+)
+
+
+class SessionFailed(RuntimeFailure):
+    """A session could not finish; its directory holds what was done."""
+
+
+@dataclass
+class SessionOutcome:
+    id: str
+    directory: Path
+    status: str
+    final: str | None
+    lang: str
+    failed: dict[str, str] = field(default_factory=dict)
+    asked: int = 0  # worker calls made in this run (resume: only the missing ones)
+
+
+def planner_role(cfg: Config) -> str:
+    for role in PLANNERS:
+        if cfg.role_config.has(role):
+            return role
+    raise ConfigError(
+        f"role configuration {cfg.role_config.canonical()!r} has no planner or worker role;"
+        " familiar run needs naughty or kindergarten"
+    )
+
+
+def check_runnable(cfg: Config, task_lang: str, lang: str | None) -> None:
+    planner_role(cfg)
+    if not cfg.role_config.workers:
+        raise ConfigError("familiar run needs a worker role (naughty or kindergarten)")
+    if lang and lang != task_lang and not cfg.role_config.has("translator"):
+        raise ConfigError(
+            f"--lang {lang} differs from the task's language ({task_lang}) but"
+            " the translator role is not active"
+        )
+
+
+def _bullets(items: list[str] | tuple[str, ...], empty: str = "(none)") -> str:
+    return "\n".join(f"- {i}" for i in items) if items else empty
+
+
+class Session:
+    """One run of a task. Construct with a directory; ``await run()``."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        fleet: Fleet,
+        directory: Path,
+        *,
+        view: SessionView,
+        lang: str | None = None,
+        max_subtasks: int = MAX_SUBTASKS,
+    ) -> None:
+        self.cfg = cfg
+        self.fleet = fleet
+        self.dir = directory
+        self.view = view
+        self.max_subtasks = max_subtasks
+        self.task = (directory / "task.md").read_text(encoding="utf-8")
+        self.task_lang = detect_lang(self.task)
+        self.lang = lang or self.task_lang
+        self.planner = planner_role(cfg)
+        self.prompts: dict[str, Prompt] = {
+            name: load_prompt(cfg.workspace, name) for name in TASK_PROMPTS
+        }
+        for role in cfg.role_config.roles:
+            name = cfg.roles[role].prompt
+            self.prompts[name] = load_prompt(cfg.workspace, name)
+        self.state: dict[str, Any] = self._load_state()
+        self.asked = 0
+
+    # -- bookkeeping --------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self.dir.name
+
+    def _load_state(self) -> dict[str, Any]:
+        path = self.dir / "session.json"
+        state: dict[str, Any] = read_json(path) if path.exists() else {}
+        state.setdefault("id", self.id)
+        state.setdefault("created", time.time())
+        state.setdefault("steps", {})
+        state.update(
+            task_lang=self.task_lang,
+            lang=self.lang,
+            planner=self.planner,
+            roles=self.cfg.role_config.canonical(),
+            prompt_versions={n: p.version for n, p in sorted(self.prompts.items())},
+        )
+        return state
+
+    def _save(self, **changes: Any) -> None:
+        self.state.update(changes, updated=time.time())
+        write_json_atomic(self.dir / "session.json", self.state)
+
+    def _step(self, name: str, **info: Any) -> None:
+        self.state["steps"][name] = {"finished": time.time(), **info}
+        self._save()
+
+    def client(self, role: str) -> SlotClient:
+        return self.fleet[self.cfg.slots_for(role)[0].name]
+
+    def _messages(self, role: str, user: str) -> list[dict[str, str]]:
+        system = self.prompts[self.cfg.roles[role].prompt].text
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    async def _ask(
+        self,
+        role: str,
+        client: SlotClient,
+        messages: list[dict[str, str]],
+        schema: Mapping[str, Any] | None,
+        name: str,
+    ) -> CallResult:
+        sampling = self.cfg.roles[role].sampling
+        use_schema = schema if client.slot.supports_json_schema else None
+        return await client.chat(
+            messages,
+            role=role,
+            json_schema=use_schema,
+            schema_name=name,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+        )
+
+    # -- the flow ---------------------------------------------------------------------------
+
+    async def run(self) -> SessionOutcome:
+        self._save(status="running", started=self.state.get("started") or time.time())
+        try:
+            plan = await self.plan()
+            self.view.show_plan(plan)
+            done, failed = await self.fan_out(plan)
+            if failed:
+                self._save(status="failed", failed=failed, finished=time.time())
+                raise SessionFailed(
+                    f"session {self.id}: {len(failed)} subtask(s) failed: "
+                    + "; ".join(f"{k}: {v}" for k, v in failed.items())
+                    + f" (resume with: familiar run --resume {self.id})"
+                )
+            deliverable = await self.integrate(plan, done)
+            final = await self.translate(deliverable)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            self._save(status="interrupted")
+            raise
+        except SessionFailed:
+            raise
+        except Exception as exc:
+            self._save(status="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time())
+            raise
+        write_text_atomic(self.dir / "final.md", final)
+        self._save(status="done", finished=time.time())
+        return SessionOutcome(self.id, self.dir, "done", final, self.lang, asked=self.asked)
+
+    async def plan(self) -> Plan:
+        path = self.dir / "plan.json"
+        if path.exists():
+            return Plan.model_validate(read_json(path))
+        self.view.step("planning", self.planner)
+        client = self.client(self.planner)
+        workers = self.cfg.role_config.workers
+        hint = (
+            'Mark about half the subtasks "hard" and half "easy" when both kinds of work exist.'
+            if len(workers) > 1
+            else ""
+        )
+        user = self.prompts["plan.md"].render(
+            task=self.task, max_subtasks=self.max_subtasks, worker_hint=hint
+        )
+        messages = self._messages(self.planner, user)
+        schema = plan_schema(self.max_subtasks)
+        reason = ""
+        for round_ in range(2):  # the first answer, then one repair round
+            result = await self._ask(self.planner, client, messages, schema, "plan")
+            try:
+                plan = parse_plan(result.text, self.max_subtasks)
+                break
+            except PlanInvalid as exc:
+                reason = str(exc)
+                log.info("plan invalid", round=round_ + 1, reason=reason)
+                messages = [
+                    *messages,
+                    {"role": "assistant", "content": result.text},
+                    {
+                        "role": "user",
+                        "content": self.prompts["plan_repair.md"].render(error=reason),
+                    },
+                ]
+        else:
+            plan = fallback_plan(self.task)
+        write_json_atomic(path, plan.model_dump(mode="json"))
+        self._step(
+            "plan",
+            subtasks=len(plan.subtasks),
+            fallback=plan.fallback,
+            fallback_reason=reason if plan.fallback else None,
+        )
+        return plan
+
+    def _finished(self, plan: Plan) -> dict[str, dict[str, Any]]:
+        out = {}
+        for s in plan.subtasks:
+            path = self.dir / "subtasks" / f"{s.id}.json"
+            if path.exists():
+                record = read_json(path)
+                if record.get("status") == "ok":
+                    out[s.id] = record
+        return out
+
+    async def fan_out(self, plan: Plan) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        done = self._finished(plan)
+        for sid, rec in done.items():
+            self.view.subtask(sid, "done", rec["role"], rec["slot"])
+        pending = [s for s in plan.subtasks if s.id not in done]
+        failed: dict[str, str] = {}
+        if not pending:
+            return done, failed
+        self.view.step("working", ", ".join(self.cfg.role_config.workers))
+        pools = self._pools()
+        blocked: set[str] = set()
+
+        async def work(item: WorkItem[Subtask], pool: Pool) -> dict[str, Any]:
+            return await self._work(plan, item.payload, pool, done, revision=None)
+
+        async with Dispatcher(pools, work) as dispatcher:
+            futures: dict[asyncio.Future[Any], str] = {}
+
+            async def submit_ready() -> None:
+                queued = set(futures.values())
+                for s in pending:
+                    if (
+                        s.id in done
+                        or s.id in failed
+                        or s.id in blocked
+                        or s.id in queued
+                        or not set(s.depends_on) <= done.keys()
+                    ):
+                        continue
+                    role = "naughty" if s.difficulty == "hard" else "kindergarten"
+                    self.view.subtask(s.id, "queued", role, None)
+                    futures[await dispatcher.submit(WorkItem(s.id, role, s))] = s.id
+
+            await submit_ready()
+            while futures:
+                finished, _ = await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+                for fut in finished:
+                    sid = futures.pop(fut)
+                    result = fut.result()
+                    if result.ok:
+                        done[sid] = result.value
+                    else:
+                        failed[sid] = f"{type(result.error).__name__}: {result.error}"
+                        self.view.subtask(sid, "failed", result.ran_as, result.slot)
+                        for dep in plan.dependents(sid):
+                            blocked.add(dep)
+                            failed.setdefault(dep, f"skipped: depends on failed {sid}")
+                await submit_ready()
+        return done, failed
+
+    async def _work(
+        self, plan: Plan, s: Subtask, pool: Pool, done: Mapping[str, Any], revision: str | None
+    ) -> dict[str, Any]:
+        self.view.subtask(s.id, "running", pool.role, pool.slot)
+        deps = (
+            "\n\n".join(
+                f"[{d}] {plan.subtask(d).title}:\n{done[d]['output']}" for d in s.depends_on
+            )
+            or "(none)"
+        )
+        note = (
+            f"\nA reviewer found your previous output broke a decision: {revision}\n"
+            "Fix that and keep everything else.\n"
+            if revision
+            else ""
+        )
+        user = self.prompts["worker_task.md"].render(
+            goal=plan.goal,
+            decisions=_bullets(plan.decisions),
+            subtask_id=s.id,
+            title=s.title,
+            instructions=s.instructions,
+            acceptance=s.acceptance or "(none)",
+            dependencies=deps,
+            revision=note,
+        )
+        messages = self._messages(pool.role, user)
+        base = self.dir / "subtasks" / s.id
+        write_text_atomic(
+            base.with_suffix(".prompt.md"),
+            "\n\n".join(f"## {m['role']}\n\n{m['content']}" for m in messages),
+        )
+        client: SlotClient = pool.client
+        self.asked += 1
+        result = await self._ask(pool.role, client, messages, WORKER_SCHEMA, "work")
+        try:
+            parsed = WorkerOutput.model_validate(extract_json(result.text))
+        except (PlanInvalid, ValidationError):
+            parsed = WorkerOutput(output=result.text.strip(), notes="answer was not JSON")
+        record = {
+            "id": s.id,
+            "status": "ok",
+            "role": pool.role,
+            "slot": pool.slot,
+            "preferred_role": "naughty" if s.difficulty == "hard" else "kindergarten",
+            "revision": bool(revision),
+            "output": parsed.output,
+            "decisions_kept": parsed.decisions_kept,
+            "notes": parsed.notes,
+            "prompt_version": self.prompts["worker_task.md"].version,
+            "finish_reason": result.finish_reason,
+            "attempts": result.attempts,
+            "latency_s": round(result.latency_s, 3),
+            "ttft_s": None if result.ttft_s is None else round(result.ttft_s, 3),
+            "completion_tokens": result.completion_tokens,
+            "replica": result.replica,
+        }
+        write_json_atomic(base.with_suffix(".json"), record)
+        self.view.subtask(s.id, "done", pool.role, pool.slot)
+        return record
+
+    async def integrate(self, plan: Plan, done: dict[str, dict[str, Any]]) -> str:
+        path = self.dir / "integration.json"
+        if path.exists():
+            return str(read_json(path)["deliverable"])
+        if len(plan.subtasks) == 1 and not plan.decisions:
+            deliverable = done[plan.subtasks[0].id]["output"]
+            write_json_atomic(path, {"deliverable": deliverable, "violations": [], "rounds": 0})
+            return str(deliverable)
+        self.view.step("integrating", self.planner)
+        integration = await self._integrate_once(plan, done)
+        rounds = 1
+        to_revise = {v.subtask_id: v for v in integration.violations if v.subtask_id in done}
+        if to_revise:  # one bounded revision round, then a final merge
+            self.view.step("revising", ", ".join(sorted(to_revise)))
+            pools = {p.role: p for p in self._pools()}
+            for sid, violation in sorted(to_revise.items()):
+                rec = done[sid]
+                pool = pools.get(rec["role"]) or next(iter(pools.values()))
+                done[sid] = await self._work(
+                    plan,
+                    plan.subtask(sid),
+                    pool,
+                    done,
+                    revision=f"{violation.decision}: {violation.explanation}",
+                )
+            integration = await self._integrate_once(plan, done)
+            rounds = 2
+        write_json_atomic(
+            path, {**integration.model_dump(), "rounds": rounds, "revised": sorted(to_revise)}
+        )
+        self._step("integrate", rounds=rounds, revised=sorted(to_revise))
+        return integration.deliverable
+
+    def _pools(self) -> list[Pool]:
+        return [
+            Pool(role, slot.name, self.fleet[slot.name].seats.total, self.fleet[slot.name])
+            for role in self.cfg.role_config.workers
+            for slot in self.cfg.slots_for(role)
+        ]
+
+    async def _integrate_once(self, plan: Plan, done: dict[str, dict[str, Any]]) -> Integration:
+        outputs = "\n\n".join(f"[{s.id}] {s.title}:\n{done[s.id]['output']}" for s in plan.subtasks)
+        user = self.prompts["integrate.md"].render(
+            goal=plan.goal, task=self.task, decisions=_bullets(plan.decisions), outputs=outputs
+        )
+        client = self.client(self.planner)
+        result = await self._ask(
+            self.planner,
+            client,
+            self._messages(self.planner, user),
+            INTEGRATION_SCHEMA,
+            "integration",
+        )
+        try:
+            return Integration.model_validate(extract_json(result.text))
+        except (PlanInvalid, ValidationError):
+            log.info("integration answer was not JSON; concatenating outputs")
+            return Integration(deliverable=outputs)
+
+    async def translate(self, text: str) -> str:
+        if self.lang == self.task_lang:
+            return text
+        path = self.dir / f"final.{self.lang}.json"
+        if path.exists():
+            return str(read_json(path)["text"])
+        self.view.step("translating", "translator")
+        user = self.prompts["translate_result.md"].render(
+            source_lang=NAMES[self.task_lang], target_lang=NAMES[self.lang], text=text
+        )
+        client = self.client("translator")
+        result = await self._ask(
+            "translator", client, self._messages("translator", user), None, "translation"
+        )
+        write_json_atomic(
+            path, {"text": result.text.strip(), "from": self.task_lang, "to": self.lang}
+        )
+        self._step("translate", to=self.lang)
+        return result.text.strip()
+
+
+def create_session_dir(cfg: Config, task: str, sid: str) -> Path:
+    directory = cfg.home / "sessions" / sid
+    directory.mkdir(parents=True, exist_ok=False)
+    write_text_atomic(directory / "task.md", task)
+    write_json_atomic(
+        directory / "config.json",
+        {
+            "roles": cfg.role_config.canonical(),
+            "role_source": cfg.role_source,
+            "workspace": str(cfg.workspace),
+            "slots_file": str(cfg.slots_file),
+            "slots": {name: s.model_dump(mode="json") for name, s in cfg.active_slots.items()},
+        },
+    )
+    return directory
+
+
+def list_sessions(home: Path) -> list[dict[str, Any]]:
+    root = home / "sessions"
+    rows = []
+    for d in sorted(root.iterdir() if root.is_dir() else [], key=lambda p: p.stat().st_mtime):
+        state_path = d / "session.json"
+        if not state_path.exists():
+            continue
+        st = read_json(state_path)
+        task = (d / "task.md").read_text(encoding="utf-8") if (d / "task.md").exists() else ""
+        started, finished = st.get("started"), st.get("finished")
+        rows.append(
+            {
+                "id": d.name,
+                "status": st.get("status", "?"),
+                "roles": st.get("roles", ""),
+                "started": started,
+                "duration_s": round(finished - started, 1) if started and finished else None,
+                "task": " ".join(task.split())[:60],
+            }
+        )
+    return rows
