@@ -72,7 +72,7 @@ def _task(args: argparse.Namespace) -> str:
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read --task-file {args.task_file}: {exc}") from None
     else:
-        text = args.task or ""
+        text = str(args.task or "")
     if not text.strip():
         raise ConfigError('no task given: familiar run "TASK" (or --task-file FILE)')
     return text
