@@ -68,11 +68,11 @@ def _task(args: argparse.Namespace) -> str:
         raise ConfigError("give the task as text or with --task-file, not both")
     if args.task_file:
         try:
-            text = args.task_file.read_text(encoding="utf-8")
+            text: str = args.task_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read --task-file {args.task_file}: {exc}") from None
     else:
-        text = str(args.task or "")
+        text = args.task or ""
     if not text.strip():
         raise ConfigError('no task given: familiar run "TASK" (or --task-file FILE)')
     return text
