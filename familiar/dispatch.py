@@ -79,6 +79,7 @@ class WorkBoard(Generic[P]):
             raise ValueError("a work board must be bounded (maxsize >= 1)")
         self.maxsize = maxsize
         self._queues: dict[str, deque[WorkItem[P]]] = {}
+        self._idle: dict[str, int] = {}  # workers of each role waiting in take()
         self._size = 0
         self._closed = False
         self._cond = asyncio.Condition()
@@ -103,18 +104,30 @@ class WorkBoard(Generic[P]):
             self._cond.notify_all()
 
     async def take(self, roles: Sequence[str]) -> WorkItem[P] | None:
-        """The next item of the first role in ``roles`` that has one; None once closed."""
+        """The next item for a worker of ``roles[0]``; None once closed and drained.
+
+        Its own role's work comes first. Work of the other ``roles`` (in order) is
+        stolen only while no worker of that role is idle: routing stays deterministic
+        (easy work goes to kindergarten while kindergarten has a free worker), and no
+        pool idles while interchangeable work waits.
+        """
+        own, others = roles[0], roles[1:]
         async with self._cond:
-            while True:
-                for role in roles:
-                    queue = self._queues.get(role)
-                    if queue:
-                        self._size -= 1
-                        self._cond.notify_all()
-                        return queue.popleft()
-                if self._closed:
-                    return None
-                await self._cond.wait()
+            self._idle[own] = self._idle.get(own, 0) + 1
+            try:
+                while True:
+                    for role in (own, *others):
+                        queue = self._queues.get(role)
+                        if queue and (role == own or not self._idle.get(role)):
+                            self._size -= 1
+                            self._cond.notify_all()
+                            return queue.popleft()
+                    if self._closed:
+                        return None
+                    await self._cond.wait()
+            finally:
+                self._idle[own] -= 1
+                self._cond.notify_all()  # a thief may now take work this worker left
 
     async def close(self) -> None:
         async with self._cond:

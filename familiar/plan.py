@@ -66,46 +66,47 @@ class Plan(BaseModel):
         return out
 
 
-def plan_schema(max_subtasks: int = MAX_SUBTASKS, min_subtasks: int = 1) -> dict[str, Any]:
-    """The JSON schema the planner must answer with."""
+def _subtask_schema(k: int) -> dict[str, Any]:
+    """Subtask number ``k``: its id is ``s<k>``; it may depend only on earlier ones."""
+    earlier = [f"s{i}" for i in range(1, k)]
+    deps: dict[str, Any] = {"type": "array", "maxItems": min(len(earlier), 4)}
+    if earlier:
+        deps["items"] = {"type": "string", "enum": earlier}
     return {
         "type": "object",
         "properties": {
-            "goal": {"type": "string", "minLength": 1, "maxLength": 400},
-            "decisions": {
-                "type": "array",
-                "items": {"type": "string", "minLength": 1, "maxLength": 300},
-                "maxItems": 8,
-            },
-            "subtasks": {
-                "type": "array",
-                "minItems": min_subtasks,
-                "maxItems": max_subtasks,
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "id": {"type": "string", "pattern": _ID},
-                        "title": {"type": "string", "minLength": 1, "maxLength": 200},
-                        "instructions": {"type": "string", "minLength": 1, "maxLength": 1500},
-                        "acceptance": {"type": "string", "maxLength": 600},
-                        "depends_on": {
-                            "type": "array",
-                            "items": {"type": "string", "pattern": _ID},
-                            "maxItems": 4,
-                        },
-                        "difficulty": {"type": "string", "enum": ["hard", "easy"]},
-                    },
-                    "required": [
-                        "id",
-                        "title",
-                        "instructions",
-                        "acceptance",
-                        "depends_on",
-                        "difficulty",
-                    ],
-                    "additionalProperties": False,
-                },
-            },
+            "id": {"type": "string", "const": f"s{k}"},
+            "title": {"type": "string", "minLength": 1},
+            "instructions": {"type": "string", "minLength": 1},
+            "acceptance": {"type": "string"},
+            "depends_on": deps,
+            "difficulty": {"type": "string", "enum": ["hard", "easy"]},
+        },
+        "required": ["id", "title", "instructions", "acceptance", "depends_on", "difficulty"],
+        "additionalProperties": False,
+    }
+
+
+def plan_schema(max_subtasks: int = MAX_SUBTASKS, min_subtasks: int = 1) -> dict[str, Any]:
+    """The JSON schema the planner answers with.
+
+    Ids are positional (``s1``, ``s2``, ...) and dependencies may only point backwards,
+    so any answer that matches the schema is unique-id, dangling-free and acyclic by
+    construction: constrained decoding makes even a tiny model produce a usable plan.
+    Strings carry no length bounds: those expand into huge grammars that slow decoding.
+    """
+    lengths = range(max(1, min_subtasks), max_subtasks + 1)
+    return {
+        "type": "object",
+        "properties": {
+            "goal": {"type": "string", "minLength": 1},
+            "decisions": {"type": "array", "items": {"type": "string", "minLength": 1},
+                          "maxItems": 8},
+            "subtasks": {"anyOf": [
+                {"type": "array", "prefixItems": [_subtask_schema(k) for k in range(1, n + 1)],
+                 "minItems": n, "maxItems": n}
+                for n in lengths
+            ]},
         },
         "required": ["goal", "decisions", "subtasks"],
         "additionalProperties": False,
@@ -209,13 +210,13 @@ class WorkerOutput(BaseModel):
 WORKER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "output": {"type": "string", "minLength": 1, "maxLength": 6000},
+        "output": {"type": "string", "minLength": 1},
         "decisions_kept": {
             "type": "array",
-            "items": {"type": "string", "maxLength": 300},
+            "items": {"type": "string"},
             "maxItems": 8,
         },
-        "notes": {"type": "string", "maxLength": 600},
+        "notes": {"type": "string"},
     },
     "required": ["output", "decisions_kept", "notes"],
     "additionalProperties": False,
@@ -240,7 +241,7 @@ class Integration(BaseModel):
 INTEGRATION_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "deliverable": {"type": "string", "minLength": 1, "maxLength": 12000},
+        "deliverable": {"type": "string", "minLength": 1},
         "violations": {
             "type": "array",
             "maxItems": 8,
@@ -248,8 +249,8 @@ INTEGRATION_SCHEMA: dict[str, Any] = {
                 "type": "object",
                 "properties": {
                     "subtask_id": {"type": "string", "pattern": _ID},
-                    "decision": {"type": "string", "maxLength": 300},
-                    "explanation": {"type": "string", "maxLength": 400},
+                    "decision": {"type": "string"},
+                    "explanation": {"type": "string"},
                 },
                 "required": ["subtask_id", "decision", "explanation"],
                 "additionalProperties": False,

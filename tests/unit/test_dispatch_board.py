@@ -77,3 +77,17 @@ def test_backoff_grows_is_capped_and_honours_retry_after() -> None:
     assert 4.0 <= waits[6] <= 8.0
     assert policy.backoff(1, 30.0) == 30.0
     assert policy.backoff(1, 1000.0) == 60.0  # a silly Retry-After is bounded
+
+
+async def test_no_stealing_while_an_owner_is_idle() -> None:
+    board: WorkBoard[int] = WorkBoard(10)
+    owner = asyncio.create_task(board.take(["kindergarten", "naughty"]))
+    await asyncio.sleep(0)  # the kindergarten worker is now idle, waiting
+    thief = asyncio.create_task(board.take(["naughty", "kindergarten"]))
+    await asyncio.sleep(0)
+    await board.put(item("e1", "kindergarten"))
+    assert (await asyncio.wait_for(owner, 1)).id == "e1"
+    await asyncio.sleep(0.01)
+    assert not thief.done()  # nothing to steal any more
+    await board.put(item("e2", "kindergarten"))  # no kindergarten worker idle now
+    assert (await asyncio.wait_for(thief, 1)).id == "e2"
