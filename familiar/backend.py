@@ -240,6 +240,9 @@ class SlotClient:
     # -- machinery --------------------------------------------------------------------
 
     async def _call(self, kind: Kind, body: dict[str, Any], role: str | None) -> CallResult:
+        cap = self.slot.max_tokens
+        if cap is not None:
+            body["max_tokens"] = min(int(body.get("max_tokens") or cap), cap)
         first_wait: list[float] = []
         try:  # the fast path: most calls succeed on the first attempt, no retry machinery
             return await self._attempt(kind, body, role, 1, first_wait)

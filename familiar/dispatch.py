@@ -177,6 +177,7 @@ class Dispatcher(Generic[P, R]):
                 self._tg.create_task(
                     self._worker(state), name=f"worker:{state.pool.role}@{state.pool.slot}#{seat}"
                 )
+        await asyncio.sleep(0)  # let every worker reach the board: routing sees them idle
         return self
 
     async def __aexit__(

@@ -277,7 +277,7 @@ class LocalServer:
     """The embedded llama-server of one FAMILIAR_HOME."""
 
     def __init__(
-        self, home: Path, *, seats: int = 4, ctx_per_seat: int = 2048,
+        self, home: Path, *, seats: int = 4, ctx_per_seat: int = 8192,
         port: int | None = None, startup_timeout_s: float = 120.0, threads: int | None = None,
     ) -> None:  # fmt: skip
         if seats < 1 or ctx_per_seat < 64 or not (port is None or 0 < port < 65536):

@@ -100,13 +100,22 @@ def plan_schema(max_subtasks: int = MAX_SUBTASKS, min_subtasks: int = 1) -> dict
         "type": "object",
         "properties": {
             "goal": {"type": "string", "minLength": 1},
-            "decisions": {"type": "array", "items": {"type": "string", "minLength": 1},
-                          "maxItems": 8},
-            "subtasks": {"anyOf": [
-                {"type": "array", "prefixItems": [_subtask_schema(k) for k in range(1, n + 1)],
-                 "minItems": n, "maxItems": n}
-                for n in lengths
-            ]},
+            "decisions": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "maxItems": 8,
+            },
+            "subtasks": {
+                "anyOf": [
+                    {
+                        "type": "array",
+                        "prefixItems": [_subtask_schema(k) for k in range(1, n + 1)],
+                        "minItems": n,
+                        "maxItems": n,
+                    }
+                    for n in lengths
+                ]
+            },
         },
         "required": ["goal", "decisions", "subtasks"],
         "additionalProperties": False,

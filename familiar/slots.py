@@ -36,6 +36,8 @@ class Slot(BaseModel):
     timeout_s: Annotated[float, Field(gt=0)] = 300.0
     connect_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     api_key_env: str | None = None
+    #: optional cap on generated tokens per request (small local models, tight contexts)
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
 
     @field_validator("url", mode="before")
     @classmethod

@@ -56,7 +56,7 @@ async def test_health_and_models(server: LocalInfo) -> None:
         models = await client.get(f"{server.base_url}/models")
     assert health.status_code == 200
     assert MODEL in [m["id"] for m in models.json()["data"]]
-    assert server.seats == 4 and server.ctx_size == 4 * 2048
+    assert server.seats == 4 and server.ctx_size == 4 * 8192
 
 
 async def test_raw_completion(server: LocalInfo) -> None:
