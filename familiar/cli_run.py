@@ -55,7 +55,23 @@ def add_run_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]
         help="upper bound on the plan's subtasks (default 6)",
     )
     run.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    run.add_argument(
+        "--telemetry-content",
+        action="store_true",
+        help="include prompts and outputs in telemetry events (off by default)",
+    )
     run.set_defaults(func=cmd_run)
+
+    tele = sub.add_parser("telemetry", help="telemetry to Vector: status, flush the spill file")
+    tele_sub = tele.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, helptext in (
+        ("status", "sent, spilled, dropped counts and the spill backlog"),
+        ("flush", "replay the spill file to Vector now"),
+    ):
+        p = tele_sub.add_parser(name, help=helptext)
+        common(p)
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=cmd_telemetry, action=name)
 
     sessions = sub.add_parser("sessions", help="list sessions with status and timings")
     common(sessions)
@@ -131,10 +147,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def _run(cfg: Config, directory: Path, sid: str, args: argparse.Namespace) -> Any:
     from familiar.fleet import Fleet
     from familiar.session import Session
+    from familiar.telemetry import Telemetry
     from familiar.view import LiveView, PlainView
 
     with bound_correlation_id(sid), ExitStack() as stack:
-        async with Fleet(cfg.active_slots, home=cfg.home) as fleet:
+        telemetry = Telemetry(cfg.home, content=args.telemetry_content)
+        async with (
+            telemetry,
+            Fleet(cfg.active_slots, home=cfg.home, hooks=[telemetry.hook]) as fleet,
+        ):
             view: Any
             if sys.stderr.isatty() and not args.json:
                 view = stack.enter_context(
@@ -150,7 +171,13 @@ async def _run(cfg: Config, directory: Path, sid: str, args: argparse.Namespace)
             else:
                 view = PlainView()
             session = Session(
-                cfg, fleet, directory, view=view, lang=args.lang, max_subtasks=args.max_subtasks
+                cfg,
+                fleet,
+                directory,
+                view=view,
+                lang=args.lang,
+                max_subtasks=args.max_subtasks,
+                telemetry=telemetry,
             )
             return await session.run()
 
@@ -179,3 +206,41 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         )
     Console().print(table)
     return 0
+
+
+def cmd_telemetry(args: argparse.Namespace) -> int:
+    from familiar.telemetry import Telemetry
+
+    home = state_home(find_workspace(args.workspace))
+    telemetry = Telemetry(home, enabled=True)
+    if args.action == "flush":
+        sent, backlog = asyncio.run(_flush(telemetry))
+        print(f"replayed {sent} event(s) to {telemetry.url}; backlog {backlog}")
+        return 0 if backlog == 0 else 1
+    stats = telemetry.load_stats()
+    info = {
+        "url": telemetry.url,
+        "enabled": Telemetry(home).enabled,
+        "sent": stats.get("sent", 0),
+        "spilled": stats.get("spilled", 0),
+        "replayed": stats.get("replayed", 0),
+        "dropped": stats.get("dropped", 0),
+        "backlog": telemetry.backlog(),
+        "spill_file": str(telemetry.spill_path),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:>10}: {value}")
+    return 0
+
+
+async def _flush(telemetry: Any) -> tuple[int, int]:
+    from familiar.telemetry import TelemetryUnavailable
+
+    try:
+        sent = await telemetry.flush_spill()
+    except TelemetryUnavailable:
+        sent = 0
+    return sent, telemetry.backlog()

@@ -41,6 +41,11 @@ def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
     return event
 
 
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    """A logger on whatever ``sys.stderr`` is now (tests and tools swap it)."""
+    return structlog.PrintLogger(sys.stderr)
+
+
 def configure(level: str | None = None, json: bool | None = None) -> None:
     """Configure structlog once per process. ``FAMILIAR_LOG_LEVEL``, ``FAMILIAR_LOG_JSON``."""
     name = (level or os.environ.get("FAMILIAR_LOG_LEVEL") or "warning").upper()
@@ -61,6 +66,6 @@ def configure(level: str | None = None, json: bool | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )

@@ -48,6 +48,7 @@ from familiar.plan import (
 )
 from familiar.prompts import Prompt, load_prompt
 from familiar.store import read_json, write_json_atomic, write_text_atomic
+from familiar.telemetry import Telemetry, current_span, new_id
 from familiar.view import SessionView
 
 log = structlog.get_logger("familiar.session")
@@ -114,7 +115,10 @@ class Session:
         view: SessionView,
         lang: str | None = None,
         max_subtasks: int = MAX_SUBTASKS,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self.telemetry = telemetry or Telemetry(cfg.home, enabled=False)
+        self._spans: dict[str, str] = {}
         self.cfg = cfg
         self.fleet = fleet
         self.dir = directory
@@ -193,6 +197,37 @@ class Session:
 
     async def run(self) -> SessionOutcome:
         self._save(status="running", started=self.state.get("started") or time.time())
+        t0 = time.monotonic()
+        with self.telemetry.span(
+            "session.start",
+            {
+                "roles": self.cfg.role_config.canonical(),
+                "planner": self.planner,
+                "lang": self.lang,
+                "task_chars": len(self.task),
+                "resumed": bool(self.state.get("steps")),
+            },
+        ):
+            status = "failed"
+            try:
+                outcome = await self._run()
+                status = outcome.status
+                return outcome
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                status = "interrupted"
+                raise
+            finally:
+                self.telemetry.emit(
+                    "session.end",
+                    {
+                        "status": status,
+                        "duration_ms": round((time.monotonic() - t0) * 1000),
+                        "subtasks": len(self._spans),
+                        "failed": len(self.state.get("failed", {})),
+                    },
+                )
+
+    async def _run(self) -> SessionOutcome:
         try:
             plan = await self.plan()
             self.view.show_plan(plan)
@@ -255,6 +290,15 @@ class Session:
         else:
             plan = fallback_plan(self.task)
         write_json_atomic(path, plan.model_dump(mode="json"))
+        self.telemetry.emit(
+            "plan.created",
+            {
+                "subtasks": len(plan.subtasks),
+                "decisions": len(plan.decisions),
+                "fallback": plan.fallback,
+                "hard": sum(s.difficulty == "hard" for s in plan.subtasks),
+            },
+        )
         self._step(
             "plan",
             subtasks=len(plan.subtasks),
@@ -304,6 +348,16 @@ class Session:
                         continue
                     role = "naughty" if s.difficulty == "hard" else "kindergarten"
                     self.view.subtask(s.id, "queued", role, None)
+                    self._spans[s.id] = span = new_id()[:16]
+                    self.telemetry.emit(
+                        "subtask.dispatched",
+                        {
+                            "subtask_id": s.id,
+                            "role": role,
+                            "difficulty": s.difficulty,
+                        },
+                        span_id=span,
+                    )
                     futures[await dispatcher.submit(WorkItem(s.id, role, s))] = s.id
 
             await submit_ready()
@@ -317,6 +371,18 @@ class Session:
                     else:
                         failed[sid] = f"{type(result.error).__name__}: {result.error}"
                         self.view.subtask(sid, "failed", result.ran_as, result.slot)
+                        self.telemetry.emit(
+                            "subtask.finished",
+                            {
+                                "subtask_id": sid,
+                                "role": result.ran_as,
+                                "slot": result.slot,
+                                "status": "error",
+                                "error.type": type(result.error).__name__,
+                                "duration_ms": round((result.finished - result.started) * 1000),
+                            },
+                            parent_span_id=self._spans.get(sid),
+                        )
                         for dep in plan.dependents(sid):
                             blocked.add(dep)
                             failed.setdefault(dep, f"skipped: depends on failed {sid}")
@@ -327,6 +393,16 @@ class Session:
         self, plan: Plan, s: Subtask, pool: Pool, done: Mapping[str, Any], revision: str | None
     ) -> dict[str, Any]:
         self.view.subtask(s.id, "running", pool.role, pool.slot)
+        token = current_span.set(self._spans.get(s.id) or current_span.get())
+        try:
+            return await self._work_in_span(plan, s, pool, done, revision)
+        finally:
+            current_span.reset(token)
+
+    async def _work_in_span(
+        self, plan: Plan, s: Subtask, pool: Pool, done: Mapping[str, Any], revision: str | None
+    ) -> dict[str, Any]:
+        started = time.monotonic()
         deps = (
             "\n\n".join(
                 f"[{d}] {plan.subtask(d).title}:\n{done[d]['output']}" for d in s.depends_on
@@ -382,6 +458,18 @@ class Session:
         }
         write_json_atomic(base.with_suffix(".json"), record)
         self.view.subtask(s.id, "done", pool.role, pool.slot)
+        fields: dict[str, Any] = {
+            "subtask_id": s.id,
+            "role": pool.role,
+            "slot": pool.slot,
+            "status": "ok",
+            "revision": bool(revision),
+            "duration_ms": round((time.monotonic() - started) * 1000),
+        }
+        if self.telemetry.content:
+            fields["prompt"] = messages[-1]["content"]
+            fields["output"] = parsed.output
+        self.telemetry.emit("subtask.finished", fields)
         return record
 
     async def integrate(self, plan: Plan, done: dict[str, dict[str, Any]]) -> str:
