@@ -20,6 +20,8 @@ _SK = re.compile(r"\bsk-[A-Za-z0-9_-]{8,}")
 
 def mask(text: str) -> str:
     """Hide bearer tokens and ``sk-...`` keys inside free text."""
+    if "sk-" not in text and "earer" not in text:  # the common case: nothing to hide
+        return text
     return _SK.sub("sk-***", _BEARER.sub(r"\1***", text))
 
 

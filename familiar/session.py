@@ -48,7 +48,7 @@ from familiar.plan import (
 )
 from familiar.prompts import Prompt, load_prompt
 from familiar.store import read_json, write_json_atomic, write_text_atomic
-from familiar.telemetry import Telemetry, current_span, new_id
+from familiar.telemetry import Telemetry, current_span, new_span_id
 from familiar.view import SessionView
 
 log = structlog.get_logger("familiar.session")
@@ -348,7 +348,7 @@ class Session:
                         continue
                     role = "naughty" if s.difficulty == "hard" else "kindergarten"
                     self.view.subtask(s.id, "queued", role, None)
-                    self._spans[s.id] = span = new_id()[:16]
+                    self._spans[s.id] = span = new_span_id()
                     self.telemetry.emit(
                         "subtask.dispatched",
                         {

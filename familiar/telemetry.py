@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import socket
 import time
 import uuid
@@ -44,14 +45,23 @@ _HOST = socket.gethostname()
 current_span: ContextVar[str | None] = ContextVar("familiar_span", default=None)
 
 
-def _version() -> str:
-    from familiar import __version__
+_VERSION: list[str] = []
 
-    return __version__
+
+def _version() -> str:
+    if not _VERSION:
+        from familiar import __version__
+
+        _VERSION.append(__version__)
+    return _VERSION[0]
 
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def new_span_id() -> str:
+    return f"{random.getrandbits(64):016x}"
 
 
 def make_event(
@@ -67,7 +77,7 @@ def make_event(
         "ts": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
         "event": name,
         "correlation_id": correlation_id.get(),
-        "span_id": span_id or new_id()[:16],
+        "span_id": span_id or new_span_id(),
         "parent_span_id": parent_span_id if parent_span_id is not None else current_span.get(),
         "service": SERVICE,
         "version": _version(),
@@ -174,7 +184,7 @@ class Telemetry:
     @contextmanager
     def span(self, name: str, fields: Mapping[str, Any] | None = None) -> Iterator[str]:
         """Emit ``name`` and make its span the parent of everything inside."""
-        span_id = new_id()[:16]
+        span_id = new_span_id()
         self.emit(name, fields, span_id=span_id)
         token = current_span.set(span_id)
         try:
