@@ -53,8 +53,9 @@ async def run(url: str, calls: int, conc: int, telemetry: Telemetry | None) -> f
         return time.perf_counter() - start
 
 
-async def one(mode: str, url: str, vector_url: str, home: Path, args: argparse.Namespace
-              ) -> tuple[float, float]:
+async def one(
+    mode: str, url: str, vector_url: str, home: Path, args: argparse.Namespace
+) -> tuple[float, float]:
     """Work time, and the time to close telemetry afterwards (flush or spill)."""
     if mode == "off":
         return await run(url, args.calls, args.concurrency, None), 0.0
@@ -66,13 +67,24 @@ async def one(mode: str, url: str, vector_url: str, home: Path, args: argparse.N
     return took, time.perf_counter() - closing
 
 
-async def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace) -> None:
     port = free_port()
-    receiver = subprocess.Popen([sys.executable, "-c", RECEIVER, str(port)],
-                                cwd=_common.REPO, stdout=subprocess.PIPE, text=True)
+    receiver = subprocess.Popen(
+        [sys.executable, "-c", RECEIVER, str(port)],
+        cwd=_common.REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert receiver.stdout is not None and receiver.stdout.readline().startswith("LISTEN")
-        vector_url = f"http://127.0.0.1:{port}/telemetry"
+        asyncio.run(measure(args, f"http://127.0.0.1:{port}/telemetry"))
+    finally:
+        receiver.terminate()
+        receiver.wait(5)
+
+
+async def measure(args: argparse.Namespace, vector_url: str) -> None:
+    if True:
         with spawn_fake_server() as srv, tempfile.TemporaryDirectory() as tmp:
             modes = ("off", "on", "receiver down")
             await run(srv.url, 100, args.concurrency, None)  # warm-up
@@ -80,8 +92,9 @@ async def main(args: argparse.Namespace) -> None:
             close: dict[str, list[float]] = {m: [] for m in modes}
             for r in range(args.rounds):
                 for mode in modes:
-                    took, closing = await one(mode, srv.url, vector_url,
-                                              Path(tmp) / f"{mode}{r}", args)
+                    took, closing = await one(
+                        mode, srv.url, vector_url, Path(tmp) / f"{mode}{r}", args
+                    )
                     work[mode].append(took)
                     close[mode].append(closing)
             base = _common.median(work["off"])
@@ -89,11 +102,10 @@ async def main(args: argparse.Namespace) -> None:
             for mode in modes:
                 t = _common.median(work[mode])
                 rows.append([mode, args.calls / t, base / t, _common.median(close[mode])])
-    finally:
-        receiver.terminate()
-        receiver.wait(5)
-    print(f"telemetry: {args.calls} calls at concurrency {args.concurrency}, one llm.call "
-          f"event each, median of {args.rounds} interleaved rounds")
+    print(
+        f"telemetry: {args.calls} calls at concurrency {args.concurrency}, one llm.call "
+        f"event each, median of {args.rounds} interleaved rounds"
+    )
     print(_common.table(["telemetry", "calls/s", "x off", "close s (flush/spill)"], rows))
 
 
@@ -102,4 +114,4 @@ if __name__ == "__main__":
     p.add_argument("--calls", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--rounds", type=int, default=5)
-    asyncio.run(main(p.parse_args()))
+    main(p.parse_args())

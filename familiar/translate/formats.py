@@ -60,22 +60,24 @@ def build_request(
     if fmt == "plamo":
         parts = [f"{PLAMO_OP}dataset\ntranslation\n"]
         for before, after in context:
-            parts.append(f"{PLAMO_OP}input lang={src_name}\n{before}\n"
-                         f"{PLAMO_OP}output lang={dst_name}\n{after}\n")
-        parts.append(f"{PLAMO_OP}input lang={src_name}\n{text}\n"
-                     f"{PLAMO_OP}output lang={dst_name}\n")
-        return Request("completion", prompt="".join(parts),
-                       params={"temperature": 0.0, "stop": [PLAMO_OP],
-                               "max_tokens": max_tokens})
-    system = CHAT_SYSTEM.format(src=src_name, dst=dst_name,
-                                glossary=glossary_block(glossary or {}))
+            parts.append(
+                f"{PLAMO_OP}input lang={src_name}\n{before}\n"
+                f"{PLAMO_OP}output lang={dst_name}\n{after}\n"
+            )
+        parts.append(f"{PLAMO_OP}input lang={src_name}\n{text}\n{PLAMO_OP}output lang={dst_name}\n")
+        return Request(
+            "completion",
+            prompt="".join(parts),
+            params={"temperature": 0.0, "stop": [PLAMO_OP], "max_tokens": max_tokens},
+        )
+    system = CHAT_SYSTEM.format(src=src_name, dst=dst_name, glossary=glossary_block(glossary or {}))
     messages: list[Mapping[str, str]] = [{"role": "system", "content": system}]
     for before, after in context:
-        messages += [{"role": "user", "content": before},
-                     {"role": "assistant", "content": after}]
+        messages += [{"role": "user", "content": before}, {"role": "assistant", "content": after}]
     messages.append({"role": "user", "content": text})
-    return Request("chat", messages=tuple(messages),
-                   params={"temperature": 0.0, "max_tokens": max_tokens})
+    return Request(
+        "chat", messages=tuple(messages), params={"temperature": 0.0, "max_tokens": max_tokens}
+    )
 
 
 def format_version(fmt: FormatName) -> str:
