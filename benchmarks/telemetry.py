@@ -84,24 +84,21 @@ def main(args: argparse.Namespace) -> None:
 
 
 async def measure(args: argparse.Namespace, vector_url: str) -> None:
-    if True:
-        with spawn_fake_server() as srv, tempfile.TemporaryDirectory() as tmp:
-            modes = ("off", "on", "receiver down")
-            await run(srv.url, 100, args.concurrency, None)  # warm-up
-            work: dict[str, list[float]] = {m: [] for m in modes}
-            close: dict[str, list[float]] = {m: [] for m in modes}
-            for r in range(args.rounds):
-                for mode in modes:
-                    took, closing = await one(
-                        mode, srv.url, vector_url, Path(tmp) / f"{mode}{r}", args
-                    )
-                    work[mode].append(took)
-                    close[mode].append(closing)
-            base = _common.median(work["off"])
-            rows = []
+    with spawn_fake_server() as srv, tempfile.TemporaryDirectory() as tmp:
+        modes = ("off", "on", "receiver down")
+        await run(srv.url, 100, args.concurrency, None)  # warm-up
+        work: dict[str, list[float]] = {m: [] for m in modes}
+        close: dict[str, list[float]] = {m: [] for m in modes}
+        for r in range(args.rounds):
             for mode in modes:
-                t = _common.median(work[mode])
-                rows.append([mode, args.calls / t, base / t, _common.median(close[mode])])
+                took, closing = await one(mode, srv.url, vector_url, Path(tmp) / f"{mode}{r}", args)
+                work[mode].append(took)
+                close[mode].append(closing)
+        base = _common.median(work["off"])
+        rows = []
+        for mode in modes:
+            t = _common.median(work[mode])
+            rows.append([mode, args.calls / t, base / t, _common.median(close[mode])])
     print(
         f"telemetry: {args.calls} calls at concurrency {args.concurrency}, one llm.call "
         f"event each, median of {args.rounds} interleaved rounds"
