@@ -91,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=_local_cmd(name))
 
     from familiar.cli_run import add_run_commands
+    from familiar.cli_translate import add_translate_command
 
     add_run_commands(sub, _common)
+    add_translate_command(sub, _common)
     return parser
 
 

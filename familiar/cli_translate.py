@@ -1,0 +1,213 @@
+"""``familiar translate``: article-translation batches from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from familiar.config import Config, load_config
+from familiar.context import bound_correlation_id, new_correlation_id
+from familiar.errors import ConfigError
+
+
+def add_translate_command(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = sub.add_parser(
+        "translate",
+        help="translate Markdown articles (Japanese <-> English)",
+        description="Translate Markdown articles with the translator role's slot. Code, "
+        "URLs, link targets, front matter keys and table structure are kept byte for "
+        "byte; chunks are cached, so a rerun asks only for what is missing. Exit codes: "
+        "0 every article translated, 1 any article failed, 2 usage error.",
+    )
+    common(p)
+    p.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="Markdown files, or directories searched for *.md",
+    )
+    p.add_argument("--to", required=True, choices=("en", "ja"), help="target language")
+    p.add_argument(
+        "--from",
+        dest="source",
+        default="auto",
+        choices=("auto", "en", "ja"),
+        help="source language (default: detected per article)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="output directory mirroring the input tree (default ./translated-<to>)",
+    )
+    p.add_argument("--in-place", action="store_true", help="overwrite the source files")
+    p.add_argument("--glossary", type=Path, metavar="FILE", help="term pairs, TOML or TSV")
+    p.add_argument(
+        "--format",
+        choices=("plamo", "chat"),
+        default=None,
+        help="prompt format (default: plamo for PLaMo models, else chat)",
+    )
+    p.add_argument(
+        "--chunk-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="prose per chunk (default: derived from the slot, at most 700)",
+    )
+    p.add_argument("--force", action="store_true", help="ignore the chunk cache")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--roles", metavar="STRING", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_translate)
+
+
+def _options(args: argparse.Namespace, cfg: Config) -> Any:
+    from familiar.translate.batch import BatchOptions
+    from familiar.translate.formats import FormatName
+    from familiar.translate.glossary import load_glossary
+
+    if args.in_place and args.out:
+        raise ConfigError("--in-place and --out exclude each other")
+    if args.source != "auto" and args.source == args.to:
+        raise ConfigError(f"--from and --to are both {args.to}")
+    slot = cfg.slots_for("translator")[0]
+    fmt: FormatName = args.format or ("plamo" if "plamo" in slot.model.lower() else "chat")
+    tokens = args.chunk_tokens or min(700, max(128, (slot.max_tokens or 2048) // 3))
+    if tokens < 32:
+        raise ConfigError("--chunk-tokens must be at least 32")
+    return BatchOptions(
+        to=args.to,
+        source_lang=args.source,
+        fmt=fmt,
+        out_dir=args.out,
+        in_place=args.in_place,
+        force=args.force,
+        chunk_tokens=tokens,
+        glossary=load_glossary(args.glossary) if args.glossary else {},
+    )
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from familiar.translate.batch import discover
+
+    cfg = load_config(args.workspace, args.slots, args.roles)
+    if not cfg.role_config.has("translator"):
+        raise ConfigError(
+            f"the translator role is not active in {cfg.role_config.canonical()!r}"
+            " (familiar config use standard, or --roles)"
+        )
+    missing = [str(p) for p in args.paths if not p.exists()]
+    opts = _options(args, cfg)
+    files = discover([p for p in args.paths if p.exists()])
+    if not files and not missing:
+        raise ConfigError("no Markdown files found under the given paths")
+    reports = asyncio.run(_run(cfg, opts, files))
+    from familiar.translate.batch import ArticleReport
+
+    reports += [ArticleReport(path=m, status="error", error="no such file") for m in missing]
+    if args.json:
+        print(json.dumps([asdict(r) for r in reports], ensure_ascii=False, indent=2))
+    else:
+        _print_report(reports)
+    return 0 if all(r.status in ("ok", "skipped") for r in reports) else 1
+
+
+async def _run(cfg: Config, opts: Any, files: list[tuple[Path, Path]]) -> list[Any]:
+    from familiar.dispatch import Pool
+    from familiar.fleet import Fleet
+    from familiar.telemetry import Telemetry
+    from familiar.translate.batch import Translator
+    from familiar.translate.cache import ChunkCache
+
+    slots = {s.name: s for s in cfg.slots_for("translator")}
+    cache = ChunkCache(cfg.home / "cache" / "chunks.sqlite")
+    try:
+        with bound_correlation_id(new_correlation_id()):
+            telemetry = Telemetry(cfg.home)
+            async with telemetry, Fleet(slots, home=cfg.home, hooks=[telemetry.hook]) as fleet:
+                pools = [Pool("translator", n, fleet[n].seats.total, fleet[n]) for n in slots]
+                with _progress(len(files)) as progress:
+                    translator = Translator(
+                        pools, opts, cache, telemetry=telemetry, progress=progress
+                    )
+                    return await translator.run(files)
+    finally:
+        cache.close()
+
+
+class _progress:
+    """A rich progress bar on a terminal (articles, chunks, tokens/s); silent otherwise."""
+
+    def __init__(self, articles: int) -> None:
+        self.articles = articles
+        self.live = sys.stderr.isatty()
+
+    def __enter__(self) -> Callable[[str, int], None]:
+        if not self.live:
+            return lambda _what, _n: None
+        import time
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            transient=False,
+        )
+        self.bar.__enter__()
+        a = self.bar.add_task("articles", total=self.articles, rate="")
+        c = self.bar.add_task("chunks", total=0, rate="")
+        t0, tokens = time.monotonic(), [0]
+
+        def update(what: str, n: int) -> None:
+            if what == "article":
+                self.bar.advance(a, n)
+            elif what == "chunks-total":
+                task = self.bar.tasks[c]
+                self.bar.update(c, total=(task.total or 0) + n)
+            elif what == "chunk":
+                self.bar.advance(c, n)
+            elif what == "tokens":
+                tokens[0] += n
+                rate = tokens[0] / max(time.monotonic() - t0, 1e-6)
+                self.bar.update(c, rate=f"{rate:.0f} tok/s")
+
+        return update
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self.bar.__exit__(None, None, None)
+
+
+def _print_report(reports: list[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("article", "status", "chunks", "cached", "retried", "failed", "seconds", "note")
+    for r in reports:
+        note = r.error or (
+            f"glossary misses: {', '.join(r.glossary_misses[:3])}"
+            if r.glossary_misses
+            else (r.out or "")
+        )
+        colour = {"ok": "green", "skipped": "yellow"}.get(r.status, "red")
+        table.add_row(
+            r.path,
+            f"[{colour}]{r.status}[/]",
+            str(r.chunks),
+            str(r.from_cache),
+            str(r.retried),
+            str(len(r.failed_chunks)),
+            f"{r.seconds:.1f}",
+            note,
+        )
+    Console().print(table)
