@@ -161,6 +161,7 @@ class Telemetry:
         self._wake: asyncio.Event | None = None
         self._spill_pending = False
         self._closing = False
+        self._retry_at = 0.0
         self.counts = {"emitted": 0, "sent": 0, "spilled": 0, "replayed": 0, "dropped": 0}
 
     # -- emitting (synchronous, never blocks the work) --------------------------------
@@ -231,19 +232,28 @@ class Telemetry:
             self._save_stats()
 
     async def _run(self) -> None:
-        """The sender loop: flush by size (woken) or by interval; last flush on close."""
+        """The sender loop: flush by size (woken) or by interval; last flush on close.
+
+        While the receiver is away, events spill and the next try waits longer
+        (interval doubling up to 30 s), so a missing Vector costs next to nothing.
+        """
         assert self._wake is not None
+        pause = self.interval_s
         while True:
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
+                await asyncio.wait_for(self._wake.wait(), timeout=pause)
             self._wake.clear()
-            try:
-                await self._flush_all()
-            except (_Retryable, httpx.HTTPError) as exc:
-                log.debug("telemetry receiver unavailable; spilling", error=str(exc))
-                if self._buffer:
-                    self._spill(list(self._buffer))
-                    self._buffer.clear()
+            if self._closing or time.monotonic() >= self._retry_at:
+                try:
+                    await self._flush_all()
+                    pause = self.interval_s
+                except (_Retryable, httpx.HTTPError) as exc:
+                    log.debug("telemetry receiver unavailable; spilling", error=str(exc))
+                    pause = min(pause * 2, 30.0)
+                    self._retry_at = time.monotonic() + pause
+            if self._buffer and time.monotonic() < self._retry_at:
+                self._spill(list(self._buffer))
+                self._buffer.clear()
             if self._closing:
                 return
 

@@ -325,7 +325,7 @@ class Translator:
         )
 
     async def _ask(self, client: SlotClient, job: Job) -> CallResult:
-        budget = min(self.max_tokens, max(256, job.chunk.tokens * 3))
+        budget = min(self.max_tokens, 2 * job.chunk.tokens + 64)  # room, but no runaway
         req = build_request(
             self.opts.fmt,
             job.chunk.text,

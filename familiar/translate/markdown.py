@@ -35,8 +35,17 @@ from itertools import pairwise
 from typing import Literal
 
 __all__ = [
-    "Article", "Chunk", "FrontMatter", "Segment", "assemble", "chunk", "estimate_tokens",
-    "join_parts", "parse", "split_chunk", "validate",
+    "Article",
+    "Chunk",
+    "FrontMatter",
+    "Segment",
+    "assemble",
+    "chunk",
+    "estimate_tokens",
+    "join_parts",
+    "parse",
+    "split_chunk",
+    "validate",
 ]
 
 Item = tuple[str, str]  # ("t", prose) | ("p", protected) | ("n", trailing blanks + line end)
@@ -97,8 +106,13 @@ _FM_FIELD = re.compile(
 _PLAIN_UNSAFE = re.compile(
     r"^[-?:,\[\]{}#&*!|>'\"%@`]|:[ \t]|:$| #|\t|^(?i:yes|no|true|false|on|off|null|~)$|^[-+.\d]"
 )
-_CUTS = (re.compile(r"\n(?:[ \t]*\n)+"), re.compile(r"\n"), re.compile(
-    "(?:[\u3002\uff01\uff1f][\u300d\u300f\uff09)\\]\"']*|[.!?][\"')\\]]*(?=[ \t]))([ \t]*)"))
+_CUTS = (
+    re.compile(r"\n(?:[ \t]*\n)+"),
+    re.compile(r"\n"),
+    re.compile(
+        "(?:[\u3002\uff01\uff1f][\u300d\u300f\uff09)\\]\"']*|[.!?][\"')\\]]*(?=[ \t]))([ \t]*)"
+    ),
+)
 _CJK_END = re.compile("[\u3002\uff01\uff1f][\u300d\u300f\uff09)]*$")
 _ASCII_END = re.compile(r"[.!?][\"')\]]*$")
 _REPEAT = re.compile(r"(.{8,200}?)\1{5,}", re.S)
@@ -188,7 +202,7 @@ def parse(
 ) -> Article:
     """Split ``source`` into front matter, keep segments and prose segments."""
     bom = "\ufeff" if source.startswith("\ufeff") else ""
-    lines = _lines(source[len(bom):])
+    lines = _lines(source[len(bom) :])
     crlf = source.count("\r\n")
     article = Article(None, [], "\r\n" if crlf > source.count("\n") - crlf else "\n", bom)
     article._delims = _pick_delims(source)
@@ -225,8 +239,9 @@ def chunk(article: Article, max_tokens: int) -> list[Chunk]:
 
     def emit(items: list[Item], style: str | None, key: str | None) -> None:
         text, placeholders, breaks = _render(items, article._delims)
-        ch = Chunk(len(slots), text, placeholders, estimate_tokens(text), (), "", key,
-                   article._delims)
+        ch = Chunk(
+            len(slots), text, placeholders, estimate_tokens(text), (), "", key, article._delims
+        )
         slots.append(_Slot(ch, _text(items), breaks, style))
         layout.append(ch.index)
 
@@ -303,10 +318,16 @@ def split_chunk(chunk: Chunk) -> list[Chunk]:
     halves = ((chunk.text[:i], chunk.text[i:j]), (chunk.text[j:], chunk.joiner))
     tok = _tok_re(chunk.delims)
     return [
-        Chunk(chunk.index, text, {t: chunk.placeholders[t] for t in tok.findall(text)
-                                  if t in chunk.placeholders},
-              estimate_tokens(text), (*chunk.part, n), joiner, chunk.front_matter_key,
-              chunk.delims)
+        Chunk(
+            chunk.index,
+            text,
+            {t: chunk.placeholders[t] for t in tok.findall(text) if t in chunk.placeholders},
+            estimate_tokens(text),
+            (*chunk.part, n),
+            joiner,
+            chunk.front_matter_key,
+            chunk.delims,
+        )
         for n, (text, joiner) in enumerate(halves)
     ]
 
@@ -341,6 +362,8 @@ def _blank(content: str) -> bool:
 
 def _block(items: list[Item], heading: bool = False, keep: bool = False) -> _Block:
     prose = not keep and any(k == "t" and v.strip() for k, v in items)
+    if not prose:  # nothing to translate: all of it is protected
+        items = _merge([("p", v) if k == "t" else (k, v) for k, v in items])
     shown = "".join(v if k == "t" else "\n" if k == "n" else "\u27e6P00\u27e7" for k, v in items)
     return _Block("prose" if prose else "keep", items, estimate_tokens(shown), heading)
 
@@ -385,8 +408,7 @@ def _fence_open(content: str) -> re.Match[str] | None:
 
 
 def _find(lines: list[tuple[str, str]], start: int, needle: str, default: int) -> int:
-    return next((k + 1 for k in range(start, len(lines)) if needle in lines[k][0].lower()),
-                default)
+    return next((k + 1 for k in range(start, len(lines)) if needle in lines[k][0].lower()), default)
 
 
 def _keep_end(lines: list[tuple[str, str]], i: int, indented_ok: bool) -> int | None:
@@ -396,12 +418,12 @@ def _keep_end(lines: list[tuple[str, str]], i: int, indented_ok: bool) -> int | 
         close = re.compile(_QUOTE + re.escape(fence[0]) + "{" + str(len(fence)) + r",}[ \t]*$")
         return next((k + 1 for k in range(i + 1, n) if close.match(lines[k][0])), n)
     if m := _MATH.match(c):
-        return i + 1 if "$$" in c[m.end():] else _find(lines, i + 1, "$$", i + 1)
+        return i + 1 if "$$" in c[m.end() :] else _find(lines, i + 1, "$$", i + 1)
     if m := _HTML_COMMENT.match(c):
-        return i + 1 if "-->" in c[m.end():] else _find(lines, i + 1, "-->", n)
+        return i + 1 if "-->" in c[m.end() :] else _find(lines, i + 1, "-->", n)
     if m := _HTML_RAW.match(c):
         closing = f"</{m[1].lower()}>"
-        return i + 1 if closing in c[m.end():].lower() else _find(lines, i + 1, closing, n)
+        return i + 1 if closing in c[m.end() :].lower() else _find(lines, i + 1, closing, n)
     if _HTML_BLOCK.match(c) or _HTML_LONE.match(c):
         return next((k for k in range(i + 1, n) if _blank(lines[k][0])), n)
     if indented_ok and _INDENTED.match(c):
@@ -414,15 +436,25 @@ def _keep_end(lines: list[tuple[str, str]], i: int, indented_ok: bool) -> int | 
 
 
 def _table_start(lines: list[tuple[str, str]], i: int) -> bool:
-    return (i + 1 < len(lines) and "|" in lines[i][0] and "|" in lines[i + 1][0]
-            and bool(_DELIM_ROW.match(lines[i + 1][0])))
+    return (
+        i + 1 < len(lines)
+        and "|" in lines[i][0]
+        and "|" in lines[i + 1][0]
+        and bool(_DELIM_ROW.match(lines[i + 1][0]))
+    )
 
 
 def _para_end(lines: list[tuple[str, str]], j: int) -> int:
     while j < len(lines):
         c = lines[j][0]
-        if _blank(c) or _table_start(lines, j) or any(rx.match(c) for rx in (
-                _MATH, _HTML_COMMENT, _HTML_RAW, _HTML_BLOCK, _HEADING, _HR, _REFDEF)):
+        if (
+            _blank(c)
+            or _table_start(lines, j)
+            or any(
+                rx.match(c)
+                for rx in (_MATH, _HTML_COMMENT, _HTML_RAW, _HTML_BLOCK, _HEADING, _HR, _REFDEF)
+            )
+        ):
             break
         if _fence_open(c):
             break
@@ -432,7 +464,7 @@ def _para_end(lines: list[tuple[str, str]], j: int) -> int:
 
 def _line_items(content: str, eol: str, mode: str, labels: set[str]) -> list[Item]:
     body = content.rstrip(" \t")
-    trail = content[len(body):]
+    trail = content[len(body) :]
     items: list[Item]
     if mode == "delim":
         items = [("p", body)]
@@ -546,8 +578,9 @@ def _front_matter(
 ) -> tuple[int, list[str | FieldPart]] | None:
     if not lines or lines[0][0].rstrip(" \t") != "---":
         return None
-    end = next((k for k in range(1, len(lines)) if lines[k][0].rstrip(" \t") in ("---", "...")),
-               None)
+    end = next(
+        (k for k in range(1, len(lines)) if lines[k][0].rstrip(" \t") in ("---", "...")), None
+    )
     if end is None:
         return None
     parts: list[str | FieldPart] = [lines[0][0] + lines[0][1]]
@@ -560,8 +593,11 @@ def _front_matter(
             value = content[a:b].strip(" \t")
             a += len(content[a:b]) - len(content[a:b].lstrip(" \t"))
             if value:
-                parts += [content[:a], (m["key"], style, _inline(value, set())),
-                          content[a + len(value):] + eol]
+                parts += [
+                    content[:a],
+                    (m["key"], style, _inline(value, set())),
+                    content[a + len(value) :] + eol,
+                ]
                 continue
         parts.append(content + eol)
     parts.append(lines[end][0] + lines[end][1])
@@ -687,7 +723,7 @@ def _cut(text: str, max_tokens: int, delims: tuple[str, str]) -> list[tuple[str,
         return [(text, "")]
     left = _cut(text[: cut[0]], max_tokens, delims)
     left[-1] = (left[-1][0], text[cut[0] : cut[1]])
-    return left + _cut(text[cut[1]:], max_tokens, delims)
+    return left + _cut(text[cut[1] :], max_tokens, delims)
 
 
 def _best_cut(text: str, delims: tuple[str, str]) -> tuple[int, int] | None:
@@ -732,8 +768,9 @@ def _restore(slot: _Slot, output: str, newline: str) -> str:
         return _restore_field(slot, out)
     lines = [line.rstrip(" \t") for line in out.split("\n")]
     seps = slot.breaks if len(lines) - 1 == len(slot.breaks) else (newline,) * (len(lines) - 1)
-    return _fill(lines[0] + "".join(s + line for s, line in zip(seps, lines[1:], strict=True)),
-                 slot.chunk)
+    return _fill(
+        lines[0] + "".join(s + line for s, line in zip(seps, lines[1:], strict=True)), slot.chunk
+    )
 
 
 def _glue(prev_src: str, prev_out: str, out: str) -> str:
@@ -746,8 +783,11 @@ def _placeholder_problems(ch: Chunk, output: str) -> list[str]:
     tok = _tok_re(ch.delims)
     counts = Counter(tok.findall(output))
     problems = [f"missing placeholder {t}" for t in ch.placeholders if not counts[t]]
-    problems += [f"placeholder {t} appears {c} times" for t, c in counts.items()
-                 if c > 1 and t in ch.placeholders]
+    problems += [
+        f"placeholder {t} appears {c} times"
+        for t, c in counts.items()
+        if c > 1 and t in ch.placeholders
+    ]
     problems += [f"unknown placeholder {t}" for t in counts if t not in ch.placeholders]
     stray = tok.sub("", output)
     if ch.delims[0] in stray or ch.delims[1] in stray:

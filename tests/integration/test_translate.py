@@ -221,6 +221,14 @@ async def test_usage_errors(
     assert "Traceback" not in err and err.count("familiar: error") == 2
 
 
+def _count(db: Path) -> int:
+    cache = ChunkCache(db)
+    try:
+        return len(cache)
+    finally:
+        cache.close()
+
+
 def test_killed_batch_resumes_with_only_missing_chunks(tmp_path: Path, isolated_env: Path) -> None:
     async def scenario() -> None:
         async with FakeOpenAIServer(latency_s=0.3) as srv:
@@ -249,13 +257,14 @@ def test_killed_batch_resumes_with_only_missing_chunks(tmp_path: Path, isolated_
                 *argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
             deadline = time.monotonic() + 20
-            while srv.stats["completed"] < 4 and time.monotonic() < deadline:  # noqa: ASYNC110
+            db = isolated_env / "cache" / "chunks.sqlite"
+            while time.monotonic() < deadline:  # until a few chunks are cached
+                if db.exists() and _count(db) >= 4:
+                    break
                 await asyncio.sleep(0.02)
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
-            cache = ChunkCache(isolated_env / "cache" / "chunks.sqlite")
-            cached = len(cache)
-            cache.close()
+            cached = _count(db)
             assert cached >= 4
             srv.configure(latency_s=0.0)
             before = srv.stats["requests"]
@@ -266,6 +275,7 @@ def test_killed_batch_resumes_with_only_missing_chunks(tmp_path: Path, isolated_
             assert resumed.returncode == 0
             rows = json.loads(out)
             total = sum(r["chunks"] for r in rows)
+            assert cached < total  # the kill really came mid-batch
             assert sum(r["from_cache"] for r in rows) == cached
             assert srv.stats["requests"] - before == total - cached  # only the missing
             first = {p: p.read_bytes() for p in (tmp_path / "o").rglob("*.md")}
