@@ -78,7 +78,11 @@ def _options(args: argparse.Namespace, cfg: Config) -> Any:
     if args.source != "auto" and args.source == args.to:
         raise ConfigError(f"--from and --to are both {args.to}")
     slot = cfg.slots_for("translator")[0]
-    fmt: FormatName = args.format or ("plamo" if "plamo" in slot.model.lower() else "chat")
+    fmt: FormatName = (
+        args.format
+        or slot.translate_format
+        or ("plamo" if "plamo" in slot.model.lower() else "chat")
+    )
     tokens = args.chunk_tokens or min(700, max(128, (slot.max_tokens or 2048) // 3))
     if tokens < 32:
         raise ConfigError("--chunk-tokens must be at least 32")

@@ -38,6 +38,9 @@ class Slot(BaseModel):
     api_key_env: str | None = None
     #: optional cap on generated tokens per request (small local models, tight contexts)
     max_tokens: Annotated[int, Field(ge=1)] | None = None
+    #: prompt format for translation on this slot (default: plamo for PLaMo, else chat;
+    #: ``fewshot`` suits base models that are not instruction-tuned)
+    translate_format: Literal["plamo", "chat", "fewshot"] | None = None
 
     @field_validator("url", mode="before")
     @classmethod

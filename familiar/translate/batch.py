@@ -88,6 +88,17 @@ class Job:
 Progress = Callable[[str, int], None]  # (what, amount): "chunk", "article", "tokens"
 
 
+def markup_problems(source: str, output: str) -> list[str]:
+    """Markdown syntax left visible in the prose (link brackets, emphasis) must survive."""
+    problems = []
+    for mark in ("[", "]", "**", "`"):
+        if source.count(mark) != output.count(mark):
+            problems.append(
+                f"{mark!r} appears {output.count(mark)} time(s), expected {source.count(mark)}"
+            )
+    return problems
+
+
 def discover(paths: Sequence[Path]) -> list[tuple[Path, Path]]:
     """(file, path relative to its root) for files given and ``*.md`` under dirs."""
     found: list[tuple[Path, Path]] = []
@@ -296,10 +307,10 @@ class Translator:
         problems: list[str] = []
         tokens = 0
         for attempt in range(self.opts.attempts):
-            result = await self._ask(client, job)
+            result = await self._ask(client, job, retry=attempt > 0)
             tokens += result.completion_tokens or 0
             output = clean_output(self.opts.fmt, result.text)
-            problems = md.validate(ch, output)
+            problems = md.validate(ch, output) + markup_problems(ch.text, output)
             if result.finish_reason == "length":
                 problems.append("the answer was cut off (finish_reason=length)")
             if not problems:
@@ -324,7 +335,7 @@ class Translator:
             ch.text, ok=False, retried=self.opts.attempts - 1, tokens=tokens, problems=problems
         )
 
-    async def _ask(self, client: SlotClient, job: Job) -> CallResult:
+    async def _ask(self, client: SlotClient, job: Job, *, retry: bool = False) -> CallResult:
         budget = min(self.max_tokens, 2 * job.chunk.tokens + 64)  # room, but no runaway
         req = build_request(
             self.opts.fmt,
@@ -336,6 +347,8 @@ class Translator:
             max_tokens=budget,
         )
         params = dict(req.params or {})
+        if retry:  # greedy decoding would repeat the rejected answer word for word
+            params["temperature"] = 0.3
         if req.kind == "completion":
             assert req.prompt is not None
             return await client.complete(req.prompt, role="translator", **params)

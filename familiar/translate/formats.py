@@ -3,6 +3,9 @@
 * ``plamo``: PLaMo 2 Translate's raw format on ``/v1/completions``, temperature 0,
   stopping at the next ``<|plamo:op|>``. The previous chunk and its translation go
   first as an earlier input/output pair, for consistency.
+* ``fewshot``: for base (not instruction-tuned) models such as the embedded Gemma
+  3 270M: a raw completion of "Japanese: ... / English: ..." pairs, stopping at the
+  next pair. The previous chunk pair is the last example.
 * ``chat``: for general models. Instructions and glossary in the system message; earlier
   chunk pair as earlier turns; the chunk alone as the user message. The article text is
   data: the system message says so, and the text never shares a message with orders.
@@ -17,7 +20,7 @@ from typing import Any, Literal
 
 from familiar.lang import NAMES
 
-FormatName = Literal["plamo", "chat"]
+FormatName = Literal["plamo", "chat", "fewshot"]
 PLAMO_OP = "<|plamo:op|>"
 
 CHAT_SYSTEM = """You are a professional translator. Translate the user's text from \
@@ -36,6 +39,20 @@ class Request:
     prompt: str | None = None
     messages: tuple[Mapping[str, str], ...] = ()
     params: Mapping[str, Any] | None = None
+
+
+FEWSHOT_EXAMPLES: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
+    ("ja", "en"): (
+        ("⟦P0⟧お茶の歴史", "⟦P0⟧The history of tea"),
+        ("詳しくは⟦P0⟧を見てください。", "See ⟦P0⟧ for details."),
+        ("水を沸かします。", "Boil the water."),
+    ),
+    ("en", "ja"): (
+        ("⟦P0⟧The history of tea", "⟦P0⟧お茶の歴史"),
+        ("See ⟦P0⟧ for details.", "詳しくは⟦P0⟧を見てください。"),
+        ("Boil the water.", "水を沸かします。"),
+    ),
+}
 
 
 def glossary_block(glossary: Mapping[str, str]) -> str:
@@ -70,7 +87,22 @@ def build_request(
             prompt="".join(parts),
             params={"temperature": 0.0, "stop": [PLAMO_OP], "max_tokens": max_tokens},
         )
-    system = CHAT_SYSTEM.format(src=src_name, dst=dst_name, glossary=glossary_block(glossary or {}))
+    if fmt == "fewshot":
+        pairs = [*FEWSHOT_EXAMPLES.get((src, dst), ()), *context]
+        head = f"Translate {src_name} to {dst_name}. Keep markers like ⟦P0⟧ unchanged."
+        head += glossary_block(glossary or {})
+        shots = "".join(f"{src_name}: {a}\n{dst_name}: {b}\n\n" for a, b in pairs)
+        return Request(
+            "completion",
+            prompt=f"{head}\n\n{shots}{src_name}: {text}\n{dst_name}:",
+            params={
+                "temperature": 0.0,
+                "max_tokens": max_tokens,
+                "stop": [f"\n{src_name}:", f"\n\n\n"],
+            },
+        )
+    gloss = glossary_block(glossary or {})
+    system = CHAT_SYSTEM.format(src=src_name, dst=dst_name, glossary=gloss)
     messages: list[Mapping[str, str]] = [{"role": "system", "content": system}]
     for before, after in context:
         messages += [{"role": "user", "content": before}, {"role": "assistant", "content": after}]
@@ -82,7 +114,11 @@ def build_request(
 
 def format_version(fmt: FormatName) -> str:
     """A hash of the format's fixed text: part of every cache key."""
-    fixed = CHAT_SYSTEM if fmt == "chat" else PLAMO_OP + "dataset/translation/v1"
+    fixed = {
+        "chat": CHAT_SYSTEM,
+        "plamo": PLAMO_OP + "dataset/translation/v1",
+        "fewshot": repr(FEWSHOT_EXAMPLES) + "fewshot/v1",
+    }[fmt]
     return hashlib.sha256(fixed.encode()).hexdigest()[:12]
 
 
@@ -90,4 +126,4 @@ def clean_output(fmt: FormatName, text: str) -> str:
     """Strip what formats add around the translation (trailing newline, stray op)."""
     if fmt == "plamo":
         text = text.split(PLAMO_OP, 1)[0]
-    return text.strip("\n")
+    return text.strip(" \n") if fmt == "fewshot" else text.strip("\n")
