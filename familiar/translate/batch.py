@@ -12,6 +12,7 @@ written atomically as soon as its chunks are done.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -88,9 +89,17 @@ class Job:
 Progress = Callable[[str, int], None]  # (what, amount): "chunk", "article", "tokens"
 
 
+_LINKED = re.compile(r"\][^\s\]]{1,2}P\d+[^\s\]]")
+
+
 def markup_problems(source: str, output: str) -> list[str]:
-    """Markdown syntax left visible in the prose (link brackets, emphasis) must survive."""
-    problems = []
+    """Markdown syntax left visible in the prose (link brackets, emphasis) must survive,
+    and a link's text must stay attached to its protected target (``[text]⟦P0⟧``)."""
+    problems = [
+        f"link target {m.group()[1:]} detached from its text"
+        for m in _LINKED.finditer(source)
+        if m.group() not in output
+    ]
     for mark in ("[", "]", "**", "`"):
         if source.count(mark) != output.count(mark):
             problems.append(

@@ -98,7 +98,7 @@ def build_request(
             params={
                 "temperature": 0.0,
                 "max_tokens": max_tokens,
-                "stop": [f"\n{src_name}:", f"\n\n\n"],
+                "stop": [f"\n{src_name}:", "\n\n\n"],
             },
         )
     gloss = glossary_block(glossary or {})

@@ -736,6 +736,9 @@ def _best_cut(text: str, delims: tuple[str, str]) -> tuple[int, int] | None:
     """The separator span to cut ``text`` at: the best structural boundary near the middle."""
     n = len(text)
     spans = [m.span() for m in _tok_re(delims).finditer(text)]
+    # never separate a link's visible text from its (protected) target
+    link = re.compile(r"\[[^\[\]\n]*\](?:" + _tok_re(delims).pattern + ")?")
+    spans += [m.span() for m in link.finditer(text)]
 
     def widen(i: int, j: int) -> tuple[int, int] | None:
         while i > 0 and text[i - 1] in " \t\n":

@@ -386,3 +386,12 @@ def test_estimate_tokens() -> None:
     assert estimate_tokens("日本語") == 3
     assert estimate_tokens("abcdefgh") == 2
     assert estimate_tokens("abc日本") == 3
+
+
+def test_split_never_separates_link_text_from_its_target() -> None:
+    from familiar.translate import markdown as md
+
+    article = md.parse("詳しくは[公式サイト](https://example.com/tea)を見てください\n")
+    (ch,) = md.chunk(article, 40)
+    parts = md.split_chunk(ch)
+    assert any("[公式サイト]⟦P0⟧" in p.text for p in parts)
