@@ -29,7 +29,7 @@ def test_use_rewrites_only_the_role_line_and_show_reads_it(tmp_path: Path) -> No
     md.write_bytes(CLAUDE.encode())
     sub = tmp_path / "deep" / "er"
     sub.mkdir(parents=True)
-    done = familiar("config", "use", "Naughty × KINDERGARTEN x translator", cwd=sub)
+    done = familiar("config", "use", "Naughty \u00d7 KINDERGARTEN x translator", cwd=sub)
     assert done.returncode == 0, done.stderr
     assert (
         md.read_bytes()
