@@ -57,8 +57,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from http import HTTPStatus
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
+
+from tests.support.loopback import LoopbackServer
 
 if TYPE_CHECKING:
     import httpx
@@ -184,14 +185,13 @@ class _Request:
     keep_alive: bool
 
 
-class _Connection:
-    """A client connection with its own read buffer (bytes read while waiting are kept)."""
+class _BufferedReader:
+    """Buffered reads from one client connection (bytes read while waiting are kept)."""
 
-    __slots__ = ("buf", "reader", "writer")
+    __slots__ = ("buf", "reader")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader) -> None:
         self.reader = reader
-        self.writer = writer
         self.buf = bytearray()
 
     async def _fill(self) -> bool:
@@ -200,6 +200,33 @@ class _Connection:
             return False
         self.buf += data
         return True
+
+
+def _parse_head(head: str) -> tuple[str, str, str, dict[str, str]]:
+    """Split a header block (no final blank line) into ``(method, target, version, headers)``.
+
+    Header names are lower-cased; names and values are stripped.
+    """
+    lines = head.split("\r\n")
+    try:
+        method, target, version = lines[0].split(" ", 2)
+    except ValueError:
+        raise _BadRequestError(f"bad request line {lines[0]!r}") from None
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return method, target, version, headers
+
+
+class _Connection(_BufferedReader):
+    """A client connection with its own read buffer (bytes read while waiting are kept)."""
+
+    __slots__ = ("writer",)
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__(reader)
+        self.writer = writer
 
     async def read_request(self) -> _Request | None:
         """Read one request; ``None`` on a clean EOF between requests."""
@@ -216,15 +243,7 @@ class _Connection:
                 return None
         head = bytes(buf[:end]).decode("latin-1")
         del buf[: end + 4]
-        lines = head.split("\r\n")
-        try:
-            method, target, version = lines[0].split(" ", 2)
-        except ValueError:
-            raise _BadRequestError(f"bad request line {lines[0]!r}") from None
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
+        method, target, version, headers = _parse_head(head)
         if "transfer-encoding" in headers:
             raise _BadRequestError("chunked request bodies are not supported")
         try:
@@ -300,8 +319,10 @@ def _validate_fault(fault: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(LoopbackServer):
     """In-process fake OpenAI server; use as ``async with FakeOpenAIServer() as srv:``."""
+
+    _backlog = 2048
 
     def __init__(
         self,
@@ -312,8 +333,7 @@ class FakeOpenAIServer:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        self.host = host
-        self._port = port
+        super().__init__(host=host, port=port)
         self._default_config = FakeConfig(latency_s=latency_s, ttft_s=ttft_s, model=model)
         self.config = FakeConfig(latency_s=latency_s, ttft_s=ttft_s, model=model)
         self._faults: deque[dict[str, Any]] = deque()
@@ -327,9 +347,6 @@ class FakeOpenAIServer:
         self._disconnects = 0
         self._connections = 0
         self._ids = itertools.count(1)
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
         self._admin_routes: dict[tuple[str, str], Callable[[Any], Any]] = {
             ("POST", "/_admin/config"): self._admin_config,
             ("POST", "/_admin/faults"): self._admin_faults,
@@ -338,61 +355,6 @@ class FakeOpenAIServer:
             ("POST", "/_admin/reset"): self._admin_reset,
             ("GET", "/_admin/requests"): lambda _body: self.requests,
         }
-
-    # ------------------------------------------------------------------ lifecycle
-
-    async def start(self) -> None:
-        """Start listening (again, on the same port after a :meth:`stop`)."""
-        if self._server is not None:
-            raise RuntimeError("server already running")
-        server = await asyncio.start_server(
-            self._handle, self.host, self._port, backlog=2048, reuse_address=True
-        )
-        self._server = server
-        self._port = server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        """Stop listening and drop every open connection (in-flight requests die)."""
-        server = self._server
-        if server is None:
-            return
-        self._server = None
-        server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        await server.wait_closed()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    @property
-    def port(self) -> int:
-        if self._port == 0:
-            raise RuntimeError("port not known before start()")
-        return self._port
-
-    @property
-    def base(self) -> str:
-        """``http://HOST:PORT`` (no trailing slash)."""
-        return f"http://{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -505,10 +467,6 @@ class FakeOpenAIServer:
     # ------------------------------------------------------------------ HTTP plumbing
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._writers.add(writer)
         self._connections += 1
         conn = _Connection(reader, writer)
         try:
@@ -528,12 +486,6 @@ class FakeOpenAIServer:
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
-        finally:
-            self._tasks.discard(task)
-            self._writers.discard(writer)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
     async def _dispatch(self, conn: _Connection, req: _Request) -> bool:
         """Serve one request; return whether the connection stays open."""

@@ -36,17 +36,18 @@ import asyncio
 import contextlib
 import json
 from collections import deque
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from tests.support.fake_openai import (
     _MAX_HEADER_BYTES,
-    _READ_SIZE,
     _BadRequestError,
+    _BufferedReader,
     _dumps,
+    _parse_head,
     _response_bytes,
     _status_line,
 )
+from tests.support.loopback import LoopbackServer
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_PATH", "FakeVector"]
 
@@ -107,21 +108,10 @@ def _answer(status: int, message: str | None, *, keep_alive: bool, head: bool = 
     return data[: len(data) - len(body)] if head else data
 
 
-class _Reader:
+class _Reader(_BufferedReader):
     """Buffered reads from one client connection."""
 
-    __slots__ = ("buf", "reader")
-
-    def __init__(self, reader: asyncio.StreamReader) -> None:
-        self.reader = reader
-        self.buf = bytearray()
-
-    async def _fill(self) -> bool:
-        data = await self.reader.read(_READ_SIZE)
-        if not data:
-            return False
-        self.buf += data
-        return True
+    __slots__ = ()
 
     async def read_head(self) -> tuple[str, str, str, dict[str, str]] | None:
         """``(method, path, version, headers)``; ``None`` on a clean EOF between requests."""
@@ -135,15 +125,7 @@ class _Reader:
                 return None
         head = bytes(buf[:end]).decode("latin-1")
         del buf[: end + 4]
-        lines = head.lstrip("\r\n").split("\r\n")
-        try:
-            method, target, version = lines[0].split(" ", 2)
-        except ValueError:
-            raise _BadRequestError(f"bad request line {lines[0]!r}") from None
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
+        method, target, version, headers = _parse_head(head.lstrip("\r\n"))
         return method, target.split("?", 1)[0], version, headers
 
     async def read_exact(self, n: int) -> bytes:
@@ -205,12 +187,14 @@ class _Reader:
                 raise _BadRequestError("chunk not terminated by CRLF")
 
 
-class FakeVector:
+class FakeVector(LoopbackServer):
     """In-process fake of Vector's ``http_server`` source with the JSON codec.
 
     Use as ``async with FakeVector() as v:``; POST to :attr:`url`. Stored events are in
     :attr:`events`; every answered request is in :attr:`requests`.
     """
+
+    _label = "FakeVector"
 
     def __init__(
         self,
@@ -225,8 +209,7 @@ class FakeVector:
             raise ValueError("max_body_bytes must be >= 0")
         self.path = path
         self.max_body_bytes = max_body_bytes
-        self.host = host
-        self._port = port
+        super().__init__(host=host, port=port)
         #: Every stored event (a JSON object), in arrival order.
         self.events: list[dict[str, Any]] = []
         #: One dict per answered request: ``method``, ``path``, ``body_bytes`` (the body size;
@@ -239,62 +222,6 @@ class FakeVector:
         self.connections = 0
         self._failures: deque[int] = deque()
         self._arrived = asyncio.Event()
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    # ------------------------------------------------------------------ lifecycle
-
-    async def start(self) -> None:
-        """Start listening; after a :meth:`stop`, again on the same port."""
-        if self._server is not None:
-            raise RuntimeError("FakeVector already running")
-        server = await asyncio.start_server(self._handle, self.host, self._port, reuse_address=True)
-        self._server = server
-        self._port = server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        """Close the listening socket and every open connection (clients see errors)."""
-        server = self._server
-        if server is None:
-            return
-        self._server = None
-        server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        await server.wait_closed()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    @property
-    def port(self) -> int:
-        if self._port == 0:
-            raise RuntimeError("port not known before start()")
-        return self._port
-
-    @property
-    def base(self) -> str:
-        """``http://HOST:PORT`` (no trailing slash)."""
-        return f"http://{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -358,10 +285,6 @@ class FakeVector:
         self.status_counts[status] = self.status_counts.get(status, 0) + 1
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._writers.add(writer)
         self.connections += 1
         conn = _Reader(reader)
         try:
@@ -374,12 +297,6 @@ class FakeVector:
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
-        finally:
-            self._tasks.discard(task)
-            self._writers.discard(writer)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
     def _precheck(
         self, method: str, path: str, headers: dict[str, str], length: int | None
