@@ -51,9 +51,10 @@ def add_translate_command(sub: Any, common: Callable[[argparse.ArgumentParser], 
     p.add_argument("--glossary", type=Path, metavar="FILE", help="term pairs, TOML or TSV")
     p.add_argument(
         "--format",
-        choices=("plamo", "chat"),
+        choices=("plamo", "chat", "fewshot"),
         default=None,
-        help="prompt format (default: plamo for PLaMo models, else chat)",
+        help="prompt format (default: the slot's translate_format, else plamo for PLaMo "
+        "models, else chat; fewshot suits base models)",
     )
     p.add_argument(
         "--chunk-tokens",
