@@ -15,8 +15,7 @@ failures at run time (a backend misbehaving, a session failing)::
         │   ├── BackendHTTPError(status, retry_after)
         │   ├── BackendTimeout
         │   ├── BackendConnectError
-        │   ├── BackendProtocolError  malformed body / stream
-        │   └── NoReplicaAvailable    every replica cooling down
+        │   └── BackendProtocolError  malformed body / stream
         ├── LocalServerError        the embedded llama-server failed to start / died
         └── DispatchError           an item failed (carries the item id)
 
@@ -106,10 +105,6 @@ class BackendProtocolError(BackendError):
     """The backend answered with something that is not a valid response."""
 
 
-class NoReplicaAvailable(BackendError):
-    """Every replica of the slot is cooling down after failures."""
-
-
 class LocalServerError(RuntimeFailure):
     """The embedded llama-server failed to start or died."""
 
@@ -134,7 +129,6 @@ __all__ = [
     "FamiliarError",
     "LocalServerError",
     "LocalSetupError",
-    "NoReplicaAvailable",
     "PromptError",
     "RoleFileError",
     "RoleStringError",

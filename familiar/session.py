@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,6 @@ class SessionOutcome:
     status: str
     final: str | None
     lang: str
-    failed: dict[str, str] = field(default_factory=dict)
     asked: int = 0  # worker calls made in this run (resume: only the missing ones)
 
 
