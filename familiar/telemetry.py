@@ -140,6 +140,7 @@ class Telemetry:
         interval_s: float = 1.0,
         close_deadline_s: float = 3.0,
         attempts: int = 3,
+        spill_max_bytes: int = 64 * 1024 * 1024,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         env_off = os.environ.get("FAMILIAR_TELEMETRY", "").lower() in {"off", "0", "false", "no"}
@@ -155,6 +156,7 @@ class Telemetry:
         self.interval_s = interval_s
         self.close_deadline_s = close_deadline_s
         self.attempts = attempts
+        self.spill_max_bytes = spill_max_bytes
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
@@ -319,6 +321,16 @@ class Telemetry:
 
     def _spill(self, events: list[dict[str, Any]]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            size = self.spill_path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size >= self.spill_max_bytes:  # Vector has been away for long: bound the disk
+            if not self.counts["dropped"]:
+                log.warning("telemetry spill file full; dropping events",
+                            path=str(self.spill_path), max_bytes=self.spill_max_bytes)
+            self.counts["dropped"] += len(events)
+            return
         with self.spill_path.open("a", encoding="utf-8") as fh:
             for event in events:
                 fh.write(json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n")

@@ -92,3 +92,12 @@ def test_full_buffer_spills_instead_of_blocking(tmp_path: Path) -> None:
     assert t.backlog() == 2
     spilled = [json.loads(x) for x in t.spill_path.read_text().splitlines()]
     assert [e["chunk"] for e in spilled] == [3, 4]
+
+
+def test_spill_file_is_bounded(tmp_path: Path) -> None:
+    t = Telemetry(tmp_path, enabled=True, buffer_size=1, spill_max_bytes=2000)
+    for n in range(100):
+        t.emit("chunk.finished", {"chunk": n})
+    assert t.spill_path.stat().st_size < 2000 + 1000  # one event past the cap at most
+    assert t.counts["dropped"] > 50
+    assert t.counts["spilled"] + t.counts["dropped"] + 1 == 100
