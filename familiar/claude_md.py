@@ -9,13 +9,13 @@ string; the caller does (see :func:`familiar.roles.parse_role_string`).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import stat
-import tempfile
 from pathlib import Path
 from typing import Final
+
+from familiar.store import write_bytes_atomic
 
 FILENAME: Final = "CLAUDE.md"
 NEW_FILE_HEADER: Final = "# CLAUDE.md\n\n"
@@ -145,36 +145,7 @@ def write_role_line(path: Path, role_string: str) -> None:
         mode = stat.S_IMODE(target.stat().st_mode)
         bom, text = _decode(data)
         new_text = _render(text, role_string)
-    _atomic_write(target, bom + new_text.encode(_ENCODING, _ERRORS), mode)
-
-
-def _atomic_write(target: Path, data: bytes, mode: int) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable where the platform allows it (best effort)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_bytes_atomic(target, bom + new_text.encode(_ENCODING, _ERRORS), mode=mode)
 
 
 __all__ = ["FILENAME", "find_workspace", "read_role_line", "write_role_line"]

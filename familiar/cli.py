@@ -93,10 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = local_sub.add_parser(name, help=helptext)
         _common(p)
         if name == "up":
-            p.add_argument("--seats", type=_positive, default=4,
-                           help="parallel seats (default 4)")
-            p.add_argument("--threads", type=_positive, default=None,
-                           help="CPU threads (default: all usable CPUs; fewer on a busy host)")
+            p.add_argument("--seats", type=_positive, default=4, help="parallel seats (default 4)")
+            p.add_argument(
+                "--threads",
+                type=_positive,
+                default=None,
+                help="CPU threads (default: all usable CPUs; fewer on a busy host)",
+            )
         if name == "logs":
             p.add_argument("-n", "--lines", type=int, default=50, help="lines (default 50)")
         if name == "status":
@@ -205,8 +208,9 @@ def _local_cmd(action: str) -> Command:
         from familiar.local import LocalServer
 
         home = state_home(find_workspace(args.workspace))
-        server = LocalServer(home, seats=getattr(args, "seats", 4),
-                             threads=getattr(args, "threads", None))
+        server = LocalServer(
+            home, seats=getattr(args, "seats", 4), threads=getattr(args, "threads", None)
+        )
         if action == "up":
             info = asyncio.run(server.ensure_running())
             print(

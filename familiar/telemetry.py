@@ -327,8 +327,11 @@ class Telemetry:
             size = 0
         if size >= self.spill_max_bytes:  # Vector has been away for long: bound the disk
             if not self.counts["dropped"]:
-                log.warning("telemetry spill file full; dropping events",
-                            path=str(self.spill_path), max_bytes=self.spill_max_bytes)
+                log.warning(
+                    "telemetry spill file full; dropping events",
+                    path=str(self.spill_path),
+                    max_bytes=self.spill_max_bytes,
+                )
             self.counts["dropped"] += len(events)
             return
         with self.spill_path.open("a", encoding="utf-8") as fh:
