@@ -12,6 +12,7 @@ jitter, honouring ``Retry-After``; the seat is given back while waiting.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import random
 import time
@@ -33,6 +34,7 @@ from familiar.errors import (
     BackendProtocolError,
     BackendTimeout,
 )
+from familiar.logs import mask, redact_url, register_secret
 from familiar.seats import Seats
 from familiar.slots import Slot
 
@@ -104,7 +106,7 @@ class CallEvent:
     role: str | None
     kind: Kind
     attempt: int
-    status: Literal["ok", "error"]
+    status: Literal["ok", "error", "cancelled"]
     error_type: str | None
     http_status: int | None
     latency_s: float
@@ -125,6 +127,7 @@ Hook = Callable[[CallEvent], None]
 class Replica:
     url: str
     client: openai.AsyncOpenAI
+    label: str = ""  # the URL without userinfo: what records, events and messages show
     outstanding: int = 0
     failures: int = 0
     cooldown_until: float = 0.0
@@ -146,7 +149,12 @@ def _retry_after(headers: httpx.Headers | Mapping[str, str]) -> float | None:
     try:
         return max(0.0, float(raw))
     except ValueError:
-        return None  # an HTTP date: treat as absent, backoff applies
+        pass
+    try:  # an HTTP date (RFC 9110 allows both forms)
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 @dataclass
@@ -157,6 +165,7 @@ class _Attempt:
     completion_tokens: int | None = None
     ttft_s: float | None = None
     chunks: int = 0
+    choices: int = 0  # chunks (or answers) that carried at least one choice
 
 
 class SlotClient:
@@ -181,17 +190,29 @@ class SlotClient:
         self.stream = stream
         self._throttler = _throttler(slot.rps)
         size = max(self.seats.total, slot.parallel) + 2
+        # timeout_s bounds the whole request (asyncio.timeout in _attempt); the HTTP
+        # client's read timeout is the stall limit: no byte for that long aborts the attempt
+        stall = min(slot.stall_timeout_s, slot.timeout_s)
         self._http = _HTTP.AsyncClient(
             transport=transport,
-            timeout=_HTTP.Timeout(slot.timeout_s, connect=slot.connect_timeout_s),
+            timeout=_HTTP.Timeout(stall, connect=min(slot.connect_timeout_s, slot.timeout_s)),
             limits=_HTTP.Limits(max_connections=size, max_keepalive_connections=size),
         )
-        key = slot.api_key() or "sk-no-key"
+        # a non-streamed answer sends its first byte at the end: no stall limit there
+        self._plain_timeout = _HTTP.Timeout(slot.timeout_s, connect=slot.connect_timeout_s)
+        key = slot.api_key()
+        register_secret(key)
+        for url in slot.url:
+            register_secret(_password(url))
         self.replicas = [
             Replica(
                 url=url,
+                label=redact_url(url),
                 client=openai.AsyncOpenAI(
-                    base_url=url, api_key=key, max_retries=0, http_client=cast(Any, self._http)
+                    base_url=url,
+                    api_key=key or "sk-no-key",
+                    max_retries=0,
+                    http_client=cast(Any, self._http),
                 ),
             )
             for url in slot.url
@@ -200,7 +221,7 @@ class SlotClient:
 
     def __repr__(self) -> str:  # never shows a key
         return (
-            f"SlotClient(slot={self.slot.name!r}, urls={list(self.slot.url)!r}, "
+            f"SlotClient(slot={self.slot.name!r}, urls={[r.label for r in self.replicas]!r}, "
             f"seats={self.seats!r})"
         )
 
@@ -296,18 +317,21 @@ class SlotClient:
             start = time.monotonic()
             acc = _Attempt()
             error: BackendError | None = None
+            cancelled = False
             try:
                 await self._request(replica, kind, body, acc, start)
             except BackendError as exc:
                 error = exc
                 raise
             except asyncio.CancelledError:
+                cancelled = True
                 raise
             finally:
                 replica.outstanding -= 1
                 latency = time.monotonic() - start
-                self._after(replica, error)
-                self._emit(kind, role, n, replica, acc, error, latency, queue_wait)
+                if not cancelled:
+                    self._after(replica, error)
+                self._emit(kind, role, n, replica, acc, error, latency, queue_wait, cancelled)
         return CallResult(
             text="".join(acc.text),
             finish_reason=acc.finish_reason,
@@ -317,7 +341,7 @@ class SlotClient:
             ttft_s=acc.ttft_s,
             queue_wait_s=first_wait[0],
             attempts=n,
-            replica=replica.url,
+            replica=replica.label,
             slot=self.slot.name,
             model=self.slot.model,
         )
@@ -333,7 +357,7 @@ class SlotClient:
             log.warning(
                 "replica cooling down",
                 slot=self.slot.name,
-                replica=replica.url,
+                replica=replica.label,
                 seconds=round(backoff, 2),
                 error=type(error).__name__,
             )
@@ -343,38 +367,62 @@ class SlotClient:
     ) -> None:
         cid = correlation_id.get()
         headers = {"X-Correlation-ID": cid} if cid else None
-        name, url = self.slot.name, replica.url
+        name, url = self.slot.name, replica.label
+        stall = min(self.slot.stall_timeout_s, self.slot.timeout_s)
         try:
-            if self.stream:
-                await self._stream(replica, kind, body, headers, acc, start)
-            else:
-                await self._plain(replica, kind, body, headers, acc, start)
+            async with asyncio.timeout(self.slot.timeout_s):
+                if self.stream:
+                    await self._stream(replica, kind, body, headers, acc, start)
+                else:
+                    await self._plain(replica, kind, body, headers, acc, start)
+        except TimeoutError:  # the whole request (connect to last byte) took too long
+            raise BackendTimeout(
+                name, f"no complete answer within timeout_s={self.slot.timeout_s:g}s", replica=url
+            ) from None
         except openai.APITimeoutError:
             raise BackendTimeout(
-                name, f"no answer within {self.slot.timeout_s}s", replica=url
+                name, f"no byte for {stall:g}s (stall limit) or connect timed out", replica=url
             ) from None
         except openai.APIConnectionError as exc:
-            raise BackendConnectError(name, f"connection failed: {exc}", replica=url) from None
+            raise BackendConnectError(
+                name, f"connection failed: {mask(str(exc))}", replica=url
+            ) from None
         except openai.APIStatusError as exc:
             raise BackendHTTPError(
                 name,
                 exc.status_code,
-                _short(exc.message),
+                _short(mask(exc.message)),
                 retry_after=_retry_after(exc.response.headers),
                 replica=url,
             ) from None
         except _TIMEOUT_ERRORS:
-            raise BackendTimeout(name, "read timed out mid-answer", replica=url) from None
+            raise BackendTimeout(
+                name, f"no byte for {stall:g}s mid-answer (stall limit)", replica=url
+            ) from None
         except _TRANSPORT_ERRORS as exc:
             raise BackendConnectError(
                 name, f"transport error: {type(exc).__name__}", replica=url
             ) from None
         except (openai.APIResponseValidationError, ValueError, KeyError, TypeError) as exc:
             raise BackendProtocolError(
-                name, f"malformed answer: {_short(str(exc))}", replica=url
+                name, f"malformed answer: {_short(mask(str(exc)))}", replica=url
             ) from None
+        # An answer counts only when the server said it finished.
         if acc.chunks == 0:
             raise BackendProtocolError(name, "empty or malformed answer", replica=url)
+        if acc.finish_reason is None:
+            raise BackendProtocolError(
+                name,
+                "the answer ended without a finish_reason (cut off: server restarted or"
+                " connection dropped)"
+                if acc.choices
+                else "the answer had no choices",
+                replica=url,
+            )
+        if not acc.text and acc.finish_reason != "tool_calls":
+            raise BackendProtocolError(
+                name, f"empty answer (finish_reason={acc.finish_reason})", replica=url
+            )
 
     async def _stream(
         self,
@@ -403,6 +451,7 @@ class SlotClient:
                     acc.completion_tokens = chunk.usage.completion_tokens
                 if not chunk.choices:
                     continue
+                acc.choices += 1
                 choice = chunk.choices[0]
                 piece = choice.delta.content if kind == "chat" else choice.text
                 if piece:
@@ -424,17 +473,20 @@ class SlotClient:
         api: Any = replica.client
         if kind == "chat":
             resp: Any = await api.chat.completions.create(
-                model=self.slot.model, extra_headers=headers, **body
+                model=self.slot.model, extra_headers=headers, timeout=self._plain_timeout, **body
             )
-            text = resp.choices[0].message.content or ""
         else:
             resp = await api.completions.create(
-                model=self.slot.model, extra_headers=headers, **body
+                model=self.slot.model, extra_headers=headers, timeout=self._plain_timeout, **body
             )
-            text = resp.choices[0].text or ""
         acc.chunks = 1
-        acc.text.append(text)
-        acc.finish_reason = resp.choices[0].finish_reason
+        if resp.choices:
+            acc.choices = 1
+            choice = resp.choices[0]
+            text = (choice.message.content if kind == "chat" else choice.text) or ""
+            if text:
+                acc.text.append(text)
+            acc.finish_reason = choice.finish_reason
         if resp.usage is not None:
             acc.prompt_tokens = resp.usage.prompt_tokens
             acc.completion_tokens = resp.usage.completion_tokens
@@ -449,22 +501,28 @@ class SlotClient:
         error: BackendError | None,
         latency: float,
         queue_wait: float,
+        cancelled: bool = False,
     ) -> None:
         if not self.hooks:
             return
+        status: Literal["ok", "error", "cancelled"] = (
+            "cancelled" if cancelled else "ok" if error is None else "error"
+        )
         event = CallEvent(
             slot=self.slot.name,
-            replica=replica.url,
+            replica=replica.label,
             model=self.slot.model,
             runtime=self.slot.runtime,
             role=role,
             kind=kind,
             attempt=attempt,
-            status="ok" if error is None else "error",
-            error_type=None if error is None else type(error).__name__,
+            status=status,
+            error_type="CancelledError"
+            if cancelled
+            else (None if error is None else type(error).__name__),
             http_status=error.status
             if isinstance(error, BackendHTTPError)
-            else (None if error else 200),
+            else (200 if status == "ok" else None),
             latency_s=latency,
             ttft_s=acc.ttft_s,
             queue_wait_s=queue_wait,
@@ -495,6 +553,16 @@ def _throttler(rps: float | None) -> Throttler | None:
     if rps >= 1:
         return Throttler(rate_limit=round(rps), period=1.0)
     return Throttler(rate_limit=1, period=1.0 / rps)
+
+
+def _password(url: str) -> str | None:
+    """The password (or lone user token) of a URL's userinfo, to be masked everywhere."""
+    if "@" not in url:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.password or parts.username
 
 
 def _clean(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import stat
 from pathlib import Path
 from typing import Final
 
+from familiar.errors import StateError
 from familiar.store import write_bytes_atomic
 
 FILENAME: Final = "CLAUDE.md"
@@ -92,6 +93,8 @@ def read_role_line(path: Path) -> str | None:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise StateError(f"cannot read {path}: {exc.strerror or exc}") from None
     lines = _split_lines(_decode(data)[1])
     index, _ = _scan(lines)
     if index is None:
@@ -141,11 +144,18 @@ def write_role_line(path: Path, role_string: str) -> None:
     except FileNotFoundError:
         bom, text, mode = b"", NEW_FILE_HEADER, NEW_FILE_MODE
         new_text = f"{text}familiar: {role_string}\n"
+    except OSError as exc:  # a directory in the way, no permission, ...
+        raise StateError(f"cannot read {path}: {exc.strerror or exc}") from None
     else:
         mode = stat.S_IMODE(target.stat().st_mode)
         bom, text = _decode(data)
         new_text = _render(text, role_string)
-    write_bytes_atomic(target, bom + new_text.encode(_ENCODING, _ERRORS), mode=mode)
+    if target.exists() and not os.access(target, os.W_OK):
+        raise StateError(f"cannot write {path}: permission denied (left unchanged)")
+    try:
+        write_bytes_atomic(target, bom + new_text.encode(_ENCODING, _ERRORS), mode=mode)
+    except OSError as exc:
+        raise StateError(f"cannot write {path}: {exc.strerror or exc} (left unchanged)") from None
 
 
 __all__ = ["FILENAME", "find_workspace", "read_role_line", "write_role_line"]

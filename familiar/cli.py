@@ -1,14 +1,13 @@
 """The command line: parse, load config, run, map errors to exit codes.
 
 Exit codes: 0 success, 1 a run failed, 2 a usage or configuration mistake,
-130 interrupted. Errors are one line on stderr, never a traceback (set
-``FAMILIAR_DEBUG=1`` to see one).
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM, handled like Ctrl-C). Errors are
+one line on stderr, never a traceback (set ``FAMILIAR_DEBUG=1`` to see one).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -16,10 +15,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from familiar import __version__, claude_md
+from familiar import __version__, claude_md, signals
 from familiar.config import Config, load_config
 from familiar.errors import ConfigError, FamiliarError, RuntimeFailure
+from familiar.logs import mask
 from familiar.roles import PRESETS, parse_role_string
+from familiar.signals import Terminated
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -123,14 +124,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Command = args.func
     try:
         return func(args)
+    except Terminated:
+        print("familiar: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("familiar: interrupted", file=sys.stderr)
         return 130
     except FamiliarError as exc:
         if os.environ.get("FAMILIAR_DEBUG"):
             raise
-        print(f"familiar: error: {exc}", file=sys.stderr)
+        print(f"familiar: error: {mask(str(exc))}", file=sys.stderr)
         return exc.exit_code if isinstance(exc, ConfigError | RuntimeFailure) else 1
+    except OSError as exc:  # a file familiar needs could not be read or written
+        if os.environ.get("FAMILIAR_DEBUG"):
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"familiar: error:{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 def load(args: argparse.Namespace, roles: str | None = None) -> Config:
@@ -149,7 +159,7 @@ def _describe(cfg: Config) -> dict[str, Any]:
             {
                 "role": a.role,
                 "slot": name,
-                "url": list(slot.url),
+                "url": slot.public()["url"],
                 "model": slot.model,
                 "runtime": slot.runtime,
                 "parallel": slot.parallel,
@@ -194,7 +204,11 @@ def cmd_config_use(args: argparse.Namespace) -> int:
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
+    from familiar.fleet import parallel_conflicts
+
     cfg = load(args)
+    for warning in parallel_conflicts(cfg.active_slots):
+        print(f"familiar: warning: {warning}", file=sys.stderr)
     print(f"ok: {cfg.role_config.canonical()} ({len(cfg.active_slots)} slot(s), {cfg.slots_file})")
     return 0
 
@@ -212,13 +226,13 @@ def _local_cmd(action: str) -> Command:
             home, seats=getattr(args, "seats", 4), threads=getattr(args, "threads", None)
         )
         if action == "up":
-            info = asyncio.run(server.ensure_running())
+            info = signals.run(server.ensure_running())
             print(
                 f"llama-server up at {info.address} (model {info.model_name}, "
                 f"{info.seats} seats, pid {info.pid})"
             )
         elif action == "down":
-            stopped = asyncio.run(server.stop())
+            stopped = signals.run(server.stop())
             print("stopped" if stopped else "not running")
         elif action == "status":
             st = server.status()

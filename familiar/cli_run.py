@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Callable
@@ -11,11 +10,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from familiar import signals
 from familiar.config import Config, find_workspace, load_config, state_home
 from familiar.context import bound_correlation_id, new_correlation_id
-from familiar.errors import ConfigError
+from familiar.errors import ConfigError, StateError
 from familiar.lang import detect_lang
-from familiar.store import read_json, write_text_atomic
+from familiar.store import read_record, write_text_atomic
 
 
 def add_run_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -106,9 +106,15 @@ def _prepare(args: argparse.Namespace) -> tuple[Config, Path, str]:
         directory = home / "sessions" / args.resume
         if not (directory / "task.md").is_file():
             raise ConfigError(f"no session {args.resume!r} under {home / 'sessions'}")
-        recorded = read_json(directory / "config.json")
-        cfg = load_config(args.workspace, args.slots, args.roles or recorded["roles"])
-        task = (directory / "task.md").read_text(encoding="utf-8")
+        recorded = read_record(directory / "config.json", "session config")
+        roles = args.roles or recorded.get("roles")
+        if not isinstance(roles, str):
+            raise StateError(f"session config {directory / 'config.json'} is corrupt (no roles)")
+        cfg = load_config(args.workspace, args.slots, roles)
+        try:
+            task = (directory / "task.md").read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StateError(f"cannot read {directory / 'task.md'}: {exc}") from None
         check_runnable(cfg, detect_lang(task), args.lang)
         return cfg, directory, args.resume
     task = _task(args)
@@ -121,9 +127,15 @@ def _prepare(args: argparse.Namespace) -> tuple[Config, Path, str]:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg, directory, sid = _prepare(args)
     print(f"session {sid}  ({directory})", file=sys.stderr)
-    outcome = asyncio.run(_run(cfg, directory, sid, args))
+    outcome = signals.run(_run(cfg, directory, sid, args))
     if args.out:
-        write_text_atomic(args.out / "result.md", outcome.final or "")
+        try:
+            write_text_atomic(args.out / "result.md", outcome.final or "")
+        except OSError as exc:
+            raise StateError(
+                f"session {sid} is done (its result is in {directory / 'final.md'}) but"
+                f" --out {args.out / 'result.md'} cannot be written: {exc.strerror or exc}"
+            ) from None
     if args.json:
         print(
             json.dumps(
@@ -192,6 +204,11 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     if not rows:
         print("no sessions yet")
         return 0
+    if not sys.stdout.isatty():  # a log or a pipe: whole lines, never cut to a width
+        for r in rows:
+            seconds = "" if r["duration_s"] is None else str(r["duration_s"])
+            print("\t".join((r["id"], r["status"], r["roles"], seconds, r["error"] or r["task"])))
+        return 0
     from rich.console import Console
     from rich.table import Table
 
@@ -202,7 +219,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             r["status"],
             r["roles"],
             "" if r["duration_s"] is None else str(r["duration_s"]),
-            r["task"],
+            r["error"] or r["task"],
         )
     Console().print(table)
     return 0
@@ -214,7 +231,7 @@ def cmd_telemetry(args: argparse.Namespace) -> int:
     home = state_home(find_workspace(args.workspace))
     telemetry = Telemetry(home, enabled=True)
     if args.action == "flush":
-        sent, backlog = asyncio.run(_flush(telemetry))
+        sent, backlog = signals.run(_flush(telemetry))
         print(f"replayed {sent} event(s) to {telemetry.url}; backlog {backlog}")
         return 0 if backlog == 0 else 1
     stats = telemetry.load_stats()

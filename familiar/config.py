@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from familiar import claude_md
-from familiar.errors import ConfigError, RoleFileError, SlotsFileError
+from familiar.errors import ConfigError, RoleFileError, SlotsFileError, StateError
 from familiar.roles import ROLES, RoleConfig, parse_role_string
 from familiar.slots import Slot, load_slots
 
@@ -149,6 +149,11 @@ def load_config(
     if roles is not None:
         text, source = roles, "--roles"
     else:
+        if md.exists() and not md.is_file():
+            raise StateError(
+                f"{md} is not a regular file (a directory?); familiar reads its"
+                " role line from a file named CLAUDE.md"
+            )
         line = claude_md.read_role_line(md) if md.is_file() else None
         text, source = (line, "CLAUDE.md") if line is not None else (DEFAULT_ROLE_STRING, "default")
     role_config = parse_role_string(text)

@@ -9,7 +9,8 @@ failures at run time (a backend misbehaving, a session failing)::
     │   ├── SlotsFileError          bad or missing slots file
     │   ├── RoleFileError           bad role file
     │   ├── PromptError             missing prompt file or template variable
-    │   └── LocalSetupError         embedded backend not installed / unusable
+    │   ├── LocalSetupError         embedded backend not installed / unusable
+    │   └── StateError              familiar's own files unreadable, corrupt or unwritable
     └── RuntimeFailure              failure at run time -> exit code 1
         ├── BackendError(slot)      anything a backend slot did wrong
         │   ├── BackendHTTPError(status, retry_after)
@@ -17,6 +18,8 @@ failures at run time (a backend misbehaving, a session failing)::
         │   ├── BackendConnectError
         │   └── BackendProtocolError  malformed body / stream
         ├── LocalServerError        the embedded llama-server failed to start / died
+        ├── ArticleError            one article of a batch cannot be read or written
+        ├── AnswerRejected          an answer failed the checks (empty, copied an example)
         └── DispatchError           an item failed (carries the item id)
 
 Retry predicates match these classes, never messages. ``asyncio.CancelledError`` is
@@ -54,6 +57,11 @@ class PromptError(ConfigError):
 
 class LocalSetupError(ConfigError):
     """The embedded backend cannot be used as installed (e.g. extra missing)."""
+
+
+class StateError(ConfigError):
+    """familiar's own state (a session record, CLAUDE.md, the state directory) cannot be
+    read or written: the user must repair or remove it. Nothing is changed."""
 
 
 class RuntimeFailure(FamiliarError):
@@ -109,6 +117,15 @@ class LocalServerError(RuntimeFailure):
     """The embedded llama-server failed to start or died."""
 
 
+class ArticleError(RuntimeFailure):
+    """One article of a translation batch cannot be read or written (that article only)."""
+
+
+class AnswerRejected(RuntimeFailure):
+    """A model's answer failed familiar's checks (empty, or a copy of a prompt's example)
+    even after one retry asked differently; it is never kept as a result."""
+
+
 class DispatchError(RuntimeFailure):
     """A work item failed; carries the item id and the underlying error."""
 
@@ -119,6 +136,8 @@ class DispatchError(RuntimeFailure):
 
 
 __all__ = [
+    "AnswerRejected",
+    "ArticleError",
     "BackendConnectError",
     "BackendError",
     "BackendHTTPError",
@@ -134,4 +153,5 @@ __all__ = [
     "RoleStringError",
     "RuntimeFailure",
     "SlotsFileError",
+    "StateError",
 ]

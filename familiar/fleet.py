@@ -1,8 +1,9 @@
 """Fleet: one SlotClient per active slot, with the embedded backend resolved.
 
-Seats belong to a deployment, not to a slot's name: slots that point at the same
-URLs (e.g. every role bound to the embedded llama-server) share one ``Seats`` object,
-so their sum in flight never exceeds the deployment's ``parallel``.
+Seats belong to a deployment (URLs plus model), not to a slot's name: slots that
+point at the same URLs and model (e.g. every role bound to the embedded llama-server)
+share one ``Seats`` object, so their sum in flight never exceeds the deployment's
+``parallel``. Different models behind one gateway URL are different deployments.
 """
 
 from __future__ import annotations
@@ -16,6 +17,27 @@ from typing import Any
 from familiar.backend import Hook, RetryPolicy, SlotClient
 from familiar.seats import Seats
 from familiar.slots import Slot
+
+Deployment = tuple[tuple[str, ...], str]
+
+
+def parallel_conflicts(slots: Mapping[str, Slot]) -> list[str]:
+    """One message per deployment whose slots disagree on ``parallel`` (the strictest
+    cap wins at run time; ``config validate`` warns)."""
+    groups: dict[Deployment, list[Slot]] = {}
+    for slot in slots.values():
+        if not slot.embedded:
+            groups.setdefault(slot.deployment, []).append(slot)
+    out = []
+    for (_urls, model), members in groups.items():
+        caps = {s.parallel for s in members}
+        if len(caps) > 1:
+            names = ", ".join(f"{s.name} (parallel {s.parallel})" for s in members)
+            out.append(
+                f"slots {names} name one deployment (same URLs, model {model!r}) but disagree"
+                f" on parallel; the strictest, {min(caps)}, applies to all of them"
+            )
+    return out
 
 
 class Fleet:
@@ -39,8 +61,8 @@ class Fleet:
         self._local_seats = local_seats
         self._stack = AsyncExitStack()
         self.clients: dict[str, SlotClient] = {}
-        self.seats: dict[tuple[str, ...], Seats] = {}
-        self._caps: dict[tuple[str, ...], int] = {}
+        self.seats: dict[Deployment, Seats] = {}
+        self._caps: dict[Deployment, int] = {}
 
     def __getitem__(self, slot: str) -> SlotClient:
         return self.clients[slot]
@@ -49,13 +71,13 @@ class Fleet:
         try:
             resolved = await self._resolve_embedded()
             for slot in resolved.values():  # the strictest cap of a deployment wins
-                cap = min(slot.parallel, self._caps.get(slot.url, slot.parallel))
-                self._caps[slot.url] = cap
+                key = slot.deployment
+                self._caps[key] = min(slot.parallel, self._caps.get(key, slot.parallel))
             self.seats = {url: Seats(cap) for url, cap in self._caps.items()}
             for name, slot in resolved.items():
                 client = SlotClient(
                     slot,
-                    seats=self.seats[slot.url],
+                    seats=self.seats[slot.deployment],
                     transport=self._transport,
                     retry=self._retry,
                     hooks=self._hooks,

@@ -18,11 +18,48 @@ _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{6,}")
 _SK = re.compile(r"\bsk-[A-Za-z0-9_-]{8,}")
 
 
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
+#: secret values known to this process (configured API keys, URL passwords), longest first
+_SECRETS: list[str] = []
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret's actual value, so that :func:`mask` hides it wherever it appears.
+
+    Called with every configured API key and every password found in a URL; values shorter
+    than 4 characters are ignored (masking them would mangle ordinary text).
+    """
+    if value and len(value) >= 4 and value not in _SECRETS:
+        _SECRETS.append(value)
+        _SECRETS.sort(key=len, reverse=True)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its userinfo (``http://user:pw@host`` -> ``http://host``)."""
+    return _USERINFO.sub(r"\1", url) if "@" in url else url
+
+
 def mask(text: str) -> str:
-    """Hide bearer tokens and ``sk-...`` keys inside free text."""
+    """Hide known secret values, bearer tokens, ``sk-...`` keys and URL userinfo."""
+    for secret in _SECRETS:
+        if secret in text:
+            text = text.replace(secret, "***")
+    if "@" in text:
+        text = _USERINFO.sub(r"\1", text)
     if "sk-" not in text and "earer" not in text:  # the common case: nothing to hide
         return text
     return _SK.sub("sk-***", _BEARER.sub(r"\1***", text))
+
+
+def mask_any(value: Any) -> Any:
+    """:func:`mask` applied to every string inside ``value`` (dicts, lists, tuples)."""
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict):
+        return {k: mask_any(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [mask_any(v) for v in value]
+    return value
 
 
 def _add_correlation_id(
@@ -38,8 +75,8 @@ def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
     for key, value in list(event.items()):
         if _SECRET_KEYS.search(key) and not key.endswith("_env"):
             event[key] = "***"
-        elif isinstance(value, str):
-            event[key] = mask(value)
+        else:
+            event[key] = mask_any(value)
     return event
 
 

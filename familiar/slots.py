@@ -11,10 +11,12 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from familiar.errors import SlotsFileError
+from familiar.logs import redact_url
 
 Runtime = Literal["vllm", "llama.cpp", "sglang", "ollama", "openai"]
 EMBEDDED = "embedded"
@@ -33,8 +35,11 @@ class Slot(BaseModel):
     runtime: Runtime = "openai"
     parallel: Annotated[int, Field(ge=1, le=4096)] = 1
     rps: Annotated[float, Field(gt=0)] | None = None
+    #: bounds a whole request, connect to last byte (a trickling answer is cut off too)
     timeout_s: Annotated[float, Field(gt=0)] = 300.0
     connect_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    #: no byte for this long aborts the attempt (a hung server is noticed quickly)
+    stall_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     api_key_env: str | None = None
     #: optional cap on generated tokens per request (small local models, tight contexts)
     max_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -55,11 +60,33 @@ class Slot(BaseModel):
         if not value:
             raise ValueError("url must name at least one replica")
         for url in value:
-            if url != EMBEDDED and not url.startswith(("http://", "https://")):
-                raise ValueError(f"url {url!r} must be http(s)://... or 'embedded'")
+            if url == EMBEDDED:
+                continue
+            shown = redact_url(url)
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"url {shown!r} must be http(s)://... or 'embedded'")
+            try:
+                parts = urlsplit(url)
+                parts.port  # noqa: B018 - raises ValueError for a port out of 0-65535
+            except ValueError as exc:
+                raise ValueError(f"url {shown!r}: {exc}") from None
+            if not parts.hostname:
+                raise ValueError(f"url {shown!r} has no host")
         if EMBEDDED in value and len(value) > 1:
             raise ValueError("'embedded' cannot be mixed with other replicas")
         return tuple(u.rstrip("/") for u in value)
+
+    @property
+    def deployment(self) -> tuple[tuple[str, ...], str]:
+        """What actually serves requests: the URLs plus the model. Slots naming the same
+        deployment share its seats; several models behind one gateway URL are several."""
+        return (self.url, self.model)
+
+    def public(self) -> dict[str, object]:
+        """The slot as records and events show it: URLs without userinfo, no key."""
+        data = self.model_dump(mode="json")
+        data["url"] = [redact_url(u) for u in self.url]
+        return data
 
     @property
     def embedded(self) -> bool:

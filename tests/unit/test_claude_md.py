@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from familiar.claude_md import find_workspace, read_role_line, write_role_line
+from familiar.errors import StateError
 
 
 def make(tmp_path: Path, data: bytes) -> Path:
@@ -224,7 +225,7 @@ def test_failed_replace_leaves_original_and_no_temp(
         raise OSError("disk on fire")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError, match="disk on fire"):
+    with pytest.raises(StateError, match="disk on fire"):
         write_role_line(path, "full")
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["CLAUDE.md"]
@@ -240,7 +241,7 @@ def test_failed_fsync_leaves_original_and_no_temp(
         raise OSError("fsync failed")
 
     monkeypatch.setattr(os, "fsync", boom)
-    with pytest.raises(OSError, match="fsync failed"):
+    with pytest.raises(StateError, match="fsync failed"):
         write_role_line(path, "full")
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["CLAUDE.md"]
@@ -251,6 +252,6 @@ def test_failed_create_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
         raise OSError("nope")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError, match="nope"):
+    with pytest.raises(StateError, match="nope"):
         write_role_line(tmp_path / "CLAUDE.md", "full")
     assert list(tmp_path.iterdir()) == []
