@@ -95,7 +95,7 @@ def _task(args: argparse.Namespace) -> str:
 
 
 def _prepare(args: argparse.Namespace) -> tuple[Config, Path, str]:
-    from familiar.session import check_runnable, create_session_dir
+    from familiar.session import check_resumable, check_runnable, create_session_dir
 
     if not 1 <= args.max_subtasks <= 8:
         raise ConfigError("--max-subtasks must be between 1 and 8")
@@ -107,6 +107,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Config, Path, str]:
         if not (directory / "task.md").is_file():
             raise ConfigError(f"no session {args.resume!r} under {home / 'sessions'}")
         recorded = read_record(directory / "config.json", "session config")
+        check_resumable(directory)
         roles = args.roles or recorded.get("roles")
         if not isinstance(roles, str):
             raise StateError(f"session config {directory / 'config.json'} is corrupt (no roles)")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from familiar import signals
 from familiar.config import Config, load_config
 from familiar.context import bound_correlation_id, new_correlation_id
 from familiar.errors import ConfigError
@@ -100,7 +98,8 @@ def _options(args: argparse.Namespace, cfg: Config) -> Any:
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
-    from familiar.translate.batch import discover
+    from familiar.translate.files import check_targets, default_out_dir, discover
+    from familiar.translate.report import ArticleReport, print_report
 
     cfg = load_config(args.workspace, args.slots, args.roles)
     if not cfg.role_config.has("translator"):
@@ -110,21 +109,28 @@ def cmd_translate(args: argparse.Namespace) -> int:
         )
     missing = [str(p) for p in args.paths if not p.exists()]
     opts = _options(args, cfg)
-    files = discover([p for p in args.paths if p.exists()])
+    roots = [p for p in args.paths if p.exists()]
+    # a default output tree inside an input directory is never taken as input
+    files = discover(roots, skip=() if args.out else (default_out_dir(args.to),))
     if not files and not missing:
         raise ConfigError("no Markdown files found under the given paths")
-    reports = asyncio.run(_run(cfg, opts, files))
-    from familiar.translate.batch import ArticleReport
-
-    reports += [ArticleReport(path=m, status="error", error="no such file") for m in missing]
-    if args.json:
-        print(json.dumps([asdict(r) for r in reports], ensure_ascii=False, indent=2))
-    else:
-        _print_report(reports)
+    check_targets(roots, files, to=opts.to, out_dir=opts.out_dir, in_place=opts.in_place)
+    reports = [ArticleReport(path=str(f)) for f, _ in files]
+    try:
+        signals.run(_run(cfg, opts, files, reports))
+    finally:
+        # the report always prints once the batch ran, even interrupted (statuses say so)
+        if not reports or any(r.status != "pending" for r in reports):
+            reports += [
+                ArticleReport(path=m, status="error", error="no such file") for m in missing
+            ]
+            print_report(reports, as_json=args.json)
     return 0 if all(r.status in ("ok", "skipped") for r in reports) else 1
 
 
-async def _run(cfg: Config, opts: Any, files: list[tuple[Path, Path]]) -> list[Any]:
+async def _run(
+    cfg: Config, opts: Any, files: list[tuple[Path, Path]], reports: list[Any]
+) -> list[Any]:
     from familiar.dispatch import Pool
     from familiar.fleet import Fleet
     from familiar.telemetry import Telemetry
@@ -132,7 +138,7 @@ async def _run(cfg: Config, opts: Any, files: list[tuple[Path, Path]]) -> list[A
     from familiar.translate.cache import ChunkCache
 
     slots = {s.name: s for s in cfg.slots_for("translator")}
-    cache = ChunkCache(cfg.home / "cache" / "chunks.sqlite")
+    cache = ChunkCache(cfg.home / "cache" / "chunks.sqlite", warn=_warn)
     try:
         with bound_correlation_id(new_correlation_id()):
             telemetry = Telemetry(cfg.home)
@@ -142,9 +148,13 @@ async def _run(cfg: Config, opts: Any, files: list[tuple[Path, Path]]) -> list[A
                     translator = Translator(
                         pools, opts, cache, telemetry=telemetry, progress=progress
                     )
-                    return await translator.run(files)
+                    return await translator.run(files, reports)
     finally:
         cache.close()
+
+
+def _warn(message: str) -> None:
+    print(f"familiar: warning: {message}", file=sys.stderr)
 
 
 class _progress:
@@ -191,28 +201,3 @@ class _progress:
     def __exit__(self, *exc: object) -> None:
         if self.live:
             self.bar.__exit__(None, None, None)
-
-
-def _print_report(reports: list[Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("article", "status", "chunks", "cached", "retried", "failed", "seconds", "note")
-    for r in reports:
-        note = r.error or (
-            f"glossary misses: {', '.join(r.glossary_misses[:3])}"
-            if r.glossary_misses
-            else (r.out or "")
-        )
-        colour = {"ok": "green", "skipped": "yellow"}.get(r.status, "red")
-        table.add_row(
-            r.path,
-            f"[{colour}]{r.status}[/]",
-            str(r.chunks),
-            str(r.from_cache),
-            str(r.retried),
-            str(len(r.failed_chunks)),
-            f"{r.seconds:.1f}",
-            note,
-        )
-    Console().print(table)

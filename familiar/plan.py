@@ -245,6 +245,10 @@ class Integration(BaseModel):
 
     deliverable: str
     violations: list[Violation] = []
+    #: what familiar's checks rejected on the way (recorded, never sent to a model)
+    checks: list[str] = []
+    #: set when the merge was replaced by a plain merge of the worker outputs, and why
+    fallback: str | None = None
 
 
 INTEGRATION_SCHEMA: dict[str, Any] = {

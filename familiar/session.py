@@ -26,10 +26,11 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from familiar import copycheck
 from familiar.backend import CallResult, SlotClient
 from familiar.config import Config
 from familiar.dispatch import Dispatcher, Pool, WorkItem
-from familiar.errors import ConfigError, RuntimeFailure
+from familiar.errors import AnswerRejected, ConfigError, RuntimeFailure, StateError
 from familiar.fleet import Fleet
 from familiar.lang import NAMES, detect_lang
 from familiar.plan import (
@@ -47,7 +48,7 @@ from familiar.plan import (
     plan_schema,
 )
 from familiar.prompts import Prompt, load_prompt
-from familiar.store import read_json, write_json_atomic, write_text_atomic
+from familiar.store import read_record, write_json_atomic, write_text_atomic
 from familiar.telemetry import Telemetry, current_span, new_span_id
 from familiar.view import SessionView
 
@@ -144,7 +145,7 @@ class Session:
 
     def _load_state(self) -> dict[str, Any]:
         path = self.dir / "session.json"
-        state: dict[str, Any] = read_json(path) if path.exists() else {}
+        state: dict[str, Any] = read_record(path, "session state") if path.exists() else {}
         state.setdefault("id", self.id)
         state.setdefault("created", time.time())
         state.setdefault("steps", {})
@@ -179,18 +180,52 @@ class Session:
         messages: list[dict[str, str]],
         schema: Mapping[str, Any] | None,
         name: str,
+        *,
+        retry: bool = False,
     ) -> CallResult:
         sampling = self.cfg.roles[role].sampling
         use_schema = schema if client.slot.supports_json_schema else None
+        # a retry after a rejected answer asks differently: warmer sampling, so a model
+        # that copied an example at temperature 0 does not copy it again word for word
+        temperature = max(sampling.temperature + 0.3, 0.7) if retry else sampling.temperature
         return await client.chat(
             messages,
             role=role,
             json_schema=use_schema,
             schema_name=name,
-            temperature=sampling.temperature,
+            temperature=min(temperature, 2.0),
             top_p=sampling.top_p,
             max_tokens=sampling.max_tokens,
         )
+
+    def _examples(self, *names: str) -> list[str]:
+        return [snippet for n in names for snippet in self.prompts[n].examples]
+
+    @staticmethod
+    def _problem(text: str, examples: list[str], allowed: str) -> str | None:
+        """Why an answer cannot be kept: empty, or a copy of a prompt's example."""
+        if not text.strip():
+            return "the answer was empty"
+        snippet = copycheck.copied(text, examples, allowed=allowed)
+        if snippet is not None:
+            shown = " ".join(snippet.split())
+            shown = shown if len(shown) <= 60 else shown[:59] + "…"
+            return f"the answer copied the prompt's example ({shown!r})"
+        return None
+
+    @staticmethod
+    def _feedback(
+        messages: list[dict[str, str]], answer: str, problem: str
+    ) -> list[dict[str, str]]:
+        return [
+            *messages,
+            {"role": "assistant", "content": answer},
+            {
+                "role": "user",
+                "content": f"That answer cannot be used: {problem}. The example only shows"
+                " the shape of an answer. Do the task above itself and answer again.",
+            },
+        ]
 
     # -- the flow ---------------------------------------------------------------------------
 
@@ -255,7 +290,13 @@ class Session:
     async def plan(self) -> Plan:
         path = self.dir / "plan.json"
         if path.exists():
-            return Plan.model_validate(read_json(path))
+            try:
+                return Plan.model_validate(read_record(path, "plan"))
+            except ValidationError as exc:
+                raise StateError(
+                    f"plan {path} is corrupt ({exc.error_count()} invalid field(s));"
+                    " remove it to plan again"
+                ) from None
         self.view.step("planning", self.planner)
         client = self.client(self.planner)
         workers = self.cfg.role_config.workers
@@ -269,11 +310,15 @@ class Session:
         )
         messages = self._messages(self.planner, user)
         schema = plan_schema(self.max_subtasks)
+        examples = self._examples("plan.md", self.cfg.roles[self.planner].prompt)
         reason = ""
         for round_ in range(2):  # the first answer, then one repair round
             result = await self._ask(self.planner, client, messages, schema, "plan")
             try:
                 plan = parse_plan(result.text, self.max_subtasks)
+                copied = copycheck.copied(result.text, examples, allowed=self.task)
+                if copied is not None:
+                    raise PlanInvalid(f"the plan copies the prompt's example ({copied[:60]!r})")
                 break
             except PlanInvalid as exc:
                 reason = str(exc)
@@ -311,7 +356,9 @@ class Session:
         for s in plan.subtasks:
             path = self.dir / "subtasks" / f"{s.id}.json"
             if path.exists():
-                record = read_json(path)
+                record = read_record(path, "subtask record")
+                if not isinstance(record.get("output"), str) and record.get("status") == "ok":
+                    raise StateError(f"subtask record {path} is corrupt (no output)")
                 if record.get("status") == "ok":
                     out[s.id] = record
         return out
@@ -431,12 +478,31 @@ class Session:
             "\n\n".join(f"## {m['role']}\n\n{m['content']}" for m in messages),
         )
         client: SlotClient = pool.client
-        self.asked += 1
-        result = await self._ask(pool.role, client, messages, WORKER_SCHEMA, "work")
-        try:
-            parsed = WorkerOutput.model_validate(extract_json(result.text))
-        except (PlanInvalid, ValidationError):
-            parsed = WorkerOutput(output=result.text.strip(), notes="answer was not JSON")
+        examples = self._examples("worker_task.md", self.cfg.roles[pool.role].prompt)
+        allowed = "\n".join((self.task, user))
+        checks: list[str] = []
+        ask = messages
+        for attempt in range(2):  # one retry, asked differently, for a rejected answer
+            self.asked += 1
+            result = await self._ask(
+                pool.role, client, ask, WORKER_SCHEMA, "work", retry=attempt > 0
+            )
+            try:
+                parsed = WorkerOutput.model_validate(extract_json(result.text))
+            except (PlanInvalid, ValidationError):
+                parsed = WorkerOutput(output=result.text.strip(), notes="answer was not JSON")
+            problem = self._problem(parsed.output, examples, allowed)
+            if problem is None:
+                break
+            checks.append(problem)
+            log.info("worker answer rejected", subtask=s.id, attempt=attempt + 1, problem=problem)
+            ask = self._feedback(messages, result.text, problem)
+        else:
+            write_json_atomic(
+                base.with_suffix(".rejected.json"),
+                {"id": s.id, "status": "rejected", "checks": checks, "answer": result.text},
+            )
+            raise AnswerRejected(f"subtask {s.id}: {checks[-1]} (twice; answer not kept)")
         record = {
             "id": s.id,
             "status": "ok",
@@ -449,6 +515,7 @@ class Session:
             "notes": parsed.notes,
             "prompt_version": self.prompts["worker_task.md"].version,
             "finish_reason": result.finish_reason,
+            "checks": checks,
             "attempts": result.attempts,
             "latency_s": round(result.latency_s, 3),
             "ttft_s": None if result.ttft_s is None else round(result.ttft_s, 3),
@@ -474,7 +541,10 @@ class Session:
     async def integrate(self, plan: Plan, done: dict[str, dict[str, Any]]) -> str:
         path = self.dir / "integration.json"
         if path.exists():
-            return str(read_json(path)["deliverable"])
+            recorded = read_record(path, "integration record")
+            if not isinstance(recorded.get("deliverable"), str):
+                raise StateError(f"integration record {path} is corrupt (no deliverable)")
+            return str(recorded["deliverable"])
         if len(plan.subtasks) == 1 and not plan.decisions:
             deliverable = done[plan.subtasks[0].id]["output"]
             write_json_atomic(path, {"deliverable": deliverable, "violations": [], "rounds": 0})
@@ -501,7 +571,13 @@ class Session:
         write_json_atomic(
             path, {**integration.model_dump(), "rounds": rounds, "revised": sorted(to_revise)}
         )
-        self._step("integrate", rounds=rounds, revised=sorted(to_revise))
+        self._step(
+            "integrate",
+            rounds=rounds,
+            revised=sorted(to_revise),
+            checks=integration.checks,
+            fallback=integration.fallback,
+        )
         return integration.deliverable
 
     def _pools(self) -> list[Pool]:
@@ -512,30 +588,46 @@ class Session:
         ]
 
     async def _integrate_once(self, plan: Plan, done: dict[str, dict[str, Any]]) -> Integration:
+        """The planner's merge; a merge that is empty or copies the prompt's example is
+        asked again differently once, then replaced by a plain merge of the outputs."""
         outputs = "\n\n".join(f"[{s.id}] {s.title}:\n{done[s.id]['output']}" for s in plan.subtasks)
         user = self.prompts["integrate.md"].render(
             goal=plan.goal, task=self.task, decisions=_bullets(plan.decisions), outputs=outputs
         )
         client = self.client(self.planner)
-        result = await self._ask(
-            self.planner,
-            client,
-            self._messages(self.planner, user),
-            INTEGRATION_SCHEMA,
-            "integration",
-        )
-        try:
-            return Integration.model_validate(extract_json(result.text))
-        except (PlanInvalid, ValidationError):
-            log.info("integration answer was not JSON; concatenating outputs")
-            return Integration(deliverable=outputs)
+        messages = self._messages(self.planner, user)
+        examples = self._examples("integrate.md", self.cfg.roles[self.planner].prompt)
+        allowed = "\n".join((self.task, outputs, *plan.decisions))
+        checks: list[str] = []
+        ask = messages
+        for attempt in range(2):
+            result = await self._ask(
+                self.planner, client, ask, INTEGRATION_SCHEMA, "integration", retry=attempt > 0
+            )
+            try:
+                merged = Integration.model_validate(extract_json(result.text))
+            except (PlanInvalid, ValidationError):
+                checks.append("the answer was not the JSON object asked for")
+                break
+            problem = self._problem(merged.deliverable, examples, allowed)
+            if problem is None:
+                merged.checks, merged.fallback = checks, None
+                return merged
+            checks.append(problem)
+            log.info("integration answer rejected", attempt=attempt + 1, problem=problem)
+            ask = self._feedback(messages, result.text, problem)
+        log.warning("integration fell back to a plain merge of the worker outputs", why=checks[-1])
+        return Integration(deliverable=plain_merge(plan, done), checks=checks, fallback=checks[-1])
 
     async def translate(self, text: str) -> str:
         if self.lang == self.task_lang:
             return text
         path = self.dir / f"final.{self.lang}.json"
         if path.exists():
-            return str(read_json(path)["text"])
+            recorded = read_record(path, "translation record")
+            if not isinstance(recorded.get("text"), str):
+                raise StateError(f"translation record {path} is corrupt (no text)")
+            return str(recorded["text"])
         self.view.step("translating", "translator")
         user = self.prompts["translate_result.md"].render(
             source_lang=NAMES[self.task_lang], target_lang=NAMES[self.lang], text=text
@@ -551,9 +643,47 @@ class Session:
         return result.text.strip()
 
 
+def check_resumable(directory: Path) -> None:
+    """Read every record of a session before resuming it: a corrupt one is a StateError
+    naming the file, raised before anything is written (the directory stays as it is)."""
+    for path in (directory / "session.json", directory / "plan.json"):
+        if path.exists():
+            record = read_record(path, path.stem.replace("session", "session state"))
+            if path.name == "plan.json":
+                try:
+                    Plan.model_validate(record)
+                except ValidationError as exc:
+                    raise StateError(
+                        f"plan {path} is corrupt ({exc.error_count()} invalid field(s));"
+                        " remove it to plan again"
+                    ) from None
+    for path in sorted((directory / "subtasks").glob("*.json")):
+        if path.name.endswith(".rejected.json"):
+            continue
+        record = read_record(path, "subtask record")
+        if record.get("status") == "ok" and not isinstance(record.get("output"), str):
+            raise StateError(f"subtask record {path} is corrupt (no output); remove it to redo")
+    for path in (directory / "integration.json", *directory.glob("final.*.json")):
+        if path.exists():
+            read_record(path, "record")
+
+
+def plain_merge(plan: Plan, done: Mapping[str, Mapping[str, Any]]) -> str:
+    """The worker outputs in plan order under their titles: the merge of last resort."""
+    return "\n\n".join(
+        f"## {s.title}\n\n{str(done[s.id]['output']).strip()}" for s in plan.subtasks
+    )
+
+
 def create_session_dir(cfg: Config, task: str, sid: str) -> Path:
     directory = cfg.home / "sessions" / sid
-    directory.mkdir(parents=True, exist_ok=False)
+    try:
+        directory.mkdir(parents=True, exist_ok=False)
+    except OSError as exc:
+        raise StateError(
+            f"cannot create a session under {cfg.home / 'sessions'}: {exc.strerror or exc}"
+            " (set FAMILIAR_HOME to a writable directory)"
+        ) from None
     write_text_atomic(directory / "task.md", task)
     write_json_atomic(
         directory / "config.json",
@@ -562,7 +692,7 @@ def create_session_dir(cfg: Config, task: str, sid: str) -> Path:
             "role_source": cfg.role_source,
             "workspace": str(cfg.workspace),
             "slots_file": str(cfg.slots_file),
-            "slots": {name: s.model_dump(mode="json") for name, s in cfg.active_slots.items()},
+            "slots": {name: s.public() for name, s in cfg.active_slots.items()},
         },
     )
     return directory
@@ -571,21 +701,44 @@ def create_session_dir(cfg: Config, task: str, sid: str) -> Path:
 def list_sessions(home: Path) -> list[dict[str, Any]]:
     root = home / "sessions"
     rows = []
-    for d in sorted(root.iterdir() if root.is_dir() else [], key=lambda p: p.stat().st_mtime):
+    for d in sorted(root.iterdir() if root.is_dir() else [], key=_mtime):
         state_path = d / "session.json"
         if not state_path.exists():
             continue
-        st = read_json(state_path)
-        task = (d / "task.md").read_text(encoding="utf-8") if (d / "task.md").exists() else ""
-        started, finished = st.get("started"), st.get("finished")
-        rows.append(
-            {
+        try:
+            st = read_record(state_path, "session state")
+            task = (d / "task.md").read_text(encoding="utf-8") if (d / "task.md").exists() else ""
+            started, finished = st.get("started"), st.get("finished")
+            duration = (
+                round(finished - started, 1)
+                if isinstance(started, int | float) and isinstance(finished, int | float)
+                else None
+            )
+            row = {
                 "id": d.name,
-                "status": st.get("status", "?"),
-                "roles": st.get("roles", ""),
-                "started": started,
-                "duration_s": round(finished - started, 1) if started and finished else None,
+                "status": str(st.get("status", "?")),
+                "roles": str(st.get("roles", "")),
+                "started": started if isinstance(started, int | float) else None,
+                "duration_s": duration,
                 "task": " ".join(task.split())[:60],
+                "error": None,
             }
-        )
+        except (StateError, OSError, UnicodeDecodeError) as exc:
+            row = {
+                "id": d.name,
+                "status": "unreadable",
+                "roles": "",
+                "started": None,
+                "duration_s": None,
+                "task": "",
+                "error": str(exc),
+            }
+        rows.append(row)
     return rows
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

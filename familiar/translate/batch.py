@@ -3,10 +3,16 @@
 Every article's chunks go, in order, through the core dispatcher to the translator
 slot's seats (the chunks of all articles share them); the previous chunk and its
 translation travel along as context. Each chunk is validated (placeholders back
-exactly once, finish_reason not ``length``, sane length ratio, no runaway repetition);
-a bad chunk is retried, then split smaller, then marked failed with its source text
-kept and flagged. Finished chunks are cached in sqlite as they arrive; each article is
-written atomically as soon as its chunks are done.
+exactly once, finish_reason ``stop``, sane length ratio, no runaway repetition); a bad
+chunk is retried, then split smaller, then marked failed with its source text kept and
+flagged. Finished chunks are cached in sqlite as they arrive, and a cached chunk is
+served only if it passes the same checks again; each article is written atomically as
+soon as its chunks are done.
+
+An article that cannot be read or written is that article's error (``ArticleError``);
+a backend that gives up fails that article; anything else is a bug and stops the
+batch. ``article.finished`` and ``batch.end`` always carry an honest status
+(``interrupted`` when the batch is cancelled).
 """
 
 from __future__ import annotations
@@ -23,14 +29,17 @@ import structlog
 
 from familiar.backend import CallResult, SlotClient
 from familiar.dispatch import Dispatcher, Pool, WorkItem
-from familiar.errors import BackendError
+from familiar.errors import ArticleError, BackendError
 from familiar.lang import detect_lang
-from familiar.store import write_text_atomic
 from familiar.telemetry import Telemetry
 from familiar.translate import markdown as md
-from familiar.translate.cache import ChunkCache, cache_key
-from familiar.translate.formats import FormatName, build_request, clean_output, format_version
+from familiar.translate.cache import CachedChunk, ChunkCache, cache_key
+from familiar.translate.files import output_path, read_article, write_article
+from familiar.translate.formats import FormatName, Request, build_request, clean_output
 from familiar.translate.glossary import misses
+from familiar.translate.report import ArticleReport
+
+__all__ = ["ArticleReport", "BatchOptions", "Translator", "chunk_key", "markup_problems"]
 
 log = structlog.get_logger("familiar.translate")
 
@@ -47,24 +56,16 @@ class BatchOptions:
     force: bool = False
     chunk_tokens: int = 700
     attempts: int = 2
+    retry_temperature: float = 0.3  # greedy decoding would repeat a rejected answer
+    split_depth: int = MAX_SPLIT_DEPTH
     glossary: Mapping[str, str] = field(default_factory=dict)
 
-
-@dataclass
-class ArticleReport:
-    path: str
-    out: str | None = None
-    status: str = "pending"  # ok | failed | error | skipped
-    source_lang: str | None = None
-    chunks: int = 0
-    from_cache: int = 0
-    retried: int = 0
-    split: int = 0
-    failed_chunks: list[int] = field(default_factory=list)
-    glossary_misses: list[str] = field(default_factory=list)
-    tokens: int = 0
-    seconds: float = 0.0
-    error: str | None = None
+    def retry_schedule(self) -> dict[str, Any]:
+        return {
+            "attempts": self.attempts,
+            "retry_temperature": self.retry_temperature,
+            "split_depth": self.split_depth,
+        }
 
 
 @dataclass
@@ -75,6 +76,9 @@ class ChunkOutcome:
     split: int = 0
     tokens: int = 0
     problems: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    temperature: float | None = None  # of the attempt that gave the answer
+    attempt: int = 0  # 1-based; after a split, the attempts made on the whole chunk
 
 
 @dataclass
@@ -108,46 +112,38 @@ def markup_problems(source: str, output: str) -> list[str]:
     return problems
 
 
-def discover(paths: Sequence[Path]) -> list[tuple[Path, Path]]:
-    """(file, path relative to its root) for files given and ``*.md`` under dirs."""
-    found: list[tuple[Path, Path]] = []
-    for p in paths:
-        if p.is_dir():
-            found += [(f, f.relative_to(p)) for f in sorted(p.rglob("*.md")) if not f.is_dir()]
-        else:
-            found.append((p, Path(p.name)))
-    return found
+def chunk_problems(ch: md.Chunk, output: str, finish_reason: str | None) -> list[str]:
+    """Everything wrong with ``output`` as the translation of ``ch`` (``[]``: keep it)."""
+    problems = md.validate(ch, output) + markup_problems(ch.text, output)
+    if finish_reason == "length":
+        problems.append("the answer was cut off (finish_reason=length)")
+    elif finish_reason != "stop":
+        problems.append(f"the answer did not finish (finish_reason={finish_reason})")
+    return problems
 
 
-def read_article(path: Path) -> str:
-    """The text of a UTF-8 Markdown file, or ValueError with a one-line reason."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cannot read: {exc.strerror or exc}") from None
-    if not data.strip():
-        raise ValueError("empty file")
-    if b"\x00" in data[:8192]:
-        raise ValueError("binary file, not Markdown")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        hint = ""
-        for enc in ("shift_jis", "euc_jp"):
-            try:
-                data.decode(enc)
-                hint = f" (looks like {enc.replace('_', '-').upper()}; convert it to UTF-8)"
-                break
-            except UnicodeDecodeError:
-                continue
-        raise ValueError(f"not UTF-8{hint}") from None
+def first_request(opts: BatchOptions, job: Job, max_tokens: int) -> Request:
+    """The request of a chunk's first attempt (retries change only the temperature)."""
+    budget = min(max_tokens, 2 * job.chunk.tokens + 64)  # room, but no runaway
+    return build_request(
+        opts.fmt,
+        job.chunk.text,
+        job.src,
+        opts.to,
+        glossary=opts.glossary,
+        context=job.context,
+        max_tokens=budget,
+    )
 
 
-def output_path(src: Path, rel: Path, opts: BatchOptions) -> Path:
-    if opts.in_place:
-        return src
-    base = opts.out_dir or Path.cwd() / f"translated-{opts.to}"
-    return base / rel
+def chunk_key(opts: BatchOptions, job: Job, *, model: str, max_tokens: int) -> str:
+    """The cache key: the whole first request as sent, the model, the retry schedule."""
+    return cache_key(
+        first_request(opts, job, max_tokens),
+        model=model,
+        format=opts.fmt,
+        retry=opts.retry_schedule(),
+    )
 
 
 class Translator:
@@ -175,19 +171,15 @@ class Translator:
         if self.telemetry is not None:
             self.telemetry.emit(name, fields)
 
-    def _key(self, text: str, src: str) -> str:
-        return cache_key(
-            text,
-            model=self.model,
-            fmt=self.opts.fmt,
-            version=format_version(self.opts.fmt),
-            src=src,
-            dst=self.opts.to,
-            glossary=sorted(self.opts.glossary.items()),
-            temperature=0.0,
-        )
+    def _key(self, job: Job) -> str:
+        return chunk_key(self.opts, job, model=self.model, max_tokens=self.max_tokens)
 
-    async def run(self, files: Sequence[tuple[Path, Path]]) -> list[ArticleReport]:
+    async def run(
+        self, files: Sequence[tuple[Path, Path]], reports: list[ArticleReport] | None = None
+    ) -> list[ArticleReport]:
+        """Translate ``files``; ``reports`` (one per file, filled in place) may be given."""
+        if reports is None:
+            reports = [ArticleReport(path=str(f)) for f, _ in files]
         self._emit(
             "batch.start",
             {
@@ -198,31 +190,53 @@ class Translator:
             },
         )
         started = time.monotonic()
-        reports = [ArticleReport(path=str(f)) for f, _ in files]
-        async with Dispatcher(self.pools, self._handle) as dispatcher:
-            async with asyncio.TaskGroup() as tg:
-                for (src, rel), report in zip(files, reports, strict=True):
-                    tg.create_task(self._article(dispatcher, src, rel, report))
-        self._emit(
-            "batch.end",
-            {
-                "articles": len(reports),
-                "failed": sum(r.status != "ok" for r in reports),
-                "duration_ms": round((time.monotonic() - started) * 1000),
-            },
-        )
+        status = "failed"
+        try:
+            async with Dispatcher(self.pools, self._handle) as dispatcher:
+                async with asyncio.TaskGroup() as tg:
+                    for n, ((src, rel), report) in enumerate(zip(files, reports, strict=True)):
+                        tg.create_task(self._article(dispatcher, n, src, rel, report))
+            status = "ok" if all(r.status in ("ok", "skipped") for r in reports) else "failed"
+        except asyncio.CancelledError:
+            status = "interrupted"
+            raise
+        finally:
+            for r in reports:
+                if r.status == "pending":  # never started: the batch stopped first
+                    r.status = "interrupted"
+            self._emit(
+                "batch.end",
+                {
+                    "status": status,
+                    "articles": len(reports),
+                    "failed": sum(r.status in ("failed", "error") for r in reports),
+                    "interrupted": sum(r.status == "interrupted" for r in reports),
+                    "duration_ms": round((time.monotonic() - started) * 1000),
+                },
+            )
         return reports
 
     async def _article(
-        self, dispatcher: Dispatcher[Job, ChunkOutcome], src: Path, rel: Path, report: ArticleReport
+        self,
+        dispatcher: Dispatcher[Job, ChunkOutcome],
+        n: int,
+        src: Path,
+        rel: Path,
+        report: ArticleReport,
     ) -> None:
         t0 = time.monotonic()
         try:
-            await self._translate_article(dispatcher, src, rel, report)
-        except ValueError as exc:
+            await self._translate_article(dispatcher, n, src, rel, report)
+        except ArticleError as exc:  # this article cannot be read or written
             report.status, report.error = "error", str(exc)
-        except BackendError as exc:
+        except BackendError as exc:  # the translator gave up on one of its chunks
             report.status, report.error = "failed", str(exc)
+        except Exception as exc:  # a bug: say so, and stop the batch
+            report.status, report.error = "error", f"internal error: {type(exc).__name__}: {exc}"
+            raise
+        except BaseException:  # cancelled (or interrupted): never swallowed
+            report.status = "interrupted"
+            raise
         finally:
             report.seconds = round(time.monotonic() - t0, 3)
             self.progress("article", 1)
@@ -238,8 +252,35 @@ class Translator:
                 },
             )
 
+    def _from_cache(self, job: Job, key: str, rel: Path) -> ChunkOutcome | None:
+        """The cached translation, if there is one and it passes today's checks."""
+        found = self.cache.get(key)
+        if found is None:
+            return None
+        problems = chunk_problems(job.chunk, found.output, found.finish_reason)
+        if problems:
+            log.info(
+                "cached chunk fails the checks; asking again",
+                article=str(rel),
+                chunk=job.chunk.index,
+                problems=problems,
+            )
+            return None
+        return ChunkOutcome(
+            found.output,
+            ok=True,
+            finish_reason=found.finish_reason,
+            temperature=found.temperature,
+            attempt=found.attempt,
+        )
+
     async def _translate_article(
-        self, dispatcher: Dispatcher[Job, ChunkOutcome], src: Path, rel: Path, report: ArticleReport
+        self,
+        dispatcher: Dispatcher[Job, ChunkOutcome],
+        n: int,
+        src: Path,
+        rel: Path,
+        report: ArticleReport,
     ) -> None:
         text = read_article(src)
         source_lang = self.opts.source_lang
@@ -258,21 +299,31 @@ class Translator:
         previous: tuple[str, str] | None = None
         for ch in chunks:
             t0 = time.monotonic()
-            key = self._key(ch.text, source_lang)
-            cached = None if self.opts.force else self.cache.get(key)
-            if cached is not None:
-                outcome = ChunkOutcome(cached, ok=True)
+            job = Job(ch, source_lang, (previous,) if previous else ())
+            key = self._key(job)
+            outcome = None if self.opts.force else self._from_cache(job, key, rel)
+            from_cache = outcome is not None
+            if outcome is not None:
                 report.from_cache += 1
             else:
-                job = Job(ch, source_lang, (previous,) if previous else ())
-                fut = await dispatcher.submit(WorkItem(f"{rel}#{ch.index}", "translator", job))
-                result = await fut
+                item = WorkItem(f"{n}:{rel}#{ch.index}", "translator", job)
+                result = await (await dispatcher.submit(item))
                 if result.error is not None:
                     raise result.error
                 assert result.value is not None
                 outcome = result.value
                 if outcome.ok:
-                    self.cache.put(key, outcome.text, self.model)
+                    self.cache.put(
+                        key,
+                        CachedChunk(
+                            outcome.text,
+                            self.model,
+                            outcome.finish_reason,
+                            outcome.temperature,
+                            outcome.attempt,
+                            outcome.split,
+                        ),
+                    )
             report.retried += outcome.retried
             report.split += outcome.split
             report.tokens += outcome.tokens
@@ -296,13 +347,15 @@ class Translator:
                     "article": str(rel),
                     "chunk": ch.index,
                     "status": "ok" if outcome.ok else "failed",
-                    "from_cache": cached is not None,
+                    "from_cache": from_cache,
                     "retried": outcome.retried,
                     "duration_ms": round((time.monotonic() - t0) * 1000),
                 },
             )
-        out = output_path(src, rel, self.opts)
-        write_text_atomic(out, md.assemble(article, translations))
+        out = output_path(
+            src, rel, to=self.opts.to, out_dir=self.opts.out_dir, in_place=self.opts.in_place
+        )
+        write_article(out, md.assemble(article, translations))
         report.out = str(out)
         report.status = "failed" if report.failed_chunks else "ok"
 
@@ -313,18 +366,25 @@ class Translator:
 
     async def _translate(self, client: SlotClient, job: Job, depth: int) -> ChunkOutcome:
         ch = job.chunk
+        attempts = self.opts.attempts
         problems: list[str] = []
         tokens = 0
-        for attempt in range(self.opts.attempts):
-            result = await self._ask(client, job, retry=attempt > 0)
+        for attempt in range(1, attempts + 1):
+            result, temperature = await self._ask(client, job, retry=attempt > 1)
             tokens += result.completion_tokens or 0
             output = clean_output(self.opts.fmt, result.text)
-            problems = md.validate(ch, output) + markup_problems(ch.text, output)
-            if result.finish_reason == "length":
-                problems.append("the answer was cut off (finish_reason=length)")
+            problems = chunk_problems(ch, output, result.finish_reason)
             if not problems:
-                return ChunkOutcome(output, ok=True, retried=attempt, tokens=tokens)
-        if depth < MAX_SPLIT_DEPTH:
+                return ChunkOutcome(
+                    output,
+                    ok=True,
+                    retried=attempt - 1,
+                    tokens=tokens,
+                    finish_reason=result.finish_reason,
+                    temperature=temperature,
+                    attempt=attempt,
+                )
+        if depth < self.opts.split_depth:
             parts = md.split_chunk(ch)
             if len(parts) > 1:
                 outcomes = [
@@ -332,33 +392,32 @@ class Translator:
                     for p in parts
                 ]
                 if all(o.ok for o in outcomes):
-                    joined = md.join_parts(parts, [o.text for o in outcomes])
                     return ChunkOutcome(
-                        joined,
+                        md.join_parts(parts, [o.text for o in outcomes]),
                         ok=True,
-                        retried=self.opts.attempts - 1,
+                        retried=attempts - 1,
                         split=1 + sum(o.split for o in outcomes),
                         tokens=tokens + sum(o.tokens for o in outcomes),
+                        finish_reason="stop",
+                        temperature=max(o.temperature or 0.0 for o in outcomes),
+                        attempt=attempts,
                     )
         return ChunkOutcome(
-            ch.text, ok=False, retried=self.opts.attempts - 1, tokens=tokens, problems=problems
+            ch.text, ok=False, retried=attempts - 1, tokens=tokens, problems=problems
         )
 
-    async def _ask(self, client: SlotClient, job: Job, *, retry: bool = False) -> CallResult:
-        budget = min(self.max_tokens, 2 * job.chunk.tokens + 64)  # room, but no runaway
-        req = build_request(
-            self.opts.fmt,
-            job.chunk.text,
-            job.src,
-            self.opts.to,
-            glossary=self.opts.glossary,
-            context=job.context,
-            max_tokens=budget,
-        )
+    async def _ask(
+        self, client: SlotClient, job: Job, *, retry: bool = False
+    ) -> tuple[CallResult, float | None]:
+        """One answer, and the temperature it was asked with."""
+        req = first_request(self.opts, job, self.max_tokens)
         params = dict(req.params or {})
         if retry:  # greedy decoding would repeat the rejected answer word for word
-            params["temperature"] = 0.3
+            params["temperature"] = self.opts.retry_temperature
+        temperature = params.get("temperature")
         if req.kind == "completion":
             assert req.prompt is not None
-            return await client.complete(req.prompt, role="translator", **params)
-        return await client.chat(req.messages, role="translator", **params)
+            result = await client.complete(req.prompt, role="translator", **params)
+        else:
+            result = await client.chat(req.messages, role="translator", **params)
+        return result, None if temperature is None else float(temperature)

@@ -1,49 +1,180 @@
 """The chunk cache: sqlite under FAMILIAR_HOME, one row per translated chunk.
 
-The key covers everything that changes a translation: the source chunk text, the
-model, the prompt format and its version, the languages, the glossary and sampling.
-Rows are committed as each chunk finishes, so a killed batch loses nothing.
+The key is a hash of everything that shapes an answer: the whole first request as it
+is sent (prompt or messages: instructions, few-shot head and examples, glossary, the
+previous chunk pair, the chunk itself; sampling, stop strings, the token budget), the
+model and the retry schedule (attempts, retry temperature, split depth). Each row keeps
+how its answer came about (finish_reason, temperature, attempt, split), and the batch
+serves a row only if it passes today's checks again. Rows are committed as each chunk
+finishes, so a killed batch loses nothing.
+
+``CACHE_FORMAT`` names the table: rows of earlier formats (the ``chunks`` table of
+format 1) are never read. A file that is not a sqlite database, or a malformed one, is
+set aside as ``<name>.corrupt-<timestamp>`` with a warning, and a fresh cache is built.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import structlog
+
+from familiar.translate.formats import Request
+
+log = structlog.get_logger("familiar.translate")
+
+CACHE_FORMAT = 2
+TABLE = f"chunks_v{CACHE_FORMAT}"
+_CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+
+T = TypeVar("T")
 
 
-def cache_key(text: str, **params: Any) -> str:
-    blob = json.dumps({"text": text, **params}, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+def cache_key(request: Request, **inputs: Any) -> str:
+    """A hash of the canonical JSON of ``request`` and the other ``inputs`` (model, retries)."""
+    blob = {
+        "cache_format": CACHE_FORMAT,
+        "request": {
+            "kind": request.kind,
+            "prompt": request.prompt,
+            "messages": [dict(m) for m in request.messages],
+            "params": dict(request.params or {}),
+        },
+        **inputs,
+    }
+    text = json.dumps(blob, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedChunk:
+    """A finished chunk and how it was obtained."""
+
+    output: str
+    model: str
+    finish_reason: str | None
+    temperature: float | None  # of the attempt whose answer this is (max over split parts)
+    attempt: int  # 1-based attempt of the whole chunk; after splitting: attempts made first
+    split: int = 0  # how many splits produced it (0: one answer)
+
+
+def _corrupt(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code in _CORRUPT or (code is None and type(exc) is sqlite3.DatabaseError)
 
 
 class ChunkCache:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, warn: Callable[[str], None] | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS chunks (key TEXT PRIMARY KEY, output TEXT NOT NULL,"
-            " model TEXT, created REAL)"
+        self._warn = warn or (lambda message: log.warning(message))
+        self._db = self._open_or_set_aside()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {TABLE} (key TEXT PRIMARY KEY, output TEXT NOT NULL,"
+                " model TEXT, finish_reason TEXT, temperature REAL, attempt INTEGER,"
+                " split INTEGER, created REAL)"
+            )
+            db.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _open_or_set_aside(self) -> sqlite3.Connection:
+        try:
+            return self._open()
+        except sqlite3.DatabaseError as exc:
+            if not _corrupt(exc):
+                raise
+            self._set_aside(exc)
+            return self._open()
+
+    def _set_aside(self, exc: BaseException) -> None:
+        """Rename the corrupt file (and its -wal/-shm files) out of the way, warn once."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+        for suffix in ("", "-wal", "-shm"):
+            side = self.path.with_name(self.path.name + suffix)
+            with contextlib.suppress(FileNotFoundError):
+                side.rename(target.with_name(target.name + suffix))
+        self._warn(
+            f"chunk cache {self.path} is unreadable ({exc}); set aside as {target.name},"
+            " starting a fresh cache"
         )
 
-    def get(self, key: str) -> str | None:
-        row = self._db.execute("SELECT output FROM chunks WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+    def _guard(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``op``; a database found corrupt mid-run is set aside and rebuilt once."""
+        try:
+            return op(self._db)
+        except sqlite3.DatabaseError as exc:
+            if not _corrupt(exc):
+                raise
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._set_aside(exc)
+            self._db = self._open()
+            return op(self._db)
 
-    def put(self, key: str, output: str, model: str) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO chunks (key, output, model, created) VALUES (?, ?, ?, ?)",
-            (key, output, model, time.time()),
+    def get(self, key: str) -> CachedChunk | None:
+        row = self._guard(
+            lambda db: db.execute(
+                "SELECT output, model, finish_reason, temperature, attempt, split"
+                f" FROM {TABLE} WHERE key = ?",
+                (key,),
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        output, model, finish, temperature, attempt, split = row
+        return CachedChunk(
+            str(output),
+            str(model or ""),
+            None if finish is None else str(finish),
+            None if temperature is None else float(temperature),
+            int(attempt or 0),
+            int(split or 0),
+        )
+
+    def put(self, key: str, chunk: CachedChunk) -> None:
+        values = (
+            key,
+            chunk.output,
+            chunk.model,
+            chunk.finish_reason,
+            chunk.temperature,
+            chunk.attempt,
+            chunk.split,
+            time.time(),
+        )
+        self._guard(
+            lambda db: db.execute(
+                f"INSERT OR REPLACE INTO {TABLE} (key, output, model, finish_reason, temperature,"
+                " attempt, split, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
         )
 
     def __len__(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
+        row = self._guard(lambda db: db.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone())
+        return int(row[0])
 
     def close(self) -> None:
         self._db.close()

@@ -17,25 +17,64 @@ Endpoints
 
 Reply text selection for a completion request, in order: the next queued fault (a fault of kind
 ``"reply"`` is a scripted success), else the next queued scripted reply, else ``"{}"`` when the
-request has a ``response_format`` of type ``json_schema``/``json_object``, else
-``"echo: " + <last user message or prompt>`` (the echoed part truncated to
-:data:`ECHO_MAX_CHARS` characters).
+request has a ``response_format`` of type ``json_schema``/``json_object``, else the text given
+by the reply mode (``FakeConfig.reply_mode``, set with the constructor, :meth:`configure`,
+``POST /_admin/config`` or ``--reply-mode``; :meth:`reset` restores the initial mode):
+
+* ``"echo"`` (default): ``"echo: " + <last user message or prompt>`` (the echoed part truncated
+  to :data:`ECHO_MAX_CHARS` characters);
+* ``"identity"``: exactly the last user message (chat) or, for ``/v1/completions``, the text of
+  the prompt after the last line starting with ``"Japanese: "`` or ``"English: "``, without a
+  trailing ``"\nEnglish:"``/``"\nJapanese:"`` label (the whole prompt when no line starts with
+  either label); never truncated.
 
 Faults (consumed one per completion request, FIFO; optional ``"delay_s"`` delays any non-reply
-fault):
+fault before anything is sent; the configured ``latency_s``/``ttft_s`` apply only to answers sent
+like a normal reply, i.e. ``reply`` and ``empty``). Every fault below works for chat and text
+completions, streamed (``"stream": true``) or not:
 
 * ``{"kind": "status", "status": 500}`` (any status; ``"retry_after": 0.2`` sets ``Retry-After``)
+* ``{"kind": "echo_key", "status": 401}``: an OpenAI-style ``invalid_api_key`` error (status
+  401 by default, any status allowed) whose message echoes the request's API key, as some
+  servers do: ``{"error": {"message": "Incorrect API key provided: <KEY>. You can find your API
+  key at https://platform.openai.com/account/api-keys.", "type": "invalid_request_error",
+  "param": null, "code": "invalid_api_key"}}``, ``<KEY>`` being the token of the request's
+  ``Authorization: Bearer <KEY>`` header (the raw header value if it is not a bearer token)
 * ``{"kind": "hang"}``: never answer until the client disconnects or the server stops
 * ``{"kind": "reset"}``: close the socket abruptly (``SO_LINGER`` 0, so the peer gets a RST)
 * ``{"kind": "malformed"}``: 200, ``application/json``, body ``{"choices": [``
 * ``{"kind": "reply", "text": "...", "finish_reason": "stop"}``: scripted successful reply
+* ``{"kind": "cut", "after": 1, "done": true}``: a clean cut (what a proxy sends when the model
+  server dies): a well-formed 200 with the first ``after`` text pieces of the reply and no
+  ``finish_reason`` anywhere. Streamed: those pieces' chunks, then ``data: [DONE]`` (omitted when
+  ``"done": false``) and the terminating zero-length chunk. Not streamed: a JSON completion whose
+  choice has those pieces as its text and ``"finish_reason": null``.
+* ``{"kind": "empty_choices"}``: 200 with ``"choices": []``. Streamed: one chunk with empty
+  choices, the usage chunk if asked for, ``[DONE]``. Not streamed: a completion object with empty
+  choices and a usage block.
+* ``{"kind": "empty"}``: 200 with content ``""`` and ``finish_reason`` ``"stop"`` (streamed: the
+  first (role) chunk with empty content, then the finish chunk).
+* ``{"kind": "trickle", "interval_s": 0.5, "min_pieces": 0}``: stream the reply one piece every
+  ``interval_s`` seconds (the first piece right after the headers), then finish normally; the
+  pieces are repeated (each repetition after a space) until there are at least ``min_pieces``.
+  Stops (a disconnect) when the client goes away. Not streamed: wait ``interval_s`` times the
+  number of pieces, then answer.
+* ``{"kind": "reset_mid", "after": 1}``: streamed, send the first ``after`` pieces' chunks then
+  reset the connection (RST, as ``reset``); not streamed, send the headers and half the body of
+  the full answer, then reset.
+
+A "piece" is a word with its leading whitespace (the unit of streamed chunks). The text of
+``cut``, ``trickle`` and ``reset_mid`` is what the reply would have been: the next scripted reply
+(only ``trickle``, a successful answer, consumes it; after a ``cut`` or ``reset_mid`` a retry gets
+it in full) or the reply-mode text.
 
 Stats: ``requests`` (completion requests received), ``in_flight``, ``max_in_flight``,
 ``completed`` (completion requests answered successfully with a full, well-formed 200 response,
-scripted ``reply`` faults included), ``faults_served`` (fault-queue entries consumed, ``reply``
+scripted ``reply`` and finished ``trickle`` faults included; ``cut``, ``empty`` and
+``empty_choices`` answers are not), ``faults_served`` (fault-queue entries consumed, ``reply``
 entries included), ``disconnects`` (completion requests whose client went away, or hit a
-``reset`` fault, before the response was fully written) and ``connections`` (TCP connections
-accepted; useful to verify keep-alive).
+``reset``/``reset_mid`` fault, before the response was fully written) and ``connections`` (TCP
+connections accepted; useful to verify keep-alive).
 """
 
 from __future__ import annotations
@@ -69,6 +108,7 @@ __all__ = [
     "ECHO_MAX_CHARS",
     "FAULT_KINDS",
     "RECORDED_HEADERS",
+    "REPLY_MODES",
     "FakeConfig",
     "FakeOpenAIServer",
     "SpawnedFakeServer",
@@ -81,7 +121,23 @@ DEFAULT_MODEL = "fake-model"
 ECHO_MAX_CHARS = 200
 #: Request headers copied into each recorded request (lower-cased names).
 RECORDED_HEADERS: tuple[str, ...] = ("authorization", "x-correlation-id", "x-request-id")
-FAULT_KINDS = frozenset({"status", "hang", "reset", "malformed", "reply"})
+FAULT_KINDS = frozenset(
+    {
+        "status",
+        "hang",
+        "reset",
+        "malformed",
+        "reply",
+        "cut",
+        "empty_choices",
+        "empty",
+        "trickle",
+        "reset_mid",
+        "echo_key",
+    }
+)
+#: Reply modes (see the module docstring).
+REPLY_MODES = ("echo", "identity")
 
 _MAX_HEADER_BYTES = 64 * 1024
 _MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -153,6 +209,21 @@ def _sse_chunk(obj: Any) -> bytes:
 
 
 _SSE_DONE_AND_END = b"%x\r\n%b\r\n0\r\n\r\n" % (len(b"data: [DONE]\n\n"), b"data: [DONE]\n\n")
+#: The terminating zero-length chunk of a chunked body.
+_CHUNKED_END = b"0\r\n\r\n"
+_STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+    b"Transfer-Encoding: chunked\r\n"
+)
+_STREAM_HEAD_KEEP = _STREAM_HEAD + b"\r\n"
+_STREAM_HEAD_CLOSE = _STREAM_HEAD + b"Connection: close\r\n\r\n"
+_BAD_KEY_MESSAGE = (
+    "Incorrect API key provided: {key}. "
+    "You can find your API key at https://platform.openai.com/account/api-keys."
+)
+#: Labels that start the source text in a few-shot translation prompt (``identity`` mode).
+_IDENTITY_LABELS = ("\nJapanese: ", "\nEnglish: ")
+_IDENTITY_TAILS = ("\nJapanese:", "\nEnglish:", "\nJapanese: ", "\nEnglish: ")
 
 
 def _content_text(content: Any) -> str:
@@ -166,6 +237,43 @@ def _content_text(content: Any) -> str:
             if isinstance(part, dict) and isinstance(part.get("text"), str)
         )
     return ""
+
+
+def _identity_completion(prompt: str) -> str:
+    """The ``identity`` reply to a completion prompt (see the module docstring)."""
+    for tail in _IDENTITY_TAILS:
+        if prompt.endswith(tail):
+            prompt = prompt[: -len(tail)]
+            break
+    text = "\n" + prompt
+    start = -1
+    at = -1
+    for label in _IDENTITY_LABELS:
+        i = text.rfind(label)
+        if i > at:
+            at, start = i, i + len(label)
+    return prompt if start < 0 else text[start:]
+
+
+def _bearer_token(authorization: str) -> str:
+    """The token of an ``Authorization: Bearer <token>`` value (else the raw value)."""
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else authorization
+
+
+def _abort_with_rst(writer: asyncio.StreamWriter) -> None:
+    """Close the connection abruptly: ``SO_LINGER`` 0, so the peer gets a RST."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+def _wants_usage(body: dict[str, Any]) -> bool:
+    """Whether a streamed request asks for the final usage-only chunk."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
 
 
 def _format_seconds(value: float) -> str:
@@ -292,6 +400,25 @@ class FakeConfig:
     latency_s: float = 0.0
     ttft_s: float = 0.0
     model: str = DEFAULT_MODEL
+    reply_mode: str = "echo"
+
+
+def _check_reply_mode(reply_mode: Any) -> str:
+    if reply_mode not in REPLY_MODES:
+        raise ValueError(f"reply_mode must be one of {list(REPLY_MODES)}, got {reply_mode!r}")
+    return str(reply_mode)
+
+
+def _check_int(out: dict[str, Any], key: str, default: int, low: int, high: int | None) -> None:
+    value = out.setdefault(key, default)
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{out['kind']} fault: {key!r} must be an integer {bounds}, got {value!r}")
 
 
 def _validate_fault(fault: Mapping[str, Any]) -> dict[str, Any]:
@@ -313,6 +440,19 @@ def _validate_fault(fault: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError("reply fault needs a string 'text'")
         if not isinstance(out.setdefault("finish_reason", "stop"), str):
             raise ValueError("'finish_reason' must be a string")
+    elif kind == "echo_key":
+        _check_int(out, "status", 401, 100, 599)
+    elif kind in ("cut", "reset_mid"):
+        _check_int(out, "after", 1, 0, None)
+        if kind == "cut" and not isinstance(out.setdefault("done", True), bool):
+            raise ValueError(f"cut fault: 'done' must be a boolean, got {out['done']!r}")
+    elif kind == "trickle":
+        interval = out.get("interval_s")
+        if not isinstance(interval, int | float) or isinstance(interval, bool) or interval < 0:
+            raise ValueError(
+                f"trickle fault needs a non-negative number 'interval_s', got {interval!r}"
+            )
+        _check_int(out, "min_pieces", 0, 0, None)
     delay = out.setdefault("delay_s", 0.0)
     if not isinstance(delay, int | float) or delay < 0:
         raise ValueError(f"'delay_s' must be a non-negative number, got {delay!r}")
@@ -330,12 +470,18 @@ class FakeOpenAIServer(LoopbackServer):
         latency_s: float = 0.0,
         ttft_s: float = 0.0,
         model: str = DEFAULT_MODEL,
+        reply_mode: str = "echo",
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         super().__init__(host=host, port=port)
-        self._default_config = FakeConfig(latency_s=latency_s, ttft_s=ttft_s, model=model)
-        self.config = FakeConfig(latency_s=latency_s, ttft_s=ttft_s, model=model)
+        self._default_config = FakeConfig(
+            latency_s=latency_s,
+            ttft_s=ttft_s,
+            model=model,
+            reply_mode=_check_reply_mode(reply_mode),
+        )
+        self.config = FakeConfig(**asdict(self._default_config))
         self._faults: deque[dict[str, Any]] = deque()
         self._replies: deque[str] = deque()
         self._requests: list[dict[str, Any]] = []
@@ -369,15 +515,21 @@ class FakeOpenAIServer(LoopbackServer):
         latency_s: float | None = None,
         ttft_s: float | None = None,
         model: str | None = None,
+        reply_mode: str | None = None,
     ) -> dict[str, Any]:
-        """Change the config (any subset); returns the resulting config."""
+        """Change the config (any subset); returns the resulting config.
+
+        Nothing changes when a value is invalid (``ValueError``).
+        """
+        if latency_s is not None and latency_s < 0:
+            raise ValueError("latency_s must be >= 0")
+        if ttft_s is not None and ttft_s < 0:
+            raise ValueError("ttft_s must be >= 0")
+        if reply_mode is not None:
+            self.config.reply_mode = _check_reply_mode(reply_mode)
         if latency_s is not None:
-            if latency_s < 0:
-                raise ValueError("latency_s must be >= 0")
             self.config.latency_s = float(latency_s)
         if ttft_s is not None:
-            if ttft_s < 0:
-                raise ValueError("ttft_s must be >= 0")
             self.config.ttft_s = float(ttft_s)
         if model is not None:
             self.config.model = str(model)
@@ -436,7 +588,7 @@ class FakeOpenAIServer(LoopbackServer):
     def _admin_config(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise ValueError("body must be a JSON object")
-        unknown = set(body) - {"latency_s", "ttft_s", "model"}
+        unknown = set(body) - {"latency_s", "ttft_s", "model", "reply_mode"}
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         for key in ("latency_s", "ttft_s"):
@@ -447,7 +599,10 @@ class FakeOpenAIServer(LoopbackServer):
         if model is not None and not isinstance(model, str):
             raise ValueError("model must be a string")
         return self.configure(
-            latency_s=body.get("latency_s"), ttft_s=body.get("ttft_s"), model=model
+            latency_s=body.get("latency_s"),
+            ttft_s=body.get("ttft_s"),
+            model=model,
+            reply_mode=body.get("reply_mode"),
         )
 
     def _admin_faults(self, body: Any) -> dict[str, Any]:
@@ -551,7 +706,7 @@ class FakeOpenAIServer(LoopbackServer):
 
     # ------------------------------------------------------------------ completions
 
-    async def _completion(self, conn: _Connection, req: _Request, kind: str) -> bool:
+    async def _completion(self, conn: _Connection, req: _Request, api: str) -> bool:
         self._n_requests += 1
         body: Any
         try:
@@ -587,17 +742,17 @@ class FakeOpenAIServer(LoopbackServer):
                 fault = self._faults.popleft()
                 self._faults_served += 1
                 if fault["kind"] != "reply":
-                    return await self._serve_fault(conn, req, fault)
+                    return await self._serve_fault(conn, req, body, api, fault)
                 text: str = fault["text"]
                 finish_reason = fault["finish_reason"]
             elif self._replies:
                 text = self._replies.popleft()
             else:
-                text = self._default_text(body, kind)
+                text = self._default_text(body, api)
             if body.get("stream"):
-                ok = await self._send_stream(conn, req, body, kind, text, finish_reason)
+                ok = await self._send_stream(conn, req, body, api, text, finish_reason)
             else:
-                ok = await self._send_full(conn, req, body, kind, text, finish_reason)
+                ok = await self._send_full(conn, req, body, api, text, finish_reason)
             if ok:
                 self._completed += 1
                 return keep
@@ -609,16 +764,16 @@ class FakeOpenAIServer(LoopbackServer):
         finally:
             self._in_flight -= 1
 
-    @staticmethod
-    def _default_text(body: dict[str, Any], kind: str) -> str:
+    def _default_text(self, body: dict[str, Any], api: str) -> str:
         response_format = body.get("response_format")
         if isinstance(response_format, dict) and response_format.get("type") in (
             "json_schema",
             "json_object",
         ):
             return "{}"
+        identity = self.config.reply_mode == "identity"
         source = ""
-        if kind == _CHAT:
+        if api == _CHAT:
             messages = body.get("messages")
             if isinstance(messages, list):
                 for message in reversed(messages):
@@ -630,13 +785,15 @@ class FakeOpenAIServer(LoopbackServer):
             if isinstance(prompt, list) and prompt:
                 prompt = prompt[-1]
             if isinstance(prompt, str):
-                source = prompt
+                source = _identity_completion(prompt) if identity else prompt
+        if identity:
+            return source
         return "echo: " + source[:ECHO_MAX_CHARS]
 
     @staticmethod
-    def _prompt_tokens(body: dict[str, Any], kind: str) -> int:
+    def _prompt_tokens(body: dict[str, Any], api: str) -> int:
         n = 0
-        if kind == _CHAT:
+        if api == _CHAT:
             messages = body.get("messages")
             if isinstance(messages, list):
                 for message in messages:
@@ -650,9 +807,18 @@ class FakeOpenAIServer(LoopbackServer):
                 n = sum(len(p.split()) for p in prompt if isinstance(p, str))
         return max(n, 1)
 
-    async def _serve_fault(self, conn: _Connection, req: _Request, fault: dict[str, Any]) -> bool:
+    async def _serve_fault(
+        self,
+        conn: _Connection,
+        req: _Request,
+        body: dict[str, Any],
+        api: str,
+        fault: dict[str, Any],
+    ) -> bool:
+        """Serve a non-``reply`` fault; return whether the connection stays open."""
         kind = fault["kind"]
         writer = conn.writer
+        keep = req.keep_alive
         delay = fault["delay_s"]
         if delay > 0 and kind != "hang" and not await conn.sleep_unless_eof(delay):
             self._disconnects += 1
@@ -664,58 +830,110 @@ class FakeOpenAIServer(LoopbackServer):
             if retry_after is not None:
                 extra = f"Retry-After: {_format_seconds(retry_after)}\r\n".encode()
             err_type = "rate_limit_error" if status == 429 else "fake_fault"
-            body = _error_body(f"injected fault: HTTP {status}", err_type, str(status))
-            writer.write(
-                _response_bytes(status, body, keep_alive=req.keep_alive, extra_headers=extra)
+            error = _error_body(f"injected fault: HTTP {status}", err_type, str(status))
+            writer.write(_response_bytes(status, error, keep_alive=keep, extra_headers=extra))
+            await writer.drain()
+            return keep
+        if kind == "echo_key":
+            key = _bearer_token(req.headers.get("authorization", ""))
+            error = _error_body(
+                _BAD_KEY_MESSAGE.format(key=key), "invalid_request_error", "invalid_api_key"
             )
+            writer.write(_response_bytes(fault["status"], error, keep_alive=keep))
             await writer.drain()
-            return req.keep_alive
+            return keep
         if kind == "malformed":
-            writer.write(_response_bytes(200, _MALFORMED_BODY, keep_alive=req.keep_alive))
+            writer.write(_response_bytes(200, _MALFORMED_BODY, keep_alive=keep))
             await writer.drain()
-            return req.keep_alive
+            return keep
         if kind == "hang":
             await conn.wait_eof()
             self._disconnects += 1
             return False
-        # kind == "reset"
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.transport.abort()
+        if kind == "reset":
+            _abort_with_rst(writer)
+            self._disconnects += 1
+            return False
+        stream = bool(body.get("stream"))
+        if kind == "empty":
+            if stream:
+                ok = await self._send_stream(conn, req, body, api, "", "stop")
+            else:
+                ok = await self._send_full(conn, req, body, api, "", "stop")
+            if ok:
+                return keep
+            self._disconnects += 1
+            return False
+        if kind == "empty_choices":
+            writer.write(self._empty_choices_bytes(req, body, api, stream))
+            await writer.drain()
+            return keep
+        if kind == "trickle":
+            text = self._replies.popleft() if self._replies else self._default_text(body, api)
+            if await self._send_trickle(conn, req, body, api, text, fault, stream):
+                self._completed += 1
+                return keep
+            self._disconnects += 1
+            return False
+        # "cut" or "reset_mid": a failed answer, the scripted reply (if any) stays queued.
+        text = self._replies[0] if self._replies else self._default_text(body, api)
+        if kind == "cut":
+            pieces = _PIECE_RE.findall(text)[: fault["after"]]
+            if stream:
+                _base, event = self._stream_encoder(api)
+                data = [_STREAM_HEAD_KEEP if keep else _STREAM_HEAD_CLOSE]
+                data.extend(event(piece, None, i == 0) for i, piece in enumerate(pieces))
+                data.append(_SSE_DONE_AND_END if fault["done"] else _CHUNKED_END)
+                writer.write(b"".join(data))
+            else:
+                writer.write(self._full_bytes(req, body, api, "".join(pieces), None))
+            await writer.drain()
+            return keep
+        # kind == "reset_mid"
+        if stream:
+            _base, event = self._stream_encoder(api)
+            pieces = _PIECE_RE.findall(text)[: fault["after"]]
+            data = [_STREAM_HEAD_KEEP if keep else _STREAM_HEAD_CLOSE]
+            data.extend(event(piece, None, i == 0) for i, piece in enumerate(pieces))
+            partial = b"".join(data)
+        else:
+            full = self._full_bytes(req, body, api, text, "stop")
+            body_start = full.index(b"\r\n\r\n") + 4
+            partial = full[: body_start + (len(full) - body_start) // 2]
+        # With no write buffering, drain() returns once every byte is in the kernel: the RST
+        # below discards whatever the transport still holds.
+        writer.transport.set_write_buffer_limits(high=0)
+        writer.write(partial)
+        await writer.drain()
+        _abort_with_rst(writer)
         self._disconnects += 1
         return False
 
-    def _usage(self, body: dict[str, Any], kind: str, completion_tokens: int) -> dict[str, int]:
-        prompt_tokens = self._prompt_tokens(body, kind)
+    def _usage(self, body: dict[str, Any], api: str, completion_tokens: int) -> dict[str, int]:
+        prompt_tokens = self._prompt_tokens(body, api)
         return {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         }
 
-    async def _send_full(
+    def _full_bytes(
         self,
-        conn: _Connection,
         req: _Request,
         body: dict[str, Any],
-        kind: str,
+        api: str,
         text: str,
-        finish_reason: str,
-    ) -> bool:
-        config = self.config
-        delay = max(config.latency_s, config.ttft_s)
-        if delay > 0 and not await conn.sleep_unless_eof(delay):
-            return False
+        finish_reason: str | None,
+    ) -> bytes:
+        """A whole non-streamed 200 answer with ``text`` as the one choice."""
         n = next(self._ids)
-        usage = self._usage(body, kind, len(_PIECE_RE.findall(text)))
-        if kind == _CHAT:
+        usage = self._usage(body, api, len(_PIECE_RE.findall(text)))
+        if api == _CHAT:
             payload: dict[str, Any] = {
                 "id": f"chatcmpl-fake-{n}",
                 "object": "chat.completion",
                 "created": int(time.time()),
-                "model": config.model,
+                "model": self.config.model,
                 "choices": [
                     {
                         "index": 0,
@@ -731,37 +949,48 @@ class FakeOpenAIServer(LoopbackServer):
                 "id": f"cmpl-fake-{n}",
                 "object": "text_completion",
                 "created": int(time.time()),
-                "model": config.model,
+                "model": self.config.model,
                 "choices": [
                     {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
                 ],
                 "usage": usage,
             }
-        writer = conn.writer
-        writer.write(_response_bytes(200, _dumps(payload), keep_alive=req.keep_alive))
-        await writer.drain()
-        return True
+        return _response_bytes(200, _dumps(payload), keep_alive=req.keep_alive)
 
-    async def _send_stream(
-        self,
-        conn: _Connection,
-        req: _Request,
-        body: dict[str, Any],
-        kind: str,
-        text: str,
-        finish_reason: str,
-    ) -> bool:
-        config = self.config
-        ttft = config.ttft_s
-        rest_delay = config.latency_s - ttft
-        if ttft > 0 and not await conn.sleep_unless_eof(ttft):
-            return False
-        pieces = _PIECE_RE.findall(text)
+    def _empty_choices_bytes(
+        self, req: _Request, body: dict[str, Any], api: str, stream: bool
+    ) -> bytes:
+        n = next(self._ids)
+        if api == _CHAT:
+            ident = f"chatcmpl-fake-{n}"
+            obj = "chat.completion.chunk" if stream else "chat.completion"
+        else:
+            ident, obj = f"cmpl-fake-{n}", "text_completion"
+        base: dict[str, Any] = {
+            "id": ident,
+            "object": obj,
+            "created": int(time.time()),
+            "model": self.config.model,
+            "choices": [],
+        }
+        if not stream:
+            payload = {**base, "usage": self._usage(body, api, 0)}
+            return _response_bytes(200, _dumps(payload), keep_alive=req.keep_alive)
+        data = [_STREAM_HEAD_KEEP if req.keep_alive else _STREAM_HEAD_CLOSE, _sse_chunk(base)]
+        if _wants_usage(body):
+            data.append(_sse_chunk({**base, "usage": self._usage(body, api, 0)}))
+        data.append(_SSE_DONE_AND_END)
+        return b"".join(data)
+
+    def _stream_encoder(
+        self, api: str
+    ) -> tuple[dict[str, Any], Callable[[str | None, str | None, bool], bytes]]:
+        """``(base, event)`` for one streamed answer: the fields shared by its chunks, and
+        ``event(content, finish_reason, first)`` framing one choice chunk."""
         n = next(self._ids)
         created = int(time.time())
-        model = config.model
-        chat = kind == _CHAT
-        if chat:
+        model = self.config.model
+        if api == _CHAT:
             base: dict[str, Any] = {
                 "id": f"chatcmpl-fake-{n}",
                 "object": "chat.completion.chunk",
@@ -795,21 +1024,67 @@ class FakeOpenAIServer(LoopbackServer):
                 }
                 return _sse_chunk({**base, "choices": [choice]})
 
-        head = (
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-            b"Transfer-Encoding: chunked\r\n"
-            + (b"" if req.keep_alive else b"Connection: close\r\n")
-            + b"\r\n"
-        )
-        first = head + event(pieces[0] if pieces else "", None, True)
-        rest = [event(piece, None) for piece in pieces[1:]]
-        rest.append(event(None, finish_reason))
-        options = body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage"):
-            rest.append(
-                _sse_chunk({**base, "choices": [], "usage": self._usage(body, kind, len(pieces))})
+        return base, event
+
+    def _stream_tail(
+        self,
+        body: dict[str, Any],
+        api: str,
+        base: dict[str, Any],
+        finish: bytes,
+        completion_tokens: int,
+    ) -> list[bytes]:
+        """The end of a finished stream: the finish chunk, the usage chunk if asked, [DONE]."""
+        tail = [finish]
+        if _wants_usage(body):
+            tail.append(
+                _sse_chunk(
+                    {**base, "choices": [], "usage": self._usage(body, api, completion_tokens)}
+                )
             )
-        rest.append(_SSE_DONE_AND_END)
+        tail.append(_SSE_DONE_AND_END)
+        return tail
+
+    async def _send_full(
+        self,
+        conn: _Connection,
+        req: _Request,
+        body: dict[str, Any],
+        api: str,
+        text: str,
+        finish_reason: str,
+    ) -> bool:
+        config = self.config
+        delay = max(config.latency_s, config.ttft_s)
+        if delay > 0 and not await conn.sleep_unless_eof(delay):
+            return False
+        writer = conn.writer
+        writer.write(self._full_bytes(req, body, api, text, finish_reason))
+        await writer.drain()
+        return True
+
+    async def _send_stream(
+        self,
+        conn: _Connection,
+        req: _Request,
+        body: dict[str, Any],
+        api: str,
+        text: str,
+        finish_reason: str,
+    ) -> bool:
+        config = self.config
+        ttft = config.ttft_s
+        rest_delay = config.latency_s - ttft
+        if ttft > 0 and not await conn.sleep_unless_eof(ttft):
+            return False
+        pieces = _PIECE_RE.findall(text)
+        base, event = self._stream_encoder(api)
+        head = _STREAM_HEAD_KEEP if req.keep_alive else _STREAM_HEAD_CLOSE
+        first = head + event(pieces[0] if pieces else "", None, True)
+        rest = [event(piece, None, False) for piece in pieces[1:]]
+        rest.extend(
+            self._stream_tail(body, api, base, event(None, finish_reason, False), len(pieces))
+        )
         writer = conn.writer
         if rest_delay > 0:
             writer.write(first)
@@ -820,6 +1095,45 @@ class FakeOpenAIServer(LoopbackServer):
         else:
             rest.insert(0, first)
             writer.write(b"".join(rest))
+        await writer.drain()
+        return True
+
+    async def _send_trickle(
+        self,
+        conn: _Connection,
+        req: _Request,
+        body: dict[str, Any],
+        api: str,
+        text: str,
+        fault: dict[str, Any],
+        stream: bool,
+    ) -> bool:
+        """Serve a ``trickle`` fault; ``False`` if the client went away."""
+        interval: float = fault["interval_s"]
+        pieces = _PIECE_RE.findall(text) or [""]
+        missing = fault["min_pieces"] - len(pieces)
+        if missing > 0:
+            # Repeat the pieces, each repetition starting with a space.
+            again = pieces if pieces[0][:1].isspace() else [" " + pieces[0], *pieces[1:]]
+            pieces.extend(itertools.islice(itertools.cycle(again), missing))
+        writer = conn.writer
+        if not stream:
+            if interval > 0 and not await conn.sleep_unless_eof(interval * len(pieces)):
+                return False
+            writer.write(self._full_bytes(req, body, api, "".join(pieces), "stop"))
+            await writer.drain()
+            return True
+        base, event = self._stream_encoder(api)
+        head = _STREAM_HEAD_KEEP if req.keep_alive else _STREAM_HEAD_CLOSE
+        writer.write(head + event(pieces[0], None, True))
+        await writer.drain()
+        for piece in pieces[1:]:
+            if interval > 0 and not await conn.sleep_unless_eof(interval):
+                return False
+            writer.write(event(piece, None, False))
+            await writer.drain()
+        tail = self._stream_tail(body, api, base, event(None, "stop", False), len(pieces))
+        writer.write(b"".join(tail))
         await writer.drain()
         return True
 
@@ -849,8 +1163,14 @@ class SpawnedFakeServer:
         latency_s: float | None = None,
         ttft_s: float | None = None,
         model: str | None = None,
+        reply_mode: str | None = None,
     ) -> dict[str, Any]:
-        values = {"latency_s": latency_s, "ttft_s": ttft_s, "model": model}
+        values = {
+            "latency_s": latency_s,
+            "ttft_s": ttft_s,
+            "model": model,
+            "reply_mode": reply_mode,
+        }
         result: dict[str, Any] = self.admin(
             "POST", "/_admin/config", {k: v for k, v in values.items() if v is not None}
         )
@@ -892,6 +1212,7 @@ def spawn_fake_server(
     ttft_s: float = 0.0,
     *,
     model: str = DEFAULT_MODEL,
+    reply_mode: str = "echo",
     port: int = 0,
     startup_timeout_s: float = 15.0,
     stop_grace_s: float = 5.0,
@@ -913,6 +1234,8 @@ def spawn_fake_server(
         repr(float(ttft_s)),
         "--model",
         model,
+        "--reply-mode",
+        reply_mode,
     ]
     process = subprocess.Popen(
         cmd, cwd=_REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
@@ -941,7 +1264,12 @@ def spawn_fake_server(
 
 async def _serve(args: argparse.Namespace) -> None:
     server = FakeOpenAIServer(
-        latency_s=args.latency, ttft_s=args.ttft, model=args.model, host=args.host, port=args.port
+        latency_s=args.latency,
+        ttft_s=args.ttft,
+        model=args.model,
+        reply_mode=args.reply_mode,
+        host=args.host,
+        port=args.port,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -959,6 +1287,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="total latency, seconds")
     parser.add_argument("--ttft", type=float, default=0.0, help="time to first token, seconds")
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument(
+        "--reply-mode", choices=REPLY_MODES, default="echo", help="default reply text"
+    )
     asyncio.run(_serve(parser.parse_args(argv)))
 
 

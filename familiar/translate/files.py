@@ -1,0 +1,135 @@
+"""The files of a batch: finding articles, where translations go, reading and writing.
+
+Sources are never overwritten unless ``--in-place``: :func:`check_targets` refuses (a
+``ConfigError``, before anything is written) an output directory equal to or inside an
+input directory, and any output path that is an input file (same resolved path, or the
+same file through a hard link). Output trees are never taken as input: discovery skips
+hidden directories (``.git/``, ``.familiar/``) and the directories it is told to skip
+(the default ``./translated-<to>`` when it lies inside an input directory).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from familiar.errors import ArticleError, ConfigError
+from familiar.store import write_text_atomic
+
+
+def default_out_dir(to: str) -> Path:
+    return Path.cwd() / f"translated-{to}"
+
+
+def discover(paths: Sequence[Path], *, skip: Iterable[Path] = ()) -> list[tuple[Path, Path]]:
+    """(file, path relative to its root) for files given and ``*.md`` under dirs.
+
+    Under a directory, hidden directories and the directories in ``skip`` are not searched.
+    """
+    skipped = {s.resolve() for s in skip}
+    found: list[tuple[Path, Path]] = []
+    for p in paths:
+        if not p.is_dir():
+            found.append((p, Path(p.name)))
+            continue
+        under: list[Path] = []
+        for dirpath, dirnames, filenames in os.walk(p):
+            here = Path(dirpath)
+            dirnames[:] = [
+                d for d in dirnames if not d.startswith(".") and (here / d).resolve() not in skipped
+            ]
+            under += [here / name for name in filenames if name.endswith(".md")]
+        found += [(f, f.relative_to(p)) for f in sorted(under)]
+    return found
+
+
+def output_path(src: Path, rel: Path, *, to: str, out_dir: Path | None, in_place: bool) -> Path:
+    if in_place:
+        return src
+    return (out_dir or default_out_dir(to)) / rel
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_targets(
+    roots: Sequence[Path],
+    files: Sequence[tuple[Path, Path]],
+    *,
+    to: str,
+    out_dir: Path | None,
+    in_place: bool,
+) -> None:
+    """ConfigError unless every translation lands off the sources (see the module doc)."""
+    if in_place:
+        return
+    if out_dir is not None:
+        resolved = out_dir.resolve()
+        for root in roots:
+            if root.is_dir() and _inside(resolved, root.resolve()):
+                where = "" if resolved == root.resolve() else "inside "
+                raise ConfigError(
+                    f"--out {out_dir} is {where}the input directory {root}: translations would"
+                    " mix with the sources (choose a directory outside it, or --in-place)"
+                )
+    by_path = {src.resolve(): src for src, _ in files}
+    by_id = {ident: src for src, _ in files if (ident := _identity(src)) is not None}
+    targets: dict[Path, Path] = {}
+    for src, rel in files:
+        out = output_path(src, rel, to=to, out_dir=out_dir, in_place=False)
+        resolved = out.resolve()
+        ident = _identity(out)
+        source = by_path.get(resolved) or (by_id.get(ident) if ident is not None else None)
+        if source is not None:
+            raise ConfigError(
+                f"the translation of {src} would overwrite the source {source} (at {out});"
+                " choose another --out, or --in-place"
+            )
+        if resolved in targets:
+            raise ConfigError(
+                f"{targets[resolved]} and {src} would both be written to {out};"
+                " translate them in separate runs"
+            )
+        targets[resolved] = src
+
+
+def read_article(path: Path) -> str:
+    """The text of a UTF-8 Markdown file, or ArticleError with a one-line reason."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ArticleError(f"cannot read: {exc.strerror or exc}") from None
+    if not data.strip():
+        raise ArticleError("empty file")
+    if b"\x00" in data[:8192]:
+        raise ArticleError("binary file, not Markdown")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        hint = ""
+        for enc in ("shift_jis", "euc_jp"):
+            try:
+                data.decode(enc)
+                hint = f" (looks like {enc.replace('_', '-').upper()}; convert it to UTF-8)"
+                break
+            except UnicodeDecodeError:
+                continue
+        raise ArticleError(f"not UTF-8{hint}") from None
+
+
+def write_article(path: Path, text: str) -> None:
+    """Write a translation atomically, or ArticleError naming the path."""
+    try:
+        write_text_atomic(path, text)
+    except OSError as exc:
+        raise ArticleError(f"cannot write {path}: {exc.strerror or exc}") from exc
