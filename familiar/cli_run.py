@@ -70,7 +70,7 @@ def add_run_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]
     ):
         p = tele_sub.add_parser(name, help=helptext)
         common(p)
-        p.add_argument("--json", action="store_true")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(func=cmd_telemetry, action=name)
 
     sessions = sub.add_parser("sessions", help="list sessions with status and timings")
@@ -233,9 +233,13 @@ def cmd_telemetry(args: argparse.Namespace) -> int:
     telemetry = Telemetry(home, enabled=True)
     if args.action == "flush":
         sent, backlog = signals.run(_flush(telemetry))
-        print(f"replayed {sent} event(s) to {telemetry.url}; backlog {backlog}")
+        if args.json:
+            print(json.dumps({"url": telemetry.url, "replayed": sent, "backlog": backlog}))
+        else:
+            print(f"replayed {sent} event(s) to {telemetry.url}; backlog {backlog}")
         return 0 if backlog == 0 else 1
     stats = telemetry.load_stats()
+    spill = telemetry.spill_info()
     info = {
         "url": telemetry.url,
         "enabled": Telemetry(home).enabled,
@@ -243,14 +247,17 @@ def cmd_telemetry(args: argparse.Namespace) -> int:
         "spilled": stats.get("spilled", 0),
         "replayed": stats.get("replayed", 0),
         "dropped": stats.get("dropped", 0),
-        "backlog": telemetry.backlog(),
+        "refused": stats.get("refused", 0),
+        "corrupt": stats.get("corrupt", 0),
+        "backlog": spill["backlog"],
+        "backlog_corrupt": spill["corrupt"],
         "spill_file": str(telemetry.spill_path),
     }
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         for key, value in info.items():
-            print(f"{key:>10}: {value}")
+            print(f"{key:>15}: {value}")
     return 0
 
 
@@ -258,7 +265,7 @@ async def _flush(telemetry: Any) -> tuple[int, int]:
     from familiar.telemetry import TelemetryUnavailable
 
     try:
-        sent = await telemetry.flush_spill()
+        await telemetry.flush_spill()
     except TelemetryUnavailable:
-        sent = 0
-    return sent, telemetry.backlog()
+        pass  # Vector went away part way: what was delivered is counted below
+    return int(telemetry.counts["replayed"]), telemetry.backlog()

@@ -27,6 +27,7 @@ from typing import Any
 
 import structlog
 
+from familiar import copycheck
 from familiar.backend import CallResult, SlotClient
 from familiar.dispatch import Dispatcher, Pool, WorkItem
 from familiar.errors import ArticleError, BackendError
@@ -35,7 +36,13 @@ from familiar.telemetry import Telemetry
 from familiar.translate import markdown as md
 from familiar.translate.cache import CachedChunk, ChunkCache, cache_key
 from familiar.translate.files import output_path, read_article, write_article
-from familiar.translate.formats import FormatName, Request, build_request, clean_output
+from familiar.translate.formats import (
+    FEWSHOT_EXAMPLES,
+    FormatName,
+    Request,
+    build_request,
+    clean_output,
+)
 from familiar.translate.glossary import misses
 from familiar.translate.report import ArticleReport
 
@@ -112,9 +119,20 @@ def markup_problems(source: str, output: str) -> list[str]:
     return problems
 
 
-def chunk_problems(ch: md.Chunk, output: str, finish_reason: str | None) -> list[str]:
-    """Everything wrong with ``output`` as the translation of ``ch`` (``[]``: keep it)."""
+def chunk_problems(
+    ch: md.Chunk,
+    output: str,
+    finish_reason: str | None,
+    examples: Sequence[tuple[str, str]] = (),
+) -> list[str]:
+    """Everything wrong with ``output`` as the translation of ``ch`` (``[]``: keep it).
+
+    ``examples`` are the prompt's few-shot pairs: an answer that is one of their
+    translations, for a source that is not that example, copied the prompt."""
     problems = md.validate(ch, output) + markup_problems(ch.text, output)
+    copied = copycheck.copied_pair(output, ch.text, examples) if examples else None
+    if copied is not None:
+        problems.append(f"the answer copied the prompt's example ({copied!r})")
     if finish_reason == "length":
         problems.append("the answer was cut off (finish_reason=length)")
     elif finish_reason != "stop":
@@ -257,7 +275,9 @@ class Translator:
         found = self.cache.get(key)
         if found is None:
             return None
-        problems = chunk_problems(job.chunk, found.output, found.finish_reason)
+        problems = chunk_problems(
+            job.chunk, found.output, found.finish_reason, self._shots(job.src)
+        )
         if problems:
             log.info(
                 "cached chunk fails the checks; asking again",
@@ -364,6 +384,10 @@ class Translator:
     async def _handle(self, item: WorkItem[Job], pool: Pool) -> ChunkOutcome:
         return await self._translate(pool.client, item.payload, depth=0)
 
+    def _shots(self, src: str) -> Sequence[tuple[str, str]]:
+        """The few-shot example pairs the prompt carries (only the fewshot format has any)."""
+        return FEWSHOT_EXAMPLES.get((src, self.opts.to), ()) if self.opts.fmt == "fewshot" else ()
+
     async def _translate(self, client: SlotClient, job: Job, depth: int) -> ChunkOutcome:
         ch = job.chunk
         attempts = self.opts.attempts
@@ -373,7 +397,7 @@ class Translator:
             result, temperature = await self._ask(client, job, retry=attempt > 1)
             tokens += result.completion_tokens or 0
             output = clean_output(self.opts.fmt, result.text)
-            problems = chunk_problems(ch, output, result.finish_reason)
+            problems = chunk_problems(ch, output, result.finish_reason, self._shots(job.src))
             if not problems:
                 return ChunkOutcome(
                     output,

@@ -45,17 +45,17 @@ class Request:
     params: Mapping[str, Any] | None = None
 
 
+#: Made-up examples (the Zorblats of Quuxville): a base model that copies one instead of
+#: translating produces text that is obviously not the article's, and the batch's check
+#: (``copycheck.copied_pair``) rejects it.
+_PAIRS = (
+    ("⟦P0⟧ゾルブラットの歴史", "⟦P0⟧The history of Zorblats"),
+    ("クックスヴィルの倉庫については⟦P0⟧を見てください。", "See ⟦P0⟧ about the Quuxville depot."),
+    ("ゾルブラットを木箱に数えます。", "Count the Zorblats in crates."),
+)
 FEWSHOT_EXAMPLES: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
-    ("ja", "en"): (
-        ("⟦P0⟧お茶の歴史", "⟦P0⟧The history of tea"),
-        ("詳しくは⟦P0⟧を見てください。", "See ⟦P0⟧ for details."),
-        ("水を沸かします。", "Boil the water."),
-    ),
-    ("en", "ja"): (
-        ("⟦P0⟧The history of tea", "⟦P0⟧お茶の歴史"),
-        ("See ⟦P0⟧ for details.", "詳しくは⟦P0⟧を見てください。"),
-        ("Boil the water.", "水を沸かします。"),
-    ),
+    ("ja", "en"): _PAIRS,
+    ("en", "ja"): tuple((en, ja) for ja, en in _PAIRS),
 }
 
 

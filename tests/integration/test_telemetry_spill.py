@@ -154,11 +154,17 @@ async def test_cli_status_and_flush_on_a_damaged_file(
     status = await asyncio.to_thread(main, ["telemetry", "status", *ws, "--json"])
     out = capsys.readouterr()
     assert status == 0, out.err
-    assert json.loads(out.out)["backlog"] == 5
+    info = json.loads(out.out)
+    assert info["backlog"] == 5 and info["backlog_corrupt"] > 0
     async with FakeVector() as vector:
         monkeypatch.setenv("FAMILIAR_TELEMETRY_URL", vector.url)
-        assert await asyncio.to_thread(main, ["telemetry", "flush", *ws]) == 0
+        assert await asyncio.to_thread(main, ["telemetry", "flush", *ws, "--json"]) == 0
         assert _ids(vector.events) == good
+        assert json.loads(capsys.readouterr().out) == {
+            "url": vector.url,
+            "replayed": 5,
+            "backlog": 0,
+        }
     assert "Traceback" not in capsys.readouterr().err
 
 

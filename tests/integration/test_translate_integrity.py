@@ -231,3 +231,25 @@ async def test_unfinished_answers_are_never_written_or_cached(
         assert len(cache) == 0
     finally:
         cache.close()
+
+
+# -- a base model copying the few-shot example is not a translation -------------------------
+
+
+async def test_fewshot_answer_copying_an_example_is_rejected(
+    tmp_path: Path, server: FakeOpenAIServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from familiar.translate.formats import FEWSHOT_EXAMPLES
+
+    copy = FEWSHOT_EXAMPLES[("ja", "en")][0][1]  # "⟦P0⟧The history of Zorblats"
+    (tmp_path / "a.md").write_text("# 自転車のタイヤ\n", encoding="utf-8")
+    server.add_replies([copy] * 20)
+    out = tmp_path / "o"
+    code = await translate(
+        tmp_path, str(tmp_path / "a.md"), "--format", "fewshot", "--out", str(out), "--json"
+    )
+    assert code == 1
+    (row,) = report(capsys)
+    assert row["status"] == "failed" and row["failed_chunks"] == [0]
+    assert (out / "a.md").read_text(encoding="utf-8") == "# 自転車のタイヤ\n"  # source kept
+    assert all(r["path"] == "/v1/completions" for r in server.requests)
