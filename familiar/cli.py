@@ -17,10 +17,9 @@ from typing import Any
 
 from familiar import __version__, claude_md, signals
 from familiar.config import Config, load_config
-from familiar.errors import ConfigError, FamiliarError, RuntimeFailure
+from familiar.errors import FamiliarError, Terminated
 from familiar.logs import mask
 from familiar.roles import PRESETS, parse_role_string
-from familiar.signals import Terminated
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -126,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except Terminated:
         print("familiar: terminated", file=sys.stderr)
-        return 143
+        return Terminated.exit_code
     except KeyboardInterrupt:
         print("familiar: interrupted", file=sys.stderr)
         return 130
@@ -134,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("FAMILIAR_DEBUG"):
             raise
         print(f"familiar: error: {mask(str(exc))}", file=sys.stderr)
-        return exc.exit_code if isinstance(exc, ConfigError | RuntimeFailure) else 1
+        return exc.exit_code
     except OSError as exc:  # a file familiar needs could not be read or written
         if os.environ.get("FAMILIAR_DEBUG"):
             raise

@@ -262,7 +262,7 @@ def cmd_telemetry(args: argparse.Namespace) -> int:
 
 
 async def _flush(telemetry: Any) -> tuple[int, int]:
-    from familiar.telemetry import TelemetryUnavailable
+    from familiar.errors import TelemetryUnavailable
 
     try:
         await telemetry.flush_spill()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from familiar.errors import DispatchError
+from familiar.errors import BoardClosed, DispatchError
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -65,10 +65,6 @@ class ItemResult(Generic[R]):
 
 
 Handler = Callable[[WorkItem[P], Pool], Awaitable[R]]
-
-
-class BoardClosed(RuntimeError):
-    """``put`` on a closed board."""
 
 
 class WorkBoard(Generic[P]):

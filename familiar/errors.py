@@ -1,27 +1,36 @@
-"""The exception tree of familiar.
+"""The exception tree of familiar: every exception it raises on purpose lives here.
 
 Two roots: mistakes a user can fix (exit code 2, one clear line, no traceback) and
-failures at run time (a backend misbehaving, a session failing)::
+failures at run time (a backend misbehaving, a session failing). Each class carries its
+exit code; the CLI prints ``familiar: error: <message>`` and exits with it::
 
-    FamiliarError
-    ├── ConfigError                 user mistake -> exit code 2
-    │   ├── RoleStringError         bad role configuration string (names the token)
-    │   ├── SlotsFileError          bad or missing slots file
-    │   ├── RoleFileError           bad role file
-    │   ├── PromptError             missing prompt file or template variable
-    │   ├── LocalSetupError         embedded backend not installed / unusable
-    │   └── StateError              familiar's own files unreadable, corrupt or unwritable
-    └── RuntimeFailure              failure at run time -> exit code 1
-        ├── BackendError(slot)      anything a backend slot did wrong
+    FamiliarError                   exit_code
+    ├── ConfigError                 2   user mistake
+    │   ├── RoleStringError         2   bad role configuration string (names the token)
+    │   ├── SlotsFileError          2   bad or missing slots file
+    │   ├── RoleFileError           2   bad role file
+    │   ├── PromptError             2   missing prompt file or template variable
+    │   ├── LocalSetupError         2   embedded backend not installed / unusable
+    │   └── StateError              2   familiar's own files unreadable, corrupt or unwritable
+    └── RuntimeFailure              1   failure at run time
+        ├── BackendError(slot)      1   anything a backend slot did wrong
         │   ├── BackendHTTPError(status, retry_after)
         │   ├── BackendTimeout
         │   ├── BackendConnectError
-        │   └── BackendProtocolError  malformed body / stream
-        ├── LocalServerError        the embedded llama-server failed to start / died
-        ├── ArticleError            one article of a batch cannot be read or written
-        ├── AnswerRejected          an answer failed the checks (empty, copied an example)
-        └── DispatchError           an item failed (carries the item id)
+        │   └── BackendProtocolError  malformed body / stream; no finish_reason; empty
+        ├── LocalServerError        1   the embedded llama-server failed to start / died
+        ├── ArticleError            1   one article of a batch cannot be read or written
+        ├── AnswerRejected          1   an answer failed the checks (empty, copied an example)
+        ├── PlanInvalid             1   the planner's answer is not a valid plan
+        ├── SessionFailed           1   a session could not finish (its directory keeps the rest)
+        ├── DispatchError           1   an item failed (carries the item id)
+        ├── BoardClosed             1   work put on a closed work board
+        └── TelemetryUnavailable    1   Vector is away or overloaded (retry later)
 
+    KeyboardInterrupt
+    └── Terminated                  143 SIGTERM, handled like Ctrl-C (which exits 130)
+
+Foreign exceptions (openai, httpx) are mapped in one place, ``backend.map_errors``.
 Retry predicates match these classes, never messages. ``asyncio.CancelledError`` is
 never caught and turned into one of these.
 """
@@ -31,6 +40,8 @@ from __future__ import annotations
 
 class FamiliarError(Exception):
     """Root of every error familiar raises on purpose."""
+
+    exit_code = 1
 
 
 class ConfigError(FamiliarError):
@@ -135,6 +146,28 @@ class DispatchError(RuntimeFailure):
         super().__init__(f"item {item_id!r} failed: {type(error).__name__}: {error}")
 
 
+class PlanInvalid(RuntimeFailure):
+    """The planner's answer is not a valid plan; the message explains why."""
+
+
+class SessionFailed(RuntimeFailure):
+    """A session could not finish; its directory holds what was done."""
+
+
+class BoardClosed(RuntimeFailure):
+    """``put`` on a closed work board."""
+
+
+class TelemetryUnavailable(RuntimeFailure):
+    """Vector is away or overloaded: try again later."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process got SIGTERM; the work was cancelled and unwound cleanly (exit 143)."""
+
+    exit_code = 143
+
+
 __all__ = [
     "AnswerRejected",
     "ArticleError",
@@ -143,15 +176,20 @@ __all__ = [
     "BackendHTTPError",
     "BackendProtocolError",
     "BackendTimeout",
+    "BoardClosed",
     "ConfigError",
     "DispatchError",
     "FamiliarError",
     "LocalServerError",
     "LocalSetupError",
+    "PlanInvalid",
     "PromptError",
     "RoleFileError",
     "RoleStringError",
     "RuntimeFailure",
+    "SessionFailed",
     "SlotsFileError",
     "StateError",
+    "TelemetryUnavailable",
+    "Terminated",
 ]

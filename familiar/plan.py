@@ -16,14 +16,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from familiar.errors import PlanInvalid
+
 MAX_SUBTASKS = 8
 _ID = r"^[a-z0-9][a-z0-9_-]{0,23}$"
 
 Difficulty = Literal["hard", "easy"]
-
-
-class PlanInvalid(ValueError):
-    """The planner's answer is not a valid plan; the message explains why."""
 
 
 class Subtask(BaseModel):
@@ -222,10 +220,12 @@ WORKER_SCHEMA: dict[str, Any] = {
         "output": {"type": "string", "minLength": 1},
         "decisions_kept": {
             "type": "array",
-            "items": {"type": "string"},
+            "items": {"type": "string", "maxLength": 200},
             "maxItems": 8,
         },
-        "notes": {"type": "string"},
+        # bounded, so that constrained decoding closes a runaway note instead of running
+        # into max_tokens and leaving the JSON unfinished
+        "notes": {"type": "string", "maxLength": 300},
     },
     "required": ["output", "decisions_kept", "notes"],
     "additionalProperties": False,

@@ -30,7 +30,7 @@ from familiar import copycheck
 from familiar.backend import CallResult, SlotClient
 from familiar.config import Config
 from familiar.dispatch import Dispatcher, Pool, WorkItem
-from familiar.errors import AnswerRejected, ConfigError, RuntimeFailure, StateError
+from familiar.errors import AnswerRejected, ConfigError, PlanInvalid, SessionFailed, StateError
 from familiar.fleet import Fleet
 from familiar.lang import NAMES, detect_lang
 from familiar.plan import (
@@ -39,7 +39,6 @@ from familiar.plan import (
     WORKER_SCHEMA,
     Integration,
     Plan,
-    PlanInvalid,
     Subtask,
     WorkerOutput,
     extract_json,
@@ -62,10 +61,6 @@ TASK_PROMPTS = (
     "integrate.md",
     "translate_result.md",
 )
-
-
-class SessionFailed(RuntimeFailure):
-    """A session could not finish; its directory holds what was done."""
 
 
 @dataclass
@@ -479,7 +474,11 @@ class Session:
         )
         client: SlotClient = pool.client
         examples = self._examples("worker_task.md", self.cfg.roles[pool.role].prompt)
-        allowed = "\n".join((self.task, user))
+        # what the answer may legitimately repeat: the task and this subtask's own inputs
+        # (never the rendered prompt, which holds the example itself)
+        allowed = "\n".join(
+            (self.task, s.title, s.instructions, s.acceptance, deps, *plan.decisions)
+        )
         checks: list[str] = []
         ask = messages
         for attempt in range(2):  # one retry, asked differently, for a rejected answer
@@ -489,9 +488,17 @@ class Session:
             )
             try:
                 parsed = WorkerOutput.model_validate(extract_json(result.text))
+                problem = None
             except (PlanInvalid, ValidationError):
                 parsed = WorkerOutput(output=result.text.strip(), notes="answer was not JSON")
-            problem = self._problem(parsed.output, examples, allowed)
+                # prose from a model without constrained decoding is kept; a JSON answer cut
+                # off at max_tokens is not a finished answer
+                problem = (
+                    f"the answer was cut off at max_tokens ({result.completion_tokens} tokens)"
+                    if result.finish_reason == "length"
+                    else None
+                )
+            problem = problem or self._problem(parsed.output, examples, allowed)
             if problem is None:
                 break
             checks.append(problem)

@@ -15,11 +15,9 @@ import signal
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from familiar.errors import Terminated
+
 T = TypeVar("T")
-
-
-class Terminated(KeyboardInterrupt):
-    """The process got SIGTERM; the work was cancelled and unwound cleanly."""
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

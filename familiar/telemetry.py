@@ -43,6 +43,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from familiar.backend import CallEvent
 from familiar.context import correlation_id
+from familiar.errors import TelemetryUnavailable
 from familiar.logs import mask, mask_any
 from familiar.store import read_json, write_bytes_atomic, write_json_atomic
 
@@ -333,10 +334,6 @@ class SpillFile:
                         skipped=corrupt,
                         path=str(self.path),
                     )
-
-
-class TelemetryUnavailable(Exception):
-    """Vector is away or overloaded: try again later."""
 
 
 _Retryable = TelemetryUnavailable

@@ -23,7 +23,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from familiar.cli import main
-from familiar.telemetry import Telemetry, TelemetryUnavailable, make_event
+from familiar.errors import TelemetryUnavailable
+from familiar.telemetry import Telemetry, make_event
 from tests.support.fake_vector import FakeVector
 
 REPO = Path(__file__).resolve().parents[2]

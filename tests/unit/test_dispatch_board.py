@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from familiar.backend import RetryPolicy
-from familiar.dispatch import BoardClosed, WorkBoard, WorkItem
+from familiar.dispatch import WorkBoard, WorkItem
+from familiar.errors import BoardClosed
 from familiar.seats import Seats
 
 
