@@ -12,15 +12,12 @@ jitter, honouring ``Retry-After``; the seat is given back while waiting.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
-import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-import httpx
 import openai
 import structlog
 from asyncio_throttle.throttler import Throttler
@@ -28,50 +25,20 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from familiar.context import correlation_id
 from familiar.errors import (
-    BackendConnectError,
     BackendError,
     BackendHTTPError,
     BackendProtocolError,
-    BackendTimeout,
 )
-from familiar.logs import mask, redact_url, register_secret
+from familiar.logs import redact_url, register_secret
+from familiar.replicas import Replica, ReplicaSet
 from familiar.seats import Seats
 from familiar.slots import Slot
+from familiar.wire import HTTP, RetryPolicy, map_errors, retryable
 
 log = structlog.get_logger("familiar.backend")
 
-# The openai SDK 3.x speaks httpx2 natively (and converts legacy httpx clients on every
-# request, which costs ~40% of throughput); older SDKs speak httpx. Use the native one.
-_HTTP: Any
-try:
-    import httpx2 as _HTTP
-except ImportError:  # pragma: no cover - openai < 3
-    _HTTP = httpx
-_TIMEOUT_ERRORS: tuple[type[Exception], ...] = (httpx.TimeoutException, _HTTP.TimeoutException)
-_TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.TransportError, _HTTP.TransportError)
-
 Kind = Literal["chat", "completion"]
 Message = Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How failed attempts are retried. ``sleep`` is injectable so tests take no time."""
-
-    attempts: int = 4
-    initial_s: float = 0.5
-    max_s: float = 30.0
-    cooldown_s: float = 5.0
-    max_retry_after_s: float = 120.0
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-
-    def backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Full-jitter exponential backoff, never shorter than the server's Retry-After."""
-        ceiling = min(self.max_s, self.initial_s * (2 ** (attempt - 1)))
-        wait = random.uniform(ceiling / 2, ceiling)
-        if retry_after is not None:
-            wait = max(wait, min(retry_after, self.max_retry_after_s))
-        return wait
 
 
 @dataclass(frozen=True)
@@ -124,40 +91,6 @@ Hook = Callable[[CallEvent], None]
 
 
 @dataclass
-class Replica:
-    url: str
-    client: openai.AsyncOpenAI
-    label: str = ""  # the URL without userinfo: what records, events and messages show
-    outstanding: int = 0
-    failures: int = 0
-    cooldown_until: float = 0.0
-
-    def cooling(self, now: float) -> bool:
-        return self.cooldown_until > now
-
-
-def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, BackendHTTPError):
-        return exc.retryable
-    return isinstance(exc, BackendTimeout | BackendConnectError | BackendProtocolError)
-
-
-def _retry_after(headers: httpx.Headers | Mapping[str, str]) -> float | None:
-    raw = headers.get("retry-after")
-    if raw is None:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:  # an HTTP date (RFC 9110 allows both forms)
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-@dataclass
 class _Attempt:
     text: list[str] = field(default_factory=list)
     finish_reason: str | None = None
@@ -192,19 +125,19 @@ class SlotClient:
         size = max(self.seats.total, slot.parallel) + 2
         # timeout_s bounds the whole request (asyncio.timeout in _attempt); the HTTP
         # client's read timeout is the stall limit: no byte for that long aborts the attempt
-        stall = min(slot.stall_timeout_s, slot.timeout_s)
-        self._http = _HTTP.AsyncClient(
+        stall = self._stall_s = min(slot.stall_timeout_s, slot.timeout_s)
+        self._http = HTTP.AsyncClient(
             transport=transport,
-            timeout=_HTTP.Timeout(stall, connect=min(slot.connect_timeout_s, slot.timeout_s)),
-            limits=_HTTP.Limits(max_connections=size, max_keepalive_connections=size),
+            timeout=HTTP.Timeout(stall, connect=min(slot.connect_timeout_s, slot.timeout_s)),
+            limits=HTTP.Limits(max_connections=size, max_keepalive_connections=size),
         )
         # a non-streamed answer sends its first byte at the end: no stall limit there
-        self._plain_timeout = _HTTP.Timeout(slot.timeout_s, connect=slot.connect_timeout_s)
+        self._plain_timeout = HTTP.Timeout(slot.timeout_s, connect=slot.connect_timeout_s)
         key = slot.api_key()
         register_secret(key)
         for url in slot.url:
             register_secret(_password(url))
-        self.replicas = [
+        replicas = [
             Replica(
                 url=url,
                 label=redact_url(url),
@@ -217,7 +150,7 @@ class SlotClient:
             )
             for url in slot.url
         ]
-        self._rr = 0
+        self.replica_set = ReplicaSet(replicas, cooldown_s=self.retry.cooldown_s)
 
     def __repr__(self) -> str:  # never shows a key
         return (
@@ -268,7 +201,7 @@ class SlotClient:
         try:  # the fast path: most calls succeed on the first attempt, no retry machinery
             return await self._attempt(kind, body, role, 1, first_wait)
         except BackendError as exc:
-            if self.retry.attempts <= 1 or not _retryable(exc):
+            if self.retry.attempts <= 1 or not retryable(exc):
                 raise
             ra = exc.retry_after if isinstance(exc, BackendHTTPError) else None
             await self.retry.sleep(self.retry.backoff(1, ra))
@@ -281,7 +214,7 @@ class SlotClient:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.retry.attempts - 1),
             wait=wait,
-            retry=retry_if_exception(_retryable),
+            retry=retry_if_exception(retryable),
             sleep=self.retry.sleep,
             reraise=True,
         )
@@ -290,16 +223,6 @@ class SlotClient:
                 n = attempt.retry_state.attempt_number + 1
                 return await self._attempt(kind, body, role, n, first_wait)
         raise AssertionError("unreachable: tenacity reraises the last error")
-
-    def _pick(self) -> Replica:
-        now = time.monotonic()
-        ready = [r for r in self.replicas if not r.cooling(now)]
-        if not ready:  # everyone is cooling down: probe the one that recovers first
-            return min(self.replicas, key=lambda r: r.cooldown_until)
-        low = min(r.outstanding for r in ready)
-        best = [r for r in ready if r.outstanding == low]
-        self._rr += 1
-        return best[self._rr % len(best)]
 
     async def _attempt(
         self, kind: Kind, body: dict[str, Any], role: str | None, n: int, first_wait: list[float]
@@ -312,7 +235,7 @@ class SlotClient:
             queue_wait = time.monotonic() - queued
             if not first_wait:
                 first_wait.append(queue_wait)
-            replica = self._pick()
+            replica = self.replica_set.pick()
             replica.outstanding += 1
             start = time.monotonic()
             acc = _Attempt()
@@ -346,19 +269,18 @@ class SlotClient:
             model=self.slot.model,
         )
 
+    @property
+    def replicas(self) -> list[Replica]:
+        return self.replica_set.replicas
+
     def _after(self, replica: Replica, error: BackendError | None) -> None:
-        if error is None:
-            replica.failures = 0
-            replica.cooldown_until = 0.0
-        elif len(self.replicas) > 1 and _replica_fault(error):
-            replica.failures += 1
-            backoff = self.retry.cooldown_s * 2 ** min(replica.failures - 1, 4)
-            replica.cooldown_until = time.monotonic() + backoff
+        cooled = self.replica_set.record(replica, error)
+        if cooled is not None and error is not None:
             log.warning(
                 "replica cooling down",
                 slot=self.slot.name,
                 replica=replica.label,
-                seconds=round(backoff, 2),
+                seconds=round(cooled, 2),
                 error=type(error).__name__,
             )
 
@@ -368,45 +290,12 @@ class SlotClient:
         cid = correlation_id.get()
         headers = {"X-Correlation-ID": cid} if cid else None
         name, url = self.slot.name, replica.label
-        stall = min(self.slot.stall_timeout_s, self.slot.timeout_s)
-        try:
+        with map_errors(name, url, timeout_s=self.slot.timeout_s, stall_s=self._stall_s):
             async with asyncio.timeout(self.slot.timeout_s):
                 if self.stream:
                     await self._stream(replica, kind, body, headers, acc, start)
                 else:
                     await self._plain(replica, kind, body, headers, acc, start)
-        except TimeoutError:  # the whole request (connect to last byte) took too long
-            raise BackendTimeout(
-                name, f"no complete answer within timeout_s={self.slot.timeout_s:g}s", replica=url
-            ) from None
-        except openai.APITimeoutError:
-            raise BackendTimeout(
-                name, f"no byte for {stall:g}s (stall limit) or connect timed out", replica=url
-            ) from None
-        except openai.APIConnectionError as exc:
-            raise BackendConnectError(
-                name, f"connection failed: {mask(str(exc))}", replica=url
-            ) from None
-        except openai.APIStatusError as exc:
-            raise BackendHTTPError(
-                name,
-                exc.status_code,
-                _short(mask(exc.message)),
-                retry_after=_retry_after(exc.response.headers),
-                replica=url,
-            ) from None
-        except _TIMEOUT_ERRORS:
-            raise BackendTimeout(
-                name, f"no byte for {stall:g}s mid-answer (stall limit)", replica=url
-            ) from None
-        except _TRANSPORT_ERRORS as exc:
-            raise BackendConnectError(
-                name, f"transport error: {type(exc).__name__}", replica=url
-            ) from None
-        except (openai.APIResponseValidationError, ValueError, KeyError, TypeError) as exc:
-            raise BackendProtocolError(
-                name, f"malformed answer: {_short(mask(str(exc)))}", replica=url
-            ) from None
         # An answer counts only when the server said it finished.
         if acc.chunks == 0:
             raise BackendProtocolError(name, "empty or malformed answer", replica=url)
@@ -540,13 +429,6 @@ class SlotClient:
                 log.exception("event hook failed", hook=repr(hook))
 
 
-def _replica_fault(error: BackendError) -> bool:
-    """Errors that say the replica itself is unwell (not the request, not overload)."""
-    if isinstance(error, BackendHTTPError):
-        return error.status >= 500
-    return isinstance(error, BackendConnectError | BackendTimeout)
-
-
 def _throttler(rps: float | None) -> Throttler | None:
     if rps is None:
         return None
@@ -569,6 +451,4 @@ def _clean(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
 
-def _short(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+__all__ = ["CallEvent", "CallResult", "Hook", "Kind", "RetryPolicy", "SlotClient"]

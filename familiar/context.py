@@ -1,4 +1,8 @@
-"""Context carried across awaits: the correlation id of the current session or batch."""
+"""Context carried across awaits: the correlation id of the current session or batch.
+
+Also the current telemetry span (``current_span``), the parent of the events emitted
+inside it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 correlation_id: ContextVar[str | None] = ContextVar("familiar_correlation_id", default=None)
+#: the span id that new telemetry events take as their ``parent_span_id``
+current_span: ContextVar[str | None] = ContextVar("familiar_span", default=None)
 
 
 def new_correlation_id() -> str:
