@@ -40,6 +40,7 @@ from typing import Any
 import httpx
 
 from familiar.errors import LocalServerError, LocalSetupError
+from familiar.store import write_json_atomic
 
 HOST = "127.0.0.1"
 MODEL_NAME = "gemma-3-270m"
@@ -415,9 +416,7 @@ class LocalServer:
         if not ephemeral:
             state = {**asdict(info), "log_path": str(self.log_path)}
             state["proc_start"] = _start_ticks(proc.pid)
-            tmp = self.state_path.with_name(f".server.json.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(state, indent=2) + "\n")
-            os.replace(tmp, self.state_path)
+            write_json_atomic(self.state_path, state)
         return info
 
     async def _wait_ready(self, proc: subprocess.Popen[bytes], port: int, offset: int) -> None:

@@ -18,7 +18,6 @@ batch. ``article.finished`` and ``batch.end`` always carry an honest status
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ from typing import Any
 
 import structlog
 
-from familiar import copycheck
 from familiar.backend import CallResult, SlotClient
 from familiar.dispatch import Dispatcher, Pool, WorkItem
 from familiar.errors import ArticleError, BackendError
@@ -44,9 +42,17 @@ from familiar.translate.formats import (
     clean_output,
 )
 from familiar.translate.glossary import misses
+from familiar.translate.markdown import chunk_problems, markup_problems
 from familiar.translate.report import ArticleReport
 
-__all__ = ["ArticleReport", "BatchOptions", "Translator", "chunk_key", "markup_problems"]
+__all__ = [
+    "ArticleReport",
+    "BatchOptions",
+    "Translator",
+    "chunk_key",
+    "chunk_problems",
+    "markup_problems",
+]
 
 log = structlog.get_logger("familiar.translate")
 
@@ -98,46 +104,6 @@ class Job:
 
 
 Progress = Callable[[str, int], None]  # (what, amount): "chunk", "article", "tokens"
-
-
-_LINKED = re.compile(r"\][^\s\]]{1,2}P\d+[^\s\]]")
-
-
-def markup_problems(source: str, output: str) -> list[str]:
-    """Markdown syntax left visible in the prose (link brackets, emphasis) must survive,
-    and a link's text must stay attached to its protected target (``[text]⟦P0⟧``)."""
-    problems = [
-        f"link target {m.group()[1:]} detached from its text"
-        for m in _LINKED.finditer(source)
-        if m.group() not in output
-    ]
-    for mark in ("[", "]", "**", "`"):
-        if source.count(mark) != output.count(mark):
-            problems.append(
-                f"{mark!r} appears {output.count(mark)} time(s), expected {source.count(mark)}"
-            )
-    return problems
-
-
-def chunk_problems(
-    ch: md.Chunk,
-    output: str,
-    finish_reason: str | None,
-    examples: Sequence[tuple[str, str]] = (),
-) -> list[str]:
-    """Everything wrong with ``output`` as the translation of ``ch`` (``[]``: keep it).
-
-    ``examples`` are the prompt's few-shot pairs: an answer that is one of their
-    translations, for a source that is not that example, copied the prompt."""
-    problems = md.validate(ch, output) + markup_problems(ch.text, output)
-    copied = copycheck.copied_pair(output, ch.text, examples) if examples else None
-    if copied is not None:
-        problems.append(f"the answer copied the prompt's example ({copied!r})")
-    if finish_reason == "length":
-        problems.append("the answer was cut off (finish_reason=length)")
-    elif finish_reason != "stop":
-        problems.append(f"the answer did not finish (finish_reason={finish_reason})")
-    return problems
 
 
 def first_request(opts: BatchOptions, job: Job, max_tokens: int) -> Request:
@@ -375,7 +341,7 @@ class Translator:
         out = output_path(
             src, rel, to=self.opts.to, out_dir=self.opts.out_dir, in_place=self.opts.in_place
         )
-        write_article(out, md.assemble(article, translations))
+        write_article(out, md.assemble(chunks, translations))
         report.out = str(out)
         report.status = "failed" if report.failed_chunks else "ok"
 

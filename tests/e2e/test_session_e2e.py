@@ -2,7 +2,9 @@
 
 `naughty x kindergarten x translator`, all bound to the embedded slot (the shipped
 slots file): the planner answers under JSON-schema constrained decoding, code routes
-hard work to naughty and easy work to kindergarten, the session directory is complete.
+hard work to naughty and easy work to kindergarten, and every answer familiar keeps was
+finished, non-empty and not a copy of a prompt's example. The tiny base model may fail
+the work; then the session must say so, with the reasons recorded.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from familiar import copycheck
 from familiar.cli import main
+from familiar.prompts import load_prompt
 
 pytestmark = pytest.mark.e2e
 
@@ -34,33 +38,51 @@ def test_session_on_embedded_gemma(
     )
     code = main(["run", "--workspace", str(tmp_path), TASK, "--json"])
     captured = capsys.readouterr()
-    assert code == 0, captured.err
-    out = json.loads(captured.out)
-    assert out["status"] == "done" and out["result"].strip()
-    d = Path(out["directory"])
-    assert d.parent == isolated_env / "sessions"
-    for name in (
-        "task.md",
-        "config.json",
-        "plan.json",
-        "integration.json",
-        "final.md",
-        "session.json",
-    ):
+    # A 270M base model often cannot do the work: familiar must then say so (exit 1, the
+    # reasons recorded), never pass a cut, empty or copied answer off as done.
+    assert code in (0, 1), captured.err
+    assert "Traceback" not in captured.err
+    (d,) = (isolated_env / "sessions").iterdir()
+    for name in ("task.md", "config.json", "plan.json", "session.json"):
         assert (d / name).is_file(), name
-    plan = json.loads((d / "plan.json").read_text())
-    assert not plan["fallback"], "constrained decoding should give a valid plan"
-    ids = [s["id"] for s in plan["subtasks"]]
-    records = [json.loads((d / "subtasks" / f"{i}.json").read_text()) for i in ids]
-    for i in ids:
-        assert (d / "subtasks" / f"{i}.prompt.md").read_text().strip()
-    assert all(r["status"] == "ok" for r in records)
-    assert {r["role"] for r in records} == {"naughty", "kindergarten"}, records
-    # routing is code: a subtask ran on its preferred role unless that pool was busy
-    for s, r in zip(plan["subtasks"], records, strict=True):
-        assert r["preferred_role"] == ("naughty" if s["difficulty"] == "hard" else "kindergarten")
     state = json.loads((d / "session.json").read_text())
-    assert state["status"] == "done" and state["planner"] == "naughty"
+    assert state["planner"] == "naughty"
+    plan = json.loads((d / "plan.json").read_text())
+    if plan["fallback"]:  # constrained decoding gives a valid plan; only a copy is refused
+        assert "copies the prompt's example" in state["steps"]["plan"]["fallback_reason"]
+    examples = [
+        snippet
+        for prompt in ("plan.md", "worker_task.md", "integrate.md", "naughty.md", "kindergarten.md")
+        for snippet in load_prompt(tmp_path, prompt).examples
+    ]
+    done = {}
+    for s in plan["subtasks"]:
+        assert (d / "subtasks" / f"{s['id']}.prompt.md").read_text().strip()
+        path = d / "subtasks" / f"{s['id']}.json"
+        if path.exists():
+            r = json.loads(path.read_text())
+            assert r["status"] == "ok" and r["output"].strip() and r["finish_reason"] == "stop"
+            assert copycheck.copied(r["output"], examples, allowed=TASK) is None
+            # routing is code: the preferred role follows the plan's difficulty
+            assert r["preferred_role"] == (
+                "naughty" if s["difficulty"] == "hard" else "kindergarten"
+            )
+            assert r["role"] in ("naughty", "kindergarten")
+            done[s["id"]] = r
+    if code == 0:
+        out = json.loads(captured.out)
+        assert out["status"] == "done" == state["status"] and out["result"].strip()
+        assert len(done) == len(plan["subtasks"])
+        assert (d / "final.md").read_text() == out["result"]
+        assert copycheck.copied(out["result"], examples, allowed=TASK) is None
+        assert (d / "integration.json").is_file()
+    else:
+        assert state["status"] == "failed" and not (d / "final.md").exists()
+        for sid, reason in state["failed"].items():
+            assert sid not in done
+            assert reason.startswith(("AnswerRejected", "BackendProtocolError", "skipped"))
+            if reason.startswith("AnswerRejected"):
+                assert (d / "subtasks" / f"{sid}.rejected.json").is_file()
     # the ephemeral server was stopped: nothing left listening for this home
     assert not (isolated_env / "local" / "server.json").exists()
     ps = subprocess.run(

@@ -15,47 +15,9 @@ import pytest
 
 from familiar.cli import main
 from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.scripts import PLAN, SessionScript, integration, work
 
 REPO = Path(__file__).resolve().parents[2]
-
-PLAN = {
-    "goal": "A tea guide",
-    "decisions": ["Call the drink 'sencha'", "Use metric units"],
-    "subtasks": [
-        {
-            "id": "s1",
-            "title": "Steps",
-            "instructions": "List the steps",
-            "acceptance": "5 steps",
-            "depends_on": [],
-            "difficulty": "hard",
-        },
-        {
-            "id": "s2",
-            "title": "Mistakes",
-            "instructions": "List mistakes",
-            "acceptance": "3",
-            "depends_on": [],
-            "difficulty": "easy",
-        },
-        {
-            "id": "s3",
-            "title": "Summary",
-            "instructions": "Summarise s1 and s2",
-            "acceptance": "2 lines",
-            "depends_on": ["s1", "s2"],
-            "difficulty": "easy",
-        },
-    ],
-}
-
-
-def work(text: str) -> str:
-    return json.dumps({"output": text, "decisions_kept": ["Call the drink 'sencha'"], "notes": ""})
-
-
-def integration(text: str, violations: list[dict[str, str]] | None = None) -> str:
-    return json.dumps({"deliverable": text, "violations": violations or []})
 
 
 @pytest.fixture
@@ -93,9 +55,10 @@ async def test_full_session_plans_routes_integrates_and_records(
     isolated_env: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    fleet["grandpa"].add_replies([json.dumps(PLAN), integration("THE GUIDE")])
-    fleet["naughty"].add_replies([work("steps")] * 3)
-    fleet["kindergarten"].add_replies([work("mistakes"), work("summary")] * 2)
+    # replies are a function of the request, so the workers may run in any order
+    script = SessionScript(PLAN, {"s1": "steps", "s2": "mistakes", "s3": "summary"}, "THE GUIDE")
+    for srv in fleet.values():
+        srv.handler = script
     code = await _in_thread(run_cli, tmp_path, "Write a tea guide", "--json")
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["result"] == "THE GUIDE" and out["status"] == "done"
@@ -120,6 +83,7 @@ async def test_full_session_plans_routes_integrates_and_records(
     state = json.loads((d / "session.json").read_text())
     assert state["status"] == "done" and state["planner"] == "grandpa"
     assert len(state["prompt_versions"]["worker_task.md"]) == 12
+    assert sorted(script.asked) == ["integration", "plan", "s1", "s2", "s3"]
 
 
 async def test_invalid_plan_gets_one_repair_round_then_falls_back(

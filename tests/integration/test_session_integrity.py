@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from familiar import copycheck
 from familiar.cli import main
-from familiar.config import shipped_dir
-from familiar.prompts import load_prompt
+from familiar.translate.formats import FEWSHOT_EXAMPLES
 from tests.support.fake_openai import FakeOpenAIServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,9 +45,13 @@ PLAN = {
 }
 
 
+EXAMPLE_PROMPTS = REPO / "tests" / "support" / "example_prompts"
+
+
 def example(prompt: str) -> str:
-    """The first answer-like snippet of a shipped prompt's example block."""
-    snippets = load_prompt(shipped_dir("prompts").parent, prompt).examples
+    """The longest answer-like snippet of a prompt's example block (the workspace's
+    override of the shipped prompt, which has no examples)."""
+    snippets = copycheck.examples((EXAMPLE_PROMPTS / prompt).read_text(encoding="utf-8"))
     assert snippets, prompt
     return max(snippets, key=len)
 
@@ -72,6 +77,8 @@ async def fleet(tmp_path: Path) -> AsyncIterator[dict[str, FakeOpenAIServer]]:
         )
     )
     (tmp_path / "CLAUDE.md").write_text("familiar: grandpa x naughty\n")
+    # the workspace overrides the session prompts with versions that carry examples
+    shutil.copytree(EXAMPLE_PROMPTS, tmp_path / "prompts")
     yield servers
     for s in servers.values():
         await s.stop()
@@ -90,13 +97,15 @@ def the_session(home: Path) -> Path:
 def test_prompt_examples_are_not_about_the_demo_task() -> None:
     demo = (REPO / "scripts" / "demo").read_text()
     assert "green tea" in demo  # the demo task this guards against
-    for prompt in sorted((REPO / "prompts").glob("*.md")):
-        for snippet in load_prompt(REPO, prompt.name).examples:
-            lowered = snippet.lower()
-            assert not any(w in lowered for w in ("tea", "brew", "boil", "kettle", "tyre")), (
-                prompt.name,
-                snippet,
-            )
+    texts = [p.read_text() for p in sorted((REPO / "prompts").glob("*.md"))]
+    texts += [p.read_text() for p in sorted(EXAMPLE_PROMPTS.glob("*.md"))]
+    texts += [f"{a}\n{b}" for pairs in FEWSHOT_EXAMPLES.values() for a, b in pairs]
+    for text in texts:
+        lowered = text.lower()
+        for word in ("green tea", "brew", "boil", "kettle", "tyre", "お茶", "沸か"):
+            assert word not in lowered, (word, text[:80])
+    shipped = {p.name for p in (REPO / "prompts").glob("*.md") if "<!-- example" in p.read_text()}
+    assert shipped == {"plan.md"}  # workers and integration: constrained decoding, no example
 
 
 async def test_worker_copying_the_example_is_retried_differently_then_kept(

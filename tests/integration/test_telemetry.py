@@ -11,9 +11,9 @@ import pytest
 from familiar.cli import main
 from familiar.context import bound_correlation_id
 from familiar.telemetry import Telemetry
-from tests.integration.test_session import PLAN, integration, work
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.fake_vector import FakeVector
+from tests.support.scripts import PLAN, integration, work
 
 
 async def _slots(tmp_path: Path, key_env: str | None = None) -> FakeOpenAIServer:

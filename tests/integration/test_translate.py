@@ -17,35 +17,9 @@ import pytest
 from familiar.cli import main
 from familiar.translate.cache import ChunkCache
 from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.scripts import ARTICLE, articles, report, translate
 
 REPO = Path(__file__).resolve().parents[2]
-
-ARTICLE = """---
-title: 緑茶の淹れ方
-tags: [tea, guide]
-date: 2026-11-27
----
-
-# 緑茶の淹れ方
-
-お湯を沸かして、少し冷ましてから茶葉に注ぎます。詳しくは[公式サイト](https://example.com/tea?x=1)を見てください。
-
-```python
-# 温度を確認する
-temp = 80  # 摂氏
-print("お茶")
-```
-
-| 項目 | 値 |
-|:---|---:|
-| 温度 | 80度 |
-| 時間 | 1分 |
-
-- 茶葉は `3g` 使います。
-  - 急須を温めておきます。
-
-> 熱すぎるお湯は苦味の原因になります。
-"""
 
 CODE = '```python\n# 温度を確認する\ntemp = 80  # 摂氏\nprint("お茶")\n```'
 
@@ -60,25 +34,6 @@ async def translator(tmp_path: Path) -> AsyncIterator[FakeOpenAIServer]:
         )
         (tmp_path / "CLAUDE.md").write_text("familiar: naughty x translator\n")
         yield srv
-
-
-def articles(root: Path, n: int = 3, text: str = ARTICLE) -> Path:
-    src = root / "src"
-    for i in range(n):
-        sub = src / ("deep" if i % 2 else "")
-        sub.mkdir(parents=True, exist_ok=True)
-        (sub / f"a{i}.md").write_text(text.replace("緑茶", f"緑茶{i}"), encoding="utf-8")
-    return src
-
-
-async def translate(tmp_path: Path, *args: str) -> int:
-    argv = ["translate", "--workspace", str(tmp_path), "--to", "en", *args]
-    return int(await asyncio.to_thread(main, argv))
-
-
-def report(capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
-    data: list[dict[str, object]] = json.loads(capsys.readouterr().out)
-    return data
 
 
 async def test_batch_mirrors_tree_keeps_code_and_shares_seats(

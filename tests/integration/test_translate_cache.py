@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from familiar.translate.cache import TABLE
-from tests.integration.test_translate import articles, translate
 from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.scripts import articles, translate
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from familiar.translate.cache import ChunkCache
-from tests.integration.test_translate import ARTICLE, articles, report, translate
 from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.scripts import ARTICLE, articles, report, translate
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from familiar.translate import markdown as md
-from tests.integration.test_translate import REPO, articles, report, translate
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.fake_vector import FakeVector
+from tests.support.scripts import REPO, articles, report, translate
 
 FINAL = {"ok", "failed", "error", "skipped", "interrupted"}
 

@@ -16,7 +16,10 @@ Endpoints
   ``GET /_admin/stats``, ``POST /_admin/reset``, ``GET /_admin/requests``.
 
 Reply text selection for a completion request, in order: the next queued fault (a fault of kind
-``"reply"`` is a scripted success), else the next queued scripted reply, else ``"{}"`` when the
+``"reply"`` is a scripted success), else the next queued scripted reply, else what the
+in-process ``handler(body)`` returns when one is set and it returns a string (a reply that is a
+function of the request, for flow tests that must not depend on arrival order; see
+``tests/support/scripts.py``), else ``"{}"`` when the
 request has a ``response_format`` of type ``json_schema``/``json_object``, else the text given
 by the reply mode (``FakeConfig.reply_mode``, set with the constructor, :meth:`configure`,
 ``POST /_admin/config`` or ``--reply-mode``; :meth:`reset` restores the initial mode):
@@ -485,6 +488,9 @@ class FakeOpenAIServer(LoopbackServer):
         self._faults: deque[dict[str, Any]] = deque()
         self._replies: deque[str] = deque()
         self._requests: list[dict[str, Any]] = []
+        #: ``reply = handler(request body)`` when no fault or scripted reply is queued
+        #: (return None to fall through to the reply mode); order-independent scripting
+        self.handler: Callable[[dict[str, Any]], str | None] | None = None
         self._n_requests = 0
         self._in_flight = 0
         self._max_in_flight = 0
@@ -765,6 +771,10 @@ class FakeOpenAIServer(LoopbackServer):
             self._in_flight -= 1
 
     def _default_text(self, body: dict[str, Any], api: str) -> str:
+        if self.handler is not None:  # a reply that is a function of the request
+            text = self.handler(body)
+            if text is not None:
+                return text
         response_format = body.get("response_format")
         if isinstance(response_format, dict) and response_format.get("type") in (
             "json_schema",

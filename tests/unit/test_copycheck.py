@@ -29,8 +29,13 @@ from familiar.plan import (
 )
 from familiar.prompts import load_prompt
 
-PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
-ALL = sorted(PROMPTS.glob("*.md"))
+# Prompts with example blocks, as a workspace's own prompts/ may have them. Of the shipped
+# session prompts only plan.md keeps one (worker and integration answers get their shape
+# from JSON-schema constrained decoding, and a small base model copied their examples);
+# these are the versions that had them.
+PROMPTS = Path(__file__).resolve().parents[1] / "support" / "example_prompts"
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "prompts"
+ALL = sorted([*PROMPTS.glob("*.md"), *SHIPPED_DIR.glob("*.md")])
 WITH_EXAMPLES = [p for p in ALL if "<!-- example -->" in p.read_text(encoding="utf-8")]
 BLOCK = re.compile(r"<!-- example -->\n(.*?)<!-- /example -->\n", re.S)
 PROPS = settings(max_examples=150, deadline=None, database=None)
@@ -117,11 +122,14 @@ def reshape(text: str) -> str:
     return "\n\n".join(lines) + "\n"
 
 
-# --- the shipped prompts ---------------------------------------------------------------------
+# --- prompts with examples ------------------------------------------------------------------
 
 
 def test_the_prompts_with_examples_are_the_ones_expected() -> None:
     assert {p.name for p in WITH_EXAMPLES} >= {"plan.md", "worker_task.md", "integrate.md"}
+    # shipped: only the planner keeps an example (the plan's structure); workers and the
+    # integrator rely on JSON-schema constrained decoding for the shape of their answer
+    assert {p.name for p in WITH_EXAMPLES if p.parent == SHIPPED_DIR} == {"plan.md"}
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
@@ -168,6 +176,8 @@ def test_no_example_is_about_anything_a_user_might_ask(path: Path) -> None:
     ],
 )
 def test_prompts_keep_their_fields_and_render(name: str, fields: set[str], tmp_path: Path) -> None:
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / name).write_bytes((PROMPTS / name).read_bytes())  # an override
     prompt = load_prompt(tmp_path, name)
     assert prompt.fields == fields
     rendered = without_markers(prompt.render(**dict.fromkeys(fields, "X")))

@@ -7,8 +7,8 @@ import re
 import pytest
 
 from familiar.translate.markdown import (
-    Article,
     Chunk,
+    Chunking,
     Segment,
     assemble,
     chunk,
@@ -111,9 +111,9 @@ def fake_translate(ch: Chunk) -> str:
     return "".join(prose(p) + t for p, t in zip(pieces, tokens, strict=True))
 
 
-def parsed(source: str = ARTICLE, budget: int = 4000) -> tuple[Article, list[Chunk]]:
-    article = parse(source)
-    return article, chunk(article, budget)
+def parsed(source: str = ARTICLE, budget: int = 4000) -> tuple[Chunking, list[Chunk]]:
+    chunking = chunk(parse(source), budget)
+    return chunking, list(chunking)
 
 
 # --- round trips -------------------------------------------------------------------------------
@@ -137,11 +137,14 @@ def parsed(source: str = ARTICLE, budget: int = 4000) -> tuple[Article, list[Chu
 )
 def test_round_trip(source: str, budget: int) -> None:
     article = parse(source)
-    assert assemble(article, {}) == source
+    assert article.source == source
+    other = chunk(article, 4000 if budget < 4000 else 1)  # chunkings are independent
     chunks = chunk(article, budget)
-    assert assemble(article, {}) == source
-    assert assemble(article, {c.index: c.text for c in chunks}) == source
-    assert assemble(article, {c.index: "\n" + c.text + "\n\n" for c in chunks}) == source
+    assert chunks == chunk(article, budget)
+    assert assemble(chunks, {}) == source
+    assert assemble(chunks, {c.index: c.text for c in chunks}) == source
+    assert assemble(chunks, {c.index: "\n" + c.text + "\n\n" for c in chunks}) == source
+    assert assemble(other, {c.index: c.text for c in other}) == source
 
 
 def test_segments_and_front_matter() -> None:
@@ -196,8 +199,8 @@ def test_chunks_hold_prose_and_no_protected_content() -> None:
 
 def test_fake_translation_keeps_structure() -> None:
     for source in (ARTICLE, ARTICLE.replace("\n", "\r\n"), ARTICLE.rstrip("\n")):
-        article, chunks = parsed(source, 40)
-        out = assemble(article, {c.index: fake_translate(c) for c in chunks})
+        layout, chunks = parsed(source, 40)
+        out = assemble(layout, {c.index: fake_translate(c) for c in chunks})
         newline = "\r\n" if "\r\n" in source else "\n"
         for text in PROTECTED:
             assert text.replace("\n", newline) in out
@@ -212,9 +215,9 @@ def test_fake_translation_keeps_structure() -> None:
 
 
 def test_translation_changing_line_count_uses_dominant_newline() -> None:
-    article, chunks = parsed("- a\r\n- b\r\n", 100)
+    layout, chunks = parsed("- a\r\n- b\r\n", 100)
     (ch,) = chunks
-    out = assemble(article, {0: ch.text.replace("\n", "\n\n")})
+    out = assemble(layout, {0: ch.text.replace("\n", "\n\n")})
     assert out == "- a\r\n\r\n- b\r\n"
 
 
@@ -241,11 +244,11 @@ def test_constructs_are_protected() -> None:
         "* * *\n": [],
     }
     for source, hidden in cases.items():
-        article, chunks = parsed(source)
+        layout, chunks = parsed(source)
         joined = "".join(c.text for c in chunks)
         for text in hidden:
             assert text not in joined, (source, joined)
-        assert assemble(article, {}) == source
+        assert assemble(layout, {}) == source
     assert [c.text for c in parsed("    code\n")[1]] == []
     assert "continued" in parsed("- item\n\n    continued\n")[1][0].text
     assert "after" in parsed("> ```\n> quoted code\n> ```\n> after")[1][0].text
@@ -254,50 +257,50 @@ def test_constructs_are_protected() -> None:
 
 def test_table_cells_are_prose() -> None:
     source = "| 名前 | 値 |\n|---|:-:|\n| りんご | 赤い |\n"
-    article, (ch,) = parsed(source)
+    layout, (ch,) = parsed(source)
     lines = ch.text.split("\n")
     assert [tokens_of(ch).sub("|", line) for line in lines] == ["|名前|値|", "|", "|りんご|赤い|"]
-    out = assemble(article, {0: ch.text.replace("りんご", "apple").replace("赤い", "red")})
+    out = assemble(layout, {0: ch.text.replace("りんご", "apple").replace("赤い", "red")})
     assert out == "| 名前 | 値 |\n|---|:-:|\n| apple | red |\n"
 
 
 def test_placeholder_delimiters_avoid_source_text() -> None:
     source = "記号⟦P0⟧と⟪X⟫を含む`code`\n"
-    article, (ch,) = parsed(source)
+    layout, (ch,) = parsed(source)
     assert ch.delims not in (("⟦", "⟧"), ("⟪", "⟫"))
     assert ch.text.startswith("記号⟦P0⟧と⟪X⟫を含む")
     assert list(ch.placeholders.values()) == ["`code`"]
     assert validate(ch, ch.text) == []
-    assert assemble(article, {0: ch.text}) == source
+    assert assemble(layout, {0: ch.text}) == source
 
 
 def test_front_matter_values_are_requoted() -> None:
     source = "---\ntitle: 'タイトル'\ndescription: \"説明\" # note\nsummary: 要約\n---\n本文\n"
-    article, chunks = parsed(source)
+    layout, chunks = parsed(source)
     assert [c.text for c in chunks] == ["タイトル", "説明", "要約", "本文"]
-    out = assemble(article, {0: "It's", 1: 'A "quoted"\nword', 2: "Note: yes"})
+    out = assemble(layout, {0: "It's", 1: 'A "quoted"\nword', 2: "Note: yes"})
     assert out == (
         "---\ntitle: 'It''s'\ndescription: \"A \\\"quoted\\\" word\" # note\n"
         'summary: "Note: yes"\n---\n本文\n'
     )
-    assert "title: yes" not in assemble(article, {0: "x", 2: "yes"})
+    assert "title: yes" not in assemble(layout, {0: "x", 2: "yes"})
 
 
 def test_long_paragraph_is_split_at_sentences() -> None:
     sentences = [f"これは{n}番目の文です。" for n in range(40)]
     source = "# 見出し\n\n" + "".join(sentences) + "\n\n次の段落。\n"
-    article, chunks = parsed(source, 40)
+    layout, chunks = parsed(source, 40)
     assert all(c.tokens <= 40 for c in chunks)
     assert all(c.text.endswith(("。", "見出し")) for c in chunks)
-    assert assemble(article, {c.index: c.text for c in chunks}) == source
-    out = assemble(article, {c.index: "".join(c.placeholders) + "Sentence." for c in chunks})
+    assert assemble(layout, {c.index: c.text for c in chunks}) == source
+    out = assemble(layout, {c.index: "".join(c.placeholders) + "Sentence." for c in chunks})
     assert "Sentence. Sentence." in out and "Sentence.Sentence." not in out
     long_word = "x" * 400
-    article, chunks = parsed(long_word, 10)
+    layout, chunks = parsed(long_word, 10)
     assert len(chunks) > 10 and all(c.tokens <= 10 for c in chunks)
-    assert assemble(article, {c.index: c.text for c in chunks}) == long_word
+    assert assemble(layout, {c.index: c.text for c in chunks}) == long_word
     english = "One two three. " * 30
-    article, chunks = parsed(english.strip(), 20)
+    layout, chunks = parsed(english.strip(), 20)
     assert all(c.text.endswith(".") for c in chunks)
 
 
@@ -335,22 +338,22 @@ def test_validate() -> None:
 
 
 def test_assemble_rejects_bad_translations() -> None:
-    article, _ = parsed()
+    layout, _ = parsed()
     with pytest.raises(ValueError, match="missing placeholder"):
-        assemble(article, {2: "no placeholders"})
+        assemble(layout, {2: "no placeholders"})
     with pytest.raises(ValueError, match="no chunk with index"):
-        assemble(article, {99: "x"})
+        assemble(layout, {99: "x"})
     with pytest.raises(ValueError, match="chunk"):
-        assemble(parse("text"), {0: "x"})
+        assemble(chunk(parse("    code\n"), 4000), {0: "x"})  # nothing to translate
     with pytest.raises(ValueError):
-        chunk(article, 0)
+        chunk(parse(ARTICLE), 0)
 
 
 # --- split_chunk / join_parts -----------------------------------------------------------------
 
 
 def test_split_chunk_halves_reassemble() -> None:
-    article, chunks = parsed()
+    layout, chunks = parsed()
     body = chunks[2]
     first, second = split_chunk(body)
     assert (first.index, first.part, second.part) == (2, (0,), (1,))
@@ -364,9 +367,9 @@ def test_split_chunk_halves_reassemble() -> None:
     assert join_parts(parts[::-1], [p.text for p in parts][::-1]) == body.text
     joined = join_parts(parts, [fake_translate(p) for p in parts])
     assert validate(body, joined) == []
-    out = assemble(article, {2: joined})
+    out = assemble(layout, {2: joined})
     assert CODE in out and "https://example.com/guide" in out
-    assert out == assemble(article, {2: fake_translate(body)})
+    assert out == assemble(layout, {2: fake_translate(body)})
 
 
 def test_split_chunk_sentences_and_limits() -> None:

@@ -1,0 +1,233 @@
+"""Cutting prose into chunks under a token budget, rendering them with placeholders, and
+splitting a chunk in two / joining the halves' translations (pure)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+
+from familiar.translate.markdown.blocks import make_block
+from familiar.translate.markdown.model import (
+    Article,
+    Block,
+    Chunk,
+    Chunking,
+    Item,
+    Slot,
+    estimate_tokens,
+    text_of,
+    tok_re,
+)
+
+_CUTS = (
+    re.compile(r"\n(?:[ \t]*\n)+"),
+    re.compile(r"\n"),
+    re.compile(
+        "(?:[\u3002\uff01\uff1f][\u300d\u300f\uff09)\\]\"']*|[.!?][\"')\\]]*(?=[ \t]))([ \t]*)"
+    ),
+)
+_CJK_END = re.compile("[\u3002\uff01\uff1f][\u300d\u300f\uff09)]*$")
+_ASCII_END = re.compile(r"[.!?][\"')\]]*$")
+
+
+def chunk(article: Article, max_tokens: int) -> Chunking:
+    """Pack the prose into chunks of at most ``max_tokens`` (estimated) where possible.
+
+    Front matter values come first, one chunk each.  Body chunks are cut between blocks
+    (preferably before a heading); an oversized block is cut at blank lines, line breaks,
+    sentence ends, and as a last resort anywhere.  The result is the chunks with the layout
+    ``assemble`` needs.
+    """
+    if max_tokens < 1:
+        raise ValueError("max_tokens must be at least 1")
+    layout: list[str | int] = [article.bom]
+    slots: list[Slot] = []
+
+    def emit(items: list[Item], style: str | None, key: str | None) -> None:
+        text, placeholders, breaks = _render(items, article.delims)
+        ch = Chunk(
+            len(slots), text, placeholders, estimate_tokens(text), (), "", key, article.delims
+        )
+        slots.append(Slot(ch, text_of(items), breaks, style))
+        layout.append(ch.index)
+
+    for fm_part in article.fm_parts:
+        if isinstance(fm_part, str):
+            layout.append(fm_part)
+        else:
+            emit(fm_part[2], fm_part[1], fm_part[0])
+    for piece in _pack(_fit(article.blocks, max_tokens, article.delims), max_tokens):
+        if isinstance(piece, str):
+            layout.append(piece)
+        else:
+            emit(piece, None, None)
+    return Chunking(tuple(p for p in layout if p != ""), tuple(slots), article.newline)
+
+
+def split_chunk(chunk: Chunk) -> list[Chunk]:
+    """Two halves of ``chunk`` cut at a paragraph, line or sentence boundary (else mid-text).
+
+    Returns ``[chunk]`` when the text cannot be split.  See the package docstring for parts.
+    """
+    cut = _best_cut(chunk.text, chunk.delims)
+    if cut is None:
+        return [chunk]
+    i, j = cut
+    halves = ((chunk.text[:i], chunk.text[i:j]), (chunk.text[j:], chunk.joiner))
+    tok = tok_re(chunk.delims)
+    return [
+        Chunk(
+            chunk.index,
+            text,
+            {t: chunk.placeholders[t] for t in tok.findall(text) if t in chunk.placeholders},
+            estimate_tokens(text),
+            (*chunk.part, n),
+            joiner,
+            chunk.front_matter_key,
+            chunk.delims,
+        )
+        for n, (text, joiner) in enumerate(halves)
+    ]
+
+
+def join_parts(parts: Sequence[Chunk], outputs: Sequence[str]) -> str:
+    """Join the translations of split parts (in ``part`` order) into the parent's text."""
+    if len(parts) != len(outputs):
+        raise ValueError("one output per part")
+    pairs = sorted(zip(parts, outputs, strict=True), key=lambda po: po[0].part)
+    result = ""
+    for k, (_, output) in enumerate(pairs):
+        out = output.strip(" \t\r\n")
+        if k:
+            prev = pairs[k - 1][0]
+            result += prev.joiner or glue(prev.text, result, out)
+        result += out
+    return result
+
+
+def glue(prev_src: str, prev_out: str, out: str) -> str:
+    """A space between a CJK sentence end translated into an ASCII one and the next text."""
+    ascii_end = _CJK_END.search(prev_src) and _ASCII_END.search(prev_out)
+    return " " if ascii_end and out[:1] and not out[:1].isspace() else ""
+
+
+def _render(
+    items: list[Item], delims: tuple[str, str]
+) -> tuple[str, dict[str, str], tuple[str, ...]]:
+    """The chunk text of ``items`` (placeholders numbered from 0), the placeholders' bytes,
+    and the line endings replaced by ``\\n``."""
+    out: list[str] = []
+    placeholders: dict[str, str] = {}
+    breaks: list[str] = []
+    last = ""
+    for kind, val in items:
+        if kind == "p" and last == "p":
+            placeholders[out[-1]] += val
+        elif kind == "p":
+            out.append(f"{delims[0]}P{len(placeholders)}{delims[1]}")
+            placeholders[out[-1]] = val
+        else:
+            out.append(val if kind == "t" else "\n")
+            breaks += [val] if kind == "n" else []
+        last = kind
+    return "".join(out), placeholders, tuple(breaks)
+
+
+def _unrender(
+    text: str, placeholders: dict[str, str], breaks: Iterator[str], delims: tuple[str, str]
+) -> list[Item]:
+    """Items back from rendered text (consuming ``breaks`` in order)."""
+    items: list[Item] = []
+    for k, piece in enumerate(re.split(f"({tok_re(delims).pattern}|\n)", text)):
+        if k % 2 == 0:
+            items += [("t", piece)] if piece else []
+        else:
+            items.append(("n", next(breaks)) if piece == "\n" else ("p", placeholders[piece]))
+    return items
+
+
+def _fit(blocks: list[Block], max_tokens: int, delims: tuple[str, str]) -> Iterator[Block]:
+    for blk in blocks:
+        if blk.kind == "keep" or blk.tokens <= max_tokens:
+            yield blk
+            continue
+        items, tail = blk.items, []
+        if items[-1][0] == "n":
+            items, tail = items[:-1], items[-1:]
+        text, placeholders, breaks = _render(items, delims)
+        brk = iter(breaks)
+        for piece, sep in _cut(text, max_tokens, delims):
+            yield make_block(_unrender(piece, placeholders, brk, delims), blk.heading)
+            if sep:
+                yield make_block(_unrender(sep, placeholders, brk, delims), keep=True)
+        if tail:
+            yield make_block(tail, keep=True)
+
+
+def _pack(blocks: Iterator[Block], max_tokens: int) -> list[str | list[Item]]:
+    out: list[str | list[Item]] = []
+    cur: list[Item] = []
+    pend: list[Item] = []
+    cur_tok = pend_tok = 0
+    for blk in blocks:
+        if blk.kind == "keep":
+            pend += blk.items
+            pend_tok += blk.tokens
+            continue
+        items, tail = blk.items, []
+        if items[-1][0] == "n":
+            items, tail = items[:-1], items[-1:]
+        over = cur_tok + pend_tok + blk.tokens > max_tokens
+        if cur and (over or (blk.heading and 2 * cur_tok >= max_tokens)):
+            out.append(cur)
+            cur, cur_tok = [], 0
+        if cur:
+            cur += pend
+            cur_tok += pend_tok
+        else:
+            out.append(text_of(pend))
+        cur += items
+        cur_tok += blk.tokens
+        pend, pend_tok = tail, 0
+    return [p for p in [*out, cur, text_of(pend)] if p]
+
+
+def _cut(text: str, max_tokens: int, delims: tuple[str, str]) -> list[tuple[str, str]]:
+    cut = _best_cut(text, delims) if estimate_tokens(text) > max_tokens else None
+    if cut is None:
+        return [(text, "")]
+    left = _cut(text[: cut[0]], max_tokens, delims)
+    left[-1] = (left[-1][0], text[cut[0] : cut[1]])
+    return left + _cut(text[cut[1] :], max_tokens, delims)
+
+
+def _best_cut(text: str, delims: tuple[str, str]) -> tuple[int, int] | None:
+    """The separator span to cut ``text`` at: the best structural boundary near the middle."""
+    n = len(text)
+    spans = [m.span() for m in tok_re(delims).finditer(text)]
+    # never separate a link's visible text from its (protected) target
+    link = re.compile(r"\[[^\[\]\n]*\](?:" + tok_re(delims).pattern + ")?")
+    spans += [m.span() for m in link.finditer(text)]
+
+    def widen(i: int, j: int) -> tuple[int, int] | None:
+        while i > 0 and text[i - 1] in " \t\n":
+            i -= 1
+        while j < n and text[j] in " \t\n":
+            j += 1
+        inside = any(a < i < b or a < j < b for a, b in spans)
+        return None if inside or i == 0 or j == n else (i, j)
+
+    fallback: tuple[int, int] | None = None
+    for rx in _CUTS:
+        found = [widen(*(m.span(1) if rx.groups else m.span())) for m in rx.finditer(text)]
+        cands = [c for c in found if c]
+        if cands:
+            i, j = min(cands, key=lambda c: abs(c[0] + c[1] - n))
+            if 4 * min(i, n - j) >= n:
+                return i, j
+            if fallback is None or min(i, n - j) > min(fallback[0], n - fallback[1]):
+                fallback = (i, j)
+    if fallback:
+        return fallback
+    order = sorted(range(1, n), key=lambda p: abs(2 * p - n))
+    return next((c for p in order if (c := widen(p, p))), None)

@@ -1,0 +1,149 @@
+"""The data of a parsed article and of its chunks, and the small helpers they share (pure)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Literal, overload
+
+Item = tuple[str, str]  # ("t", prose) | ("p", protected) | ("n", trailing blanks + line end)
+FieldPart = tuple[str, str, list[Item]]  # front matter key, quote style ('"', "'", ""), value
+PAIRS = (("\u27e6", "\u27e7"), ("\u27ea", "\u27eb"), ("\u2983", "\u2984"), ("\u3018", "\u3019"))
+_CJK = re.compile(
+    "[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef"
+    "\U00020000-\U0003134f]"
+)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of the body: ``text`` (prose blocks) or ``keep`` (kept byte for byte)."""
+
+    kind: Literal["text", "keep"]
+    text: str
+
+
+@dataclass(frozen=True)
+class FrontMatter:
+    """The raw front matter (both ``---`` lines included) and its translatable fields."""
+
+    text: str
+    fields: dict[str, str]  # key -> value as written (inside the quotes when quoted)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Prose to translate; ``text`` holds placeholders for everything protected."""
+
+    index: int
+    text: str
+    placeholders: dict[str, str]  # placeholder -> original bytes
+    tokens: int  # estimate_tokens(text)
+    part: tuple[int, ...] = ()  # () for a chunk from chunk(); split halves append 0 / 1
+    joiner: str = ""  # separator to put after this part when parts are joined
+    front_matter_key: str | None = None  # set for a front matter value
+    delims: tuple[str, str] = PAIRS[0]
+
+
+@dataclass(frozen=True)
+class Block:
+    """A body block: prose (some of it translatable) or kept (all of it protected)."""
+
+    kind: Literal["prose", "keep"]
+    items: list[Item]
+    tokens: int
+    heading: bool = False
+
+
+@dataclass(frozen=True)
+class Article:
+    """A parsed document; ``source`` rebuilds the input exactly.  Build it with ``parse``."""
+
+    front_matter: FrontMatter | None
+    body_segments: list[Segment]
+    newline: str  # dominant line ending, "\r\n" or "\n"
+    bom: str = ""
+    delims: tuple[str, str] = field(default=PAIRS[0], repr=False)  # placeholder brackets
+    fm_parts: list[str | FieldPart] = field(default_factory=list, repr=False)
+    blocks: list[Block] = field(default_factory=list, repr=False)
+
+    @property
+    def source(self) -> str:
+        front = self.front_matter.text if self.front_matter else ""
+        return self.bom + front + "".join(s.text for s in self.body_segments)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A chunk and what putting its translation back needs."""
+
+    chunk: Chunk
+    original: str
+    breaks: tuple[str, ...]  # the source's line endings (with trailing blanks), in order
+    style: str | None  # None for body prose, else the front matter quote style
+
+
+@dataclass(frozen=True)
+class Chunking(Sequence[Chunk]):
+    """The chunks of one article (a sequence, in index order) and the layout ``assemble``
+    puts their translations back into: kept text between the chunks' slots."""
+
+    layout: tuple[str | int, ...]  # kept text, or the index of a chunk
+    slots: tuple[Slot, ...]  # slots[i].chunk.index == i
+    newline: str  # the article's dominant line ending
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def __iter__(self) -> Iterator[Chunk]:
+        return (slot.chunk for slot in self.slots)
+
+    @overload
+    def __getitem__(self, index: int) -> Chunk: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Chunk]: ...
+    def __getitem__(self, index: int | slice) -> Chunk | list[Chunk]:
+        if isinstance(index, slice):
+            return [slot.chunk for slot in self.slots[index]]
+        return self.slots[index].chunk
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough token estimate: one per CJK character, one per 4 other characters."""
+    cjk = len(_CJK.findall(text))
+    return cjk + -(-(len(text) - cjk) // 4)
+
+
+def pick_delims(source: str) -> tuple[str, str]:
+    """A placeholder bracket pair absent from ``source``."""
+    used = set(source)
+    for a, b in PAIRS:
+        if a not in used and b not in used:
+            return a, b
+    for cp in [*range(0xE000, 0xF8FE, 2), *range(0xF0000, 0xFFFFD, 2)]:
+        if chr(cp) not in used and chr(cp + 1) not in used:
+            return chr(cp), chr(cp + 1)
+    raise ValueError("no free placeholder delimiters")
+
+
+@lru_cache(maxsize=16)
+def tok_re(delims: tuple[str, str]) -> re.Pattern[str]:
+    """The pattern of a placeholder (``⟦P0⟧``...) between ``delims``."""
+    return re.compile(re.escape(delims[0]) + r"P\d+" + re.escape(delims[1]))
+
+
+def merge(items: list[Item]) -> list[Item]:
+    """Neighbouring items of the same kind made one (line ends stay apart)."""
+    out: list[Item] = []
+    for kind, val in items:
+        if out and kind != "n" and out[-1][0] == kind:
+            out[-1] = (kind, out[-1][1] + val)
+        else:
+            out.append((kind, val))
+    return out
+
+
+def text_of(items: list[Item]) -> str:
+    return "".join(v for _, v in items)
