@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from familiar import signals
 from familiar.config import Config, find_workspace, load_config, state_home
@@ -16,6 +16,10 @@ from familiar.context import bound_correlation_id, new_correlation_id
 from familiar.errors import ConfigError, StateError
 from familiar.lang import detect_lang
 from familiar.store import read_record, write_text_atomic
+
+if TYPE_CHECKING:
+    from familiar.fleet import Fleet
+    from familiar.seats import SeatsStatistics
 
 
 def add_run_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -171,16 +175,7 @@ async def _run(cfg: Config, directory: Path, sid: str, args: argparse.Namespace)
         ):
             view: Any
             if sys.stderr.isatty() and not args.json:
-                view = stack.enter_context(
-                    LiveView(
-                        lambda: {
-                            ",".join(
-                                c.slot.name for c in fleet.clients.values() if c.seats is seats
-                            ): (seats.in_use, seats.total)
-                            for seats in fleet.seats.values()
-                        }
-                    )
-                )
+                view = stack.enter_context(LiveView(lambda: _seat_statistics(fleet)))
             else:
                 view = PlainView()
             session = Session(
@@ -195,20 +190,29 @@ async def _run(cfg: Config, directory: Path, sid: str, args: argparse.Namespace)
             return await session.run()
 
 
+def _seat_statistics(fleet: Fleet) -> dict[str, SeatsStatistics]:
+    """A seats snapshot per deployment, named by the slots that share it."""
+    out: dict[str, SeatsStatistics] = {}
+    for seats in fleet.seats.values():
+        names = ",".join(c.slot.name for c in fleet.clients.values() if c.seats is seats)
+        out[names] = seats.statistics()
+    return out
+
+
 def cmd_sessions(args: argparse.Namespace) -> int:
     from familiar.session import list_sessions
 
     rows = list_sessions(state_home(find_workspace(args.workspace)))
     if args.json:
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        print(json.dumps([r.model_dump() for r in rows], indent=2, ensure_ascii=False))
         return 0
     if not rows:
         print("no sessions yet")
         return 0
     if not sys.stdout.isatty():  # a log or a pipe: whole lines, never cut to a width
         for r in rows:
-            seconds = "" if r["duration_s"] is None else str(r["duration_s"])
-            print("\t".join((r["id"], r["status"], r["roles"], seconds, r["error"] or r["task"])))
+            seconds = "" if r.duration_s is None else str(r.duration_s)
+            print("\t".join((r.id, r.status, r.roles, seconds, r.error or r.task)))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -216,11 +220,11 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     table = Table("id", "status", "roles", "seconds", "task")
     for r in rows:
         table.add_row(
-            r["id"],
-            r["status"],
-            r["roles"],
-            "" if r["duration_s"] is None else str(r["duration_s"]),
-            r["error"] or r["task"],
+            r.id,
+            r.status,
+            r.roles,
+            "" if r.duration_s is None else str(r.duration_s),
+            r.error or r.task,
         )
     Console().print(table)
     return 0

@@ -4,9 +4,11 @@ Work items name the role they prefer. Every pool (a role served by a slot) runs 
 worker task per seat of its slot, all inside one ``asyncio.TaskGroup``. A worker
 takes its own role's work first; when there is none, it steals from the roles its
 role may stand in for (``naughty`` <-> ``kindergarten``), so no worker pool idles
-while interchangeable work waits. The board is bounded (``submit`` waits for room)
-and closed explicitly; results keep their item ids; a failing item reports its error
-without touching the others unless ``fail_fast`` is set.
+while interchangeable work waits (the policy lives in :mod:`familiar.routing`). The
+board is bounded (``submit`` waits for room) and closed explicitly; results keep their
+item ids; a failing item reports its error without touching the others unless
+``fail_fast`` is set. Readers (a live view, telemetry) take frozen ``statistics()``
+snapshots of the board and the pools, as trio's ``CapacityLimiter.statistics()`` gives.
 """
 
 from __future__ import annotations
@@ -16,19 +18,28 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Generic, TypeVar
 
 from familiar.errors import BoardClosed, DispatchError
+from familiar.routing import STEALS, takes_from
+
+__all__ = [
+    "STEALS",
+    "BoardStatistics",
+    "Dispatcher",
+    "DispatcherStatistics",
+    "Handler",
+    "ItemResult",
+    "Pool",
+    "PoolStatistics",
+    "WorkBoard",
+    "WorkItem",
+    "run_all",
+]
 
 P = TypeVar("P")
 R = TypeVar("R")
-
-#: Which roles a role's pool may steal work from when it has none of its own.
-STEALS: Mapping[str, tuple[str, ...]] = {
-    "naughty": ("kindergarten",),
-    "kindergarten": ("naughty",),
-}
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,35 @@ class ItemResult(Generic[R]):
 Handler = Callable[[WorkItem[P], Pool], Awaitable[R]]
 
 
+@dataclass(frozen=True)
+class BoardStatistics:
+    """A snapshot of a work board: items queued (in all and per role), workers waiting."""
+
+    maxsize: int
+    queued: int
+    pending: Mapping[str, int]
+    idle: Mapping[str, int]
+    closed: bool
+
+
+@dataclass(frozen=True)
+class PoolStatistics:
+    """A snapshot of one pool: items running now, finished, and taken from other roles."""
+
+    role: str
+    slot: str
+    seats: int
+    busy: int
+    done: int
+    stolen: int
+
+
+@dataclass(frozen=True)
+class DispatcherStatistics:
+    board: BoardStatistics
+    pools: tuple[PoolStatistics, ...]
+
+
 class WorkBoard(Generic[P]):
     """A bounded, closable set of per-role FIFO queues with work stealing."""
 
@@ -89,6 +129,15 @@ class WorkBoard(Generic[P]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def statistics(self) -> BoardStatistics:
+        return BoardStatistics(
+            maxsize=self.maxsize,
+            queued=self._size,
+            pending=MappingProxyType({r: len(q) for r, q in self._queues.items() if q}),
+            idle=MappingProxyType({r: n for r, n in self._idle.items() if n}),
+            closed=self._closed,
+        )
 
     async def put(self, item: WorkItem[P]) -> None:
         async with self._cond:
@@ -131,12 +180,27 @@ class WorkBoard(Generic[P]):
             self._cond.notify_all()
 
 
-@dataclass
 class PoolState:
-    pool: Pool
-    busy: int = 0
-    done: int = 0
-    stolen: int = 0
+    """One pool's live counters, changed only by its worker tasks."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self._busy = 0
+        self._done = 0
+        self._stolen = 0
+
+    def started(self, stolen: bool) -> None:
+        self._busy += 1
+        if stolen:
+            self._stolen += 1
+
+    def finished(self) -> None:
+        self._busy -= 1
+        self._done += 1
+
+    def statistics(self) -> PoolStatistics:
+        p = self.pool
+        return PoolStatistics(p.role, p.slot, p.seats, self._busy, self._done, self._stolen)
 
 
 class Dispatcher(Generic[P, R]):
@@ -153,7 +217,7 @@ class Dispatcher(Generic[P, R]):
     ) -> None:
         if not pools:
             raise ValueError("the dispatcher needs at least one pool")
-        self.pools = [PoolState(p) for p in pools]
+        self._pools = [PoolState(p) for p in pools]
         self._handler = handler
         self._fail_fast = fail_fast
         self._steals = steals
@@ -168,7 +232,7 @@ class Dispatcher(Generic[P, R]):
     async def __aenter__(self) -> Dispatcher[P, R]:
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
-        for state in self.pools:
+        for state in self._pools:
             for seat in range(state.pool.seats):
                 self._tg.create_task(
                     self._worker(state), name=f"worker:{state.pool.role}@{state.pool.slot}#{seat}"
@@ -199,6 +263,11 @@ class Dispatcher(Generic[P, R]):
                 fut.cancel()
             self._futures.clear()
 
+    def statistics(self) -> DispatcherStatistics:
+        return DispatcherStatistics(
+            self.board.statistics(), tuple(s.statistics() for s in self._pools)
+        )
+
     def accepts(self, role: str) -> bool:
         return role in self._accepts
 
@@ -219,12 +288,10 @@ class Dispatcher(Generic[P, R]):
 
     async def _worker(self, state: PoolState) -> None:
         pool = state.pool
-        roles = (pool.role, *self._steals.get(pool.role, ()))
+        roles = takes_from(pool.role, self._steals)
         while (item := await self.board.take(roles)) is not None:
             fut = self._futures.pop(item.id)
-            state.busy += 1
-            if item.role != pool.role:
-                state.stolen += 1
+            state.started(stolen=item.role != pool.role)
             started = time.monotonic()
             try:
                 value = await self._handler(item, pool)
@@ -255,8 +322,7 @@ class Dispatcher(Generic[P, R]):
                 if not fut.done():
                     fut.set_result(result)
             finally:
-                state.busy -= 1
-                state.done += 1
+                state.finished()
 
 
 async def run_all(

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from familiar.plan import Plan
+    from familiar.seats import SeatsStatistics
+
+#: What the live view polls: a seats snapshot per deployment (named by its slots).
+SeatsProbe = Callable[[], Mapping[str, "SeatsStatistics"]]
 
 
 class SessionView(Protocol):
@@ -43,9 +47,13 @@ class PlainView:
 
 
 class LiveView:
-    """A rich Live table: plan, subtasks by slot and state, seats in use per slot."""
+    """A rich Live table: plan, subtasks by slot and state, seats in use per deployment.
 
-    def __init__(self, seats: Callable[[], dict[str, tuple[int, int]]]) -> None:
+    ``seats`` is polled on every refresh for frozen :class:`~familiar.seats.SeatsStatistics`
+    snapshots; the view never reads a limiter's live counters.
+    """
+
+    def __init__(self, seats: SeatsProbe) -> None:
         from rich.console import Console
         from rich.live import Live
 
@@ -101,7 +109,7 @@ class LiveView:
             parts.append(
                 "seats in use: "
                 + "  ".join(
-                    f"{name} {used}/{total}" for name, (used, total) in sorted(seats.items())
+                    f"{name} {stats.in_use}/{stats.total}" for name, stats in sorted(seats.items())
                 )
             )
         return Group(*parts)

@@ -56,8 +56,10 @@ def test_session_on_embedded_gemma(
         for snippet in load_prompt(tmp_path, prompt).examples
     ]
     done = {}
+    skipped = {k for k, v in state.get("failed", {}).items() if v.startswith("skipped")}
     for s in plan["subtasks"]:
-        assert (d / "subtasks" / f"{s['id']}.prompt.md").read_text().strip()
+        if s["id"] not in skipped:  # every subtask that ran has its prompt on disk
+            assert (d / "subtasks" / f"{s['id']}.prompt.md").read_text().strip()
         path = d / "subtasks" / f"{s['id']}.json"
         if path.exists():
             r = json.loads(path.read_text())

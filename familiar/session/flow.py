@@ -1,0 +1,299 @@
+"""The flow of a session: plan -> constrained fan-out -> integrate -> translate.
+
+Each step is one method of :class:`Session`, and each writes its result into the session
+directory (:class:`~familiar.session.store.SessionStore`) as soon as it completes; a
+resumed session reads them back and redoes only what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from familiar.config import Config
+from familiar.dispatch import Dispatcher, ItemResult, Pool, WorkItem
+from familiar.errors import SessionFailed
+from familiar.fleet import Fleet
+from familiar.lang import NAMES, detect_lang
+from familiar.plan import MAX_SUBTASKS, Integration, Plan, Subtask
+from familiar.prompts import Prompt, load_prompt
+from familiar.routing import planner_role, revising_role
+from familiar.session import messages as msg
+from familiar.session.calls import Calls
+from familiar.session.schedule import schedule
+from familiar.session.store import SessionStore, SubtaskRecord
+from familiar.session.worker import SubtaskWorker
+from familiar.telemetry import Telemetry
+from familiar.view import SessionView
+
+TASK_PROMPTS = (
+    "plan.md",
+    "plan_repair.md",
+    "worker_task.md",
+    "integrate.md",
+    "translate_result.md",
+)
+
+Done = dict[str, SubtaskRecord]
+
+
+@dataclass
+class SessionOutcome:
+    id: str
+    directory: Path
+    status: str
+    final: str | None
+    lang: str
+    asked: int = 0  # worker calls made in this run (resume: only the missing ones)
+
+
+def load_prompts(cfg: Config) -> dict[str, Prompt]:
+    """The session's task prompts and the system prompt of every active role."""
+    names = (*TASK_PROMPTS, *(cfg.roles[role].prompt for role in cfg.role_config.roles))
+    return {name: load_prompt(cfg.workspace, name) for name in names}
+
+
+def worker_pools(cfg: Config, fleet: Fleet) -> list[Pool]:
+    """One pool per active worker role and slot, as many seats as its deployment has."""
+    return [
+        Pool(role, slot.name, fleet[slot.name].seats.total, fleet[slot.name])
+        for role in cfg.role_config.workers
+        for slot in cfg.slots_for(role)
+    ]
+
+
+class Session:
+    """One run of a task. Construct with a directory; ``await run()``."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        fleet: Fleet,
+        directory: Path,
+        *,
+        view: SessionView,
+        lang: str | None = None,
+        max_subtasks: int = MAX_SUBTASKS,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self.telemetry = telemetry or Telemetry(cfg.home, enabled=False)
+        self.cfg, self.fleet, self.dir, self.view = cfg, fleet, directory, view
+        self.max_subtasks = max_subtasks
+        self.store = SessionStore(directory)
+        self.task = self.store.read_task()
+        self.task_lang = detect_lang(self.task)
+        self.lang = lang or self.task_lang
+        self.planner = planner_role(cfg)
+        self.prompts = load_prompts(cfg)
+        self.state = self.store.open_state(
+            task_lang=self.task_lang,
+            lang=self.lang,
+            planner=self.planner,
+            roles=cfg.role_config.canonical(),
+            prompt_versions={n: p.version for n, p in sorted(self.prompts.items())},
+        )
+        self.calls = Calls(cfg, fleet, self.prompts)
+        self.worker = SubtaskWorker(self.calls, self.store, view, self.telemetry, self.task)
+
+    @property
+    def id(self) -> str:
+        return self.dir.name
+
+    @property
+    def asked(self) -> int:
+        return self.calls.worker_calls
+
+    def _save(self, **changes: Any) -> None:
+        self.state.record(**changes)
+        self.store.save_state(self.state)
+
+    def _step(self, name: str, **info: Any) -> None:
+        self.state.finish_step(name, **info)
+        self.store.save_state(self.state)
+
+    async def run(self) -> SessionOutcome:
+        """The whole flow inside the ``session.start`` span; ``session.end`` at the end."""
+        self._save(status="running", started=self.state.started or time.time())
+        t0 = time.monotonic()
+        root = {
+            "roles": self.cfg.role_config.canonical(),
+            "planner": self.planner,
+            "lang": self.lang,
+            "task_chars": len(self.task),
+            "resumed": bool(self.state.steps),
+        }
+        with self.telemetry.span("session.start", root):
+            status = "failed"
+            try:
+                outcome = await self._run()
+                status = outcome.status
+                return outcome
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                status = "interrupted"
+                raise
+            finally:
+                self.telemetry.emit(
+                    "session.end",
+                    {
+                        "status": status,
+                        "duration_ms": round((time.monotonic() - t0) * 1000),
+                        "subtasks": len(self.worker.spans),
+                        "failed": len(self.state.failed or {}),
+                    },
+                )
+
+    async def _run(self) -> SessionOutcome:
+        try:
+            plan = await self.plan()
+            self.view.show_plan(plan)
+            done, failed = await self.fan_out(plan)
+            if failed:
+                self._save(status="failed", failed=failed, finished=time.time())
+                raise SessionFailed(
+                    f"session {self.id}: {len(failed)} subtask(s) failed: "
+                    + "; ".join(f"{k}: {v}" for k, v in failed.items())
+                    + f" (resume with: familiar run --resume {self.id})"
+                )
+            final = await self.translate(await self.integrate(plan, done))
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            self._save(status="interrupted")
+            raise
+        except SessionFailed:
+            raise
+        except Exception as exc:
+            self._save(status="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time())
+            raise
+        self.store.save_final(final)
+        self._save(status="done", finished=time.time())
+        return SessionOutcome(self.id, self.dir, "done", final, self.lang, asked=self.asked)
+
+    async def plan(self) -> Plan:
+        """The recorded plan, else the planner's (one repair round, else a fallback)."""
+        recorded = self.store.read_plan()
+        if recorded is not None:
+            return recorded
+        self.view.step("planning", self.planner)
+        user = msg.planner_user(
+            self.prompts["plan.md"], self.task, self.max_subtasks, self.cfg.role_config.workers
+        )
+        messages = self.calls.messages(self.planner, user)
+        plan, reason = await self.calls.plan(self.planner, messages, self.task, self.max_subtasks)
+        self.store.save_plan(plan)
+        self.telemetry.emit(
+            "plan.created",
+            {
+                "subtasks": len(plan.subtasks),
+                "decisions": len(plan.decisions),
+                "fallback": plan.fallback,
+                "hard": sum(s.difficulty == "hard" for s in plan.subtasks),
+            },
+        )
+        self._step(
+            "plan",
+            subtasks=len(plan.subtasks),
+            fallback=plan.fallback,
+            fallback_reason=reason if plan.fallback else None,
+        )
+        return plan
+
+    async def fan_out(self, plan: Plan) -> tuple[Done, dict[str, str]]:
+        """Every subtask through the dispatcher, each once its dependencies are done;
+        the records of those done and the reasons of those failed or skipped."""
+        done = self.store.finished(plan)
+        for sid, rec in done.items():
+            self.view.subtask(sid, "done", rec.role, rec.slot)
+        failed: dict[str, str] = {}
+        if all(s.id in done for s in plan.subtasks):
+            return done, failed
+        self.view.step("working", ", ".join(self.cfg.role_config.workers))
+
+        async def work(item: WorkItem[Subtask], pool: Pool) -> SubtaskRecord:
+            return await self.worker.run(plan, item.payload, pool, done)
+
+        futures: dict[asyncio.Future[ItemResult[SubtaskRecord]], str] = {}
+        async with Dispatcher(worker_pools(self.cfg, self.fleet), work) as dispatcher:
+            while True:
+                step = schedule(plan, done.keys(), failed.keys(), set(futures.values()))
+                failed.update(step.skipped)
+                for s in step.ready:
+                    futures[await dispatcher.submit(self.worker.queued(s))] = s.id
+                if not futures:
+                    break
+                finished, _ = await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+                for fut in finished:
+                    sid, result = futures.pop(fut), fut.result()
+                    if result.value is not None:
+                        done[sid] = result.value
+                    else:
+                        failed[sid] = f"{type(result.error).__name__}: {result.error}"
+                        self.worker.failed(sid, result)
+        return done, failed
+
+    async def integrate(self, plan: Plan, done: Done) -> str:
+        """The planner's merge, one bounded revision round for broken decisions, then a
+        final merge; a single subtask without decisions is its own deliverable."""
+        recorded = self.store.read_deliverable()
+        if recorded is not None:
+            return recorded
+        if len(plan.subtasks) == 1 and not plan.decisions:
+            deliverable = done[plan.subtasks[0].id].output
+            self.store.save_integration({"deliverable": deliverable, "violations": [], "rounds": 0})
+            return deliverable
+        self.view.step("integrating", self.planner)
+        integration = await self._merge(plan, done)
+        rounds = 1
+        to_revise = {v.subtask_id: v for v in integration.violations if v.subtask_id in done}
+        if to_revise:  # one bounded revision round, then a final merge
+            self.view.step("revising", ", ".join(sorted(to_revise)))
+            pools = {p.role: p for p in worker_pools(self.cfg, self.fleet)}
+            for sid, violation in sorted(to_revise.items()):
+                pool = pools[revising_role(done[sid].role, tuple(pools))]
+                note = f"{violation.decision}: {violation.explanation}"
+                done[sid] = await self.worker.run(plan, plan.subtask(sid), pool, done, note)
+            integration = await self._merge(plan, done)
+            rounds = 2
+        revised = sorted(to_revise)
+        self.store.save_integration(
+            {**integration.model_dump(), "rounds": rounds, "revised": revised}
+        )
+        self._step(
+            "integrate",
+            rounds=rounds,
+            revised=revised,
+            checks=integration.checks,
+            fallback=integration.fallback,
+        )
+        return integration.deliverable
+
+    async def _merge(self, plan: Plan, done: Done) -> Integration:
+        outputs = {s.id: done[s.id].output for s in plan.subtasks}
+        inputs = msg.merge_inputs(plan, outputs)
+        user = msg.integration_user(self.prompts["integrate.md"], plan, self.task, inputs)
+        return await self.calls.merge(
+            self.planner,
+            self.calls.messages(self.planner, user),
+            self.calls.examples("integrate.md", self.planner),
+            msg.integration_allowed(self.task, plan, inputs),
+            msg.plain_merge(plan, outputs),
+        )
+
+    async def translate(self, text: str) -> str:
+        """The deliverable in the requested language (the translator role)."""
+        if self.lang == self.task_lang:
+            return text
+        recorded = self.store.read_translation(self.lang)
+        if recorded is not None:
+            return recorded
+        self.view.step("translating", "translator")
+        user = self.prompts["translate_result.md"].render(
+            source_lang=NAMES[self.task_lang], target_lang=NAMES[self.lang], text=text
+        )
+        client = self.calls.client("translator")
+        messages = self.calls.messages("translator", user)
+        result = await self.calls.ask("translator", client, messages, None, "translation")
+        self.store.save_translation(self.lang, result.text.strip(), self.task_lang)
+        self._step("translate", to=self.lang)
+        return result.text.strip()

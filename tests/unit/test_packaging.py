@@ -1,0 +1,17 @@
+"""The wheel ships every package of familiar/ (setuptools lists them by hand)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_every_package_under_familiar_is_listed_in_pyproject() -> None:
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "familiar").rglob("__init__.py")
+    }
+    assert found <= listed, sorted(found - listed)
