@@ -15,7 +15,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import openai
@@ -27,9 +27,9 @@ from familiar.context import correlation_id
 from familiar.errors import (
     BackendError,
     BackendHTTPError,
-    BackendProtocolError,
 )
 from familiar.logs import redact_url, register_secret
+from familiar.reading import Answer, Kind, check_finished, read_stream, read_whole
 from familiar.replicas import Replica, ReplicaSet
 from familiar.seats import Seats
 from familiar.slots import Slot
@@ -37,7 +37,6 @@ from familiar.wire import HTTP, RetryPolicy, map_errors, retryable
 
 log = structlog.get_logger("familiar.backend")
 
-Kind = Literal["chat", "completion"]
 Message = Mapping[str, Any]
 
 
@@ -88,17 +87,6 @@ class CallEvent:
 
 
 Hook = Callable[[CallEvent], None]
-
-
-@dataclass
-class _Attempt:
-    text: list[str] = field(default_factory=list)
-    finish_reason: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    ttft_s: float | None = None
-    chunks: int = 0
-    choices: int = 0  # chunks (or answers) that carried at least one choice
 
 
 class SlotClient:
@@ -238,7 +226,7 @@ class SlotClient:
             replica = self.replica_set.pick()
             replica.outstanding += 1
             start = time.monotonic()
-            acc = _Attempt()
+            acc = Answer()
             error: BackendError | None = None
             cancelled = False
             try:
@@ -285,100 +273,21 @@ class SlotClient:
             )
 
     async def _request(
-        self, replica: Replica, kind: Kind, body: dict[str, Any], acc: _Attempt, start: float
+        self, replica: Replica, kind: Kind, body: dict[str, Any], acc: Answer, start: float
     ) -> None:
         cid = correlation_id.get()
         headers = {"X-Correlation-ID": cid} if cid else None
         name, url = self.slot.name, replica.label
         with map_errors(name, url, timeout_s=self.slot.timeout_s, stall_s=self._stall_s):
             async with asyncio.timeout(self.slot.timeout_s):
+                create = _create(replica.client, kind)
                 if self.stream:
-                    await self._stream(replica, kind, body, headers, acc, start)
+                    await read_stream(create, self.slot.model, kind, body, headers, acc, start)
                 else:
-                    await self._plain(replica, kind, body, headers, acc, start)
-        # An answer counts only when the server said it finished.
-        if acc.chunks == 0:
-            raise BackendProtocolError(name, "empty or malformed answer", replica=url)
-        if acc.finish_reason is None:
-            raise BackendProtocolError(
-                name,
-                "the answer ended without a finish_reason (cut off: server restarted or"
-                " connection dropped)"
-                if acc.choices
-                else "the answer had no choices",
-                replica=url,
-            )
-        if not acc.text and acc.finish_reason != "tool_calls":
-            raise BackendProtocolError(
-                name, f"empty answer (finish_reason={acc.finish_reason})", replica=url
-            )
-
-    async def _stream(
-        self,
-        replica: Replica,
-        kind: Kind,
-        body: dict[str, Any],
-        headers: dict[str, str] | None,
-        acc: _Attempt,
-        start: float,
-    ) -> None:
-        api: Any = replica.client
-        extra = {"stream": True, "stream_options": {"include_usage": True}}
-        if kind == "chat":
-            stream: Any = await api.chat.completions.create(
-                model=self.slot.model, extra_headers=headers, **body, **extra
-            )
-        else:
-            stream = await api.completions.create(
-                model=self.slot.model, extra_headers=headers, **body, **extra
-            )
-        async with stream:
-            async for chunk in stream:
-                acc.chunks += 1
-                if chunk.usage is not None:
-                    acc.prompt_tokens = chunk.usage.prompt_tokens
-                    acc.completion_tokens = chunk.usage.completion_tokens
-                if not chunk.choices:
-                    continue
-                acc.choices += 1
-                choice = chunk.choices[0]
-                piece = choice.delta.content if kind == "chat" else choice.text
-                if piece:
-                    if acc.ttft_s is None:
-                        acc.ttft_s = time.monotonic() - start
-                    acc.text.append(piece)
-                if choice.finish_reason is not None:
-                    acc.finish_reason = choice.finish_reason
-
-    async def _plain(
-        self,
-        replica: Replica,
-        kind: Kind,
-        body: dict[str, Any],
-        headers: dict[str, str] | None,
-        acc: _Attempt,
-        start: float,
-    ) -> None:
-        api: Any = replica.client
-        if kind == "chat":
-            resp: Any = await api.chat.completions.create(
-                model=self.slot.model, extra_headers=headers, timeout=self._plain_timeout, **body
-            )
-        else:
-            resp = await api.completions.create(
-                model=self.slot.model, extra_headers=headers, timeout=self._plain_timeout, **body
-            )
-        acc.chunks = 1
-        if resp.choices:
-            acc.choices = 1
-            choice = resp.choices[0]
-            text = (choice.message.content if kind == "chat" else choice.text) or ""
-            if text:
-                acc.text.append(text)
-            acc.finish_reason = choice.finish_reason
-        if resp.usage is not None:
-            acc.prompt_tokens = resp.usage.prompt_tokens
-            acc.completion_tokens = resp.usage.completion_tokens
+                    await read_whole(
+                        create, self.slot.model, kind, body, headers, acc, self._plain_timeout
+                    )
+        check_finished(acc, name, url)
 
     def _emit(
         self,
@@ -386,7 +295,7 @@ class SlotClient:
         role: str | None,
         attempt: int,
         replica: Replica,
-        acc: _Attempt,
+        acc: Answer,
         error: BackendError | None,
         latency: float,
         queue_wait: float,
@@ -427,6 +336,10 @@ class SlotClient:
                 hook(event)
             except Exception:  # a hook must never break the work
                 log.exception("event hook failed", hook=repr(hook))
+
+
+def _create(api: Any, kind: Kind) -> Any:
+    return api.chat.completions.create if kind == "chat" else api.completions.create
 
 
 def _throttler(rps: float | None) -> Throttler | None:
