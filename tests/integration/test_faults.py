@@ -21,6 +21,7 @@ import pytest
 
 from familiar.cli import main
 from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.scripts import write_fleet
 
 KEY = "zq-7f3c9e2b8a41d6e5-secret"  # no sk- prefix: masked because it is the configured key
 
@@ -212,24 +213,15 @@ def work(text: str) -> str:
 
 
 @pytest.fixture
-async def fleet(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[dict[str, FakeOpenAIServer]]:
+def fleet(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    planner_and_worker: dict[str, FakeOpenAIServer],
+) -> dict[str, FakeOpenAIServer]:
     monkeypatch.setenv("FAULT_KEY", KEY)
-    servers = {r: FakeOpenAIServer() for r in ("grandpa", "naughty")}
-    for s in servers.values():
-        await s.start()
-    (tmp_path / "slots.toml").write_text(
-        "".join(
-            f'[slots.{name}]\nurl = "{s.url}"\nmodel = "{name}-m"\nruntime = "vllm"\n'
-            'parallel = 1\ntimeout_s = 1.5\nstall_timeout_s = 0.5\napi_key_env = "FAULT_KEY"\n'
-            for name, s in servers.items()
-        )
-    )
-    (tmp_path / "CLAUDE.md").write_text("familiar: grandpa x naughty\n")
-    yield servers
-    for s in servers.values():
-        await s.stop()
+    extra = 'timeout_s = 1.5\nstall_timeout_s = 0.5\napi_key_env = "FAULT_KEY"\n'
+    write_fleet(tmp_path, planner_and_worker, extra)
+    return planner_and_worker
 
 
 def script(fleet: dict[str, FakeOpenAIServer], trickled: bool = False) -> None:

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from familiar import copycheck
 from familiar.cli import main
 from familiar.translate.formats import FEWSHOT_EXAMPLES
 from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.scripts import write_fleet
 
 REPO = Path(__file__).resolve().parents[2]
 PLAN = {
@@ -65,23 +65,13 @@ def merged(text: str) -> str:
 
 
 @pytest.fixture
-async def fleet(tmp_path: Path) -> AsyncIterator[dict[str, FakeOpenAIServer]]:
-    servers = {r: FakeOpenAIServer() for r in ("grandpa", "naughty")}
-    for s in servers.values():
-        await s.start()
-    (tmp_path / "slots.toml").write_text(
-        "".join(
-            f'[slots.{name}]\nurl = "{s.url}"\nmodel = "{name}-m"\nruntime = "vllm"\n'
-            "parallel = 1\ntimeout_s = 5\n"
-            for name, s in servers.items()
-        )
-    )
-    (tmp_path / "CLAUDE.md").write_text("familiar: grandpa x naughty\n")
+def fleet(
+    tmp_path: Path, planner_and_worker: dict[str, FakeOpenAIServer]
+) -> dict[str, FakeOpenAIServer]:
+    write_fleet(tmp_path, planner_and_worker, "timeout_s = 5\n")
     # the workspace overrides the session prompts with versions that carry examples
     shutil.copytree(EXAMPLE_PROMPTS, tmp_path / "prompts")
-    yield servers
-    for s in servers.values():
-        await s.stop()
+    return planner_and_worker
 
 
 async def run(ws: Path) -> int:

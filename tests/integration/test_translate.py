@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,18 +21,6 @@ from tests.support.scripts import ARTICLE, articles, report, translate
 REPO = Path(__file__).resolve().parents[2]
 
 CODE = '```python\n# 温度を確認する\ntemp = 80  # 摂氏\nprint("お茶")\n```'
-
-
-@pytest.fixture
-async def translator(tmp_path: Path) -> AsyncIterator[FakeOpenAIServer]:
-    async with FakeOpenAIServer() as srv:
-        (tmp_path / "slots.toml").write_text(
-            f'[slots.translator]\nurl = "{srv.url}"\nmodel = "general-llm"\nruntime = "vllm"\n'
-            "parallel = 3\ntimeout_s = 5\n"
-            f'[slots.naughty]\nurl = "{srv.url}"\nmodel = "m"\nparallel = 1\n'
-        )
-        (tmp_path / "CLAUDE.md").write_text("familiar: naughty x translator\n")
-        yield srv
 
 
 async def test_batch_mirrors_tree_keeps_code_and_shares_seats(

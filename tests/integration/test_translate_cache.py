@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,18 +13,6 @@ import pytest
 from familiar.translate.cache import TABLE
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.scripts import articles, translate
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[FakeOpenAIServer]:
-    async with FakeOpenAIServer() as srv:
-        (tmp_path / "slots.toml").write_text(
-            f'[slots.translator]\nurl = "{srv.url}"\nmodel = "general-llm"\nruntime = "vllm"\n'
-            "parallel = 3\ntimeout_s = 5\n"
-            f'[slots.naughty]\nurl = "{srv.url}"\nmodel = "m"\nparallel = 1\n'
-        )
-        (tmp_path / "CLAUDE.md").write_text("familiar: naughty x translator\n")
-        yield srv
 
 
 def sql(db: Path, statement: str) -> list[tuple[object, ...]]:
@@ -57,13 +44,13 @@ async def run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Run:
 
 async def test_rows_of_the_old_format_are_never_served(
     tmp_path: Path,
-    server: FakeOpenAIServer,
+    translator: FakeOpenAIServer,
     capsys: pytest.CaptureFixture[str],
     isolated_env: Path,
 ) -> None:
     articles(tmp_path, 2)
     first = await run(tmp_path, capsys)
-    sent = server.stats["requests"]
+    sent = translator.stats["requests"]
     assert sent == first.chunks
     db = isolated_env / "cache" / "chunks.sqlite"
     # the same rows, keys and all, in the table of format 1: not trusted
@@ -75,12 +62,12 @@ async def test_rows_of_the_old_format_are_never_served(
     sql(db, f"INSERT INTO chunks SELECT key, output, model, created FROM {TABLE}")
     sql(db, f"DELETE FROM {TABLE}")
     again = await run(tmp_path, capsys)
-    assert again.from_cache == 0 and server.stats["requests"] == 2 * sent
+    assert again.from_cache == 0 and translator.stats["requests"] == 2 * sent
 
 
 async def test_records_say_how_the_answer_came_and_are_checked_again(
     tmp_path: Path,
-    server: FakeOpenAIServer,
+    translator: FakeOpenAIServer,
     capsys: pytest.CaptureFixture[str],
     isolated_env: Path,
 ) -> None:
@@ -89,7 +76,7 @@ async def test_records_say_how_the_answer_came_and_are_checked_again(
     para = "お茶を飲みます。昨日は雨でした。明日は晴れるでしょう。"
     (src / "p.md").write_text(f"# お茶\n\n{para}\n\nお湯を沸かします。\n", encoding="utf-8")
     # chunk after chunk, in order: a rejected first answer, then echoes
-    server.add_replies(["⟦P77⟧"])
+    translator.add_replies(["⟦P77⟧"])
     first = await run(tmp_path, capsys)
     db = isolated_env / "cache" / "chunks.sqlite"
     rows = sql(db, f"SELECT finish_reason, temperature, attempt, split FROM {TABLE}")
@@ -98,13 +85,13 @@ async def test_records_say_how_the_answer_came_and_are_checked_again(
     assert {r[0] for r in rows} == {"stop"}
     # a record not finished by the server is not served
     sql(db, f"UPDATE {TABLE} SET finish_reason = 'length'")
-    sent = server.stats["requests"]
+    sent = translator.stats["requests"]
     again = await run(tmp_path, capsys)
-    assert again.from_cache == 0 and server.stats["requests"] == sent + first.chunks
+    assert again.from_cache == 0 and translator.stats["requests"] == sent + first.chunks
     # re-asked and stored again: now served
-    sent = server.stats["requests"]
+    sent = translator.stats["requests"]
     assert (await run(tmp_path, capsys)).from_cache == first.chunks
-    assert server.stats["requests"] == sent
+    assert translator.stats["requests"] == sent
     # a record that fails today's checks (an invented placeholder) is not served
     sql(db, f"UPDATE {TABLE} SET output = output || ' ⟦P99⟧'")
     again = await run(tmp_path, capsys)
@@ -114,7 +101,7 @@ async def test_records_say_how_the_answer_came_and_are_checked_again(
 
 async def test_a_split_answer_is_recorded_as_split(
     tmp_path: Path,
-    server: FakeOpenAIServer,
+    translator: FakeOpenAIServer,
     capsys: pytest.CaptureFixture[str],
     isolated_env: Path,
 ) -> None:
@@ -122,20 +109,20 @@ async def test_a_split_answer_is_recorded_as_split(
     src.mkdir()
     para = "お茶を飲みます。昨日は雨でした。明日は晴れるでしょう。"
     (src / "p.md").write_text(para + "\n", encoding="utf-8")
-    server.add_replies(["⟦P77⟧", "⟦P77⟧"])  # both whole-chunk attempts fail: split
+    translator.add_replies(["⟦P77⟧", "⟦P77⟧"])  # both whole-chunk attempts fail: split
     assert (await run(tmp_path, capsys)).chunks == 1
     db = isolated_env / "cache" / "chunks.sqlite"
     ((finish, attempt, split),) = sql(db, f"SELECT finish_reason, attempt, split FROM {TABLE}")
     assert (finish, attempt) == ("stop", 2) and split >= 1
-    sent = server.stats["requests"]
+    sent = translator.stats["requests"]
     assert (await run(tmp_path, capsys)).from_cache == 1  # passes the checks again
-    assert server.stats["requests"] == sent
+    assert translator.stats["requests"] == sent
 
 
 @pytest.mark.parametrize("damage", ["garbage", "malformed"])
 async def test_a_corrupt_cache_is_set_aside_and_rebuilt(
     tmp_path: Path,
-    server: FakeOpenAIServer,
+    translator: FakeOpenAIServer,
     capsys: pytest.CaptureFixture[str],
     isolated_env: Path,
     damage: str,
@@ -151,7 +138,7 @@ async def test_a_corrupt_cache_is_set_aside_and_rebuilt(
         data = db.read_bytes()
         bad = data[:100] + b"\xa5" * (len(data) - 100)
     db.write_bytes(bad)
-    sent = server.stats["requests"]
+    sent = translator.stats["requests"]
     result = await run(tmp_path, capsys)
     err = result.stderr
     warnings = [ln for ln in err.splitlines() if "warning" in ln]
@@ -162,9 +149,9 @@ async def test_a_corrupt_cache_is_set_aside_and_rebuilt(
         if not p.name.endswith(("-wal", "-shm"))
     ]
     assert aside.read_bytes() == bad
-    assert result.from_cache == 0 and server.stats["requests"] == sent + result.chunks
+    assert result.from_cache == 0 and translator.stats["requests"] == sent + result.chunks
     # the fresh cache works: a rerun asks nothing
-    sent = server.stats["requests"]
+    sent = translator.stats["requests"]
     again = await run(tmp_path, capsys)
-    assert again.from_cache == result.chunks and server.stats["requests"] == sent
+    assert again.from_cache == result.chunks and translator.stats["requests"] == sent
     assert "warning" not in again.stderr

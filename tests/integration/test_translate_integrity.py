@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +13,6 @@ import pytest
 from familiar.translate.cache import ChunkCache
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.scripts import ARTICLE, articles, report, translate
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[FakeOpenAIServer]:
-    async with FakeOpenAIServer() as srv:
-        (tmp_path / "slots.toml").write_text(
-            f'[slots.translator]\nurl = "{srv.url}"\nmodel = "general-llm"\nruntime = "vllm"\n'
-            "parallel = 3\ntimeout_s = 5\n"
-            f'[slots.naughty]\nurl = "{srv.url}"\nmodel = "m"\nparallel = 1\n'
-        )
-        (tmp_path / "CLAUDE.md").write_text("familiar: naughty x translator\n")
-        yield srv
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
@@ -46,7 +33,7 @@ def one_error_line(err: str) -> str:
 
 
 async def test_out_equal_to_or_inside_the_input_dir_is_a_usage_error(
-    tmp_path: Path, server: FakeOpenAIServer, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, translator: FakeOpenAIServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     src = articles(tmp_path, 3)
     before = snapshot(src)
@@ -57,11 +44,11 @@ async def test_out_equal_to_or_inside_the_input_dir_is_a_usage_error(
     assert await translate(tmp_path, str(src), "--out", str(src / "deep" / "en" / "x")) == 2
     one_error_line(capsys.readouterr().err)
     assert snapshot(src) == before  # nothing written, no out dir created
-    assert server.stats["requests"] == 0
+    assert translator.stats["requests"] == 0
 
 
 async def test_an_output_path_that_is_a_source_file_is_a_usage_error(
-    tmp_path: Path, server: FakeOpenAIServer, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, translator: FakeOpenAIServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     src = articles(tmp_path, 3)
     before = snapshot(src)
@@ -83,12 +70,12 @@ async def test_an_output_path_that_is_a_source_file_is_a_usage_error(
     assert await translate(tmp_path, str(src), "--out", str(tmp_path / "alias")) == 2
     one_error_line(capsys.readouterr().err)
     assert snapshot(src) == before
-    assert server.stats["requests"] == 0
+    assert translator.stats["requests"] == 0
 
 
 async def test_default_output_and_hidden_dirs_are_never_input(
     tmp_path: Path,
-    server: FakeOpenAIServer,
+    translator: FakeOpenAIServer,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -114,7 +101,7 @@ async def test_default_output_and_hidden_dirs_are_never_input(
 
 
 async def test_two_articles_to_one_output_path_is_a_usage_error(
-    tmp_path: Path, server: FakeOpenAIServer, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, translator: FakeOpenAIServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for d in ("x", "y"):
         (tmp_path / d).mkdir()
@@ -131,7 +118,7 @@ async def test_two_articles_to_one_output_path_is_a_usage_error(
 
 
 async def test_unwritable_outputs_are_errors_of_their_article_only(
-    tmp_path: Path, server: FakeOpenAIServer, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, translator: FakeOpenAIServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     src = articles(tmp_path, 4)  # a0.md, deep/a1.md, a2.md, deep/a3.md
     out = tmp_path / "out"
@@ -151,7 +138,7 @@ async def test_unwritable_outputs_are_errors_of_their_article_only(
 
 async def test_read_only_output_folder_is_an_article_error(
     tmp_path: Path,
-    server: FakeOpenAIServer,
+    translator: FakeOpenAIServer,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -178,7 +165,7 @@ async def test_read_only_output_folder_is_an_article_error(
 
 
 async def test_plain_report_keeps_long_paths_and_errors_whole(
-    tmp_path: Path, server: FakeOpenAIServer, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, translator: FakeOpenAIServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     deep = tmp_path / "src" / ("a-rather-long-folder-name-" * 3) / ("and-another-one-" * 3)
     deep.mkdir(parents=True)
@@ -211,7 +198,7 @@ async def test_plain_report_keeps_long_paths_and_errors_whole(
 @pytest.mark.parametrize("finish", ["length", "content_filter"])
 async def test_unfinished_answers_are_never_written_or_cached(
     tmp_path: Path,
-    server: FakeOpenAIServer,
+    translator: FakeOpenAIServer,
     capsys: pytest.CaptureFixture[str],
     isolated_env: Path,
     finish: str,
@@ -219,7 +206,7 @@ async def test_unfinished_answers_are_never_written_or_cached(
     para = "お茶を飲みます。昨日は雨でした。明日は晴れるでしょう。"
     (tmp_path / "p.md").write_text(para + "\n", encoding="utf-8")
     answer = "I drink tea. It rained yesterday. It will be sunny tomorrow."
-    server.add_faults([{"kind": "reply", "text": answer, "finish_reason": finish}] * 40)
+    translator.add_faults([{"kind": "reply", "text": answer, "finish_reason": finish}] * 40)
     out = tmp_path / "o"
     assert await translate(tmp_path, str(tmp_path / "p.md"), "--out", str(out), "--json") == 1
     (row,) = report(capsys)
@@ -237,13 +224,13 @@ async def test_unfinished_answers_are_never_written_or_cached(
 
 
 async def test_fewshot_answer_copying_an_example_is_rejected(
-    tmp_path: Path, server: FakeOpenAIServer, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, translator: FakeOpenAIServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from familiar.translate.formats import FEWSHOT_EXAMPLES
 
     copy = FEWSHOT_EXAMPLES[("ja", "en")][0][1]  # "⟦P0⟧The history of Zorblats"
     (tmp_path / "a.md").write_text("# 自転車のタイヤ\n", encoding="utf-8")
-    server.add_replies([copy] * 20)
+    translator.add_replies([copy] * 20)
     out = tmp_path / "o"
     code = await translate(
         tmp_path, str(tmp_path / "a.md"), "--format", "fewshot", "--out", str(out), "--json"
@@ -252,4 +239,4 @@ async def test_fewshot_answer_copying_an_example_is_rejected(
     (row,) = report(capsys)
     assert row["status"] == "failed" and row["failed_chunks"] == [0]
     assert (out / "a.md").read_text(encoding="utf-8") == "# 自転車のタイヤ\n"  # source kept
-    assert all(r["path"] == "/v1/completions" for r in server.requests)
+    assert all(r["path"] == "/v1/completions" for r in translator.requests)

@@ -110,6 +110,17 @@ class SessionScript:
         return None
 
 
+def write_fleet(ws: Path, servers: Mapping[str, Any], extra: str) -> None:
+    """One slot per fake server (``parallel = 1``) plus ``extra`` lines in each."""
+    (ws / "slots.toml").write_text(
+        "".join(
+            f'[slots.{name}]\nurl = "{s.url}"\nmodel = "{name}-m"\nruntime = "vllm"\n'
+            f"parallel = 1\n{extra}"
+            for name, s in servers.items()
+        )
+    )
+
+
 # -- translation -------------------------------------------------------------------------
 
 ARTICLE = """---
