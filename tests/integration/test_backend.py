@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
 from familiar.backend import CallEvent, RetryPolicy, SlotClient
 from familiar.context import bound_correlation_id
 from familiar.errors import BackendHTTPError
+from familiar.fleet import Fleet
 from familiar.slots import Slot
 from tests.support.fake_openai import FakeOpenAIServer
 
@@ -157,3 +159,41 @@ async def test_rate_throttle_is_separate_from_seats(fast_retry: RetryPolicy) -> 
             elapsed = time.monotonic() - started
     # 30 requests at 20/s need at least one full period beyond the first 20
     assert elapsed >= 0.9
+
+
+async def test_a_cancelled_request_is_reported_cancelled_not_ok(fast_retry: RetryPolicy) -> None:
+    events: list[CallEvent] = []
+    async with FakeOpenAIServer() as srv:
+        srv.add_faults([{"kind": "hang"}])
+        async with SlotClient(slot(srv.url), retry=fast_retry, hooks=[events.append]) as client:
+            task = asyncio.create_task(client.chat(MSG))
+            while srv.stats["in_flight"] < 1:  # noqa: ASYNC110 - the server has no event
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        (event,) = events
+        assert (event.status, event.error_type, event.http_status) == (
+            "cancelled",
+            "CancelledError",
+            None,
+        )
+        assert client.seats.in_use == 0
+
+
+async def test_models_behind_one_gateway_url_are_separate_deployments(
+    tmp_path: Path, fast_retry: RetryPolicy
+) -> None:
+    async with FakeOpenAIServer(latency_s=0.1) as gw:  # one URL, two models (a LiteLLM proxy)
+        slots = {
+            "naughty": Slot(name="naughty", url=gw.url, model="big", parallel=3),
+            "kindergarten": Slot(name="kindergarten", url=gw.url, model="fast", parallel=5),
+        }
+        async with Fleet(slots, home=tmp_path, retry=fast_retry) as fleet:
+            assert fleet["naughty"].seats is not fleet["kindergarten"].seats
+            await asyncio.gather(
+                *(fleet["naughty"].chat(MSG) for _ in range(12)),
+                *(fleet["kindergarten"].chat(MSG) for _ in range(20)),
+            )
+            assert fleet["naughty"].seats.peak == 3 and fleet["kindergarten"].seats.peak == 5
+        assert gw.stats["max_in_flight"] == 8  # each model gets its own cap, not the strictest

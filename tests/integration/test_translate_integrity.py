@@ -240,3 +240,23 @@ async def test_fewshot_answer_copying_an_example_is_rejected(
     assert row["status"] == "failed" and row["failed_chunks"] == [0]
     assert (out / "a.md").read_text(encoding="utf-8") == "# 自転車のタイヤ\n"  # source kept
     assert all(r["path"] == "/v1/completions" for r in translator.requests)
+
+
+# -- modes: what plain open() gives; a rewritten file keeps its own -------------------------
+
+
+async def test_outputs_get_the_umask_mode_and_in_place_keeps_the_source_mode(
+    tmp_path: Path, translator: FakeOpenAIServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = articles(tmp_path, 2)
+    (src / "a0.md").chmod(0o640)
+    old = os.umask(0o022)
+    try:
+        assert await translate(tmp_path, str(src), "--out", str(tmp_path / "o"), "--json") == 0
+        assert (tmp_path / "o" / "a0.md").stat().st_mode & 0o777 == 0o644
+        assert await translate(tmp_path, str(src / "a0.md"), "--in-place", "--json") == 0
+        assert (src / "a0.md").stat().st_mode & 0o777 == 0o640  # not 0600, not 0644
+        assert "echo: " in (src / "a0.md").read_text(encoding="utf-8")  # really rewritten
+    finally:
+        os.umask(old)
+    capsys.readouterr()
