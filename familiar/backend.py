@@ -111,16 +111,18 @@ class SlotClient:
         self.stream = stream
         self._throttler = _throttler(slot.rps)
         size = max(self.seats.total, slot.parallel) + 2
-        # timeout_s bounds the whole request (asyncio.timeout in _attempt); the HTTP
-        # client's read timeout is the stall limit: no byte for that long aborts the attempt
+        # timeout_s bounds the whole request (asyncio.timeout in _request); the HTTP
+        # client's read timeout is the stall limit: no byte for that long aborts the
+        # attempt. A non-streamed answer sends its first byte at the end: no stall limit.
         stall = self._stall_s = min(slot.stall_timeout_s, slot.timeout_s)
         self._http = HTTP.AsyncClient(
             transport=transport,
-            timeout=HTTP.Timeout(stall, connect=min(slot.connect_timeout_s, slot.timeout_s)),
+            timeout=HTTP.Timeout(
+                stall if stream else slot.timeout_s,
+                connect=min(slot.connect_timeout_s, slot.timeout_s),
+            ),
             limits=HTTP.Limits(max_connections=size, max_keepalive_connections=size),
         )
-        # a non-streamed answer sends its first byte at the end: no stall limit there
-        self._plain_timeout = HTTP.Timeout(slot.timeout_s, connect=slot.connect_timeout_s)
         key = slot.api_key()
         register_secret(key)
         for url in slot.url:
@@ -284,9 +286,7 @@ class SlotClient:
                 if self.stream:
                     await read_stream(create, self.slot.model, kind, body, headers, acc, start)
                 else:
-                    await read_whole(
-                        create, self.slot.model, kind, body, headers, acc, self._plain_timeout
-                    )
+                    await read_whole(create, self.slot.model, kind, body, headers, acc)
         check_finished(acc, name, url)
 
     def _emit(

@@ -70,10 +70,9 @@ async def read_whole(
     body: Mapping[str, Any],
     headers: dict[str, str] | None,
     acc: Answer,
-    http_timeout: Any,
 ) -> None:
     """A non-streamed completion (its first byte comes at the end: no stall limit)."""
-    resp: Any = await create(model=model, extra_headers=headers, timeout=http_timeout, **body)
+    resp: Any = await create(model=model, extra_headers=headers, **body)
     acc.chunks = 1
     if resp.choices:
         acc.choices = 1
