@@ -66,6 +66,13 @@ def slots_toml(url: str | list[str], extra: str = "", parallel: int = 1) -> str:
     )
 
 
+def article_workspace(ws: Path, slots: str) -> None:
+    """A workspace with this slots file, ``naughty x translator`` and one article."""
+    (ws / "slots.toml").write_text(slots)
+    (ws / "CLAUDE.md").write_text("familiar: naughty x translator\n")
+    (ws / "a.md").write_text(ARTICLE, encoding="utf-8")
+
+
 @pytest.fixture
 async def server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAIServer]:
     monkeypatch.setenv("FAULT_KEY", KEY)
@@ -111,9 +118,7 @@ async def test_translate_recovers_each_transient_fault_with_one_more_request(
     isolated_env: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    (tmp_path / "slots.toml").write_text(slots_toml(server.url, extra))
-    (tmp_path / "CLAUDE.md").write_text("familiar: naughty x translator\n")
-    (tmp_path / "a.md").write_text(ARTICLE, encoding="utf-8")
+    article_workspace(tmp_path, slots_toml(server.url, extra))
     server.add_faults([fault])
     out = tmp_path / "out"
     assert await translate(tmp_path, str(tmp_path / "a.md"), "--out", str(out), "--json") == 0
@@ -138,9 +143,7 @@ async def test_translate_never_keeps_a_persistently_bad_answer(
     isolated_env: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    (tmp_path / "slots.toml").write_text(slots_toml(server.url))
-    (tmp_path / "CLAUDE.md").write_text("familiar: naughty x translator\n")
-    (tmp_path / "a.md").write_text(ARTICLE, encoding="utf-8")
+    article_workspace(tmp_path, slots_toml(server.url))
     server.add_faults([fault] * 400)
     out = tmp_path / "out"
     assert await translate(tmp_path, str(tmp_path / "a.md"), "--out", str(out), "--json") == 1
@@ -154,9 +157,7 @@ async def test_translate_dead_replica_fails_over(
     server: FakeOpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     dead = "http://127.0.0.1:9/v1"  # discard port: connection refused
-    (tmp_path / "slots.toml").write_text(slots_toml([dead, server.url], parallel=2))
-    (tmp_path / "CLAUDE.md").write_text("familiar: naughty x translator\n")
-    (tmp_path / "a.md").write_text(ARTICLE, encoding="utf-8")
+    article_workspace(tmp_path, slots_toml([dead, server.url], parallel=2))
     out = tmp_path / "out"
     assert await translate(tmp_path, str(tmp_path / "a.md"), "--out", str(out), "--json") == 0
     (row,) = json.loads(capsys.readouterr().out)
@@ -169,9 +170,7 @@ async def test_translate_echoed_key_is_masked_everywhere(
     isolated_env: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    (tmp_path / "slots.toml").write_text(slots_toml(server.url))
-    (tmp_path / "CLAUDE.md").write_text("familiar: naughty x translator\n")
-    (tmp_path / "a.md").write_text(ARTICLE, encoding="utf-8")
+    article_workspace(tmp_path, slots_toml(server.url))
     server.add_faults([{"kind": "echo_key"}])
     assert await translate(tmp_path, str(tmp_path / "a.md"), "--out", "o", "--json") == 1
     cap = capsys.readouterr()
