@@ -19,6 +19,9 @@ _SK = re.compile(r"\bsk-[A-Za-z0-9_-]{8,}")
 
 
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
+# in free text only credentials are hidden: ``user:password@`` (``ssh://git@host`` is not
+# one; a lone token in a configured URL is registered as a secret and masked by value)
+_PASSWORD_INFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s:]*:[^/@\s]*@")
 #: secret values known to this process (configured API keys, URL passwords), longest first
 _SECRETS: list[str] = []
 
@@ -40,12 +43,12 @@ def redact_url(url: str) -> str:
 
 
 def mask(text: str) -> str:
-    """Hide known secret values, bearer tokens, ``sk-...`` keys and URL userinfo."""
+    """Hide known secret values, bearer tokens, ``sk-...`` keys and URL passwords."""
     for secret in _SECRETS:
         if secret in text:
             text = text.replace(secret, "***")
     if "@" in text:
-        text = _USERINFO.sub(r"\1", text)
+        text = _PASSWORD_INFO.sub(r"\1", text)
     if "sk-" not in text and "earer" not in text:  # the common case: nothing to hide
         return text
     return _SK.sub("sk-***", _BEARER.sub(r"\1***", text))

@@ -56,6 +56,7 @@ def test_redact_and_mask() -> None:
     masked = mask(text)
     assert "plain-key-without-prefix-1234" not in masked and "u:pw" not in masked
     assert mask_any({"a": [text], "b": (1, text)}) == {"a": [masked], "b": [1, masked]}
+    assert mask("clone ssh://git@github.com/x.git") == "clone ssh://git@github.com/x.git"
     register_secret("ab")  # too short to mask safely: ignored
     assert mask("about abc") == "about abc"
 
