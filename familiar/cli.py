@@ -134,11 +134,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"familiar: error: {mask(str(exc))}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # the reader went away (`| head`): not a mistake of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error while flushing at exit
+        return 141  # what a shell reports for a process ended by SIGPIPE
     except OSError as exc:  # a file familiar needs could not be read or written
         if os.environ.get("FAMILIAR_DEBUG"):
             raise
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"familiar: error:{where}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"familiar: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -232,3 +232,22 @@ def test_config_validate_warns_when_one_deployment_has_two_caps(
     assert main(["config", "validate", "--workspace", str(ws2)]) == 0
     err = capsys.readouterr().err
     assert "naughty (parallel 2)" in err and "kindergarten (parallel 5)" in err
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    ws = workspace(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "familiar", "config", "show", "--json", "--workspace", str(ws)],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # like `| head -0`: the reader is gone before familiar writes
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=30) in (0, 141), err  # 0 if it finished before noticing
+    assert b"Traceback" not in err and b"error" not in err
