@@ -15,7 +15,7 @@ from typing import Any
 
 from familiar.config import Config
 from familiar.dispatch import Dispatcher, ItemResult, Pool, WorkItem
-from familiar.errors import SessionFailed
+from familiar.errors import AnswerRejected, SessionFailed
 from familiar.fleet import Fleet
 from familiar.lang import NAMES, detect_lang
 from familiar.plan import MAX_SUBTASKS, Integration, Plan, Subtask
@@ -294,6 +294,13 @@ class Session:
         client = self.calls.client("translator")
         messages = self.calls.messages("translator", user)
         result = await self.calls.ask("translator", client, messages, None, "translation")
-        self.store.save_translation(self.lang, result.text.strip(), self.task_lang)
+        text = result.text.strip()
+        if result.finish_reason == "length" or not text:  # never a cut result as final
+            why = "cut off at max_tokens" if text else "empty"
+            raise AnswerRejected(
+                f"the translation into {NAMES[self.lang]} was {why}; the untranslated result"
+                f" is kept in integration.json (raise the translator's max_tokens and resume)"
+            )
+        self.store.save_translation(self.lang, text, self.task_lang)
         self._step("translate", to=self.lang)
-        return result.text.strip()
+        return text

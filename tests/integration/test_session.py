@@ -146,6 +146,24 @@ async def test_translator_renders_other_language_and_failure_exit_code(
     assert "failed" in capsys.readouterr().err
 
 
+async def test_a_translation_cut_at_max_tokens_is_not_the_final_result(
+    tmp_path: Path,
+    fleet: dict[str, FakeOpenAIServer],
+    isolated_env: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    one = {"goal": "g", "decisions": [], "subtasks": [PLAN["subtasks"][0]]}
+    fleet["grandpa"].add_replies([json.dumps(one)])
+    fleet["naughty"].add_replies([work("hello")])
+    fleet["translator"].add_faults([{"kind": "reply", "text": "こん", "finish_reason": "length"}])
+    assert await _in_thread(run_cli, tmp_path, "Say hello", "--lang", "ja") == 1
+    assert "cut off at max_tokens" in capsys.readouterr().err
+    d = session_dir(isolated_env)
+    assert not (d / "final.md").exists() and not (d / "final.ja.json").exists()
+    assert json.loads((d / "integration.json").read_text())["deliverable"] == "hello"
+    assert json.loads((d / "session.json").read_text())["status"] == "failed"
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
