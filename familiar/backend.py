@@ -77,7 +77,10 @@ class CallEvent:
     http_status: int | None
     latency_s: float
     ttft_s: float | None
+    #: the whole wait for a seat: this process's queue (+ rate throttle), then the ledger
     queue_wait_s: float
+    local_wait_s: float
+    ledger_wait_s: float
     prompt_tokens: int | None
     completion_tokens: int | None
     finish_reason: str | None
@@ -218,11 +221,12 @@ class SlotClient:
         self, kind: Kind, body: dict[str, Any], role: str | None, n: int, first_wait: list[float]
     ) -> CallResult:
         queued = time.monotonic()
-        async with self.seats:
+        async with self.seats.hold() as held:
             if self._throttler is not None:
                 async with self._throttler:
                     pass
             queue_wait = time.monotonic() - queued
+            waits = (queue_wait - held.ledger_wait_s, held.ledger_wait_s)
             if not first_wait:
                 first_wait.append(queue_wait)
             replica = self.replica_set.pick()
@@ -244,7 +248,7 @@ class SlotClient:
                 latency = time.monotonic() - start
                 if not cancelled:
                     self._after(replica, error)
-                self._emit(kind, role, n, replica, acc, error, latency, queue_wait, cancelled)
+                self._emit(kind, role, n, replica, acc, error, latency, waits, cancelled)
         return CallResult(
             text="".join(acc.text),
             finish_reason=acc.finish_reason,
@@ -298,7 +302,7 @@ class SlotClient:
         acc: Answer,
         error: BackendError | None,
         latency: float,
-        queue_wait: float,
+        waits: tuple[float, float],
         cancelled: bool = False,
     ) -> None:
         if not self.hooks:
@@ -323,7 +327,9 @@ class SlotClient:
             else (200 if status == "ok" else None),
             latency_s=latency,
             ttft_s=acc.ttft_s,
-            queue_wait_s=queue_wait,
+            queue_wait_s=waits[0] + waits[1],
+            local_wait_s=waits[0],
+            ledger_wait_s=waits[1],
             prompt_tokens=acc.prompt_tokens,
             completion_tokens=acc.completion_tokens,
             finish_reason=acc.finish_reason,

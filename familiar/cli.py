@@ -106,11 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=_local_cmd(name))
 
+    from familiar.cli_fleet import add_fleet_command
     from familiar.cli_run import add_run_commands
     from familiar.cli_translate import add_translate_command
 
     add_run_commands(sub, _common)
     add_translate_command(sub, _common)
+    add_fleet_command(sub, _common)
     return parser
 
 

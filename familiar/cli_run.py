@@ -163,6 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def _run(cfg: Config, directory: Path, sid: str, args: argparse.Namespace) -> Any:
     from familiar.fleet import Fleet
+    from familiar.ledger import make_ledger
     from familiar.session import Session
     from familiar.telemetry import Telemetry
     from familiar.view import LiveView, PlainView
@@ -171,7 +172,12 @@ async def _run(cfg: Config, directory: Path, sid: str, args: argparse.Namespace)
         telemetry = Telemetry(cfg.home, content=args.telemetry_content)
         async with (
             telemetry,
-            Fleet(cfg.active_slots, home=cfg.home, hooks=[telemetry.hook]) as fleet,
+            Fleet(
+                cfg.active_slots,
+                home=cfg.home,
+                hooks=[telemetry.hook],
+                ledger=make_ledger(cfg.fleet),
+            ) as fleet,
         ):
             view: Any
             if sys.stderr.isatty() and not args.json:

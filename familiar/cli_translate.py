@@ -133,6 +133,7 @@ async def _run(
 ) -> list[Any]:
     from familiar.dispatch import Pool
     from familiar.fleet import Fleet
+    from familiar.ledger import make_ledger
     from familiar.telemetry import Telemetry
     from familiar.translate.batch import Translator
     from familiar.translate.cache import ChunkCache
@@ -142,7 +143,16 @@ async def _run(
     try:
         with bound_correlation_id(new_correlation_id()):
             telemetry = Telemetry(cfg.home)
-            async with telemetry, Fleet(slots, home=cfg.home, hooks=[telemetry.hook]) as fleet:
+            async with (
+                telemetry,
+                Fleet(
+                    slots,
+                    home=cfg.home,
+                    hooks=[telemetry.hook],
+                    ledger=make_ledger(cfg.fleet),
+                    kind="batch",
+                ) as fleet,
+            ):
                 pools = [Pool("translator", n, fleet[n].seats.total, fleet[n]) for n in slots]
                 with _progress(len(files)) as progress:
                     translator = Translator(

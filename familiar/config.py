@@ -24,8 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from familiar import claude_md
 from familiar.errors import ConfigError, RoleFileError, SlotsFileError, StateError
+from familiar.ledger import FleetSettings
 from familiar.roles import ROLES, RoleConfig, parse_role_string
-from familiar.slots import Slot, load_slots
+from familiar.slots import Slot, load_slots_file
 
 _PKG = Path(__file__).resolve().parent
 DEFAULT_ROLE_STRING = "standard"
@@ -124,6 +125,7 @@ class Config:
     slots_file: Path
     slots: dict[str, Slot]
     active_slots: dict[str, Slot] = field(default_factory=dict)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
 
     def slot_name(self, role: str, slot: str) -> str:
         """An assignment's slot, with the role file's ``default_slot`` for unbound roles."""
@@ -159,7 +161,7 @@ def load_config(
     role_config = parse_role_string(text)
     specs = {r: load_role(ws, r) for r in ROLES}
     path = slots_path(ws, slots)
-    all_slots = load_slots(path)
+    all_slots, fleet = load_slots_file(path)
     active: dict[str, Slot] = {}
     for a in role_config.assignments:
         name = specs[a.role].default_slot if a.slot == a.role else a.slot
@@ -180,4 +182,5 @@ def load_config(
         slots_file=path,
         slots=all_slots,
         active_slots=active,
+        fleet=fleet,
     )

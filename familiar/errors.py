@@ -11,6 +11,8 @@ exit code; the CLI prints ``familiar: error: <message>`` and exits with it::
     │   ├── RoleFileError           2   bad role file
     │   ├── PromptError             2   missing prompt file or template variable
     │   ├── LocalSetupError         2   embedded backend not installed / unusable
+    │   ├── LedgerSetupError        2   the seat ledger cannot be used as configured
+    │   │                               (nats-py missing, NATS server too old / no JetStream)
     │   └── StateError              2   familiar's own files unreadable, corrupt or unwritable
     └── RuntimeFailure              1   failure at run time
         ├── BackendError(slot)      1   anything a backend slot did wrong
@@ -19,6 +21,8 @@ exit code; the CLI prints ``familiar: error: <message>`` and exits with it::
         │   ├── BackendConnectError
         │   └── BackendProtocolError  malformed body / stream; no finish_reason; empty
         ├── LocalServerError        1   the embedded llama-server failed to start / died
+        ├── LedgerUnavailable       1   the seat ledger (NATS) stayed unreachable past its
+        │                               deadline (the message names the URL)
         ├── ArticleError            1   one article of a batch cannot be read or written
         ├── AnswerRejected          1   an answer failed the checks (empty, copied an example)
         ├── PlanInvalid             1   the planner's answer is not a valid plan
@@ -75,6 +79,11 @@ class StateError(ConfigError):
     read or written: the user must repair or remove it. Nothing is changed."""
 
 
+class LedgerSetupError(ConfigError):
+    """The seat ledger cannot be used as configured: nats-py not installed, the NATS
+    server too old or without JetStream, a ledger directory that cannot be used."""
+
+
 class RuntimeFailure(FamiliarError):
     """A failure at run time: exit code 1."""
 
@@ -126,6 +135,11 @@ class BackendProtocolError(BackendError):
 
 class LocalServerError(RuntimeFailure):
     """The embedded llama-server failed to start or died."""
+
+
+class LedgerUnavailable(RuntimeFailure):
+    """The seat ledger stayed unreachable past its deadline. familiar never falls back
+    to a per-process cap: that would break the fleet's cap."""
 
 
 class ArticleError(RuntimeFailure):
@@ -180,6 +194,8 @@ __all__ = [
     "ConfigError",
     "DispatchError",
     "FamiliarError",
+    "LedgerSetupError",
+    "LedgerUnavailable",
     "LocalServerError",
     "LocalSetupError",
     "PlanInvalid",

@@ -4,6 +4,8 @@ Seats belong to a deployment (URLs plus model), not to a slot's name: slots that
 point at the same URLs and model (e.g. every role bound to the embedded llama-server)
 share one ``Seats`` object, so their sum in flight never exceeds the deployment's
 ``parallel``. Different models behind one gateway URL are different deployments.
+Each deployment's seats are held in the ledger (``familiar.ledger``: the host ledger by
+default, NATS JetStream when configured), so every familiar process shares the cap.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from familiar.backend import Hook, RetryPolicy, SlotClient
+from familiar.ledger import Kind, Ledger, deployment_id, deployment_label, make_ledger
 from familiar.seats import Seats
 from familiar.slots import Slot
 
@@ -52,13 +55,19 @@ class Fleet:
         retry: RetryPolicy | None = None,
         hooks: Sequence[Hook] = (),
         local_seats: int = 4,
+        ledger: Ledger | None = None,
+        kind: Kind = "interactive",
     ) -> None:
+        """``ledger``: where seats are held (default: the host ledger); ``kind``: the
+        work of this run (``batch`` may not take a slot's ``reserve`` seats)."""
         self._slots = dict(slots)
         self._home = home
         self._transport = transport
         self._retry = retry
         self._hooks = list(hooks)
         self._local_seats = local_seats
+        self.ledger = ledger if ledger is not None else make_ledger()
+        self.kind: Kind = kind
         self._stack = AsyncExitStack()
         self.clients: dict[str, SlotClient] = {}
         self.seats: dict[Deployment, Seats] = {}
@@ -69,11 +78,22 @@ class Fleet:
 
     async def __aenter__(self) -> Fleet:
         try:
+            await self._stack.enter_async_context(self.ledger)
             resolved = await self._resolve_embedded()
+            reserves: dict[Deployment, int] = {}
             for slot in resolved.values():  # the strictest cap of a deployment wins
                 key = slot.deployment
                 self._caps[key] = min(slot.parallel, self._caps.get(key, slot.parallel))
-            self.seats = {url: Seats(cap) for url, cap in self._caps.items()}
+                reserves[key] = max(slot.reserve, reserves.get(key, 0))
+            for key, cap in self._caps.items():
+                urls, model = key
+                ledger = self.ledger.deployment(
+                    deployment_id(urls, model),
+                    deployment_label(urls, model),
+                    cap,
+                    min(reserves[key], cap - 1),
+                )
+                self.seats[key] = Seats(cap, ledger=ledger, kind=self.kind)
             for name, slot in resolved.items():
                 client = SlotClient(
                     slot,

@@ -10,13 +10,23 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from familiar.errors import SlotsFileError
 from familiar.logs import redact_url
+
+if TYPE_CHECKING:
+    from familiar.ledger import FleetSettings
 
 Runtime = Literal["vllm", "llama.cpp", "sglang", "ollama", "openai"]
 EMBEDDED = "embedded"
@@ -34,6 +44,9 @@ class Slot(BaseModel):
     model: str
     runtime: Runtime = "openai"
     parallel: Annotated[int, Field(ge=1, le=4096)] = 1
+    #: seats kept out of reach of translation batches, so an interactive session started
+    #: while a batch runs gets one at once (0: a batch may fill the deployment)
+    reserve: Annotated[int, Field(ge=0, le=4095)] = 0
     rps: Annotated[float, Field(gt=0)] | None = None
     #: bounds a whole request, connect to last byte (a trickling answer is cut off too)
     timeout_s: Annotated[float, Field(gt=0)] = 300.0
@@ -76,6 +89,15 @@ class Slot(BaseModel):
             raise ValueError("'embedded' cannot be mixed with other replicas")
         return tuple(u.rstrip("/") for u in value)
 
+    @model_validator(mode="after")
+    def _check_reserve(self) -> Slot:
+        if self.reserve and not self.embedded and self.reserve >= self.parallel:
+            raise ValueError(
+                f"reserve ({self.reserve}) must be less than parallel ({self.parallel}):"
+                " a batch needs at least one seat"
+            )
+        return self
+
     @property
     def deployment(self) -> tuple[tuple[str, ...], str]:
         """What actually serves requests: the URLs plus the model. Slots naming the same
@@ -103,12 +125,27 @@ class Slot(BaseModel):
         return os.environ.get(self.api_key_env) or None
 
 
+def parse_fleet(data: dict[str, object], source: str) -> FleetSettings:
+    """The ``[fleet]`` table of a slots file (the seat ledger's settings)."""
+    from familiar.ledger import FleetSettings
+
+    table = data.get("fleet", {})
+    if not isinstance(table, dict):
+        raise SlotsFileError(f"{source}: [fleet] must be a table")
+    try:
+        return FleetSettings(**table)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "fleet"
+        raise SlotsFileError(f"{source}: [fleet] {where}: {err['msg']}") from None
+
+
 def parse_slots(data: dict[str, object], source: str) -> dict[str, Slot]:
     """Validate the parsed TOML of a slots file."""
     table = data.get("slots")
     if not isinstance(table, dict) or not table:
         raise SlotsFileError(f"{source}: no [slots.<name>] tables found")
-    unknown = set(data) - {"slots"}
+    unknown = set(data) - {"slots", "fleet"}
     if unknown:
         raise SlotsFileError(f"{source}: unknown top-level key(s): {', '.join(sorted(unknown))}")
     slots: dict[str, Slot] = {}
@@ -126,6 +163,11 @@ def parse_slots(data: dict[str, object], source: str) -> dict[str, Slot]:
 
 def load_slots(path: Path) -> dict[str, Slot]:
     """Read and validate a slots file."""
+    return load_slots_file(path)[0]
+
+
+def load_slots_file(path: Path) -> tuple[dict[str, Slot], FleetSettings]:
+    """Read and validate a slots file: its slots and its ``[fleet]`` settings."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -134,4 +176,4 @@ def load_slots(path: Path) -> dict[str, Slot]:
         raise SlotsFileError(f"cannot read slots file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SlotsFileError(f"{path}: invalid TOML: {exc}") from None
-    return parse_slots(data, str(path))
+    return parse_slots(data, str(path)), parse_fleet(data, str(path))

@@ -17,13 +17,15 @@ async def _no_sleep(_seconds: float) -> None:
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Strip familiar's env vars and point state at a tmp dir, for every test."""
+    """Strip familiar's env vars and point state (and the host seat ledger) at a tmp dir,
+    for every test."""
     for key in list(os.environ):
         if key.startswith("FAMILIAR_") or key.endswith("_API_KEY"):
             monkeypatch.delenv(key, raising=False)
     home = tmp_path / "home"
     monkeypatch.setenv("FAMILIAR_HOME", str(home))
     monkeypatch.setenv("FAMILIAR_TELEMETRY", "off")
+    monkeypatch.setenv("FAMILIAR_LEDGER_DIR", str(tmp_path / "ledger"))
     yield home
 
 

@@ -83,6 +83,8 @@ def llm_call_fields(e: CallEvent) -> dict[str, Any]:
         "latency_ms": round(e.latency_s * 1000, 2),
         "ttft_ms": None if e.ttft_s is None else round(e.ttft_s * 1000, 2),
         "queue_wait_ms": round(e.queue_wait_s * 1000, 2),
+        "local_wait_ms": round(e.local_wait_s * 1000, 2),
+        "ledger_wait_ms": round(e.ledger_wait_s * 1000, 2),
         "gen_ai.usage.input_tokens": e.prompt_tokens,
         "gen_ai.usage.output_tokens": e.completion_tokens,
         "gen_ai.response.finish_reasons": [e.finish_reason] if e.finish_reason else [],

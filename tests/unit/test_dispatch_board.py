@@ -61,13 +61,13 @@ async def test_seats_count_in_use_waiting_and_peak() -> None:
     third = asyncio.create_task(seats.acquire())
     await asyncio.sleep(0.01)
     assert (seats.in_use, seats.waiting, seats.free) == (2, 1, 0)
-    seats.release()
+    await seats.release()
     await asyncio.wait_for(third, 1)
     assert (seats.in_use, seats.waiting, seats.peak) == (2, 0, 2)
-    seats.release()
-    seats.release()
+    await seats.release()
+    await seats.release()
     with pytest.raises(RuntimeError):
-        seats.release()
+        await seats.release()
 
 
 def test_backoff_grows_is_capped_and_honours_retry_after() -> None:

@@ -25,6 +25,8 @@ def call_event(**kw: object) -> CallEvent:
         latency_s=0.25,
         ttft_s=None,
         queue_wait_s=0.01,
+        local_wait_s=0.004,
+        ledger_wait_s=0.006,
         prompt_tokens=None,
         completion_tokens=None,
         finish_reason=None,

@@ -1,0 +1,100 @@
+"""Fleet-wide seats: every familiar process, on one host or many, shares each cap.
+
+``make_ledger`` picks the ledger from the settings: NATS JetStream when a NATS URL is
+set (``FAMILIAR_NATS_URL`` or ``[fleet] nats_url`` in the slots file), else the host
+ledger (files with kernel-released locks under ``FAMILIAR_LEDGER_DIR``,
+``$XDG_RUNTIME_DIR/familiar`` or the temp dir). There is no silent fallback from one
+to the other: a fleet whose NATS ledger is down waits, then fails.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from familiar.errors import LedgerSetupError
+from familiar.ledger.base import (
+    KINDS,
+    DeploymentSeats,
+    DeploymentView,
+    Holder,
+    Kind,
+    Lease,
+    Ledger,
+    deployment_id,
+    deployment_label,
+    this_process,
+)
+from familiar.ledger.host import HostLedger, default_dir
+
+
+class FleetSettings(BaseModel):
+    """The ``[fleet]`` table of the slots file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: NATS server(s) holding the ledger, e.g. "nats://10.0.0.5:4222"; unset = host ledger
+    nats_url: str | None = None
+    #: how long work waits for an unreachable NATS ledger before it fails (seconds)
+    ledger_wait_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    #: a held seat's lifetime in NATS without renewal: a crashed host's seats come back
+    #: after this long (renewed every third of it while held)
+    seat_ttl_s: Annotated[float, Field(ge=1, le=600)] = 5.0
+
+    @field_validator("nats_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        for url in value.split(","):
+            if not url.strip().startswith(("nats://", "tls://", "ws://", "wss://")):
+                from familiar.logs import redact_url
+
+                raise ValueError(f"nats_url {redact_url(url.strip())!r} must be nats://HOST:PORT")
+        return value or None
+
+    def resolved(self) -> FleetSettings:
+        """With ``FAMILIAR_NATS_URL`` applied (the environment wins over the file)."""
+        env = os.environ.get("FAMILIAR_NATS_URL", "").strip()
+        if not env:
+            return self
+        try:
+            return self.model_copy(update={"nats_url": FleetSettings._check_url(env)})
+        except ValueError as exc:
+            raise LedgerSetupError(f"FAMILIAR_NATS_URL: {exc}") from None
+
+
+def make_ledger(settings: FleetSettings | None = None) -> Ledger:
+    """The ledger these settings name (not opened yet)."""
+    settings = (settings or FleetSettings()).resolved()
+    if settings.nats_url is None:
+        return HostLedger()
+    try:
+        from familiar.ledger.nats import NatsLedger
+    except ImportError:
+        raise LedgerSetupError(
+            "a NATS seat ledger is configured but nats-py is not installed:"
+            " pip install 'familiar[fleet]'"
+        ) from None
+    return NatsLedger(settings.nats_url, wait_s=settings.ledger_wait_s, ttl_s=settings.seat_ttl_s)
+
+
+__all__ = [
+    "KINDS",
+    "DeploymentSeats",
+    "DeploymentView",
+    "FleetSettings",
+    "Holder",
+    "HostLedger",
+    "Kind",
+    "Lease",
+    "Ledger",
+    "default_dir",
+    "deployment_id",
+    "deployment_label",
+    "make_ledger",
+    "this_process",
+]

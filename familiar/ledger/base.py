@@ -1,0 +1,180 @@
+"""The ledger interface: where a deployment's seats are held for every familiar process.
+
+A *ledger* holds the seats of deployments so that every familiar process sharing it
+shares each deployment's cap (``parallel``): the host ledger (files with
+kernel-released locks, default) for the processes of one host, the NATS JetStream
+ledger for many hosts. ``Seats`` (seats.py) keeps a per-process FIFO in front of it.
+
+A deployment's seats are numbered ``0 .. cap-1``. Batch work (translation batches)
+may take only seats ``0 .. cap-reserve-1``; interactive work (sessions) may take any,
+so ``reserve`` seats stay free for a session started while a batch runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from types import TracebackType
+from typing import Any, Literal
+
+Kind = Literal["interactive", "batch"]
+KINDS: tuple[Kind, ...] = ("interactive", "batch")
+
+
+def deployment_id(urls: Sequence[str], model: str) -> str:
+    """A stable, filename- and NATS-key-safe name for a deployment (URLs without
+    userinfo + model); the same on every host that names the deployment the same way."""
+    from familiar.logs import redact_url
+
+    text = json.dumps([sorted(redact_url(u) for u in urls), model])
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def deployment_label(urls: Sequence[str], model: str) -> str:
+    from familiar.logs import redact_url
+
+    return f"{model} @ {', '.join(redact_url(u) for u in urls)}"
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds (or waits for) a seat: shown by ``familiar fleet``."""
+
+    host: str
+    pid: int
+    command: str
+    kind: Kind = "interactive"
+    since: float = 0.0  # wall clock (epoch seconds) when the seat was taken
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Holder | None:
+        """``None`` for anything that is not a holder record (torn, foreign)."""
+        try:
+            obj = json.loads(data)
+            return cls(
+                host=str(obj["host"]),
+                pid=int(obj["pid"]),
+                command=str(obj["command"]),
+                kind="batch" if obj.get("kind") == "batch" else "interactive",
+                since=float(obj.get("since", 0.0)),
+            )
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+def this_process(kind: Kind = "interactive") -> Holder:
+    """This process as a holder: host, pid, and its command line (masked, shortened)."""
+    from familiar.logs import mask
+
+    argv = [os.path.basename(sys.argv[0]) or "python", *sys.argv[1:]] if sys.argv else []
+    command = mask(" ".join(argv))
+    if len(command) > 120:
+        command = command[:117] + "..."
+    return Holder(socket.gethostname(), os.getpid(), command, kind, time.time())
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One seat held in a ledger; give it back with ``DeploymentSeats.release``."""
+
+    seat: int
+    token: Any = None  # ledger-specific (a lock's file descriptor, a KV revision)
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    """One deployment as a ledger sees it right now (``familiar fleet``)."""
+
+    id: str
+    label: str
+    cap: int
+    reserve: int
+    holders: dict[int, Holder] = field(default_factory=dict)  # seat -> holder
+    waiting: list[Holder] = field(default_factory=list)  # processes waiting, any order
+
+    @property
+    def in_use(self) -> int:
+        return len(self.holders)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "deployment": self.id,
+            "label": self.label,
+            "cap": self.cap,
+            "reserve": self.reserve,
+            "in_use": self.in_use,
+            "holders": [{"seat": seat, **asdict(h)} for seat, h in sorted(self.holders.items())],
+            "waiting": len(self.waiting),
+            "waiters": [asdict(h) for h in self.waiting],
+        }
+
+
+class DeploymentSeats(ABC):
+    """One deployment's seats in a ledger, as one process uses them."""
+
+    def __init__(self, dep_id: str, label: str, cap: int, reserve: int) -> None:
+        if cap < 1:
+            raise ValueError("a deployment needs at least one seat")
+        if not 0 <= reserve < cap:
+            raise ValueError(f"reserve must be 0 .. {cap - 1} for {cap} seats, not {reserve}")
+        self.id = dep_id
+        self.label = label
+        self.cap = cap
+        self.reserve = reserve
+
+    def usable(self, kind: Kind) -> int:
+        """How many seats (``0 .. n-1``) work of this kind may take."""
+        return self.cap - self.reserve if kind == "batch" else self.cap
+
+    @abstractmethod
+    async def acquire(self, kind: Kind) -> Lease:
+        """Wait for a seat (cancellable; nothing is held when cancelled)."""
+
+    @abstractmethod
+    async def release(self, lease: Lease) -> None:
+        """Give a seat back (never raises; safe in ``finally`` of a cancelled task)."""
+
+
+class Ledger(ABC):
+    """Where seats are held. ``async with ledger:`` opens and closes it."""
+
+    #: "host" or "nats"
+    kind: str = ""
+    #: where it lives, for messages (a directory, a URL without userinfo)
+    where: str = ""
+
+    async def __aenter__(self) -> Ledger:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect / create what the ledger needs; raises ``LedgerError`` subclasses."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Give back everything still held; never raises."""
+
+    @abstractmethod
+    def deployment(self, dep_id: str, label: str, cap: int, reserve: int = 0) -> DeploymentSeats:
+        """The seats of one deployment (the same object for the same ``dep_id``)."""
+
+    @abstractmethod
+    async def views(self) -> list[DeploymentView]:
+        """Every deployment the ledger knows, with its holders and waiters."""

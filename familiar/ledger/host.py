@@ -1,0 +1,513 @@
+"""The host ledger: every familiar process of the user on this host shares each cap.
+
+Zero setup. A directory (``$FAMILIAR_LEDGER_DIR``, else ``$XDG_RUNTIME_DIR/familiar``,
+else ``<tmp>/familiar-<uid>``) holds one subdirectory per deployment::
+
+    <dep_id>/seats      lock file: byte i locked = seat i held; waiter tickets far above
+    <dep_id>/holders    512-byte record per seat: who took it (host, pid, command, kind)
+    <dep_id>/meta.json  label, cap, reserve (for ``familiar fleet``)
+    <dep_id>/waiters/   one marker per waiting process (locked while it waits)
+
+Seats are Linux open-file-description byte-range locks (``F_OFD_SETLK``), taken without
+blocking. The kernel drops a process's locks when it exits, however it exits (SIGKILL
+too), so a dead process never keeps a seat; its stale holder record is ignored because
+the lock, not the record, is the truth.
+
+Waiting is fair and wakes on release, without polling a server:
+
+* a waiting process holds a *ticket* lock at ``base[kind] + monotonic_ns`` (one per kind
+  it waits for); it may take a free seat only when no other process holds an older ticket
+  of its kind (batch work also yields to any waiting interactive work). After a grant it
+  queues again with a new ticket, so contending processes take turns (round robin), and
+  within a process acquirers are served first come, first served;
+* whoever frees a seat or passes its turn rings the waiting processes' doorbells (an
+  abstract Unix datagram socket named in the marker file); a seat freed by a process
+  that died rings no bell, so waiters also re-check every ``safety_s`` (0.5 s).
+
+The host ledger needs Linux (OFD locks); elsewhere use the NATS ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import secrets
+import socket
+import struct
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+from familiar.errors import LedgerSetupError
+from familiar.ledger.base import (
+    DeploymentSeats,
+    DeploymentView,
+    Holder,
+    Kind,
+    Lease,
+    Ledger,
+    this_process,
+)
+
+_FLOCK = "hhqqi4x"  # struct flock (Linux): type, whence, start, len, pid
+_RECORD = 512
+_BASE: dict[Kind, int] = {"interactive": 1 << 61, "batch": 1 << 62}
+_SPAN = 1 << 60
+_TICKETS = (_BASE["interactive"], _BASE["batch"] + _SPAN)  # [start, end) of all tickets
+_BELL = "\0familiar-ledger-"
+_OFD_SETLK: int | None = getattr(fcntl, "F_OFD_SETLK", None)
+_OFD_GETLK: int | None = getattr(fcntl, "F_OFD_GETLK", None)
+
+
+def default_dir() -> Path:
+    """Where the host ledger lives (see the module docstring)."""
+    env = os.environ.get("FAMILIAR_LEDGER_DIR")
+    if env:
+        return Path(env).expanduser()
+    run = os.environ.get("XDG_RUNTIME_DIR")
+    if run and os.path.isdir(run):
+        return Path(run) / "familiar"
+    return Path(tempfile.gettempdir()) / f"familiar-{os.getuid()}"
+
+
+# -- byte-range locks ---------------------------------------------------------------------
+
+
+def _try_lock(fd: int, start: int, length: int = 1) -> bool:
+    assert _OFD_SETLK is not None
+    try:
+        fcntl.fcntl(fd, _OFD_SETLK, struct.pack(_FLOCK, fcntl.F_WRLCK, 0, start, length, 0))
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _unlock(fd: int, start: int, length: int = 1) -> None:
+    assert _OFD_SETLK is not None
+    fcntl.fcntl(fd, _OFD_SETLK, struct.pack(_FLOCK, fcntl.F_UNLCK, 0, start, length, 0))
+
+
+def _first_lock(fd: int, start: int, end: int) -> tuple[int, int] | None:
+    """The first lock another open file holds in ``[start, end)``: (start, length)."""
+    assert _OFD_GETLK is not None
+    probe = struct.pack(_FLOCK, fcntl.F_WRLCK, 0, start, end - start, 0)
+    kind, _whence, at, length, _pid = struct.unpack(_FLOCK, fcntl.fcntl(fd, _OFD_GETLK, probe))
+    if kind == fcntl.F_UNLCK:
+        return None
+    return at, (length or end - at)
+
+
+def _locks(fd: int, start: int, end: int) -> Iterator[int]:
+    """Every locked byte offset another open file holds in ``[start, end)``."""
+    while start < end:
+        found = _first_lock(fd, start, end)
+        if found is None:
+            return
+        at, length = found
+        yield from range(max(at, start), min(at + length, end, max(at, start) + 4096))
+        start = at + length
+
+
+# -- the ledger ---------------------------------------------------------------------------
+
+
+class HostLedger(Ledger):
+    """Seats shared by every familiar process of this user on this host."""
+
+    kind = "host"
+
+    def __init__(
+        self,
+        directory: Path | None = None,
+        *,
+        holder: Holder | None = None,
+        safety_s: float = 0.5,
+    ) -> None:
+        self.dir = directory if directory is not None else default_dir()
+        self.where = str(self.dir)
+        self.holder = holder or this_process()
+        self.safety_s = safety_s
+        self.token = secrets.token_hex(8)
+        self._deployments: dict[str, HostSeats] = {}
+        self._bell: socket.socket | None = None
+        self._ringer: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._opened = False
+
+    async def open(self) -> None:
+        self._check()
+        self._loop = asyncio.get_running_loop()
+        self._opened = True
+
+    def _check(self) -> None:
+        if _OFD_SETLK is None or _OFD_GETLK is None:
+            raise LedgerSetupError(
+                "the host seat ledger needs Linux (open file description locks); on this"
+                " system set FAMILIAR_NATS_URL to use a NATS ledger"
+            )
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = self.dir.stat()
+        except OSError as exc:
+            raise LedgerSetupError(f"seat ledger directory {self.dir}: {exc.strerror}") from None
+        if st.st_uid != os.getuid():
+            raise LedgerSetupError(
+                f"seat ledger directory {self.dir} belongs to another user; set"
+                " FAMILIAR_LEDGER_DIR to a directory of your own"
+            )
+
+    async def close(self) -> None:
+        for dep in self._deployments.values():
+            dep.close()
+        self._deployments.clear()
+        if self._bell is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._bell.fileno())
+            self._bell.close()
+            self._bell = None
+        if self._ringer is not None:
+            self._ringer.close()
+            self._ringer = None
+
+    def deployment(self, dep_id: str, label: str, cap: int, reserve: int = 0) -> HostSeats:
+        dep = self._deployments.get(dep_id)
+        if dep is None:
+            if not self._opened:
+                self._check()
+            dep = self._deployments[dep_id] = HostSeats(self, dep_id, label, cap, reserve)
+        return dep
+
+    # -- doorbells ---------------------------------------------------------------------
+
+    def listen(self) -> None:
+        """Bind this process's doorbell (once, when it first has to wait)."""
+        if self._bell is not None:
+            return
+        bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        bell.setblocking(False)
+        bell.bind(_BELL + self.token)
+        self._bell = bell
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        loop.add_reader(bell.fileno(), self._on_bell)
+
+    def _on_bell(self) -> None:
+        assert self._bell is not None
+        with contextlib.suppress(OSError):
+            while self._bell.recv(64):
+                pass
+        for dep in list(self._deployments.values()):
+            dep.pump()
+
+    def ring(self, token: str) -> bool:
+        """Wake the process waiting behind ``token``; False when nobody listens there."""
+        if self._ringer is None:
+            self._ringer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._ringer.setblocking(False)
+        try:
+            self._ringer.sendto(b"!", _BELL + token)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:  # its buffer is full: it has bells to read already
+            return True
+        return True
+
+    # -- familiar fleet ----------------------------------------------------------------
+
+    async def views(self) -> list[DeploymentView]:
+        return await asyncio.to_thread(self._views)
+
+    def _views(self) -> list[DeploymentView]:
+        if not self.dir.is_dir():
+            return []
+        out = []
+        for sub in sorted(self.dir.iterdir()):
+            view = _read_view(sub)
+            if view is not None:
+                out.append(view)
+        return out
+
+
+def _read_view(sub: Path) -> DeploymentView | None:
+    try:
+        meta = json.loads((sub / "meta.json").read_text(encoding="utf-8"))
+        label, cap, reserve = str(meta["label"]), int(meta["cap"]), int(meta.get("reserve", 0))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    holders: dict[int, Holder] = {}
+    try:
+        fd = os.open(sub / "seats", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return DeploymentView(sub.name, label, cap, reserve)
+    try:
+        with open(sub / "holders", "rb") as records:
+            for seat in _locks(fd, 0, _BASE["interactive"]):
+                records.seek(seat * _RECORD)
+                holder = Holder.from_json(records.read(_RECORD).strip(b"\0 \n"))
+                holders[seat] = holder or Holder("?", 0, "?")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    waiting = [h for _token, h in _live_waiters(sub / "waiters", prune=True)]
+    return DeploymentView(sub.name, label, cap, reserve, holders, waiting)
+
+
+def _live_waiters(folder: Path, *, prune: bool) -> Iterator[tuple[str, Holder]]:
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        path = folder / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if _first_lock(fd, 0, 1) is None:  # its process is gone
+                if prune:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                continue
+            holder = Holder.from_json(os.pread(fd, 4096, 0))
+        finally:
+            os.close(fd)
+        if holder is not None:
+            yield name, holder
+
+
+class HostSeats(DeploymentSeats):
+    """One deployment's seats in the host ledger, as this process uses them."""
+
+    def __init__(self, ledger: HostLedger, dep_id: str, label: str, cap: int, reserve: int) -> None:
+        super().__init__(dep_id, label, cap, reserve)
+        self._ledger = ledger
+        self._dir = ledger.dir / dep_id
+        try:
+            (self._dir / "waiters").mkdir(mode=0o700, parents=True, exist_ok=True)
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+            self._fd = os.open(self._dir / "seats", flags, 0o600)
+            self._records = os.open(self._dir / "holders", flags, 0o600)
+        except OSError as exc:
+            raise LedgerSetupError(f"seat ledger {self._dir}: {exc.strerror}") from None
+        self._write_meta()
+        self._held: set[int] = set()
+        self._waiters: deque[tuple[Kind, asyncio.Future[int]]] = deque()
+        self._tickets: dict[Kind, int] = {}
+        self._marker: int | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def _write_meta(self) -> None:
+        data = json.dumps({"label": self.label, "cap": self.cap, "reserve": self.reserve})
+        path = self._dir / "meta.json"
+        try:
+            if path.read_text(encoding="utf-8") == data:
+                return
+        except (OSError, UnicodeDecodeError):
+            pass
+        tmp = self._dir / f".meta.{os.getpid()}.{secrets.token_hex(4)}"
+        try:
+            tmp.write_text(data, encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise LedgerSetupError(f"seat ledger {self._dir}: {exc.strerror}") from None
+
+    @property
+    def held(self) -> int:
+        """Seats this process holds right now."""
+        return len(self._held)
+
+    # -- acquire / release -------------------------------------------------------------
+
+    async def acquire(self, kind: Kind) -> Lease:
+        if self._closed:
+            raise RuntimeError("the seat ledger is closed")
+        if not self._waiters:
+            seat = self._take(kind)
+            if seat is not None:
+                return Lease(seat)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiters.append((kind, fut))
+        self.pump()
+        try:
+            return Lease(await fut)
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # granted just as we were cancelled
+                self._give_back(fut.result())
+            with contextlib.suppress(ValueError):
+                self._waiters.remove((kind, fut))
+            self.pump()
+            raise
+
+    async def release(self, lease: Lease) -> None:
+        self._give_back(lease.seat)
+
+    def _give_back(self, seat: int) -> None:
+        if seat not in self._held or self._closed:
+            return
+        self._held.discard(seat)
+        with contextlib.suppress(OSError):
+            _unlock(self._fd, seat)
+        if not self.pump():
+            self._ring_others()
+
+    def _take(self, kind: Kind) -> int | None:
+        """A free seat for ``kind`` if it is this process's turn, else None."""
+        if self._others_ahead(kind):
+            return None
+        n = self.usable(kind)
+        # interactive work tries the reserved (top) seats first, leaving the rest to batches
+        order = range(n - 1, -1, -1) if kind == "interactive" else range(n)
+        for seat in order:
+            if seat not in self._held and _try_lock(self._fd, seat):
+                self._held.add(seat)
+                record = self._ledger.holder
+                data = Holder(record.host, record.pid, record.command, kind, _now()).to_json()
+                with contextlib.suppress(OSError):
+                    os.pwrite(
+                        self._records,
+                        data.ljust(_RECORD - 1)[: _RECORD - 1] + b"\n",
+                        seat * _RECORD,
+                    )
+                return seat
+        return None
+
+    def _others_ahead(self, kind: Kind) -> bool:
+        mine = self._tickets.get(kind)
+        base = _BASE[kind]
+        end = mine if mine is not None else base + _SPAN
+        if _first_lock(self._fd, base, end) is not None:
+            return True
+        if kind == "batch":  # waiting interactive work goes first
+            inter = _BASE["interactive"]
+            return _first_lock(self._fd, inter, inter + _SPAN) is not None
+        return False
+
+    # -- waiting -------------------------------------------------------------------------
+
+    def pump(self) -> bool:
+        """Grant seats to this process's waiters in order while it is their turn.
+        Returns True when it rang the other waiting processes."""
+        if self._closed:
+            return False
+        granted = False
+        while self._waiters:
+            kind, fut = self._waiters[0]
+            if fut.done():
+                self._waiters.popleft()
+                continue
+            seat = self._take(kind)
+            if seat is None:
+                break
+            self._waiters.popleft()
+            fut.set_result(seat)
+            granted = True
+            self._drop_ticket(kind)  # to the back of the line for the next one
+        self._sync_waiting()
+        if granted:
+            self._ring_others()
+        return granted
+
+    def _sync_waiting(self) -> None:
+        kinds = {kind for kind, fut in self._waiters if not fut.done()}
+        for kind in list(self._tickets):
+            if kind not in kinds:
+                self._drop_ticket(kind)
+        for kind in kinds:
+            if kind not in self._tickets:
+                at = _BASE[kind] + _monotonic_ns()
+                while not _try_lock(self._fd, at):
+                    at += 1
+                self._tickets[kind] = at
+        if kinds:
+            self._mark_waiting()
+            if self._timer is None:
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(self._ledger.safety_s, self._tick)
+        else:
+            self._unmark_waiting()
+
+    def _tick(self) -> None:
+        self._timer = None
+        self.pump()
+
+    def _drop_ticket(self, kind: Kind) -> None:
+        at = self._tickets.pop(kind, None)
+        if at is not None:
+            with contextlib.suppress(OSError):
+                _unlock(self._fd, at)
+
+    def _mark_waiting(self) -> None:
+        if self._marker is not None:
+            return
+        self._ledger.listen()
+        path = self._dir / "waiters" / self._ledger.token
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        kind: Kind = next(iter(self._tickets), "interactive")
+        h = self._ledger.holder
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, Holder(h.host, h.pid, h.command, kind, _now()).to_json(), 0)
+        _try_lock(fd, 0)
+        self._marker = fd
+
+    def _unmark_waiting(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._marker is None:
+            return
+        with contextlib.suppress(OSError):
+            (self._dir / "waiters" / self._ledger.token).unlink()
+        os.close(self._marker)
+        self._marker = None
+
+    def _ring_others(self) -> None:
+        """Wake the other waiting processes (cheap when there are none)."""
+        if _first_lock(self._fd, *_TICKETS) is None:
+            return
+        mine = self._ledger.token
+        folder = self._dir / "waiters"
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            return
+        for name in names:
+            if name != mine and not self._ledger.ring(name):
+                list(_live_waiters(folder, prune=True))  # a dead waiter's marker goes
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        for _kind, fut in self._waiters:
+            fut.cancel()
+        self._waiters.clear()
+        self._unmark_waiting()
+        self._closed = True
+        self._held.clear()
+        self._tickets.clear()
+        for fd in (self._fd, self._records):
+            with contextlib.suppress(OSError):
+                os.close(fd)  # the kernel drops every lock of this open file
+
+
+def _monotonic_ns() -> int:
+    return time.monotonic_ns()
+
+
+def _now() -> float:
+    return time.time()
+
+
+__all__ = ["HostLedger", "HostSeats", "default_dir"]
