@@ -168,6 +168,7 @@ def _describe(cfg: Config) -> dict[str, Any]:
                 "model": slot.model,
                 "runtime": slot.runtime,
                 "parallel": slot.parallel,
+                "reserve": slot.reserve,
             }
         )
     return {

@@ -109,7 +109,13 @@ class LiveView:
             parts.append(
                 "seats in use: "
                 + "  ".join(
-                    f"{name} {stats.in_use}/{stats.total}" for name, stats in sorted(seats.items())
+                    f"{name} {stats.in_use}/{stats.total}"
+                    + (
+                        f" ({stats.ledger_waiting} waiting for other processes)"
+                        if stats.ledger_waiting
+                        else ""
+                    )
+                    for name, stats in sorted(seats.items())
                 )
             )
         return Group(*parts)
