@@ -1,13 +1,24 @@
 """Translation batches: articles -> chunks -> cache / translator seats -> validated -> written.
 
-Every article's chunks go, in order, through the core dispatcher to the translator
-slot's seats (the chunks of all articles share them); the previous chunk and its
-translation travel along as context. Each chunk is validated (placeholders back
-exactly once, finish_reason ``stop``, sane length ratio, no runaway repetition); a bad
-chunk is retried, then split smaller, then marked failed with its source text kept and
-flagged. Finished chunks are cached in sqlite as they arrive, and a cached chunk is
-served only if it passes the same checks again; each article is written atomically as
-soon as its chunks are done.
+Memory follows the work in flight, not the batch: the list of files is known up front
+(paths only: the safety checks need it before anything is written), but only a bounded
+number of articles (``articles_at_once``, enough to keep every seat busy) are read,
+parsed and translated at once; a finished article leaves memory.
+
+Within an article, the first chunk is asked alone; every other chunk then goes out at
+once (the dispatcher's bounded board and the seats pace them) with the first chunk and
+its translation as context (the *anchor*: title and lead, which fix names and terms for
+the rest). The anchor, unlike "the previous chunk's translation", does not make chunk
+``i`` wait for chunk ``i-1``, so one long article keeps every seat busy; the cost is
+that a chunk no longer sees its immediate predecessor's translation. Identical chunks
+(same request: text, anchor, languages, glossary, format) are asked once per batch:
+a chunk already in flight is waited for, and the cache serves it across batches.
+
+Each chunk is validated (placeholders back exactly once, finish_reason ``stop``, sane
+length ratio, no runaway repetition); a bad chunk is retried, then split smaller, then
+marked failed with its source text kept and flagged. Finished chunks are cached in
+sqlite as they arrive, and a cached chunk is served only if it passes the same checks
+again; each article is written atomically as soon as its chunks are done.
 
 An article that cannot be read or written is that article's error (``ArticleError``);
 a backend that gives up fails that article; anything else is a bug and stops the
@@ -19,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +82,13 @@ class Translator:
         *,
         telemetry: Telemetry | None = None,
         progress: Progress | None = None,
+        articles_at_once: int | None = None,
     ) -> None:
         self.pools = list(pools)
+        seats = sum(p.seats for p in self.pools)
+        #: articles read, parsed and translated at once (the rest wait on disk)
+        self.articles_at_once = articles_at_once or max(4, 2 * seats)
+        self._asked: dict[str, asyncio.Future[ChunkOutcome]] = {}
         self.opts = opts
         self.cache = cache
         self.telemetry = telemetry
@@ -107,10 +123,11 @@ class Translator:
         started = time.monotonic()
         status = "failed"
         try:
+            todo = enumerate(zip(files, reports, strict=True))
             async with Dispatcher(self.pools, self._handle) as dispatcher:
                 async with asyncio.TaskGroup() as tg:
-                    for n, ((src, rel), report) in enumerate(zip(files, reports, strict=True)):
-                        tg.create_task(self._article(dispatcher, n, src, rel, report))
+                    for _ in range(min(self.articles_at_once, len(files))):
+                        tg.create_task(self._articles(dispatcher, todo))
             status = "ok" if all(r.status in ("ok", "skipped") for r in reports) else "failed"
         except asyncio.CancelledError:
             status = "interrupted"
@@ -130,6 +147,15 @@ class Translator:
                 },
             )
         return reports
+
+    async def _articles(
+        self,
+        dispatcher: Dispatcher[Job, ChunkOutcome],
+        todo: Iterator[tuple[int, tuple[tuple[Path, Path], ArticleReport]]],
+    ) -> None:
+        """One of ``articles_at_once`` workers: the next article, until none is left."""
+        for n, ((src, rel), report) in todo:
+            await self._article(dispatcher, n, src, rel, report)
 
     async def _article(
         self,
@@ -209,74 +235,155 @@ class Translator:
             report.error = f"already in {self.opts.to}"
             return
         article = md.parse(text)
-        chunks = md.chunk(article, self.opts.chunk_tokens)
+        chunking = md.chunk(article, self.opts.chunk_tokens)
+        del text, article
+        chunks = chunking
         report.chunks = len(chunks)
         self.progress("chunks-total", len(chunks))
         translations: dict[int, str] = {}
-        previous: tuple[str, str] | None = None
-        for ch in chunks:
-            t0 = time.monotonic()
-            job = Job(ch, source_lang, (previous,) if previous else ())
-            key = self._key(job)
-            outcome = None if self.opts.force else self._from_cache(job, key, rel)
-            from_cache = outcome is not None
-            if outcome is not None:
-                report.from_cache += 1
-            else:
-                item = WorkItem(f"{n}:{rel}#{ch.index}", "translator", job)
-                result = await (await dispatcher.submit(item))
-                if result.error is not None:
-                    raise result.error
-                assert result.value is not None
-                outcome = result.value
+        if chunks:
+            first = await self._chunk(dispatcher, n, rel, report, Job(chunks[0], source_lang, ()))
+            anchor: tuple[tuple[str, str], ...] = ()
+            if first.ok:
+                translations[0] = first.text
+                anchor = ((chunks[0].text, first.text),)
+            jobs = [Job(ch, source_lang, anchor) for ch in chunks[1:]]
+            for index, outcome in await self._all(dispatcher, n, rel, report, jobs):
                 if outcome.ok:
-                    self.cache.put(
-                        key,
-                        CachedChunk(
-                            outcome.text,
-                            self.model,
-                            outcome.finish_reason,
-                            outcome.temperature,
-                            outcome.attempt,
-                            outcome.split,
-                        ),
-                    )
-            report.retried += outcome.retried
-            report.split += outcome.split
-            report.tokens += outcome.tokens
-            if outcome.ok:
-                translations[ch.index] = outcome.text
-                previous = (ch.text, outcome.text)
-                report.glossary_misses += misses(self.opts.glossary, ch.text, outcome.text)
-            else:
-                report.failed_chunks.append(ch.index)
-                log.warning(
-                    "chunk failed; source kept",
-                    article=str(rel),
-                    chunk=ch.index,
-                    problems=outcome.problems,
-                )
-            self.progress("chunk", 1)
-            self.progress("tokens", outcome.tokens)
-            self._emit(
-                "chunk.finished",
-                {
-                    "article": str(rel),
-                    "chunk": ch.index,
-                    "status": "ok" if outcome.ok else "failed",
-                    "from_cache": from_cache,
-                    "retried": outcome.retried,
-                    "duration_ms": round((time.monotonic() - t0) * 1000),
-                },
-            )
+                    translations[index] = outcome.text
         out = output_path(
             src, rel, to=self.opts.to, out_dir=self.opts.out_dir, in_place=self.opts.in_place
         )
-        write_article(out, md.assemble(chunks, translations))
+        write_article(out, md.assemble(chunking, translations))
         report.out = str(out)
+        report.failed_chunks.sort()
         report.status = "failed" if report.failed_chunks else "ok"
+
+    async def _all(
+        self,
+        dispatcher: Dispatcher[Job, ChunkOutcome],
+        n: int,
+        rel: Path,
+        report: ArticleReport,
+        jobs: Sequence[Job],
+    ) -> list[tuple[int, ChunkOutcome]]:
+        """Every job at once (the board and the seats pace them); a backend that gives up
+        on one fails the article (its siblings are cancelled)."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(self._chunk(dispatcher, n, rel, report, job)) for job in jobs
+                ]
+        except ExceptionGroup as group:
+            failures = [e for e in group.exceptions if isinstance(e, BackendError)]
+            if failures and len(failures) == len(group.exceptions):
+                raise failures[0] from None
+            raise
+        return [(job.chunk.index, t.result()) for job, t in zip(jobs, tasks, strict=True)]
+
+    async def _chunk(
+        self,
+        dispatcher: Dispatcher[Job, ChunkOutcome],
+        n: int,
+        rel: Path,
+        report: ArticleReport,
+        job: Job,
+    ) -> ChunkOutcome:
+        """One chunk: from the cache, from an identical chunk in flight, or asked."""
+        t0 = time.monotonic()
+        ch = job.chunk
+        outcome, how = await self._outcome(dispatcher, f"{n}:{rel}#{ch.index}", job, rel)
+        if how != "asked":
+            report.from_cache += 1
+        report.retried += outcome.retried
+        report.split += outcome.split
+        report.tokens += outcome.tokens
+        if outcome.ok:
+            report.glossary_misses += misses(self.opts.glossary, ch.text, outcome.text)
+        else:
+            report.failed_chunks.append(ch.index)
+            log.warning(
+                "chunk failed; source kept",
+                article=str(rel),
+                chunk=ch.index,
+                problems=outcome.problems,
+            )
+        self.progress("chunk", 1)
+        self.progress("tokens", outcome.tokens)
+        self._emit(
+            "chunk.finished",
+            {
+                "article": str(rel),
+                "chunk": ch.index,
+                "status": "ok" if outcome.ok else "failed",
+                "from_cache": how == "cache",
+                "deduplicated": how == "shared",
+                "retried": outcome.retried,
+                "duration_ms": round((time.monotonic() - t0) * 1000),
+            },
+        )
+        return outcome
+
+    async def _outcome(
+        self, dispatcher: Dispatcher[Job, ChunkOutcome], item_id: str, job: Job, rel: Path
+    ) -> tuple[ChunkOutcome, str]:
+        """The outcome and how it came: ``cache``, ``shared`` (an identical chunk asked
+        at the same time) or ``asked``."""
+        key = self._key(job)
+        while True:
+            if not self.opts.force:
+                cached = self._from_cache(job, key, rel)
+                if cached is not None:
+                    return cached, "cache"
+            pending = self._asked.get(key)
+            if pending is None:
+                break
+            try:
+                return await asyncio.shield(pending), "shared"
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # we were cancelled ourselves
+                # the asker was cancelled (its article failed): ask ourselves
+        fut: asyncio.Future[ChunkOutcome] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(_retrieve)
+        self._asked[key] = fut
+        try:
+            result = await (await dispatcher.submit(WorkItem(item_id, "translator", job)))
+            if result.error is not None:
+                raise result.error
+            assert result.value is not None
+            outcome = result.value
+            if outcome.ok:
+                self.cache.put(
+                    key,
+                    CachedChunk(
+                        outcome.text,
+                        self.model,
+                        outcome.finish_reason,
+                        outcome.temperature,
+                        outcome.attempt,
+                        outcome.split,
+                    ),
+                )
+            fut.set_result(outcome)
+            return outcome, "asked"
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+            raise
+        finally:
+            if self._asked.get(key) is fut:
+                del self._asked[key]
 
     # -- one chunk on a translator seat ---------------------------------------------------
 
     async def _handle(self, item: WorkItem[Job], pool: Pool) -> ChunkOutcome:
         return await self.chunks.translate(pool.client, item.payload)
+
+
+def _retrieve(fut: asyncio.Future[ChunkOutcome]) -> None:
+    """Mark a shared outcome's exception as seen (its asker raised it already)."""
+    if not fut.cancelled():
+        fut.exception()
