@@ -286,11 +286,12 @@ class SlotClient:
         name, url = self.slot.name, replica.label
         with map_errors(name, url, timeout_s=self.slot.timeout_s, stall_s=self._stall_s):
             async with asyncio.timeout(self.slot.timeout_s):
-                create = _create(replica.client, kind)
+                api = _api(replica.client, kind)
                 if self.stream:
+                    create = api.with_streaming_response.create
                     await read_stream(create, self.slot.model, kind, body, headers, acc, start)
                 else:
-                    await read_whole(create, self.slot.model, kind, body, headers, acc)
+                    await read_whole(api.create, self.slot.model, kind, body, headers, acc)
         check_finished(acc, name, url)
 
     def _emit(
@@ -344,8 +345,8 @@ class SlotClient:
                 log.exception("event hook failed", hook=repr(hook))
 
 
-def _create(api: Any, kind: Kind) -> Any:
-    return api.chat.completions.create if kind == "chat" else api.completions.create
+def _api(client: Any, kind: Kind) -> Any:
+    return client.chat.completions if kind == "chat" else client.completions
 
 
 def _throttler(rps: float | None) -> Throttler | None:

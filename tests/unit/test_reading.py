@@ -1,0 +1,61 @@
+"""Reading a streamed answer off the wire (SSE parsed here, not by the SDK's objects):
+what counts as finished, what is an error. Pure: a mock transport, no server."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from familiar.backend import SlotClient
+from familiar.errors import BackendProtocolError
+from familiar.slots import Slot
+from familiar.wire import HTTP, RetryPolicy
+
+
+def sse(*events: Any, done: bool = True, extra: str = "") -> bytes:
+    lines = [extra] if extra else []
+    lines += [f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n" for e in events]
+    if done:
+        lines.append("data: [DONE]\n\n")
+    return "".join(lines).encode()
+
+
+def client(body: bytes) -> SlotClient:
+    def handler(request: Any) -> Any:
+        return HTTP.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    slot = Slot(name="s", url="http://fake.test/v1", model="m", parallel=1)
+    return SlotClient(slot, transport=HTTP.MockTransport(handler), retry=RetryPolicy(attempts=1))
+
+
+def delta(text: str | None, finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
+
+
+async def test_a_stream_with_comments_usage_and_done_is_read_whole() -> None:
+    usage = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+    body = sse(delta("Hel"), delta("lo"), delta(None, "stop"), usage, extra=": keep-alive\n\n")
+    async with client(body) as c:
+        result = await c.chat([{"role": "user", "content": "hi"}])
+    assert (result.text, result.finish_reason) == ("Hello", "stop")
+    assert (result.prompt_tokens, result.completion_tokens) == (3, 2)
+    assert result.ttft_s is not None
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (sse(delta("Hel"), {"error": {"message": "out of memory"}}), "out of memory"),
+        (sse(delta("Hel"), "[1, 2]"), "not an object"),
+        (sse(delta("Hel"), "{not json"), "malformed"),
+        (sse(delta("Hel"), delta("lo"), done=False), "without a finish_reason"),
+        (sse({"choices": []}, {"choices": []}), "no choices"),
+        (sse(delta(None, "stop")), "empty answer"),
+    ],
+)
+async def test_broken_streams_are_protocol_errors(body: bytes, message: str) -> None:
+    async with client(body) as c:
+        with pytest.raises(BackendProtocolError, match=message):
+            await c.chat([{"role": "user", "content": "hi"}])
