@@ -14,7 +14,6 @@ from familiar.translate.markdown.cut import glue
 from familiar.translate.markdown.frontmatter import field_value
 from familiar.translate.markdown.model import Chunk, Chunking, Slot, tok_re
 
-_REPEAT = re.compile(r"(.{8,200}?)\1{5,}", re.S)
 _LINKED = re.compile(r"\][^\s\]]{1,2}P\d+[^\s\]]")
 
 
@@ -139,8 +138,31 @@ def _placeholder_problems(ch: Chunk, output: str) -> list[str]:
 
 
 def _repeated_substring(text: str) -> str | None:
-    m = _REPEAT.search(text)
-    return f"runaway repetition of {m[1][:30]!r}" if m else None
+    """A unit of 8-200 characters repeated 6 times in a row (a model stuck in a loop):
+    the same as ``re.search(r"(.{8,200}?)\1{5,}", text, re.S)``, which backtracks through
+    every start and length (milliseconds per chunk), but only units that begin with an
+    8-character window seen 6 times or more are tried."""
+    if len(text) < 48:
+        return None
+    seen: dict[str, list[int]] = {}
+    for i in range(len(text) - 7):
+        seen.setdefault(text[i : i + 8], []).append(i)
+    for positions in seen.values():
+        if len(positions) < 6:
+            continue
+        at = set(positions)
+        for k, i in enumerate(positions):
+            for j in positions[k + 1 :]:
+                period = j - i
+                if period > 200:
+                    break
+                if (
+                    period >= 8
+                    and all(i + r * period in at for r in range(2, 6))
+                    and text.startswith(text[i:j] * 5, j)
+                ):
+                    return f"runaway repetition of {text[i:j][:30]!r}"
+    return None
 
 
 def _repeated_line(text: str) -> str | None:
