@@ -47,9 +47,9 @@ async def read_stream(
     request and maps a refused one (status, connection) to its errors; the event stream
     itself is read here, as plain JSON dicts, because the SDK's typed objects cost more
     than the rest of the request (``benchmarks/stream.py``)."""
-    extra = {"stream": True, "stream_options": {"include_usage": True}}
+    body = {**body, "stream_options": {"include_usage": True}}
     piece_of = _delta if kind == "chat" else _text
-    async with create(model=model, extra_headers=headers, **body, **extra) as response:
+    async with create(**_arguments(kind, model, body, headers), stream=True) as response:
         async for line in response.http_response.aiter_lines():
             if not line.startswith("data:"):
                 continue  # blank separators, comments, "event:" lines
@@ -81,6 +81,16 @@ async def read_stream(
                 acc.finish_reason = finish
 
 
+def _arguments(
+    kind: Kind, model: str, body: Mapping[str, Any], headers: dict[str, str] | None
+) -> dict[str, Any]:
+    """The SDK call's arguments with the body as ``extra_body``: sent as it is, instead
+    of walked through the SDK's typed-dict transform first (2.5 ms per chat request of a
+    translation batch on a 2-core machine: more than the rest of the request)."""
+    empty: dict[str, Any] = {"messages": []} if kind == "chat" else {"prompt": ""}
+    return {"model": model, **empty, "extra_headers": headers, "extra_body": dict(body)}
+
+
 def _delta(choice: Mapping[str, Any]) -> str | None:
     delta = choice.get("delta")
     return delta.get("content") if delta else None
@@ -99,7 +109,7 @@ async def read_whole(
     acc: Answer,
 ) -> None:
     """A non-streamed completion (its first byte comes at the end: no stall limit)."""
-    resp: Any = await create(model=model, extra_headers=headers, **body)
+    resp: Any = await create(**_arguments(kind, model, body, headers))
     acc.chunks = 1
     if resp.choices:
         acc.choices = 1

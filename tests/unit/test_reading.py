@@ -59,3 +59,27 @@ async def test_broken_streams_are_protocol_errors(body: bytes, message: str) -> 
     async with client(body) as c:
         with pytest.raises(BackendProtocolError, match=message):
             await c.chat([{"role": "user", "content": "hi"}])
+
+
+async def test_the_body_goes_out_as_given() -> None:
+    sent: list[dict[str, Any]] = []
+
+    def handler(request: Any) -> Any:
+        sent.append(json.loads(request.content))
+        return HTTP.Response(200, content=sse(delta("ok", "stop")))
+
+    slot = Slot(name="s", url="http://fake.test/v1", model="m", parallel=1)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    async with SlotClient(slot, transport=HTTP.MockTransport(handler)) as c:
+        await c.chat(messages, temperature=0.0, max_tokens=5, stop=["\n"])
+    assert sent == [
+        {
+            "model": "m",
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": 0.0,
+            "max_tokens": 5,
+            "stop": ["\n"],
+        }
+    ]
