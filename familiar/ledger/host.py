@@ -8,7 +8,7 @@ else ``<tmp>/familiar-<uid>``) holds one subdirectory per deployment::
     <dep_id>/meta.json  label, cap, reserve (for ``familiar fleet``)
     <dep_id>/waiters/   one marker per waiting process (locked while it waits)
 
-Seats are Linux open-file-description byte-range locks (``F_OFD_SETLK``), taken without
+Seats are Linux open-file-description byte-range locks (``FOFD_SETLK``), taken without
 blocking. The kernel drops a process's locks when it exits, however it exits (SIGKILL
 too), so a dead process never keeps a seat; its stale holder record is ignored because
 the lock, not the record, is the truth.
@@ -31,13 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import secrets
 import socket
-import struct
 import tempfile
 import time
 from collections import deque
@@ -54,15 +51,13 @@ from familiar.ledger.base import (
     Ledger,
     this_process,
 )
+from familiar.ledger.host_locks import OFD_GETLK, OFD_SETLK, first_lock, locks, try_lock, unlock
 
-_FLOCK = "hhqqi4x"  # struct flock (Linux): type, whence, start, len, pid
 _RECORD = 512
 _BASE: dict[Kind, int] = {"interactive": 1 << 61, "batch": 1 << 62}
 _SPAN = 1 << 60
 _TICKETS = (_BASE["interactive"], _BASE["batch"] + _SPAN)  # [start, end) of all tickets
 _BELL = "\0familiar-ledger-"
-_OFD_SETLK: int | None = getattr(fcntl, "F_OFD_SETLK", None)
-_OFD_GETLK: int | None = getattr(fcntl, "F_OFD_GETLK", None)
 
 
 def default_dir() -> Path:
@@ -74,46 +69,6 @@ def default_dir() -> Path:
     if run and os.path.isdir(run):
         return Path(run) / "familiar"
     return Path(tempfile.gettempdir()) / f"familiar-{os.getuid()}"
-
-
-# -- byte-range locks ---------------------------------------------------------------------
-
-
-def _try_lock(fd: int, start: int, length: int = 1) -> bool:
-    assert _OFD_SETLK is not None
-    try:
-        fcntl.fcntl(fd, _OFD_SETLK, struct.pack(_FLOCK, fcntl.F_WRLCK, 0, start, length, 0))
-    except OSError as exc:
-        if exc.errno in (errno.EAGAIN, errno.EACCES):
-            return False
-        raise
-    return True
-
-
-def _unlock(fd: int, start: int, length: int = 1) -> None:
-    assert _OFD_SETLK is not None
-    fcntl.fcntl(fd, _OFD_SETLK, struct.pack(_FLOCK, fcntl.F_UNLCK, 0, start, length, 0))
-
-
-def _first_lock(fd: int, start: int, end: int) -> tuple[int, int] | None:
-    """The first lock another open file holds in ``[start, end)``: (start, length)."""
-    assert _OFD_GETLK is not None
-    probe = struct.pack(_FLOCK, fcntl.F_WRLCK, 0, start, end - start, 0)
-    kind, _whence, at, length, _pid = struct.unpack(_FLOCK, fcntl.fcntl(fd, _OFD_GETLK, probe))
-    if kind == fcntl.F_UNLCK:
-        return None
-    return at, (length or end - at)
-
-
-def _locks(fd: int, start: int, end: int) -> Iterator[int]:
-    """Every locked byte offset another open file holds in ``[start, end)``."""
-    while start < end:
-        found = _first_lock(fd, start, end)
-        if found is None:
-            return
-        at, length = found
-        yield from range(max(at, start), min(at + length, end, max(at, start) + 4096))
-        start = at + length
 
 
 # -- the ledger ---------------------------------------------------------------------------
@@ -148,7 +103,7 @@ class HostLedger(Ledger):
         self._opened = True
 
     def _check(self) -> None:
-        if _OFD_SETLK is None or _OFD_GETLK is None:
+        if OFD_SETLK is None or OFD_GETLK is None:
             raise LedgerSetupError(
                 "the host seat ledger needs Linux (open file description locks); on this"
                 " system set FAMILIAR_NATS_URL to use a NATS ledger"
@@ -249,7 +204,7 @@ def _read_view(sub: Path) -> DeploymentView | None:
         return DeploymentView(sub.name, label, cap, reserve)
     try:
         with open(sub / "holders", "rb") as records:
-            for seat in _locks(fd, 0, _BASE["interactive"]):
+            for seat in locks(fd, 0, _BASE["interactive"]):
                 records.seek(seat * _RECORD)
                 holder = Holder.from_json(records.read(_RECORD).strip(b"\0 \n"))
                 holders[seat] = holder or Holder("?", 0, "?")
@@ -273,7 +228,7 @@ def _live_waiters(folder: Path, *, prune: bool) -> Iterator[tuple[str, Holder]]:
         except OSError:
             continue
         try:
-            if _first_lock(fd, 0, 1) is None:  # its process is gone
+            if first_lock(fd, 0, 1) is None:  # its process is gone
                 if prune:
                     with contextlib.suppress(OSError):
                         path.unlink()
@@ -359,7 +314,7 @@ class HostSeats(DeploymentSeats):
             return
         self._held.discard(seat)
         with contextlib.suppress(OSError):
-            _unlock(self._fd, seat)
+            unlock(self._fd, seat)
         if not self.pump():
             self._ring_others()
 
@@ -371,7 +326,7 @@ class HostSeats(DeploymentSeats):
         # interactive work tries the reserved (top) seats first, leaving the rest to batches
         order = range(n - 1, -1, -1) if kind == "interactive" else range(n)
         for seat in order:
-            if seat not in self._held and _try_lock(self._fd, seat):
+            if seat not in self._held and try_lock(self._fd, seat):
                 self._held.add(seat)
                 record = self._ledger.holder
                 data = Holder(record.host, record.pid, record.command, kind, _now()).to_json()
@@ -388,11 +343,11 @@ class HostSeats(DeploymentSeats):
         mine = self._tickets.get(kind)
         base = _BASE[kind]
         end = mine if mine is not None else base + _SPAN
-        if _first_lock(self._fd, base, end) is not None:
+        if first_lock(self._fd, base, end) is not None:
             return True
         if kind == "batch":  # waiting interactive work goes first
             inter = _BASE["interactive"]
-            return _first_lock(self._fd, inter, inter + _SPAN) is not None
+            return first_lock(self._fd, inter, inter + _SPAN) is not None
         return False
 
     # -- waiting -------------------------------------------------------------------------
@@ -428,7 +383,7 @@ class HostSeats(DeploymentSeats):
         for kind in kinds:
             if kind not in self._tickets:
                 at = _BASE[kind] + _monotonic_ns()
-                while not _try_lock(self._fd, at):
+                while not try_lock(self._fd, at):
                     at += 1
                 self._tickets[kind] = at
         if kinds:
@@ -447,7 +402,7 @@ class HostSeats(DeploymentSeats):
         at = self._tickets.pop(kind, None)
         if at is not None:
             with contextlib.suppress(OSError):
-                _unlock(self._fd, at)
+                unlock(self._fd, at)
 
     def _mark_waiting(self) -> None:
         if self._marker is not None:
@@ -459,7 +414,7 @@ class HostSeats(DeploymentSeats):
         h = self._ledger.holder
         os.ftruncate(fd, 0)
         os.pwrite(fd, Holder(h.host, h.pid, h.command, kind, _now()).to_json(), 0)
-        _try_lock(fd, 0)
+        try_lock(fd, 0)
         self._marker = fd
 
     def _unmark_waiting(self) -> None:
@@ -475,7 +430,7 @@ class HostSeats(DeploymentSeats):
 
     def _ring_others(self) -> None:
         """Wake the other waiting processes (cheap when there are none)."""
-        if _first_lock(self._fd, *_TICKETS) is None:
+        if first_lock(self._fd, *_TICKETS) is None:
             return
         mine = self._ledger.token
         folder = self._dir / "waiters"

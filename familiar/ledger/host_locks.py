@@ -1,0 +1,50 @@
+"""Open-file-description byte-range locks (Linux ``F_OFD_SETLK``/``F_OFD_GETLK``): the
+kernel drops them when the open file is closed, however the process ends."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import struct
+from collections.abc import Iterator
+
+_FLOCK = "hhqqi4x"  # struct flock (Linux): type, whence, start, len, pid
+OFD_SETLK: int | None = getattr(fcntl, "F_OFD_SETLK", None)
+OFD_GETLK: int | None = getattr(fcntl, "F_OFD_GETLK", None)
+
+
+def try_lock(fd: int, start: int, length: int = 1) -> bool:
+    assert OFD_SETLK is not None
+    try:
+        fcntl.fcntl(fd, OFD_SETLK, struct.pack(_FLOCK, fcntl.F_WRLCK, 0, start, length, 0))
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def unlock(fd: int, start: int, length: int = 1) -> None:
+    assert OFD_SETLK is not None
+    fcntl.fcntl(fd, OFD_SETLK, struct.pack(_FLOCK, fcntl.F_UNLCK, 0, start, length, 0))
+
+
+def first_lock(fd: int, start: int, end: int) -> tuple[int, int] | None:
+    """The first lock another open file holds in ``[start, end)``: (start, length)."""
+    assert OFD_GETLK is not None
+    probe = struct.pack(_FLOCK, fcntl.F_WRLCK, 0, start, end - start, 0)
+    kind, _whence, at, length, _pid = struct.unpack(_FLOCK, fcntl.fcntl(fd, OFD_GETLK, probe))
+    if kind == fcntl.F_UNLCK:
+        return None
+    return at, (length or end - at)
+
+
+def locks(fd: int, start: int, end: int) -> Iterator[int]:
+    """Every locked byte offset another open file holds in ``[start, end)``."""
+    while start < end:
+        found = first_lock(fd, start, end)
+        if found is None:
+            return
+        at, length = found
+        yield from range(max(at, start), min(at + length, end, max(at, start) + 4096))
+        start = at + length

@@ -1,0 +1,489 @@
+"""The NATS JetStream seat ledger: one deployment cap shared by every familiar on every host.
+
+Keys of the KV bucket (``familiar_seats``; history 1, file storage, per-message TTLs)::
+
+    <dep>.meta        {"label", "cap", "reserve"}: written once per process, for ``fleet``
+    <dep>.s.<i>       seat i held: the holder's JSON, TTL ``ttl_s``
+    <dep>.w.<ledger>  this ledger is waiting: the holder's JSON + its ``ticket``, TTL ``ttl_s``
+
+A seat is taken with a conditional write (expected last revision of the key: 0, or the
+revision of its delete/expiry marker) and given back with a conditional purge, so two
+holders never share a seat. One task per ledger renews every key it holds every
+``ttl_s / 3`` (each write resets the TTL); a holder that dies (SIGKILL, a host gone)
+stops renewing and the server expires its keys after ``ttl_s``. The bucket has a limit
+marker TTL, so an expiry leaves a marker that watchers see like a delete.
+
+Waiting never polls the server: each deployment keeps one KV watcher per process, a
+mirror of its seats and waiters, and wakes its acquirers when a seat is freed, purged or
+expires (a re-check every ``ttl_s`` is only a safety net). Fairness: a process that
+cannot take a seat at once writes a waiter key; its ticket is the stream sequence of
+that write, so every host orders the queue the same way whatever its clock says.
+``choose_seat`` (pure, as the host ledger's rules: sessions first, interactive work
+from the top seats, batch work below the reserve) hands the free seats out in ticket
+order, and a process only tries the seat its own turn gives it; after it gets one it
+re-enters the queue with a new ticket, so processes take turns. Within a process,
+acquirers are served first come, first served (interactive ones first).
+
+When the connection is lost, holders keep their seats (renewals resume when it is back)
+and acquirers wait, at most ``wait_s`` each, before ``LedgerUnavailable``; one warning
+per outage. After a reconnect held seats are re-asserted at once (re-created if they
+expired meanwhile) and the mirror is rebuilt; waiters wait a grace of about one TTL so
+that holders still running their request win their seats back first: the cap holds
+across a server restart (the server keeps the bucket in its store directory). A holder
+cut off for longer than the TTL may find its seat taken; it says so and stops renewing.
+
+Durability: JetStream fsyncs its files every ``sync_interval`` (2 minutes by default), so
+an OS crash or power loss can lose writes it already acknowledged (nats-io/nats-server
+#7564); run ``sync_interval: always`` on a single node, or 3 replicas. For seats this
+matters little: every key lives ``ttl_s`` unless renewed, and holders re-assert their
+seats after the server comes back, so a lost write costs at most one TTL of a seat
+given twice or held by nobody, never a seat stuck for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import secrets
+import time
+from collections.abc import Coroutine
+from dataclasses import replace
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
+
+from familiar.errors import LedgerSetupError, LedgerUnavailable
+from familiar.ledger.base import (
+    DeploymentView,
+    Holder,
+    Kind,
+    Lease,
+    Ledger,
+    this_process,
+)
+from familiar.ledger.nats_rules import check_server_version, choose_seat, ttl_header
+from familiar.ledger.nats_seats import _Conflict, _Held, _Seats
+from familiar.logs import redact_url
+
+__all__ = ["NatsLedger", "check_server_version", "choose_seat"]
+
+log = structlog.get_logger("familiar.ledger")
+
+MARKER_TTL_S = 30.0  # how long delete and expiry markers stay in the bucket
+_WRONG_LAST = (10071, 10164)  # JetStream: wrong last sequence (with, without the number)
+_LAST_SEQ = re.compile(r"wrong last sequence: (\d+)")
+_UNKNOWN = Holder("?", 0, "?")
+
+
+class NatsLedger(Ledger):
+    """Seats held in a NATS JetStream KV bucket, shared by every process and host."""
+
+    kind = "nats"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        wait_s: float = 60.0,
+        ttl_s: float = 5.0,
+        holder: Holder | None = None,
+        bucket: str = "familiar_seats",
+    ) -> None:
+        if ttl_s < 1.0:
+            raise ValueError("ttl_s must be at least 1 s (the server's minimum TTL)")
+        self.url, self.where = url, redact_url(url)
+        self.wait_s, self.ttl_s, self.bucket = wait_s, ttl_s, bucket
+        self.holder = holder or this_process()
+        self.nonce = secrets.token_hex(8)
+        self._prefix = f"$KV.{bucket}."
+        self._op_timeout = max(1.0, min(5.0, ttl_s / 2))
+        self._nc: Client | None = None
+        self._jsc: JetStreamContext | None = None
+        self._kv: KeyValue | None = None
+        self._deps: dict[str, _Seats] = {}
+        self._held: dict[str, _Held] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._drops: set[asyncio.Task[Any]] = set()
+        self._down_since: float | None = None
+        self._up_since = float("-inf")
+        self._reconnected = asyncio.Event()
+        self.warned = False
+        self._opening = False
+        self._error = ""
+        self._closed = False
+
+    # -- connection ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._nc is not None:
+            return
+        nc = Client()
+        self._opening = True
+        try:
+            await asyncio.wait_for(
+                nc.connect(
+                    [u.strip() for u in self.url.split(",") if u.strip()],  # a cluster
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnect,
+                    reconnected_cb=self._on_reconnect,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,  # type: ignore[arg-type]  # typed int, takes s
+                    connect_timeout=max(1, min(5, int(self.wait_s))),
+                    ping_interval=5,
+                    max_outstanding_pings=2,
+                    name="familiar",
+                ),
+                self.wait_s,
+            )
+            self._opening = False
+            await self._setup(nc)
+        except BaseException as exc:
+            self._opening = False
+            with contextlib.suppress(Exception):
+                await nc.close()
+            if isinstance(exc, TimeoutError | OSError | nats.errors.Error):
+                raise self.unavailable(str(exc) or self._error) from exc
+            raise
+        self._nc, self.warned = nc, False
+        self._spawn(self._keep())
+
+    async def _setup(self, nc: Client) -> None:
+        version = nc.connected_server_version
+        try:
+            check_server_version(f"{version.major}.{version.minor}.{version.patch}")
+        except ValueError:
+            check_server_version("")
+        js = self._jsc = nc.jetstream(timeout=self._op_timeout)
+        try:
+            await js.account_info()
+        except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
+            raise LedgerSetupError(
+                f"the NATS server at {self.where} has no JetStream: run nats-server with -js"
+            ) from exc
+        config = api.KeyValueConfig(
+            bucket=self.bucket,
+            description="familiar: seats of deployments (see familiar/ledger/nats.py)",
+            history=1,
+            storage=api.StorageType.FILE,
+            direct=True,
+            limit_marker_ttl=MARKER_TTL_S,
+        )
+        try:
+            try:
+                self._kv = await js.key_value(self.bucket)
+            except nats.js.errors.BucketNotFoundError:
+                with contextlib.suppress(nats.js.errors.BadRequestError):  # made by another
+                    self._kv = await js.create_key_value(config)
+                self._kv = self._kv or await js.key_value(self.bucket)
+            stream = f"KV_{self.bucket}"
+            info = (await js.stream_info(stream)).config
+            if not info.allow_msg_ttl or not info.subject_delete_marker_ttl:
+                info.allow_msg_ttl, info.subject_delete_marker_ttl = True, MARKER_TTL_S
+                await js.update_stream(info)
+        except nats.js.errors.APIError as exc:
+            raise LedgerSetupError(
+                f"the seat ledger bucket {self.bucket!r} at {self.where} cannot be used: {exc}"
+            ) from exc
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.debug("nats error", url=self.where, error=repr(exc))
+        self._error = str(exc) or type(exc).__name__
+        if self._opening and not self.warned:
+            self.warned = True
+            log.warning(
+                f"waiting for the seat ledger at {self.where} (unreachable: {self._error}); "
+                f"giving up in {self.wait_s:g} s"
+            )
+
+    async def _on_disconnect(self) -> None:
+        log.debug("nats disconnected", url=self.where)
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        self._wake_all()
+
+    async def _on_reconnect(self) -> None:
+        log.debug("nats reconnected", url=self.where)
+        self._down_since, self._up_since, self.warned = None, time.monotonic(), False
+        for seats in self._deps.values():
+            seats._synced = False
+        self._reconnected.set()
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for dep in self._deps.values():
+            dep._wake.set()
+
+    def outage_since(self, failing_since: float | None) -> float | None:
+        if self._nc is None or self._closed:
+            return float("-inf")
+        found = [t for t in (self._down_since, failing_since) if t is not None]
+        return min(found) if found else None
+
+    def grace_left(self) -> float:
+        return self._up_since + self.ttl_s + 1.0 - time.monotonic()
+
+    def warn_outage(self, error: str) -> None:
+        if not self.warned:
+            self.warned = True
+            log.warning(
+                f"the seat ledger at {self.where} is unreachable ({error or self._error}); "
+                f"requests for seats wait at most {self.wait_s:g} s"
+            )
+
+    def unavailable(self, error: str) -> LedgerUnavailable:
+        error = error or self._error
+        if self._closed:
+            return LedgerUnavailable(f"the seat ledger at {self.where} is closed")
+        return LedgerUnavailable(
+            f"the seat ledger at {self.where} stayed unreachable for {self.wait_s:g} s"
+            + (f" ({error})" if error else "")
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._down_since is None and not self._closed
+
+    @property
+    def _js(self) -> JetStreamContext:
+        if self._jsc is None:
+            raise RuntimeError("the NATS ledger is not open")
+        return self._jsc
+
+    @property
+    def kv(self) -> KeyValue:
+        if self._kv is None:
+            raise RuntimeError("the NATS ledger is not open")
+        return self._kv
+
+    # -- writes -------------------------------------------------------------------------
+
+    async def _publish(self, key: str, value: bytes, last: int, purge: bool = False) -> int:
+        headers = {
+            "Nats-TTL": ttl_header(MARKER_TTL_S if purge else self.ttl_s),
+            "Nats-Expected-Last-Subject-Sequence": str(last),
+        }
+        if purge:
+            headers |= {"KV-Operation": "PURGE", "Nats-Rollup": "sub"}
+        try:
+            ack = await self._js.publish(
+                self._prefix + key, value, timeout=self._op_timeout, headers=headers
+            )
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in _WRONG_LAST:
+                found = _LAST_SEQ.search(exc.description or "")
+                raise _Conflict(int(found[1]) if found else None) from None
+            raise
+        return int(ack.seq)
+
+    async def write(self, key: str, value: bytes, last: int) -> int:
+        """Write ``key`` (TTL ``ttl_s``) if its last revision is ``last``; an emptied key
+        (its marker expired) counts as ``last``."""
+        try:
+            return await self._publish(key, value, last)
+        except _Conflict as exc:
+            if exc.actual == 0 and last != 0:
+                return await self._publish(key, value, 0)
+            raise
+
+    async def purge(self, key: str, last: int) -> int:
+        return await self._publish(key, b"", last, purge=True)
+
+    async def put_meta(self, seats: _Seats) -> None:
+        meta = {"label": seats.label, "cap": seats.cap, "reserve": seats.reserve}
+        try:
+            await self._js.publish(f"{self._prefix}{seats.id}.meta", json.dumps(meta).encode())
+        except Exception as exc:
+            log.debug("ledger meta not written", deployment=seats.id, error=repr(exc))
+
+    async def take(self, seats: _Seats, seat: int, rev: int, kind: Kind) -> _Held | None:
+        holder = replace(self.holder, kind=kind, since=time.time())
+        value = holder.to_json()
+        try:
+            new = await self.write(f"{seats.id}.s.{seat}", value, rev)
+        except _Conflict:
+            return None
+        held = _Held(seats, seat, new, value)
+        self._held[held.key] = held
+        seats.seen(seat, new, holder)
+        return held
+
+    async def _renew(self, held: _Held) -> None:
+        async with held.lock:
+            if held.released or held.lost:
+                return
+            try:
+                try:
+                    held.rev = await self._publish(held.key, held.value, held.rev)
+                except _Conflict:  # changed behind us: expired while we were cut off?
+                    held.rev = await self._retake(held)
+                held.seats.seen(held.seat, held.rev, Holder.from_json(held.value))
+            except _Conflict:
+                held.lost = True
+            except Exception as exc:
+                log.debug("ledger renewal failed", key=held.key, error=repr(exc))
+
+    async def _retake(self, held: _Held) -> int:
+        try:
+            msg = await self._js.get_msg(f"KV_{self.bucket}", subject=self._prefix + held.key)
+            headers, last = msg.headers or {}, int(msg.seq or 0)
+        except nats.js.errors.NotFoundError:
+            headers, last = {}, 0
+        live = last and "KV-Operation" not in headers and "Nats-Marker-Reason" not in headers
+        if live and msg.data != held.value:  # (our own value: a renewal whose ack was lost)
+            other = Holder.from_json(msg.data or b"") or _UNKNOWN
+            log.warning(
+                f"seat {held.seat} of {held.seats.label} was taken by {other.host} pid "
+                f"{other.pid} while the seat ledger was unreachable; the cap may be exceeded "
+                "until one of them finishes"
+            )
+            raise _Conflict(last)
+        return await self.write(held.key, held.value, last)
+
+    async def _release(self, lease: Lease) -> None:
+        held = lease.token
+        if not isinstance(held, _Held) or held.released:
+            return
+        held.released = True
+        self._held.pop(held.key, None)
+        if held.lost or self._down_since is not None or self._nc is None:
+            return  # the TTL frees it
+        task = asyncio.create_task(self.drop(held))
+        self._drops.add(task)
+        task.add_done_callback(self._drops.discard)
+        await asyncio.shield(task)
+
+    async def drop(self, held: _Held) -> None:
+        """Purge a held seat (if it is still ours); never raises, never waits long."""
+        held.released = True
+        self._held.pop(held.key, None)
+        try:
+            async with asyncio.timeout(min(1.0, self._op_timeout)), held.lock:
+                rev = await self.purge(held.key, held.rev)
+            held.seats.seen(held.seat, rev, None)
+        except Exception as exc:
+            log.debug("ledger release failed; the TTL frees it", key=held.key, error=repr(exc))
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def start_seats(self, seats: _Seats) -> None:
+        if self._nc is None or self._closed:
+            raise RuntimeError("the NATS ledger is not open")
+        if seats.pump is None:
+            seats.watch = self._spawn(seats.watch_loop())
+            seats.pump = self._spawn(seats.pump_loop())
+
+    async def _keep(self) -> None:
+        """Renew every key held every ``ttl_s / 3``; after a reconnect, at once, and
+        rebuild the mirrors."""
+        resync = False
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reconnected.wait(), self.ttl_s / 3)
+            resync |= self._reconnected.is_set()
+            self._reconnected.clear()
+            if self._down_since is not None:
+                continue
+            renewals = [self._renew(h) for h in list(self._held.values())]
+            renewals += [d.renew_ticket() for d in self._deps.values()]
+            await asyncio.gather(*renewals)
+            if resync:
+                resync = False
+                for seats in self._deps.values():
+                    if seats.watch is not None:
+                        seats._synced = False
+                        seats.watch.cancel()
+                        await asyncio.wait([seats.watch])
+                        seats.watch = self._spawn(seats.watch_loop())
+
+    # -- the Ledger interface -------------------------------------------------------------
+
+    def deployment(self, dep_id: str, label: str, cap: int, reserve: int = 0) -> _Seats:
+        if dep_id not in self._deps:
+            self._deps[dep_id] = _Seats(self, dep_id, label, cap, reserve)
+        return self._deps[dep_id]
+
+    async def views(self) -> list[DeploymentView]:
+        watcher = await self.kv.watch(">")
+        entries: dict[str, KeyValue.Entry] = {}
+        try:
+            async with asyncio.timeout(self._op_timeout * 4):
+                async for entry in watcher:
+                    if entry is None:
+                        break
+                    entries[entry.key] = entry
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+        metas: dict[str, dict[str, Any]] = {
+            d.id: {"label": d.label, "cap": d.cap, "reserve": d.reserve}
+            for d in self._deps.values()
+        }
+        holders: dict[str, dict[int, Holder]] = {d: {} for d in metas}
+        waiting: dict[str, list[Holder]] = {d: [] for d in metas}
+        for key, entry in sorted(entries.items()):
+            dep, _, rest = key.partition(".")
+            what, _, name = rest.partition(".")
+            if entry.operation is not None or not entry.value:
+                continue
+            holders.setdefault(dep, {})
+            waiting.setdefault(dep, [])
+            if what == "meta":
+                with contextlib.suppress(ValueError, TypeError):
+                    metas.setdefault(dep, json.loads(entry.value))
+            elif what == "s" and name.isdigit():
+                holders[dep][int(name)] = Holder.from_json(entry.value) or _UNKNOWN
+            elif what == "w":
+                waiting[dep].append(Holder.from_json(entry.value) or _UNKNOWN)
+        views = []
+        for dep in sorted(holders):
+            meta = metas.get(dep, {})
+            cap = int(meta.get("cap") or max(holders[dep], default=-1) + 1)
+            label, reserve = str(meta.get("label") or dep), int(meta.get("reserve") or 0)
+            views.append(DeploymentView(dep, label, cap, reserve, holders[dep], waiting[dep]))
+        return views
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for seats in self._deps.values():
+            for req in seats.waiting():
+                if not req.future.done():
+                    req.future.set_exception(self.unavailable(""))
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        nc, self._nc = self._nc, None
+        if nc is None:
+            return
+        try:
+            if not nc.is_closed and nc.is_connected:
+                goodbye = [self.drop(h) for h in list(self._held.values())]
+                goodbye += [s.leave() for s in self._deps.values()]
+                await asyncio.gather(*goodbye)
+            await asyncio.wait_for(nc.drain(), self._op_timeout)
+        except Exception as exc:
+            log.debug("ledger close", url=self.where, error=repr(exc))
+        finally:
+            for task in self._drops:
+                task.cancel()
+            if self._drops:
+                await asyncio.wait(list(self._drops))
+            with contextlib.suppress(Exception):
+                await nc.close()
