@@ -1,15 +1,54 @@
-"""familiar: an asyncio orchestrator for self-hosted LLM fleets."""
+"""familiar: an asyncio orchestrator for self-hosted LLM fleets.
 
-from familiar.backend import CallEvent, CallResult, RetryPolicy, SlotClient
-from familiar.config import Config, load_config
-from familiar.dispatch import Dispatcher, ItemResult, Pool, WorkItem, run_all
-from familiar.errors import ConfigError, FamiliarError, RuntimeFailure
-from familiar.fleet import Fleet
-from familiar.roles import PRESETS, RoleConfig, parse_role_string
-from familiar.seats import Seats
-from familiar.slots import Slot, load_slots
+The public names below are imported on first use (PEP 562 module ``__getattr__``), so
+``import familiar`` -- and with it ``familiar --version`` and ``familiar --help`` -- does not
+pay for the HTTP stack (openai, httpx) or pydantic. ``from familiar import SlotClient`` works
+as before; type checkers see ordinary imports.
+"""
 
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+#: The one place the version is written: pyproject.toml reads it
+#: (``[tool.setuptools.dynamic] version = {attr = "familiar.__version__"}``).
 __version__ = "0.1.0"
+
+#: public name -> the module that defines it
+_LAZY: dict[str, str] = {
+    "PRESETS": "familiar.roles",
+    "CallEvent": "familiar.backend",
+    "CallResult": "familiar.backend",
+    "Config": "familiar.config",
+    "ConfigError": "familiar.errors",
+    "Dispatcher": "familiar.dispatch",
+    "FamiliarError": "familiar.errors",
+    "Fleet": "familiar.fleet",
+    "ItemResult": "familiar.dispatch",
+    "Pool": "familiar.dispatch",
+    "RetryPolicy": "familiar.backend",
+    "RoleConfig": "familiar.roles",
+    "RuntimeFailure": "familiar.errors",
+    "Seats": "familiar.seats",
+    "Slot": "familiar.slots",
+    "SlotClient": "familiar.backend",
+    "WorkItem": "familiar.dispatch",
+    "load_config": "familiar.config",
+    "load_slots": "familiar.slots",
+    "parse_role_string": "familiar.roles",
+    "run_all": "familiar.dispatch",
+}
+
+if TYPE_CHECKING:
+    from familiar.backend import CallEvent, CallResult, RetryPolicy, SlotClient
+    from familiar.config import Config, load_config
+    from familiar.dispatch import Dispatcher, ItemResult, Pool, WorkItem, run_all
+    from familiar.errors import ConfigError, FamiliarError, RuntimeFailure
+    from familiar.fleet import Fleet
+    from familiar.roles import PRESETS, RoleConfig, parse_role_string
+    from familiar.seats import Seats
+    from familiar.slots import Slot, load_slots
 
 __all__ = [
     "PRESETS",
@@ -35,3 +74,16 @@ __all__ = [
     "parse_role_string",
     "run_all",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'familiar' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -87,6 +87,9 @@ class CallEvent:
     correlation_id: str | None
     seats_in_use: int
     seats_total: int
+    stream: bool = True
+    response_id: str | None = None
+    response_model: str | None = None
 
 
 Hook = Callable[[CallEvent], None]
@@ -337,6 +340,9 @@ class SlotClient:
             correlation_id=correlation_id.get(),
             seats_in_use=self.seats.in_use,
             seats_total=self.seats.total,
+            stream=self.stream,
+            response_id=acc.response_id,
+            response_model=acc.response_model,
         )
         for hook in self.hooks:
             try:

@@ -2,7 +2,14 @@
 
 Exit codes: 0 success, 1 a run failed, 2 a usage or configuration mistake,
 130 interrupted (Ctrl-C), 143 terminated (SIGTERM, handled like Ctrl-C). Errors are
-one line on stderr, never a traceback (set ``FAMILIAR_DEBUG=1`` to see one).
+one line on stderr, never a traceback (set ``FAMILIAR_DEBUG=1`` to see one); usage
+mistakes too (``_Parser.error``).
+
+Global options (``--log-level``, ``-v``, ``-q``) are accepted before or after the
+command: ``_add_global_options`` gives every command's parser its own copy, and ``_level``
+reads them together (``-v run -v`` is ``-vv``; the last ``--log-level`` wins). Everything
+past argparse is imported when a command runs, so ``--version`` and ``--help`` stay fast
+(no HTTP stack, no structlog); ``familiar --version`` does not even build the parser.
 """
 
 from __future__ import annotations
@@ -10,18 +17,121 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from familiar import __version__, claude_md, signals
-from familiar.config import Config, load_config
+from familiar import __version__
 from familiar.errors import FamiliarError, Terminated
-from familiar.logs import mask
-from familiar.roles import PRESETS, parse_role_string
+from familiar.logs import LEVELS
+
+if TYPE_CHECKING:
+    from familiar.config import Config
 
 Command = Callable[[argparse.Namespace], int]
+
+#: every environment variable familiar reads, for ``familiar --help``
+#: (tests/unit/test_cli_conventions.py checks that the code reads no other FAMILIAR_*)
+ENVIRONMENT: tuple[tuple[str, str], ...] = (
+    ("FAMILIAR_HOME", "state: sessions, caches, telemetry spill (default <workspace>/.familiar)"),
+    ("FAMILIAR_SLOTS", "slots file when --slots is not given (default <workspace>/slots.toml)"),
+    ("FAMILIAR_TELEMETRY", "off (or 0, false, no): no telemetry sent, no spill file"),
+    ("FAMILIAR_TELEMETRY_URL", "where events go (default http://127.0.0.1:8687/telemetry)"),
+    ("FAMILIAR_LEDGER_DIR", "the host seat ledger's directory (default $XDG_RUNTIME_DIR/familiar)"),
+    ("FAMILIAR_NATS_URL", "share seats through NATS JetStream instead of the host ledger"),
+    ("FAMILIAR_LOG_LEVEL", "log level without --log-level, -v or -q (default warning)"),
+    ("FAMILIAR_LOG_JSON", "1: log lines as JSON"),
+    ("FAMILIAR_DEBUG", "set: a traceback instead of the one-line error"),
+    ("NO_COLOR", "set: no colour in log lines (FORCE_COLOR=1 forces colour)"),
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose usage mistakes are one line on stderr and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"familiar: error: {message} (see '{self.prog} --help')\n")
+
+
+def _log_level(text: str) -> str:
+    if text.strip().lower() not in LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LEVELS)}")
+    return text.strip().lower()
+
+
+def _global_options(p: argparse.ArgumentParser, depth: int) -> None:
+    """--log-level, -v, -q on ``p``, a parser ``depth`` commands down. Each depth has its own
+    destinations (``verbose``, ``verbose_1``, ...), absent unless given: argparse parses a
+    command into a fresh namespace and copies it over the outer one, so shared names would let
+    ``familiar -v run -v`` count one -v instead of two (``_level`` adds them up)."""
+    taken = set(p._option_string_actions)  # a command that defines -v/-q itself keeps them
+    suffix = f"_{depth}" if depth else ""
+    default: Any = argparse.SUPPRESS if depth else None
+    if "--log-level" not in taken:
+        p.add_argument(
+            "--log-level",
+            dest=f"log_level{suffix}",
+            type=_log_level,
+            default=default,
+            metavar="LEVEL",
+            help="debug, info, warning (default), error; wins over -v/-q",
+        )
+    if not {"-v", "--verbose"} & taken:
+        p.add_argument(
+            "-v",
+            "--verbose",
+            dest=f"verbose{suffix}",
+            action="count",
+            default=default,
+            help="more log lines: -v info, -vv debug",
+        )
+    if not {"-q", "--quiet"} & taken:
+        p.add_argument(
+            "-q",
+            "--quiet",
+            dest=f"quiet{suffix}",
+            action="count",
+            default=default,
+            help="fewer log lines: errors only",
+        )
+
+
+def _add_global_options(parser: argparse.ArgumentParser, depth: int = 1) -> None:
+    """Give every command parser under ``parser`` the global options (after the command)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in {id(p): p for p in action.choices.values()}.values():
+                _global_options(sub, depth)
+                _add_global_options(sub, depth + 1)
+
+
+def _level(args: argparse.Namespace) -> str | None:
+    """The log level the options ask for (None: ``FAMILIAR_LOG_LEVEL`` or the default):
+    the last --log-level given, else warning moved one step per -q and back per -v."""
+
+    def ours(name: str) -> list[Any]:  # outermost first
+        found = {k: v for k, v in vars(args).items() if re.fullmatch(rf"{name}(_\d+)?", k)}
+        return [found[k] for k in sorted(found, key=len) if found[k]]
+
+    levels = ours("log_level")
+    if levels:
+        return str(levels[-1])
+    shift = int(sum(ours("quiet")) - sum(ours("verbose")))
+    if not shift:
+        return None
+    return LEVELS[max(0, min(len(LEVELS) - 1, LEVELS.index("warning") + shift))]
+
+
+def _environment_help() -> str:
+    width = max(len(name) for name, _ in ENVIRONMENT)
+    lines = [f"  {name:<{width}}  {text}" for name, text in ENVIRONMENT]
+    return (
+        "environment:\n" + "\n".join(lines) + "\n\n"
+        "exit codes: 0 done, 1 the work failed, 2 a usage or configuration mistake,\n"
+        "  130 interrupted (Ctrl-C), 143 terminated (SIGTERM)"
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -50,22 +160,27 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from familiar.roles import PRESETS
+
+    parser = _Parser(
         prog="familiar",
         description="Orchestrate a self-hosted LLM fleet: agent sessions, role "
-        "configurations, translation batches.",
+        "configurations, translation batches. Options --log-level, -v and -q are "
+        "accepted before or after the command.",
+        epilog=_environment_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"familiar {__version__}")
-    parser.add_argument(
-        "--log-level", default=None, metavar="LEVEL", help="debug, info, warning (default), error"
-    )
+    _global_options(parser, 0)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     cfg = sub.add_parser("config", help="show, switch or validate the role configuration")
     cfg_sub = cfg.add_subparsers(dest="action", metavar="ACTION", required=True)
     show = cfg_sub.add_parser("show", help="active roles -> slots -> URLs, model, parallel")
     _common(show)
-    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.add_argument(
+        "--json", action="store_true", help="print the configuration as JSON on stdout"
+    )
     show.set_defaults(func=cmd_config_show)
     use = cfg_sub.add_parser(
         "use",
@@ -103,27 +218,52 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "logs":
             p.add_argument("-n", "--lines", type=int, default=50, help="lines (default 50)")
         if name == "status":
-            p.add_argument("--json", action="store_true")
+            p.add_argument(
+                "--json",
+                action="store_true",
+                help='print the status as JSON on stdout ({"running": false} when stopped)',
+            )
         p.set_defaults(func=_local_cmd(name))
 
     from familiar.cli_fleet import add_fleet_command
+    from familiar.cli_fleetcheck import add_fleetcheck_commands
     from familiar.cli_run import add_run_commands
     from familiar.cli_translate import add_translate_command
 
     add_run_commands(sub, _common)
     add_translate_command(sub, _common)
     add_fleet_command(sub, _common)
+    add_fleetcheck_commands(sub, _common)
+    _add_global_options(parser)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from familiar import logs
+def _asks_version(argv: Sequence[str]) -> bool:
+    """``--version`` among the options before the command: answered without building the
+    parser (whose commands import pydantic models)."""
+    for arg in argv:
+        if arg == "--version":
+            return True
+        if not arg.startswith("-") or arg == "--" or arg.startswith("--log-level"):
+            return False  # a command, or an option value follows: argparse decides
+    return False
 
-    logs.configure(args.log_level)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if _asks_version(argv):
+        print(f"familiar {__version__}")
+        return 0
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a usage mistake (already printed)
+        return 0 if done.code is None else done.code if isinstance(done.code, int) else 2
     func: Command = args.func
     try:
+        from familiar import logs
+
+        logs.configure(_level(args))
         return func(args)
     except Terminated:
         print("familiar: terminated", file=sys.stderr)
@@ -134,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FamiliarError as exc:
         if os.environ.get("FAMILIAR_DEBUG"):
             raise
+        from familiar.logs import mask
+
         print(f"familiar: error: {mask(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # the reader went away (`| head`): not a mistake of ours
@@ -149,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def load(args: argparse.Namespace, roles: str | None = None) -> Config:
+    from familiar.config import load_config
+
     return load_config(workspace=args.workspace, slots=args.slots, roles=roles)
 
 
@@ -202,6 +346,9 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config_use(args: argparse.Namespace) -> int:
+    from familiar import claude_md
+    from familiar.roles import parse_role_string
+
     parsed = parse_role_string(args.role_string)  # validate before touching anything
     cfg = load(args, roles=parsed.canonical())  # the slots and role files must fit too
     claude_md.write_role_line(cfg.claude_md, parsed.canonical())
@@ -224,6 +371,7 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
 
 def _local_cmd(action: str) -> Command:
     def run(args: argparse.Namespace) -> int:
+        from familiar import signals
         from familiar.config import find_workspace, state_home
         from familiar.local import LocalServer
 
@@ -242,13 +390,15 @@ def _local_cmd(action: str) -> Command:
             print("stopped" if stopped else "not running")
         elif action == "status":
             st = server.status()
+            as_json = getattr(args, "json", False)
             if st is None:
-                print("not running")
+                print(json.dumps({"running": False}) if as_json else "not running")
                 return 1
-            if getattr(args, "json", False):
+            if as_json:
                 print(
                     json.dumps(
                         {
+                            "running": True,
                             "address": st.address,
                             "model": st.model_name,
                             "model_path": str(st.model),

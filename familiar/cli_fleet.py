@@ -24,7 +24,9 @@ def add_fleet_command(sub: Any, common: Callable[[argparse.ArgumentParser], None
         " processes wait.",
     )
     common(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--json", action="store_true", help="print the ledger and its deployments as JSON on stdout"
+    )
     p.set_defaults(func=cmd_fleet)
 
 

@@ -58,7 +58,11 @@ def add_run_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]
         metavar="N",
         help="upper bound on the plan's subtasks (default 6)",
     )
-    run.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON summary on stdout (id, status, result) instead of the result",
+    )
     run.add_argument(
         "--telemetry-content",
         action="store_true",
@@ -74,12 +78,20 @@ def add_run_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]
     ):
         p = tele_sub.add_parser(name, help=helptext)
         common(p)
-        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument(
+            "--json",
+            action="store_true",
+            help="print the counts as JSON on stdout"
+            if name == "status"
+            else "print what was replayed and the backlog left as JSON on stdout",
+        )
         p.set_defaults(func=cmd_telemetry, action=name)
 
     sessions = sub.add_parser("sessions", help="list sessions with status and timings")
     common(sessions)
-    sessions.add_argument("--json", action="store_true")
+    sessions.add_argument(
+        "--json", action="store_true", help="print the sessions as a JSON array on stdout"
+    )
     sessions.set_defaults(func=cmd_sessions)
 
 
@@ -237,21 +249,23 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 
 def cmd_telemetry(args: argparse.Namespace) -> int:
+    from familiar.logs import redact_url
     from familiar.telemetry import Telemetry
 
     home = state_home(find_workspace(args.workspace))
     telemetry = Telemetry(home, enabled=True)
+    url = redact_url(telemetry.url)  # a remote sender's URL may carry a password
     if args.action == "flush":
         sent, backlog = signals.run(_flush(telemetry))
         if args.json:
-            print(json.dumps({"url": telemetry.url, "replayed": sent, "backlog": backlog}))
+            print(json.dumps({"url": url, "replayed": sent, "backlog": backlog}))
         else:
-            print(f"replayed {sent} event(s) to {telemetry.url}; backlog {backlog}")
+            print(f"replayed {sent} event(s) to {url}; backlog {backlog}")
         return 0 if backlog == 0 else 1
     stats = telemetry.load_stats()
     spill = telemetry.spill_info()
     info = {
-        "url": telemetry.url,
+        "url": url,
         "enabled": Telemetry(home).enabled,
         "sent": stats.get("sent", 0),
         "spilled": stats.get("spilled", 0),

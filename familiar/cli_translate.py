@@ -62,7 +62,9 @@ def add_translate_command(sub: Any, common: Callable[[argparse.ArgumentParser], 
         help="prose per chunk (default: derived from the slot, at most 700)",
     )
     p.add_argument("--force", action="store_true", help="ignore the chunk cache")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--json", action="store_true", help="print the per-article report as JSON on stdout"
+    )
     p.add_argument("--roles", metavar="STRING", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_translate)
 

@@ -1,17 +1,27 @@
-"""structlog set-up: JSON or console lines on stderr, correlation id bound, secrets masked."""
+"""structlog set-up: JSON or console lines on stderr, correlation id bound, secrets masked.
+
+structlog is imported by :func:`configure` only: the masking helpers here are used all over
+familiar (records, errors, telemetry), and ``import structlog`` pulls in ``rich``, which
+``familiar --help`` should not pay for.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
-
-import structlog
+from typing import IO, TYPE_CHECKING, Any
 
 from familiar.context import correlation_id
+from familiar.errors import ConfigError
+
+if TYPE_CHECKING:
+    import structlog
+
+#: the accepted log levels, least to most severe (``--log-level``, ``FAMILIAR_LOG_LEVEL``)
+LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
+_NUMERIC = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 _SECRET_KEYS = re.compile(r"(api[_-]?key|authorization|token|secret|password)", re.I)
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{6,}")
@@ -85,18 +95,52 @@ def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
 
 def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
     """A logger on whatever ``sys.stderr`` is now (tests and tools swap it)."""
+    import structlog
+
     return structlog.PrintLogger(sys.stderr)
 
 
+def level_number(name: str, source: str = "--log-level") -> int:
+    """The numeric level of ``name`` (one of :data:`LEVELS`, any case); a
+    :class:`ConfigError` naming ``source`` otherwise."""
+    numeric = _NUMERIC.get(name.strip().lower())
+    if numeric is None:
+        raise ConfigError(f"{source}: {name!r} is not one of {', '.join(LEVELS)}")
+    return numeric
+
+
+def use_colour(stream: IO[str], env: MutableMapping[str, str] | None = None) -> bool:
+    """Whether to colour what goes to ``stream``: never when ``NO_COLOR`` is set and not
+    empty (no-color.org) or ``TERM=dumb``; always when ``FORCE_COLOR`` is set and not
+    empty; else only on a terminal."""
+    env = os.environ if env is None else env
+    if env.get("NO_COLOR"):
+        return False
+    if env.get("FORCE_COLOR"):
+        return True
+    if env.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
 def configure(level: str | None = None, json: bool | None = None) -> None:
-    """Configure structlog once per process. ``FAMILIAR_LOG_LEVEL``, ``FAMILIAR_LOG_JSON``."""
-    name = (level or os.environ.get("FAMILIAR_LOG_LEVEL") or "warning").upper()
-    numeric = logging.getLevelNamesMapping().get(name, logging.WARNING)
+    """Configure structlog once per process: ``level`` (else ``FAMILIAR_LOG_LEVEL``, else
+    warning), JSON lines when ``json`` (else ``FAMILIAR_LOG_JSON=1``), console lines
+    otherwise, coloured as :func:`use_colour` says. An unknown level is a
+    :class:`ConfigError` (exit 2)."""
+    import structlog
+
+    if level is not None:
+        numeric = level_number(level)
+    else:
+        env = os.environ.get("FAMILIAR_LOG_LEVEL", "").strip()
+        numeric = level_number(env, "FAMILIAR_LOG_LEVEL") if env else _NUMERIC["warning"]
     as_json = json if json is not None else os.environ.get("FAMILIAR_LOG_JSON") == "1"
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if as_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(colors=use_colour(sys.stderr))
     )
     structlog.configure(
         processors=[

@@ -31,6 +31,8 @@ class Answer:
     ttft_s: float | None = None
     chunks: int = 0
     choices: int = 0  # chunks (or answers) that carried at least one choice
+    response_id: str | None = None  # the server's id of the answer
+    response_model: str | None = None  # the model the server says answered
 
 
 async def read_stream(
@@ -60,6 +62,9 @@ async def read_stream(
             if not isinstance(chunk, dict):
                 raise ValueError(f"a stream event is not an object: {data[:80]}")
             acc.chunks += 1
+            if acc.response_id is None:
+                acc.response_id = chunk.get("id")
+                acc.response_model = chunk.get("model")
             if "error" in chunk:
                 raise ValueError(f"the server reported an error mid-answer: {chunk['error']}")
             usage = chunk.get("usage")
@@ -111,6 +116,8 @@ async def read_whole(
     """A non-streamed completion (its first byte comes at the end: no stall limit)."""
     resp: Any = await create(**_arguments(kind, model, body, headers))
     acc.chunks = 1
+    acc.response_id = getattr(resp, "id", None)
+    acc.response_model = getattr(resp, "model", None)
     if resp.choices:
         acc.choices = 1
         choice = resp.choices[0]

@@ -12,7 +12,9 @@ import socket
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 from familiar.backend import CallEvent
 from familiar.context import correlation_id, current_span
@@ -20,6 +22,18 @@ from familiar.logs import mask, mask_any
 
 SERVICE = "familiar"
 _HOST = socket.gethostname()
+
+#: slot runtime -> ``gen_ai.provider.name``. ``openai`` is the convention's well-known
+#: value; the self-hosted servers have none, so they get their own name (custom values are
+#: allowed), dots kept out because the convention reads them as namespaces (``aws.bedrock``).
+PROVIDERS: Mapping[str, str] = {
+    "openai": "openai",
+    "vllm": "vllm",
+    "llama.cpp": "llama_cpp",
+    "sglang": "sglang",
+    "ollama": "ollama",
+}
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 _VERSION: list[str] = []
 
@@ -68,20 +82,53 @@ def make_event(
     return event
 
 
+def provider_name(runtime: str) -> str:
+    """``gen_ai.provider.name`` for a slot runtime (:data:`PROVIDERS`; others as given)."""
+    return PROVIDERS.get(runtime) or runtime.replace(".", "_")
+
+
+@lru_cache(maxsize=256)
+def server_address(url: str) -> tuple[str | None, int | None]:
+    """``server.address`` and ``server.port`` of a replica's base URL (the port the scheme
+    implies when the URL names none); ``(None, None)`` for what does not parse."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None, None
+    if not parts.hostname:
+        return None, None
+    return parts.hostname, port if port is not None else _DEFAULT_PORTS.get(parts.scheme)
+
+
 def llm_call_fields(e: CallEvent) -> dict[str, Any]:
-    """A CallEvent in telemetry's vocabulary (OpenTelemetry GenAI names where they exist)."""
+    """A CallEvent in telemetry's vocabulary (OpenTelemetry GenAI names where they exist).
+
+    familiar's own names that dashboards use stay (``latency_ms``, ``ttft_ms``, ``replica``,
+    ``runtime``); the convention's names sit next to them. ``gen_ai.response.id`` and
+    ``gen_ai.response.model`` are what the server said (null when no answer came).
+    """
+    address, port = server_address(e.replica)
     return {
         "role": e.role,
         "slot": e.slot,
         "replica": e.replica,
         "runtime": e.runtime,
+        "gen_ai.provider.name": provider_name(e.runtime),
         "gen_ai.operation.name": "chat" if e.kind == "chat" else "text_completion",
+        "gen_ai.conversation.id": e.correlation_id,
         "gen_ai.request.model": e.model,
+        "gen_ai.request.stream": e.stream,
+        "gen_ai.response.id": e.response_id,
+        "gen_ai.response.model": e.response_model,
+        "server.address": address,
+        "server.port": port,
         "status": e.status,
         "error.type": e.error_type,
         "http.response.status_code": e.http_status,
         "latency_ms": round(e.latency_s * 1000, 2),
         "ttft_ms": None if e.ttft_s is None else round(e.ttft_s * 1000, 2),
+        "gen_ai.response.time_to_first_chunk": None if e.ttft_s is None else round(e.ttft_s, 6),
         "queue_wait_ms": round(e.queue_wait_s * 1000, 2),
         "local_wait_ms": round(e.local_wait_s * 1000, 2),
         "ledger_wait_ms": round(e.ledger_wait_s * 1000, 2),

@@ -71,6 +71,17 @@ A "piece" is a word with its leading whitespace (the unit of streamed chunks). T
 (only ``trickle``, a successful answer, consumes it; after a ``cut`` or ``reset_mid`` a retry gets
 it in full) or the reply-mode text.
 
+Serving limit (for benchmarks of a saturated server): ``capacity=N`` serves at most N normal
+replies at once and queues the rest in arrival order (a queued request's wait shows as time to
+first token), ``token_delay_s=d`` streams the reply one piece every ``d`` seconds (the first
+after ``d`` too; not streamed: the whole answer after ``d`` times the pieces), and
+``fill_max_tokens=True`` makes the reply exactly ``max_tokens`` pieces long (the reply's pieces
+repeated or cut, ``finish_reason`` ``"length"``), as a server run with ``ignore_eos`` does. Set
+them with the constructor, :meth:`FakeOpenAIServer.set_capacity`, ``POST /_admin/capacity``
+or ``--capacity``/``--token-delay``/``--fill-max-tokens``; faults are served at once, outside
+the limit. :attr:`FakeOpenAIServer.queue_stats` (``GET /_admin/queue``) counts ``running``,
+``queued`` and their maxima; :meth:`~FakeOpenAIServer.reset` restores the initial limit.
+
 Stats: ``requests`` (completion requests received), ``in_flight``, ``max_in_flight``,
 ``completed`` (completion requests answered successfully with a full, well-formed 200 response,
 scripted ``reply`` and finished ``trickle`` faults included; ``cut``, ``empty`` and
@@ -462,6 +473,84 @@ def _validate_fault(fault: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _Gate:
+    """At most ``capacity`` holders at once (0: no limit); the rest wait in arrival order."""
+
+    __slots__ = ("_waiters", "capacity", "max_queued", "max_running", "running")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.running = 0
+        self.max_running = 0
+        self.max_queued = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    def _admit(self) -> None:
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+
+    def wake(self) -> None:
+        """Admit waiters while there is room (after a release or a larger capacity)."""
+        while self._waiters and (self.capacity <= 0 or self.running < self.capacity):
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self._admit()
+                fut.set_result(None)
+
+    async def __aenter__(self) -> None:
+        if not self._waiters and (self.capacity <= 0 or self.running < self.capacity):
+            self._admit()
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self.max_queued = max(self.max_queued, len(self._waiters))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # admitted just as we were cancelled
+                self.running -= 1
+                self.wake()
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.running -= 1
+        self.wake()
+
+
+def _check_capacity(capacity: Any, token_delay_s: Any, fill_max_tokens: Any) -> None:
+    if capacity is not None and (
+        not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 0
+    ):
+        raise ValueError(f"capacity must be an integer >= 0, got {capacity!r}")
+    if token_delay_s is not None and (
+        not isinstance(token_delay_s, int | float)
+        or isinstance(token_delay_s, bool)
+        or token_delay_s < 0
+    ):
+        raise ValueError(f"token_delay_s must be a non-negative number, got {token_delay_s!r}")
+    if fill_max_tokens is not None and not isinstance(fill_max_tokens, bool):
+        raise ValueError(f"fill_max_tokens must be a boolean, got {fill_max_tokens!r}")
+
+
+def _filled(text: str, body: dict[str, Any]) -> str | None:
+    """``text`` repeated or cut to exactly ``max_tokens`` pieces (None: no max_tokens)."""
+    n = body.get("max_tokens", body.get("max_completion_tokens"))
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        return None
+    pieces = _PIECE_RE.findall(text) or ["tok"]
+    again = pieces if pieces[0][:1].isspace() else [" " + pieces[0], *pieces[1:]]
+    out = pieces[:n]
+    out.extend(itertools.islice(itertools.cycle(again), n - len(out)))
+    return "".join(out)
+
+
 class FakeOpenAIServer(LoopbackServer):
     """In-process fake OpenAI server; use as ``async with FakeOpenAIServer() as srv:``."""
 
@@ -476,8 +565,16 @@ class FakeOpenAIServer(LoopbackServer):
         reply_mode: str = "echo",
         host: str = "127.0.0.1",
         port: int = 0,
+        capacity: int = 0,
+        token_delay_s: float = 0.0,
+        fill_max_tokens: bool = False,
     ) -> None:
         super().__init__(host=host, port=port)
+        _check_capacity(capacity, token_delay_s, fill_max_tokens)
+        self._default_limit = (capacity, float(token_delay_s), fill_max_tokens)
+        self._gate = _Gate(capacity)
+        self._token_delay_s = float(token_delay_s)
+        self._fill_max_tokens = fill_max_tokens
         self._default_config = FakeConfig(
             latency_s=latency_s,
             ttft_s=ttft_s,
@@ -506,6 +603,8 @@ class FakeOpenAIServer(LoopbackServer):
             ("GET", "/_admin/stats"): lambda _body: self.stats,
             ("POST", "/_admin/reset"): self._admin_reset,
             ("GET", "/_admin/requests"): lambda _body: self.requests,
+            ("POST", "/_admin/capacity"): self._admin_capacity,
+            ("GET", "/_admin/queue"): lambda _body: self.queue_stats,
         }
 
     @property
@@ -540,6 +639,47 @@ class FakeOpenAIServer(LoopbackServer):
         if model is not None:
             self.config.model = str(model)
         return asdict(self.config)
+
+    def set_capacity(
+        self,
+        capacity: int | None = None,
+        *,
+        token_delay_s: float | None = None,
+        fill_max_tokens: bool | None = None,
+    ) -> dict[str, Any]:
+        """Change the serving limit (any subset, see the module docstring); returns it.
+
+        Nothing changes when a value is invalid (``ValueError``). A larger capacity admits
+        queued requests at once.
+        """
+        _check_capacity(capacity, token_delay_s, fill_max_tokens)
+        if capacity is not None:
+            self._gate.capacity = capacity
+            self._gate.wake()
+        if token_delay_s is not None:
+            self._token_delay_s = float(token_delay_s)
+        if fill_max_tokens is not None:
+            self._fill_max_tokens = fill_max_tokens
+        return self._limit()
+
+    def _limit(self) -> dict[str, Any]:
+        return {
+            "capacity": self._gate.capacity,
+            "token_delay_s": self._token_delay_s,
+            "fill_max_tokens": self._fill_max_tokens,
+        }
+
+    @property
+    def queue_stats(self) -> dict[str, Any]:
+        """The serving limit and its counts: ``running``, ``queued`` and their maxima."""
+        gate = self._gate
+        return {
+            **self._limit(),
+            "running": gate.running,
+            "queued": gate.queued,
+            "max_running": gate.max_running,
+            "max_queued": gate.max_queued,
+        }
 
     def add_faults(self, faults: Iterable[Mapping[str, Any]]) -> int:
         """Append faults to the FIFO; returns the number queued."""
@@ -588,8 +728,24 @@ class FakeOpenAIServer(LoopbackServer):
         self._faults_served = 0
         self._disconnects = 0
         self._connections = 0
+        capacity, token_delay_s, fill_max_tokens = self._default_limit
+        self.set_capacity(capacity, token_delay_s=token_delay_s, fill_max_tokens=fill_max_tokens)
+        self._gate.max_running = self._gate.running
+        self._gate.max_queued = self._gate.queued
 
     # ------------------------------------------------------------------ admin handlers
+
+    def _admin_capacity(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise ValueError("body must be a JSON object")
+        unknown = set(body) - {"capacity", "token_delay_s", "fill_max_tokens"}
+        if unknown:
+            raise ValueError(f"unknown capacity keys: {sorted(unknown)}")
+        return self.set_capacity(
+            body.get("capacity"),
+            token_delay_s=body.get("token_delay_s"),
+            fill_max_tokens=body.get("fill_max_tokens"),
+        )
 
     def _admin_config(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
@@ -755,10 +911,13 @@ class FakeOpenAIServer(LoopbackServer):
                 text = self._replies.popleft()
             else:
                 text = self._default_text(body, api)
-            if body.get("stream"):
-                ok = await self._send_stream(conn, req, body, api, text, finish_reason)
-            else:
-                ok = await self._send_full(conn, req, body, api, text, finish_reason)
+            if self._fill_max_tokens and (filled := _filled(text, body)) is not None:
+                text, finish_reason = filled, "length"
+            async with self._gate:
+                if body.get("stream"):
+                    ok = await self._send_stream(conn, req, body, api, text, finish_reason)
+                else:
+                    ok = await self._send_full(conn, req, body, api, text, finish_reason)
             if ok:
                 self._completed += 1
                 return keep
@@ -1066,6 +1225,8 @@ class FakeOpenAIServer(LoopbackServer):
     ) -> bool:
         config = self.config
         delay = max(config.latency_s, config.ttft_s)
+        if self._token_delay_s > 0:
+            delay += self._token_delay_s * max(1, len(_PIECE_RE.findall(text)))
         if delay > 0 and not await conn.sleep_unless_eof(delay):
             return False
         writer = conn.writer
@@ -1087,6 +1248,8 @@ class FakeOpenAIServer(LoopbackServer):
         rest_delay = config.latency_s - ttft
         if ttft > 0 and not await conn.sleep_unless_eof(ttft):
             return False
+        if self._token_delay_s > 0:
+            return await self._send_paced(conn, req, body, api, text, finish_reason)
         pieces = _PIECE_RE.findall(text)
         base, event = self._stream_encoder(api)
         head = _STREAM_HEAD_KEEP if req.keep_alive else _STREAM_HEAD_CLOSE
@@ -1105,6 +1268,31 @@ class FakeOpenAIServer(LoopbackServer):
         else:
             rest.insert(0, first)
             writer.write(b"".join(rest))
+        await writer.drain()
+        return True
+
+    async def _send_paced(
+        self,
+        conn: _Connection,
+        req: _Request,
+        body: dict[str, Any],
+        api: str,
+        text: str,
+        finish_reason: str,
+    ) -> bool:
+        """Stream one piece every ``token_delay_s`` (the first after one delay too)."""
+        delay = self._token_delay_s
+        pieces = _PIECE_RE.findall(text) or [""]
+        base, event = self._stream_encoder(api)
+        writer = conn.writer
+        for i, piece in enumerate(pieces):
+            if not await conn.sleep_unless_eof(delay):
+                return False
+            head = (_STREAM_HEAD_KEEP if req.keep_alive else _STREAM_HEAD_CLOSE) if i == 0 else b""
+            writer.write(head + event(piece, None, i == 0))
+            await writer.drain()
+        finish = event(None, finish_reason, False)
+        writer.write(b"".join(self._stream_tail(body, api, base, finish, len(pieces))))
         await writer.drain()
         return True
 
@@ -1186,6 +1374,27 @@ class SpawnedFakeServer:
         )
         return result
 
+    def set_capacity(
+        self,
+        capacity: int | None = None,
+        *,
+        token_delay_s: float | None = None,
+        fill_max_tokens: bool | None = None,
+    ) -> dict[str, Any]:
+        values = {
+            "capacity": capacity,
+            "token_delay_s": token_delay_s,
+            "fill_max_tokens": fill_max_tokens,
+        }
+        result: dict[str, Any] = self.admin(
+            "POST", "/_admin/capacity", {k: v for k, v in values.items() if v is not None}
+        )
+        return result
+
+    def queue_stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.admin("GET", "/_admin/queue")
+        return result
+
     def add_faults(self, faults: Iterable[Mapping[str, Any]]) -> int:
         queued: int = self.admin("POST", "/_admin/faults", {"faults": list(faults)})["queued"]
         return queued
@@ -1226,6 +1435,9 @@ def spawn_fake_server(
     port: int = 0,
     startup_timeout_s: float = 15.0,
     stop_grace_s: float = 5.0,
+    capacity: int = 0,
+    token_delay_s: float = 0.0,
+    fill_max_tokens: bool = False,
 ) -> Iterator[SpawnedFakeServer]:
     """Run ``python -m tests.support.fake_openai`` in a subprocess for the ``with`` block."""
     import selectors
@@ -1246,6 +1458,11 @@ def spawn_fake_server(
         model,
         "--reply-mode",
         reply_mode,
+        "--capacity",
+        str(capacity),
+        "--token-delay",
+        repr(float(token_delay_s)),
+        *(["--fill-max-tokens"] if fill_max_tokens else []),
     ]
     process = subprocess.Popen(
         cmd, cwd=_REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
@@ -1280,6 +1497,9 @@ async def _serve(args: argparse.Namespace) -> None:
         reply_mode=args.reply_mode,
         host=args.host,
         port=args.port,
+        capacity=args.capacity,
+        token_delay_s=args.token_delay,
+        fill_max_tokens=args.fill_max_tokens,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -1299,6 +1519,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument(
         "--reply-mode", choices=REPLY_MODES, default="echo", help="default reply text"
+    )
+    parser.add_argument(
+        "--capacity", type=int, default=0, help="replies served at once, the rest queue (0: all)"
+    )
+    parser.add_argument(
+        "--token-delay", type=float, default=0.0, help="seconds between streamed pieces"
+    )
+    parser.add_argument(
+        "--fill-max-tokens", action="store_true", help="replies exactly max_tokens pieces long"
     )
     asyncio.run(_serve(parser.parse_args(argv)))
 

@@ -31,15 +31,24 @@ def client(body: bytes) -> SlotClient:
 
 
 def delta(text: str | None, finish: str | None = None) -> dict[str, Any]:
-    return {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
+    choice = {"index": 0, "delta": {"content": text}, "finish_reason": finish}
+    return {"id": "chatcmpl-7", "model": "served-model", "choices": [choice]}
 
 
 async def test_a_stream_with_comments_usage_and_done_is_read_whole() -> None:
     usage = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
     body = sse(delta("Hel"), delta("lo"), delta(None, "stop"), usage, extra=": keep-alive\n\n")
+    events: list[Any] = []
     async with client(body) as c:
+        c.hooks.append(events.append)
         result = await c.chat([{"role": "user", "content": "hi"}])
     assert (result.text, result.finish_reason) == ("Hello", "stop")
+    (event,) = events
+    assert (event.response_id, event.response_model, event.stream) == (
+        "chatcmpl-7",
+        "served-model",
+        True,
+    )
     assert (result.prompt_tokens, result.completion_tokens) == (3, 2)
     assert result.ttft_s is not None
 

@@ -1,0 +1,163 @@
+"""``familiar health``: every active slot's replicas probed at once, seats from the ledger.
+
+Embedded slots are looked up, never started: when the embedded llama-server is not
+running the slot is reported so (not ok). Per slot, the capacity the replicas report
+(summed) is compared with the configured ``parallel`` (:func:`runtime.capacity_warnings`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from familiar.errors import RuntimeFailure
+from familiar.fleetcheck.probe import Prober, ReplicaHealth
+from familiar.fleetcheck.runtime import capacity_warnings
+from familiar.ledger import DeploymentView, Ledger, deployment_id
+from familiar.slots import EMBEDDED, Slot
+from familiar.wire import HTTP
+
+NOT_RUNNING = "the embedded llama-server is not running (`familiar local up` starts it)"
+
+
+@dataclass
+class HealthReport:
+    rows: list[ReplicaHealth]
+    checked_at: float
+    ledger: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rows)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checked_at": round(self.checked_at, 3),
+            "ledger": self.ledger,
+            "slots": [r.to_json() for r in self.rows],
+        }
+
+
+def resolve(slots: Mapping[str, Slot], local_url: str | None, local_seats: int) -> dict[str, Slot]:
+    """Embedded slots pointed at the running local server (left embedded when none runs)."""
+    if local_url is None:
+        return dict(slots)
+    return {
+        name: slot.model_copy(update={"url": (local_url,), "parallel": local_seats})
+        if slot.embedded
+        else slot
+        for name, slot in slots.items()
+    }
+
+
+async def check(
+    slots: Mapping[str, Slot],
+    *,
+    home: Path,
+    ledger: Ledger | None = None,
+    transport: Any = None,
+    timeout_s: float = 10.0,
+) -> HealthReport:
+    """Probe every replica of ``slots`` (embedded ones resolved through ``home``);
+    ``transport``: one of ``familiar.wire.HTTP``'s, for tests."""
+    local_url, local_seats = None, 0
+    if any(s.embedded for s in slots.values()):
+        from familiar.local import LocalServer
+
+        info = LocalServer(home).status()
+        if info is not None:
+            local_url, local_seats = info.base_url, info.seats
+    resolved = resolve(slots, local_url, local_seats)
+    jobs: list[tuple[Slot, str]] = [
+        (slot, url) for slot in resolved.values() if not slot.embedded for url in slot.url
+    ]
+    async with HTTP.AsyncClient(transport=transport, timeout=timeout_s) as client:
+        prober = Prober(client, timeout_s=timeout_s)
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(prober.replica(slot, url)) for slot, url in jobs]
+            views_task = (
+                group.create_task(_views(ledger, timeout_s)) if ledger is not None else None
+            )
+    probed = iter(t.result() for t in tasks)
+    rows: list[ReplicaHealth] = []
+    for slot in resolved.values():
+        if slot.embedded:
+            rows.append(_not_running(slot))
+            continue
+        mine = [next(probed) for _ in slot.url]
+        warnings = capacity_warnings(
+            slot.parallel,
+            [r.server_parallel for r in mine],
+            [r.running for r in mine],
+            [r.waiting for r in mine],
+        )
+        for r in mine:
+            r.warnings.extend(warnings)
+        rows.extend(mine)
+    report = HealthReport(rows, time.time())
+    if ledger is not None and views_task is not None:
+        views, error = views_task.result()
+        report.ledger = {"kind": ledger.kind, "where": ledger.where, "error": error}
+        _seats(report.rows, resolved, views)
+    return report
+
+
+def _not_running(slot: Slot) -> ReplicaHealth:
+    row = ReplicaHealth(slot.name, EMBEDDED, "llama.cpp", slot.model, slot.parallel)
+    row.problems.append(NOT_RUNNING)
+    row.finish()
+    return row
+
+
+async def _views(ledger: Ledger, timeout_s: float) -> tuple[list[DeploymentView], str | None]:
+    """The ledger's views, or the reason there are none (never fails the health check)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with ledger:
+                return await ledger.views(), None
+    except TimeoutError:
+        return [], f"no answer within {timeout_s:g} s"
+    except RuntimeFailure as exc:
+        return [], str(exc)
+
+
+def _seats(
+    rows: list[ReplicaHealth], slots: Mapping[str, Slot], views: list[DeploymentView]
+) -> None:
+    by_id = {v.id: v for v in views}
+    for row in rows:
+        slot = slots[row.slot]
+        if slot.embedded:
+            continue
+        view = by_id.get(deployment_id(slot.url, slot.model))
+        row.seats_cap = slot.parallel if view is None else view.cap
+        row.seats_in_use = 0 if view is None else view.in_use
+
+
+def events(report: HealthReport) -> list[dict[str, Any]]:
+    """The fields of one ``fleet.health`` telemetry event per row (pure)."""
+    return [
+        {
+            "slot": r.slot,
+            "replica": r.url,
+            "runtime": r.runtime,
+            "gen_ai.request.model": r.model,
+            "ok": r.ok,
+            "up": 1 if r.ok else 0,
+            "error": r.error,
+            "probe_ms": None if r.probe_ms is None else round(r.probe_ms, 1),
+            "parallel": r.parallel,
+            "server_parallel": r.server_parallel,
+            "running": r.running,
+            "waiting": r.waiting,
+            "seats_in_use": r.seats_in_use,
+            "seats_capacity": r.seats_cap,
+            "warnings": len(r.warnings),
+        }
+        for r in report.rows
+    ]
