@@ -136,7 +136,8 @@ def sharing(args: argparse.Namespace, kind: str, nats_url: str | None, ledger_di
         procs = [
             subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True) for _ in range(3)
         ]
-        outs = [json.loads(p.communicate(timeout=600)[0]) for p in procs]
+        # the last line is the worker's JSON (log lines may come before it)
+        outs = [json.loads(p.communicate(timeout=600)[0].strip().splitlines()[-1]) for p in procs]
         stats = srv.stats()
     t0 = min(o["t_start"] for o in outs)
     t1 = max(o["t_end"] for o in outs)

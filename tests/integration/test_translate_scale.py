@@ -32,8 +32,7 @@ def slots(tmp_path: Path, url: str, parallel: int) -> None:
 
 def user_texts(srv: FakeOpenAIServer) -> list[list[str]]:
     return [
-        [m["content"] for m in r["body"]["messages"] if m["role"] == "user"]
-        for r in srv.requests
+        [m["content"] for m in r["body"]["messages"] if m["role"] == "user"] for r in srv.requests
     ]
 
 
@@ -78,9 +77,7 @@ async def test_identical_chunks_are_asked_once_per_batch(
         assert isinstance(chunks, int) and chunks >= 1
         assert srv.stats["requests"] == chunks  # not ten times as many
         assert sum(int(str(r["from_cache"])) for r in rows) == 9 * chunks
-        assert {(out / f"copy{i}.md").read_text(encoding="utf-8") for i in range(10)} == {
-            article
-        }
+        assert {(out / f"copy{i}.md").read_text(encoding="utf-8") for i in range(10)} == {article}
 
 
 async def test_only_a_bounded_number_of_articles_are_in_memory(

@@ -14,6 +14,7 @@ from familiar.translate.markdown.cut import glue
 from familiar.translate.markdown.frontmatter import field_value
 from familiar.translate.markdown.model import Chunk, Chunking, Slot, tok_re
 
+_BLOCK_MARK = re.compile(r"^[ \t]*(#{1,6}(?=[ \t])|>|[-*+](?=[ \t])|\d{1,9}[.)](?=[ \t]))", re.M)
 _LINKED = re.compile(r"\][^\s\]]{1,2}P\d+[^\s\]]")
 
 
@@ -80,7 +81,19 @@ def markup_problems(source: str, output: str) -> list[str]:
             problems.append(
                 f"{mark!r} appears {output.count(mark)} time(s), expected {source.count(mark)}"
             )
+    want, got = _block_marks(source), _block_marks(output)
+    if want != got:
+        problems.append(f"block markup at line starts {got} instead of {want}")
+    breaks = source.strip("\n").count("\n\n"), output.strip("\n").count("\n\n")
+    if breaks[0] != breaks[1]:
+        problems.append(f"{breaks[1] + 1} paragraph(s) instead of {breaks[0] + 1}")
     return problems
+
+
+def _block_marks(text: str) -> list[str]:
+    """The Markdown block markers that open lines (headings, quotes, list items), in
+    order: a heading run into the previous sentence is no longer a heading."""
+    return [m.group(1) for m in _BLOCK_MARK.finditer(text)]
 
 
 def chunk_problems(
