@@ -398,3 +398,15 @@ def test_split_never_separates_link_text_from_its_target() -> None:
     (ch,) = md.chunk(article, 40)
     parts = md.split_chunk(ch)
     assert any("[公式サイト]⟦P0⟧" in p.text for p in parts)
+
+
+def test_a_translation_that_runs_a_heading_into_a_sentence_is_rejected() -> None:
+    from familiar.translate.markdown import markup_problems
+
+    source = "急須を温めます。\n\n## よくある失敗\n\n- 茶葉\n- お湯"
+    good = "Warm the pot.\n\n## Common mistakes\n\n- tea leaves\n- water"
+    assert markup_problems(source, good) == []
+    run_in = "Warm the pot. ## common mistakes\n\n- tea leaves\n- water"
+    assert any("block markup" in p for p in markup_problems(source, run_in))
+    merged = "Warm the pot.\n## Common mistakes\n- tea leaves\n- water"
+    assert any("paragraph(s)" in p for p in markup_problems(source, merged))
