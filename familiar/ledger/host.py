@@ -357,6 +357,17 @@ class HostSeats(DeploymentSeats):
         Returns True when it rang the other waiting processes."""
         if self._closed:
             return False
+        granted = self._grant()
+        if self._sync_waiting():
+            # newly in the queue: a seat freed between the try and the ticket rang nobody
+            # (its holder saw no ticket), so try once more now that releases will ring us
+            granted = self._grant() or granted
+            self._sync_waiting()
+        if granted:
+            self._ring_others()
+        return granted
+
+    def _grant(self) -> bool:
         granted = False
         while self._waiters:
             kind, fut = self._waiters[0]
@@ -370,22 +381,23 @@ class HostSeats(DeploymentSeats):
             fut.set_result(seat)
             granted = True
             self._drop_ticket(kind)  # to the back of the line for the next one
-        self._sync_waiting()
-        if granted:
-            self._ring_others()
         return granted
 
-    def _sync_waiting(self) -> None:
+    def _sync_waiting(self) -> bool:
+        """Tickets for the kinds still waiting (none for the others), the marker and the
+        re-check timer; True when a ticket was newly taken."""
         kinds = {kind for kind, fut in self._waiters if not fut.done()}
         for kind in list(self._tickets):
             if kind not in kinds:
                 self._drop_ticket(kind)
+        fresh = False
         for kind in kinds:
             if kind not in self._tickets:
                 at = _BASE[kind] + _monotonic_ns()
                 while not try_lock(self._fd, at):
                     at += 1
                 self._tickets[kind] = at
+                fresh = True
         if kinds:
             self._mark_waiting()
             if self._timer is None:
@@ -393,6 +405,7 @@ class HostSeats(DeploymentSeats):
                 self._timer = loop.call_later(self._ledger.safety_s, self._tick)
         else:
             self._unmark_waiting()
+        return fresh
 
     def _tick(self) -> None:
         self._timer = None
