@@ -229,10 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     from familiar.cli_fleetcheck import add_fleetcheck_commands
     from familiar.cli_run import add_run_commands
     from familiar.cli_translate import add_translate_command
+    from familiar.cli_worker import add_worker_command
 
     add_run_commands(sub, _common)
     add_translate_command(sub, _common)
     add_fleet_command(sub, _common)
+    add_worker_command(sub, _common)
     add_fleetcheck_commands(sub, _common)
     _add_global_options(parser)
     return parser

@@ -65,6 +65,12 @@ def add_translate_command(sub: Any, common: Callable[[argparse.ArgumentParser], 
     p.add_argument(
         "--json", action="store_true", help="print the per-article report as JSON on stdout"
     )
+    p.add_argument(
+        "--nats",
+        metavar="URL",
+        help="submit the batch to the NATS JetStream work queue at URL and collect the "
+        "results: 'familiar worker --nats URL' runs the jobs, on any host",
+    )
     p.add_argument("--roles", metavar="STRING", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_translate)
 
@@ -119,7 +125,10 @@ def cmd_translate(args: argparse.Namespace) -> int:
     check_targets(roots, files, to=opts.to, out_dir=opts.out_dir, in_place=opts.in_place)
     reports = [ArticleReport(path=str(f)) for f, _ in files]
     try:
-        signals.run(_run(cfg, opts, files, reports))
+        if args.nats:
+            signals.run(_run_queue(cfg, opts, files, reports, args.nats))
+        else:
+            signals.run(_run(cfg, opts, files, reports))
     finally:
         # the report always prints once the batch ran, even interrupted (statuses say so)
         if not reports or any(r.status != "pending" for r in reports):
@@ -163,6 +172,19 @@ async def _run(
                     return await translator.run(files, reports)
     finally:
         cache.close()
+
+
+async def _run_queue(
+    cfg: Config, opts: Any, files: list[tuple[Path, Path]], reports: list[Any], url: str
+) -> list[Any]:
+    from familiar.cli_worker import check_nats_url
+    from familiar.queue.submit import submit_batch
+
+    url = check_nats_url(url)
+    with _progress(len(files)) as progress:
+        return await submit_batch(
+            url, cfg.home, opts, files, reports, progress=progress, wait_s=cfg.fleet.ledger_wait_s
+        )
 
 
 def _warn(message: str) -> None:

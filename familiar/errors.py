@@ -13,6 +13,7 @@ exit code; the CLI prints ``familiar: error: <message>`` and exits with it::
     │   ├── LocalSetupError         2   embedded backend not installed / unusable
     │   ├── LedgerSetupError        2   the seat ledger cannot be used as configured
     │   │                               (nats-py missing, NATS server too old / no JetStream)
+    │   ├── QueueSetupError         2   the work queue cannot be used (no JetStream there)
     │   └── StateError              2   familiar's own files unreadable, corrupt or unwritable
     └── RuntimeFailure              1   failure at run time
         ├── BackendError(slot)      1   anything a backend slot did wrong
@@ -22,6 +23,8 @@ exit code; the CLI prints ``familiar: error: <message>`` and exits with it::
         │   └── BackendProtocolError  malformed body / stream; no finish_reason; empty
         ├── LocalServerError        1   the embedded llama-server failed to start / died
         ├── LedgerUnavailable       1   the seat ledger (NATS) stayed unreachable past its
+        │                               deadline (the message names the URL)
+        ├── QueueUnavailable        1   the work queue (NATS) stayed unreachable past its
         │                               deadline (the message names the URL)
         ├── ArticleError            1   one article of a batch cannot be read or written
         ├── AnswerRejected          1   an answer failed the checks (empty, copied an example)
@@ -84,6 +87,11 @@ class LedgerSetupError(ConfigError):
     server too old or without JetStream, a ledger directory that cannot be used."""
 
 
+class QueueSetupError(ConfigError):
+    """The translation work queue cannot be used as asked: the NATS server has no
+    JetStream, or its stream or buckets cannot be created."""
+
+
 class RuntimeFailure(FamiliarError):
     """A failure at run time: exit code 1."""
 
@@ -140,6 +148,10 @@ class LocalServerError(RuntimeFailure):
 class LedgerUnavailable(RuntimeFailure):
     """The seat ledger stayed unreachable past its deadline. familiar never falls back
     to a per-process cap: that would break the fleet's cap."""
+
+
+class QueueUnavailable(RuntimeFailure):
+    """The translation work queue (NATS JetStream) stayed unreachable past its deadline."""
 
 
 class ArticleError(RuntimeFailure):
@@ -200,6 +212,8 @@ __all__ = [
     "LocalSetupError",
     "PlanInvalid",
     "PromptError",
+    "QueueSetupError",
+    "QueueUnavailable",
     "RoleFileError",
     "RoleStringError",
     "RuntimeFailure",

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -71,6 +71,27 @@ log = structlog.get_logger("familiar.translate")
 Progress = Callable[[str, int], None]  # (what, amount): "chunk", "article", "tokens"
 
 
+class AsyncChunkCache(Protocol):
+    """A chunk cache read and written with awaits (the queue's JetStream KV cache)."""
+
+    async def aget(self, key: str) -> CachedChunk | None: ...
+
+    async def aput(self, key: str, chunk: CachedChunk) -> None: ...
+
+
+class _Sync:
+    """The sqlite :class:`ChunkCache` as an :class:`AsyncChunkCache` (no awaits inside)."""
+
+    def __init__(self, cache: ChunkCache) -> None:
+        self.cache = cache
+
+    async def aget(self, key: str) -> CachedChunk | None:
+        return self.cache.get(key)
+
+    async def aput(self, key: str, chunk: CachedChunk) -> None:
+        self.cache.put(key, chunk)
+
+
 class Translator:
     """Runs one batch over a translator client (or several replicas' pools)."""
 
@@ -78,7 +99,7 @@ class Translator:
         self,
         pools: Sequence[Pool],
         opts: BatchOptions,
-        cache: ChunkCache,
+        cache: ChunkCache | AsyncChunkCache,
         *,
         telemetry: Telemetry | None = None,
         progress: Progress | None = None,
@@ -91,6 +112,7 @@ class Translator:
         self._asked: dict[str, asyncio.Future[ChunkOutcome]] = {}
         self.opts = opts
         self.cache = cache
+        self._store: AsyncChunkCache = _Sync(cache) if isinstance(cache, ChunkCache) else cache
         self.telemetry = telemetry
         self.progress = progress or (lambda _what, _n: None)
         client: SlotClient = self.pools[0].client
@@ -155,19 +177,29 @@ class Translator:
     ) -> None:
         """One of ``articles_at_once`` workers: the next article, until none is left."""
         for n, ((src, rel), report) in todo:
-            await self._article(dispatcher, n, src, rel, report)
+            await self._article(
+                rel, report, self._translate_article(dispatcher, n, src, rel, report)
+            )
 
-    async def _article(
-        self,
-        dispatcher: Dispatcher[Job, ChunkOutcome],
-        n: int,
-        src: Path,
-        rel: Path,
-        report: ArticleReport,
-    ) -> None:
+    async def translate_text(self, text: str, rel: Path, report: ArticleReport) -> str | None:
+        """One article's text, no files read or written: the translation (None when the
+        article is skipped or its translator gave up), with ``report`` filled in as a
+        batch fills it (its ``out`` is left to the caller)."""
+        async with Dispatcher(self.pools, self._handle) as dispatcher:
+            done: list[str | None] = [None]
+
+            async def work() -> None:
+                done[0] = await self._translate_text(dispatcher, 0, text, rel, report)
+                if done[0] is not None:
+                    report.status = "failed" if report.failed_chunks else "ok"
+
+            await self._article(rel, report, work())
+        return done[0]
+
+    async def _article(self, rel: Path, report: ArticleReport, work: Awaitable[None]) -> None:
         t0 = time.monotonic()
         try:
-            await self._translate_article(dispatcher, n, src, rel, report)
+            await work
         except ArticleError as exc:  # this article cannot be read or written
             report.status, report.error = "error", str(exc)
         except BackendError as exc:  # the translator gave up on one of its chunks
@@ -193,9 +225,9 @@ class Translator:
                 },
             )
 
-    def _from_cache(self, job: Job, key: str, rel: Path) -> ChunkOutcome | None:
+    async def _from_cache(self, job: Job, key: str, rel: Path) -> ChunkOutcome | None:
         """The cached translation, if there is one and it passes today's checks."""
-        found = self.cache.get(key)
+        found = await self._store.aget(key)
         if found is None:
             return None
         problems = chunk_problems(
@@ -225,7 +257,25 @@ class Translator:
         rel: Path,
         report: ArticleReport,
     ) -> None:
-        text = read_article(src)
+        translated = await self._translate_text(dispatcher, n, read_article(src), rel, report)
+        if translated is None:
+            return
+        out = output_path(
+            src, rel, to=self.opts.to, out_dir=self.opts.out_dir, in_place=self.opts.in_place
+        )
+        write_article(out, translated)
+        report.out = str(out)
+        report.status = "failed" if report.failed_chunks else "ok"
+
+    async def _translate_text(
+        self,
+        dispatcher: Dispatcher[Job, ChunkOutcome],
+        n: int,
+        text: str,
+        rel: Path,
+        report: ArticleReport,
+    ) -> str | None:
+        """The article's translation; None when it is already in the target language."""
         source_lang = self.opts.source_lang
         if source_lang == "auto":
             source_lang = detect_lang(text)
@@ -233,7 +283,7 @@ class Translator:
         if source_lang == self.opts.to:
             report.status = "skipped"
             report.error = f"already in {self.opts.to}"
-            return
+            return None
         article = md.parse(text)
         chunking = md.chunk(article, self.opts.chunk_tokens)
         del text, article
@@ -251,13 +301,8 @@ class Translator:
             for index, outcome in await self._all(dispatcher, n, rel, report, jobs):
                 if outcome.ok:
                     translations[index] = outcome.text
-        out = output_path(
-            src, rel, to=self.opts.to, out_dir=self.opts.out_dir, in_place=self.opts.in_place
-        )
-        write_article(out, md.assemble(chunking, translations))
-        report.out = str(out)
         report.failed_chunks.sort()
-        report.status = "failed" if report.failed_chunks else "ok"
+        return md.assemble(chunking, translations)
 
     async def _all(
         self,
@@ -332,7 +377,7 @@ class Translator:
         key = self._key(job)
         while True:
             if not self.opts.force:
-                cached = self._from_cache(job, key, rel)
+                cached = await self._from_cache(job, key, rel)
                 if cached is not None:
                     return cached, "cache"
             pending = self._asked.get(key)
@@ -354,7 +399,7 @@ class Translator:
             assert result.value is not None
             outcome = result.value
             if outcome.ok:
-                self.cache.put(
+                await self._store.aput(
                     key,
                     CachedChunk(
                         outcome.text,

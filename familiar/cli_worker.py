@@ -1,0 +1,139 @@
+"""``familiar worker``: run translation jobs from the NATS JetStream work queue."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from familiar import signals
+from familiar.config import Config, load_config
+from familiar.errors import ConfigError
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 1.0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 86400 s, not {value:g}")
+    return value
+
+
+def _count(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        return value
+
+    return parse
+
+
+def add_worker_command(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = sub.add_parser(
+        "worker",
+        help="run translation jobs from a NATS JetStream work queue on this host's slots",
+        description="Take translation jobs (submitted by 'familiar translate --nats URL') off "
+        "the queue and run them on this host's translator slot, until stopped (Ctrl-C or "
+        "SIGTERM: running jobs go back to the queue at once). Results and finished chunks "
+        "are stored in JetStream; a worker never needs the submitter's files.",
+    )
+    common(p)
+    p.add_argument(
+        "--nats", required=True, metavar="URL", help="the NATS server(s), nats://HOST:PORT"
+    )
+    p.add_argument(
+        "--jobs",
+        type=_count(1),
+        default=None,
+        metavar="N",
+        help="articles at once (default: twice the translator's seats, at least 4)",
+    )
+    p.add_argument(
+        "--ack-wait",
+        type=_seconds,
+        default=30.0,
+        metavar="S",
+        help="a job whose worker went silent this long goes to another (default 30)",
+    )
+    p.add_argument(
+        "--max-deliver",
+        type=_count(2),
+        default=4,
+        metavar="N",
+        help="deliveries before a job counts as failed (default 4: three tries)",
+    )
+    p.add_argument("--roles", metavar="STRING", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_worker)
+
+
+def check_nats_url(url: str) -> str:
+    """``--nats`` checked as the ledger checks its URL (a ConfigError otherwise)."""
+    from familiar.ledger import FleetSettings
+
+    try:
+        checked = FleetSettings._check_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"--nats: {exc}") from None
+    if checked is None:
+        raise ConfigError("--nats needs a URL, nats://HOST:PORT")
+    return checked
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    cfg = load_config(args.workspace, args.slots, args.roles)
+    if not cfg.role_config.has("translator"):
+        raise ConfigError(
+            f"the translator role is not active in {cfg.role_config.canonical()!r}"
+            " (familiar config use standard, or --roles)"
+        )
+    url = check_nats_url(args.nats)
+    signals.run(_run(cfg, url, args))
+    return 0
+
+
+async def _run(cfg: Config, url: str, args: argparse.Namespace) -> None:
+    from familiar.dispatch import Pool
+    from familiar.fleet import Fleet
+    from familiar.ledger import make_ledger
+    from familiar.queue.kvcache import KvChunkCache
+    from familiar.queue.store import QueueStore
+    from familiar.queue.worker import Worker, WorkerSettings
+    from familiar.telemetry import Telemetry
+    from familiar.translate.cache import ChunkCache
+
+    slots = {s.name: s for s in cfg.slots_for("translator")}
+    local = ChunkCache(cfg.home / "cache" / "chunks.sqlite", warn=_warn)
+    settings = WorkerSettings(
+        ack_wait_s=args.ack_wait, max_deliver=args.max_deliver, jobs_at_once=args.jobs
+    )
+    try:
+        telemetry = Telemetry(cfg.home)
+        async with (
+            telemetry,
+            QueueStore(url, wait_s=cfg.fleet.ledger_wait_s, name="familiar worker") as store,
+            Fleet(
+                slots,
+                home=cfg.home,
+                hooks=[telemetry.hook],
+                ledger=make_ledger(cfg.fleet),
+                kind="batch",
+            ) as fleet,
+        ):
+            pools = [Pool("translator", n, fleet[n].seats.total, fleet[n]) for n in slots]
+            worker = Worker(
+                store, pools, KvChunkCache(store, local), settings=settings, telemetry=telemetry
+            )
+            await worker.run()
+    finally:
+        local.close()
+
+
+def _warn(message: str) -> None:
+    print(f"familiar: warning: {message}", file=sys.stderr)

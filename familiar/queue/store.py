@@ -1,0 +1,328 @@
+"""The queue's JetStream objects, and the connection to them.
+
+Created on first use by whichever process comes first (the same settings every time)::
+
+    stream  familiar_jobs     subject familiar.queue.jobs; WorkQueue retention (a job is
+                               gone once acked), file storage, duplicate window 6 h
+    KV      familiar_results   job id -> JobResult JSON; history 1, kept 7 days
+    KV      familiar_chunks    chunk cache key -> CachedChunk JSON; kept 30 days
+    object  familiar_queue     ``article.<job>`` / ``result.<job>``: texts over the
+                               server's payload limit; kept 7 days
+    subject familiar.queue.done.<job>   core NATS: "a result is stored" (a hint only)
+
+The workers' durable pull consumer (``familiar_workers``) is the worker's (see
+``worker.py``). Every call that talks to the server goes through :meth:`QueueStore.call`:
+while the server is away it is retried for up to ``wait_s`` (one warning), then
+``QueueUnavailable`` names the URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from familiar.errors import QueueSetupError, QueueUnavailable
+from familiar.logs import redact_url
+from familiar.queue.jobs import JobResult
+
+log = structlog.get_logger("familiar.queue")
+
+T = TypeVar("T")
+
+STREAM = "familiar_jobs"
+SUBJECT = "familiar.queue.jobs"
+DONE = "familiar.queue.done"
+CONSUMER = "familiar_workers"
+RESULTS = "familiar_results"
+CHUNKS = "familiar_chunks"
+OBJECTS = "familiar_queue"
+CORRELATION = "Familiar-Correlation-Id"
+JOB = "Familiar-Job"
+DUPLICATE_WINDOW_S = 6 * 3600.0
+DAY = 86400.0
+_HEADROOM = 8192  # headers and JSON around a text that must still fit one message
+#: what a call to an absent or restarting server raises
+TRANSIENT: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    OSError,
+    nats.errors.Error,
+    nats.js.errors.ServiceUnavailableError,
+)
+
+
+class QueueStore:
+    """A connection to the queue's server and its stream, buckets and object store."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        wait_s: float = 60.0,
+        op_timeout: float = 5.0,
+        inline_limit: int | None = None,
+        name: str = "familiar",
+    ) -> None:
+        self.url, self.where = url, redact_url(url)
+        self.wait_s, self.op_timeout, self.name = wait_s, op_timeout, name
+        self._inline_limit = inline_limit
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._kv: dict[str, KeyValue] = {}
+        self._obs: ObjectStore | None = None
+        self._error = ""
+        self._warned = False
+        #: set when the connection comes back after a loss (the collector re-checks)
+        self.reconnected = asyncio.Event()
+
+    # -- connection ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> QueueStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        nc = Client()
+        try:
+            await asyncio.wait_for(
+                nc.connect(
+                    [u.strip() for u in self.url.split(",") if u.strip()],
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnect,
+                    reconnected_cb=self._on_reconnect,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,  # type: ignore[arg-type]  # typed int, takes s
+                    connect_timeout=max(1, min(5, int(self.wait_s))),
+                    ping_interval=5,
+                    max_outstanding_pings=2,
+                    name=self.name,
+                ),
+                self.wait_s,
+            )
+            self._nc = nc
+            await self._setup(nc)
+        except BaseException as exc:
+            self._nc = None
+            with contextlib.suppress(Exception):
+                await nc.close()
+            if isinstance(exc, TRANSIENT):
+                raise self.unavailable(str(exc) or self._error) from exc
+            raise
+
+    async def close(self) -> None:
+        nc, self._nc = self._nc, None
+        if nc is not None:  # naks and notices still buffered go out first
+            with contextlib.suppress(Exception):
+                await nc.flush(timeout=2)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), 5)
+
+    async def _on_error(self, exc: Exception) -> None:
+        self._error = str(exc) or type(exc).__name__
+        log.debug("nats error", url=self.where, error=repr(exc))
+        self.warn()
+
+    async def _on_disconnect(self) -> None:
+        log.debug("nats disconnected", url=self.where)
+
+    async def _on_reconnect(self) -> None:
+        log.debug("nats reconnected", url=self.where)
+        self._warned = False
+        self.reconnected.set()
+
+    def warn(self, error: str = "") -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                f"the work queue at {self.where} is unreachable ({error or self._error}); "
+                f"waiting for it at most {self.wait_s:g} s"
+            )
+
+    def unavailable(self, error: str = "") -> QueueUnavailable:
+        error = error or self._error
+        return QueueUnavailable(
+            f"the work queue at {self.where} stayed unreachable for {self.wait_s:g} s"
+            + (f" ({error})" if error else "")
+        )
+
+    async def call(self, op: Callable[[], Awaitable[T]], what: str = "") -> T:
+        """``await op()``, retried while the server is away, up to ``wait_s``."""
+        deadline = asyncio.get_running_loop().time() + self.wait_s
+        pause = 0.1
+        while True:
+            try:
+                return await op()
+            except TRANSIENT as exc:
+                refused = isinstance(exc, nats.js.errors.APIError)
+                if refused and not isinstance(exc, nats.js.errors.ServiceUnavailableError):
+                    raise  # the server answered: no use asking again
+                self._error = f"{what + ': ' if what else ''}{exc or type(exc).__name__}"
+                if asyncio.get_running_loop().time() + pause > deadline:
+                    raise self.unavailable() from exc
+                self.warn()
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    @property
+    def nc(self) -> Client:
+        if self._nc is None:
+            raise self.unavailable("not connected")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        assert self._js is not None, "open() first"
+        return self._js
+
+    @property
+    def inline_limit(self) -> int:
+        """The largest text (bytes) that travels inside a message."""
+        if self._inline_limit is not None:
+            return self._inline_limit
+        return max(1024, self.nc.max_payload - _HEADROOM)
+
+    # -- setup --------------------------------------------------------------------------
+
+    async def _setup(self, nc: Client) -> None:
+        js = self._js = nc.jetstream(timeout=self.op_timeout)
+        try:
+            await js.account_info()
+        except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
+            raise QueueSetupError(
+                f"the NATS server at {self.where} has no JetStream: run nats-server with -js"
+            ) from exc
+        try:
+            await _ensure_stream(js)
+            for bucket, ttl, what in (
+                (RESULTS, 7 * DAY, "translated articles by job id"),
+                (CHUNKS, 30 * DAY, "the translation chunk cache"),
+            ):
+                self._kv[bucket] = await _ensure_bucket(js, bucket, ttl, what)
+            try:
+                self._obs = await js.object_store(OBJECTS)
+            except nats.js.errors.BucketNotFoundError:
+                config = api.ObjectStoreConfig(
+                    bucket=OBJECTS,
+                    description="familiar: articles and results over the payload limit",
+                    ttl=7 * DAY,
+                    storage=api.StorageType.FILE,
+                )
+                with contextlib.suppress(nats.js.errors.BadRequestError):
+                    self._obs = await js.create_object_store(OBJECTS, config=config)
+                self._obs = self._obs or await js.object_store(OBJECTS)
+        except nats.js.errors.APIError as exc:
+            raise QueueSetupError(
+                f"the work queue at {self.where} cannot be set up: {exc}"
+            ) from exc
+
+    def kv(self, bucket: str) -> KeyValue:
+        return self._kv[bucket]
+
+    # -- texts and results --------------------------------------------------------------
+
+    def fits(self, text: str) -> bool:
+        return len(text.encode("utf-8")) <= self.inline_limit
+
+    async def put_text(self, name: str, text: str) -> None:
+        obs = self._obs
+        assert obs is not None
+        await self.call(lambda: obs.put(name, text.encode("utf-8")), f"store {name}")
+
+    async def get_text(self, name: str) -> str:
+        obs = self._obs
+        assert obs is not None
+        found = await self.call(lambda: obs.get(name), f"read {name}")
+        return bytes(found.data or b"").decode("utf-8")
+
+    async def result(self, job: str) -> tuple[JobResult, int] | None:
+        """The stored result of ``job`` and its revision; None when there is none (or an
+        unreadable one, which is then asked again)."""
+        kv = self._kv[RESULTS]
+
+        async def get() -> KeyValue.Entry | None:
+            try:
+                return await kv.get(job)
+            except nats.js.errors.KeyNotFoundError:
+                return None
+
+        entry = await self.call(get, "read a result")
+        if entry is None or not entry.value:
+            return None
+        try:
+            return JobResult.decode(entry.value), int(entry.revision or 0)
+        except ValueError as exc:
+            log.warning("unreadable job result; asking again", job=job, error=str(exc))
+            return None
+
+    async def output(self, result: JobResult) -> str | None:
+        if result.output_object is not None:
+            return await self.get_text(result.output_object)
+        return result.output
+
+    async def put_result(self, job: str, result: JobResult) -> None:
+        """Store ``result`` (its output in the object store when too big), then say so on
+        ``familiar.queue.done.<job>``."""
+        if result.output is not None and not self.fits(result.output):
+            name = f"result.{job}"
+            await self.put_text(name, result.output)
+            result = JobResult(result.report, None, name, result.worker, result.deliveries)
+        kv = self._kv[RESULTS]
+        data = result.encode()
+        await self.call(lambda: kv.put(job, data), "store a result")
+        with contextlib.suppress(*TRANSIENT):
+            await self.nc.publish(f"{DONE}.{job}", b"")
+
+    async def forget(self, job: str) -> None:
+        """Purge a failed result before the job is asked again."""
+        kv = self._kv[RESULTS]
+        await self.call(lambda: kv.purge(job), "purge a result")
+
+
+async def _ensure_stream(js: JetStreamContext) -> None:
+    try:
+        await js.stream_info(STREAM)
+        return
+    except nats.js.errors.NotFoundError:
+        pass
+    with contextlib.suppress(nats.js.errors.BadRequestError):  # made by another meanwhile
+        await js.add_stream(
+            api.StreamConfig(
+                name=STREAM,
+                description="familiar: translation jobs (see familiar/queue/store.py)",
+                subjects=[SUBJECT],
+                retention=api.RetentionPolicy.WORK_QUEUE,
+                storage=api.StorageType.FILE,
+                duplicate_window=DUPLICATE_WINDOW_S,
+            )
+        )
+
+
+async def _ensure_bucket(js: JetStreamContext, bucket: str, ttl: float, what: str) -> KeyValue:
+    try:
+        return await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        pass
+    config = api.KeyValueConfig(
+        bucket=bucket,
+        description=f"familiar: {what}",
+        history=1,
+        ttl=ttl,
+        storage=api.StorageType.FILE,
+        direct=True,
+    )
+    with contextlib.suppress(nats.js.errors.BadRequestError):
+        return await js.create_key_value(config)
+    return await js.key_value(bucket)

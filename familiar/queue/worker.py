@@ -1,0 +1,265 @@
+"""``familiar worker``: jobs from the queue, through this host's fleet, results stored.
+
+Every worker binds the one durable pull consumer ``familiar_workers`` of the work-queue
+stream (a WorkQueue stream allows a single unfiltered consumer, so workers share it; the
+server hands each job to one of them). The worker creates or updates it on start (its
+``ack_wait`` and ``max_deliver``: the last worker started sets them)::
+
+    ack_policy explicit, ack_wait 30 s, max_deliver 4, deliver all
+
+A worker runs up to ``jobs_at_once`` jobs (twice its seats, at least 4, as a local
+batch runs articles), fetching one job whenever one of them is free, so nothing waits in
+its memory while its ack clock runs. For each job:
+
+1. a job whose result is already stored (a duplicate) is acked at once;
+2. on its ``max_deliver``-th delivery it is not run again: every worker that took it
+   stopped or died before it finished (a poison job), so a failure is stored for it;
+3. otherwise the article goes through :meth:`Translator.translate_text` on this host's
+   seats (``kind="batch"``), with ``in_progress`` sent every third of ``ack_wait``;
+   chunks come from and go to the shared KV chunk cache (``kvcache.py``);
+4. the result is stored (``familiar_results``, key = job id), announced, then acked.
+
+Stopping (SIGINT/SIGTERM): every running job is cancelled and **nak**ed, so another
+worker takes it at once (its finished chunks are in the KV cache); a SIGKILLed worker's
+jobs come back after ``ack_wait``. The worker's events carry the batch's correlation id
+(the job's ``Familiar-Correlation-Id`` header).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from nats.aio.msg import Msg
+from nats.js import api
+
+from familiar.context import bound_correlation_id, new_correlation_id
+from familiar.dispatch import Pool
+from familiar.errors import LedgerUnavailable, QueueUnavailable
+from familiar.queue.jobs import JobMessage, JobResult
+from familiar.queue.kvcache import KvChunkCache
+from familiar.queue.store import CONSUMER, CORRELATION, STREAM, TRANSIENT, QueueStore
+from familiar.telemetry import Telemetry
+from familiar.translate.batch import Translator
+from familiar.translate.report import ArticleReport
+
+log = structlog.get_logger("familiar.queue")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    ack_wait_s: float = 30.0
+    max_deliver: int = 4
+    jobs_at_once: int | None = None  # default: 2 x seats, at least 4
+    fetch_wait_s: float = 2.0  # how long one fetch waits for a job
+
+
+class Worker:
+    """Takes jobs off the queue and runs them on ``pools`` until cancelled."""
+
+    def __init__(
+        self,
+        store: QueueStore,
+        pools: Sequence[Pool],
+        cache: KvChunkCache,
+        *,
+        settings: WorkerSettings | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self.store = store
+        self.pools = list(pools)
+        self.cache = cache
+        self.settings = settings or WorkerSettings()
+        self.telemetry = telemetry
+        seats = sum(p.seats for p in self.pools)
+        self.jobs_at_once = self.settings.jobs_at_once or max(4, 2 * seats)
+        self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        self.max_deliver = self.settings.max_deliver
+        self.ack_wait_s = self.settings.ack_wait_s
+        self.done = 0  # jobs acked by this worker
+
+    def _emit(self, name: str, fields: Mapping[str, Any]) -> None:
+        if self.telemetry is not None:
+            self.telemetry.emit(name, fields)
+
+    async def consumer(self) -> api.ConsumerInfo:
+        """Create or update the shared consumer; its settings as the server has them."""
+        config = api.ConsumerConfig(
+            name=CONSUMER,
+            durable_name=CONSUMER,
+            description="familiar workers (see familiar/queue/worker.py)",
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=self.settings.ack_wait_s,
+            max_deliver=self.settings.max_deliver,
+            max_ack_pending=10_000,
+        )
+        js = self.store.js
+        info = await self.store.call(lambda: js.add_consumer(STREAM, config), "the consumer")
+        self.max_deliver = int(info.config.max_deliver or self.settings.max_deliver)
+        self.ack_wait_s = float(info.config.ack_wait or self.settings.ack_wait_s)
+        return info
+
+    async def run(self) -> None:
+        """Fetch and run jobs until cancelled (a server away is waited for, for good)."""
+        await self.consumer()
+        js = self.store.js
+        psub = await self.store.call(
+            lambda: js.pull_subscribe_bind(durable=CONSUMER, stream=STREAM), "subscribe"
+        )
+        log.info(
+            "worker ready",
+            url=self.store.where,
+            jobs_at_once=self.jobs_at_once,
+            ack_wait_s=self.ack_wait_s,
+            max_deliver=self.max_deliver,
+        )
+        free = asyncio.Semaphore(self.jobs_at_once)
+        async with asyncio.TaskGroup() as tg:
+            try:
+                while True:
+                    await free.acquire()
+                    try:
+                        msgs = await psub.fetch(1, timeout=self.settings.fetch_wait_s)
+                    except TRANSIENT as exc:
+                        free.release()
+                        if not isinstance(exc, TimeoutError):
+                            self.store.warn(str(exc) or type(exc).__name__)
+                            await asyncio.sleep(0.5)
+                        continue
+                    if not msgs:
+                        free.release()
+                        continue
+                    for msg in msgs:
+                        tg.create_task(self._guarded(msg, free))
+            finally:  # stopping: no more pulls before the running jobs are handed back
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(psub.unsubscribe(), 2)
+
+    async def _guarded(self, msg: Msg, free: asyncio.Semaphore) -> None:
+        try:
+            headers = msg.headers or {}
+            with bound_correlation_id(headers.get(CORRELATION) or new_correlation_id()):
+                await self._job(msg)
+        finally:
+            free.release()
+
+    async def _job(self, msg: Msg) -> None:
+        deliveries = int(msg.metadata.num_delivered or 1)
+        try:
+            job = JobMessage.decode(msg.data)
+        except ValueError as exc:
+            log.error("not a job; dropped", error=str(exc))
+            with contextlib.suppress(*TRANSIENT):
+                await msg.term()
+            return
+        t0 = time.monotonic()
+        status = "interrupted"
+        try:
+            result = await self._result(msg, job, deliveries)
+            if result is not None:
+                await self.store.put_result(job.job, result)
+                status = result.status
+            else:
+                status = "duplicate"
+            await msg.ack_sync(timeout=self.store.op_timeout)
+            self.done += 1
+        except asyncio.CancelledError:  # stopping: another worker takes it now
+            with contextlib.suppress(Exception):  # after our last pull request expired
+                await asyncio.wait_for(msg.nak(delay=self.settings.fetch_wait_s + 1), 2)
+            log.info("job handed back", job=job.job, deliveries=deliveries)
+            raise
+        except (LedgerUnavailable, QueueUnavailable) as exc:  # ours, not the job's
+            status = "unavailable"
+            log.warning("job left for later", job=job.job, error=str(exc))
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(msg.nak(delay=self.ack_wait_s), 2)
+        except TRANSIENT as exc:  # the ack got lost: the result is stored, a redelivery
+            log.info("ack failed; the job will come back as a duplicate", error=repr(exc))
+        except Exception as exc:  # the server refused something: try again later
+            status = "error"
+            log.error("job left for later", job=job.job, error=f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(msg.nak(delay=self.ack_wait_s), 2)
+        finally:
+            self._emit(
+                "queue.job",
+                {
+                    "job": job.job,
+                    "article": job.rel,
+                    "status": status,
+                    "deliveries": deliveries,
+                    "worker": self.identity,
+                    "duration_ms": round((time.monotonic() - t0) * 1000),
+                },
+            )
+
+    async def _result(self, msg: Msg, job: JobMessage, deliveries: int) -> JobResult | None:
+        """The job's result; None when one is stored already."""
+        found = await self.store.result(job.job)
+        if found is not None and found[0].done:
+            return None
+        if deliveries >= self.max_deliver:
+            log.warning("poison job: failed for good", job=job.job, deliveries=deliveries)
+            return JobResult.failure(
+                f"gave up after {deliveries - 1} deliveries: every worker that took this"
+                " article stopped or died before finishing it (max_deliver"
+                f" {self.max_deliver})",
+                worker=self.identity,
+                deliveries=deliveries,
+            )
+        async with asyncio.TaskGroup() as tg:
+            beat = tg.create_task(self._heartbeat(msg))
+            outcome = await self._translate(job, deliveries)
+            beat.cancel()
+        if isinstance(outcome, Exception):  # raised outside the group: not wrapped in one
+            raise outcome
+        return outcome
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        """``in_progress`` every third of ``ack_wait``: a long job keeps its message."""
+        while True:
+            await asyncio.sleep(max(0.2, self.ack_wait_s / 3))
+            with contextlib.suppress(*TRANSIENT):
+                await msg.in_progress()
+
+    async def _translate(
+        self, job: JobMessage, deliveries: int
+    ) -> JobResult | LedgerUnavailable | QueueUnavailable:
+        """The result, or the outage that kept the job from running (to raise)."""
+        try:
+            text = job.text
+            if text is None:
+                assert job.text_object is not None
+                text = await self.store.get_text(job.text_object)
+        except QueueUnavailable as exc:
+            return exc
+        except Exception as exc:  # the object is gone (expired, purged)
+            return JobResult.failure(
+                f"the article's text {job.text_object} cannot be read from the queue: {exc}",
+                status="error",
+                worker=self.identity,
+                deliveries=deliveries,
+            )
+        translator = Translator(
+            self.pools, job.options.batch_options(), self.cache, telemetry=self.telemetry
+        )
+        report = ArticleReport(path=job.rel)
+        try:
+            output = await translator.translate_text(text, Path(job.rel), report)
+        except (LedgerUnavailable, QueueUnavailable) as exc:
+            return exc
+        except Exception as exc:  # a bug: this article's error, the worker goes on
+            log.error("job failed", job=job.job, error=f"{type(exc).__name__}: {exc}")
+            report.status = "error"
+            report.error = f"internal error: {type(exc).__name__}: {exc}"
+            output = None
+        return JobResult.of(report, output, worker=self.identity, deliveries=deliveries)
