@@ -163,7 +163,8 @@ async def test_save_plot_apply_and_compare(
     after = (tmp_path / "slots.toml").read_bytes()
     assert after == before.replace(b"parallel = 1  # a guess", b"parallel = %d  # a guess" % knee)
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    saved = sorted((tmp_path / "home" / "bench").glob("*.json"))
+    # names sort by second, then a random suffix: two runs in one second sort either way
+    saved = sorted((tmp_path / "home" / "bench").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
     assert len(saved) == 2 and second["saved"] == str(saved[-1])
     first = json.loads(saved[0].read_text())
     assert first["server"]["model"] == "fake-model" and first["server"]["runtime"] == "vllm"
