@@ -12,6 +12,7 @@ so ``reserve`` seats stay free for a session started while a batch runs.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -26,6 +27,18 @@ from typing import Any, Literal
 
 Kind = Literal["interactive", "batch"]
 KINDS: tuple[Kind, ...] = ("interactive", "batch")
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for ``event`` at most ``seconds``; False on timeout. Unlike
+    ``asyncio.wait_for`` on Python 3.11, a cancellation arriving as the event fires is
+    never swallowed (a loop around it would otherwise run on, "cancelling", forever)."""
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 def deployment_id(urls: Sequence[str], model: str) -> str:

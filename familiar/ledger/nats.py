@@ -67,6 +67,7 @@ from familiar.ledger.base import (
     Lease,
     Ledger,
     this_process,
+    wait_event,
 )
 from familiar.ledger.nats_rules import check_server_version, choose_seat, ttl_header
 from familiar.ledger.nats_seats import _Conflict, _Held, _Seats
@@ -391,8 +392,7 @@ class NatsLedger(Ledger):
         rebuild the mirrors."""
         resync = False
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reconnected.wait(), self.ttl_s / 3)
+            await wait_event(self._reconnected, self.ttl_s / 3)
             resync |= self._reconnected.is_set()
             self._reconnected.clear()
             if self._down_since is not None:
@@ -468,7 +468,9 @@ class NatsLedger(Ledger):
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks)
+            _done, stuck = await asyncio.wait(tasks, timeout=5)
+            if stuck:  # never wait without a bound on the way out
+                log.debug("ledger tasks did not stop", url=self.where, tasks=len(stuck))
         nc, self._nc = self._nc, None
         if nc is None:
             return
@@ -484,6 +486,6 @@ class NatsLedger(Ledger):
             for task in self._drops:
                 task.cancel()
             if self._drops:
-                await asyncio.wait(list(self._drops))
+                await asyncio.wait(list(self._drops), timeout=5)
             with contextlib.suppress(Exception):
                 await nc.close()

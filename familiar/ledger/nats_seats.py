@@ -20,6 +20,7 @@ from familiar.ledger.base import (
     Holder,
     Kind,
     Lease,
+    wait_event,
 )
 from familiar.ledger.nats_rules import choose_seat
 
@@ -192,9 +193,7 @@ class _Seats(DeploymentSeats):
                     self._error = str(exc) or type(exc).__name__
                     self._failing_since = self._failing_since or time.monotonic()
                     timeout = min(timeout, 1.0)
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
+            if not await wait_event(self._wake, timeout):
                 self._tried.clear()
 
     def _fail_overdue(self, outage: float) -> float:

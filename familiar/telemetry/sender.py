@@ -182,8 +182,9 @@ class Telemetry:
         assert self._wake is not None
         pause = self.interval_s
         while True:
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=pause)
+            with suppress(TimeoutError):  # (asyncio.timeout: a cancellation is never lost)
+                async with asyncio.timeout(pause):
+                    await self._wake.wait()
             self._wake.clear()
             if self._closing or time.monotonic() >= self._retry_at:
                 try:

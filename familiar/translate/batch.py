@@ -38,7 +38,7 @@ import structlog
 
 from familiar.backend import SlotClient
 from familiar.dispatch import Dispatcher, Pool, WorkItem
-from familiar.errors import ArticleError, BackendError
+from familiar.errors import ArticleError, BackendError, FamiliarError, LedgerUnavailable
 from familiar.lang import detect_lang
 from familiar.telemetry import Telemetry
 from familiar.translate import markdown as md
@@ -146,10 +146,13 @@ class Translator:
         status = "failed"
         try:
             todo = enumerate(zip(files, reports, strict=True))
-            async with Dispatcher(self.pools, self._handle) as dispatcher:
-                async with asyncio.TaskGroup() as tg:
-                    for _ in range(min(self.articles_at_once, len(files))):
-                        tg.create_task(self._articles(dispatcher, todo))
+            try:
+                async with Dispatcher(self.pools, self._handle) as dispatcher:
+                    async with asyncio.TaskGroup() as tg:
+                        for _ in range(min(self.articles_at_once, len(files))):
+                            tg.create_task(self._articles(dispatcher, todo))
+            except ExceptionGroup as group:  # e.g. the seat ledger gone: say that
+                raise _one_failure(group) from None
             status = "ok" if all(r.status in ("ok", "skipped") for r in reports) else "failed"
         except asyncio.CancelledError:
             status = "interrupted"
@@ -204,6 +207,9 @@ class Translator:
             report.status, report.error = "error", str(exc)
         except BackendError as exc:  # the translator gave up on one of its chunks
             report.status, report.error = "failed", str(exc)
+        except LedgerUnavailable as exc:  # no seat can be had: the whole batch stops
+            report.status, report.error = "error", str(exc)
+            raise
         except Exception as exc:  # a bug: say so, and stop the batch
             report.status, report.error = "error", f"internal error: {type(exc).__name__}: {exc}"
             raise
@@ -320,10 +326,7 @@ class Translator:
                     tg.create_task(self._chunk(dispatcher, n, rel, report, job)) for job in jobs
                 ]
         except ExceptionGroup as group:
-            failures = [e for e in group.exceptions if isinstance(e, BackendError)]
-            if failures and len(failures) == len(group.exceptions):
-                raise failures[0] from None
-            raise
+            raise _one_failure(group) from None
         return [(job.chunk.index, t.result()) for job, t in zip(jobs, tasks, strict=True)]
 
     async def _chunk(
@@ -432,3 +435,19 @@ def _retrieve(fut: asyncio.Future[ChunkOutcome]) -> None:
     """Mark a shared outcome's exception as seen (its asker raised it already)."""
     if not fut.cancelled():
         fut.exception()
+
+
+def _one_failure(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first of a task group's failures when every one of them is familiar's own
+    (a backend that gave up, the seat ledger gone), else the whole group (a bug)."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending[:0] = list(exc.exceptions)
+        else:
+            leaves.append(exc)
+    if leaves and all(isinstance(e, FamiliarError) for e in leaves):
+        return leaves[0]
+    return group

@@ -5,6 +5,7 @@ real nats-server, started here on a free loopback port."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -135,3 +136,27 @@ async def test_an_unreachable_nats_waits_warns_once_then_fails_naming_the_url(
         assert "Traceback" not in err
         assert srv.stats["requests"] == 0  # never a silent per-process cap
         assert not (ws / "out").exists()
+
+
+async def test_nats_gone_for_good_mid_run_fails_the_batch_within_its_deadline(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    async with FakeOpenAIServer(latency_s=0.2, reply_mode="identity") as srv:
+        fleet = "[fleet]\nledger_wait_s = 2\n"
+        ws = workspace(tmp_path / "w", srv.url, parallel=2, articles=8, fleet=fleet)
+        proc = await translate(ws, nats_server.url)
+        deadline = time.monotonic() + 30
+        while srv.stats["requests"] < 3:
+            assert time.monotonic() < deadline and proc.returncode is None
+            await asyncio.sleep(0.05)
+        nats_server.kill()
+        killed = time.monotonic()
+        code, out, err = await finish(proc, 60)  # it must end by itself, not hang
+        assert time.monotonic() - killed < 30
+        assert code == 1, err
+        assert "Traceback" not in err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("familiar: error:") and nats_server.url in last, err
+        rows = json.loads(out)  # the report still prints: nothing is silently lost
+        assert {r["status"] for r in rows} <= {"ok", "error", "interrupted"}
+        assert any(r["status"] != "ok" for r in rows)
