@@ -81,7 +81,7 @@ class Holder:
                 kind="batch" if obj.get("kind") == "batch" else "interactive",
                 since=float(obj.get("since", 0.0)),
             )
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, OverflowError):
             return None
 
 

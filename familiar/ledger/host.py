@@ -35,10 +35,8 @@ import json
 import os
 import secrets
 import socket
-import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator
 from pathlib import Path
 
 from familiar.errors import LedgerSetupError
@@ -51,24 +49,29 @@ from familiar.ledger.base import (
     Ledger,
     this_process,
 )
-from familiar.ledger.host_locks import OFD_GETLK, OFD_SETLK, first_lock, locks, try_lock, unlock
+from familiar.ledger.host_files import (
+    RECORD,
+    default_dir,
+    listdir,
+    live_cap,
+    live_waiters,
+    read_view,
+)
+from familiar.ledger.host_locks import (
+    OFD_GETLK,
+    OFD_SETLK,
+    first_free,
+    first_lock,
+    try_lock,
+    unlock,
+)
 
-_RECORD = 512
 _BASE: dict[Kind, int] = {"interactive": 1 << 61, "batch": 1 << 62}
 _SPAN = 1 << 60
 _TICKETS = (_BASE["interactive"], _BASE["batch"] + _SPAN)  # [start, end) of all tickets
 _BELL = "\0familiar-ledger-"
-
-
-def default_dir() -> Path:
-    """Where the host ledger lives (see the module docstring)."""
-    env = os.environ.get("FAMILIAR_LEDGER_DIR")
-    if env:
-        return Path(env).expanduser()
-    run = os.environ.get("XDG_RUNTIME_DIR")
-    if run and os.path.isdir(run):
-        return Path(run) / "familiar"
-    return Path(tempfile.gettempdir()) / f"familiar-{os.getuid()}"
+_PATIENCE_S = 2.0  # a free seat left this long by the waiter ahead goes to the next
+_CAPS_EVERY_S = 1.0  # how often the caps other processes use are read again
 
 
 # -- the ledger ---------------------------------------------------------------------------
@@ -111,6 +114,11 @@ class HostLedger(Ledger):
         try:
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             st = self.dir.stat()
+        except FileExistsError:
+            raise LedgerSetupError(
+                f"seat ledger directory {self.dir} is not a directory; set FAMILIAR_LEDGER_DIR"
+                " to a directory of your own"
+            ) from None
         except OSError as exc:
             raise LedgerSetupError(f"seat ledger directory {self.dir}: {exc.strerror}") from None
         if st.st_uid != os.getuid():
@@ -185,59 +193,10 @@ class HostLedger(Ledger):
             return []
         out = []
         for sub in sorted(self.dir.iterdir()):
-            view = _read_view(sub)
+            view = read_view(sub)
             if view is not None:
                 out.append(view)
         return out
-
-
-def _read_view(sub: Path) -> DeploymentView | None:
-    try:
-        meta = json.loads((sub / "meta.json").read_text(encoding="utf-8"))
-        label, cap, reserve = str(meta["label"]), int(meta["cap"]), int(meta.get("reserve", 0))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    holders: dict[int, Holder] = {}
-    try:
-        fd = os.open(sub / "seats", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return DeploymentView(sub.name, label, cap, reserve)
-    try:
-        with open(sub / "holders", "rb") as records:
-            for seat in locks(fd, 0, _BASE["interactive"]):
-                records.seek(seat * _RECORD)
-                holder = Holder.from_json(records.read(_RECORD).strip(b"\0 \n"))
-                holders[seat] = holder or Holder("?", 0, "?")
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    waiting = [h for _token, h in _live_waiters(sub / "waiters", prune=True)]
-    return DeploymentView(sub.name, label, cap, reserve, holders, waiting)
-
-
-def _live_waiters(folder: Path, *, prune: bool) -> Iterator[tuple[str, Holder]]:
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return
-    for name in names:
-        path = folder / name
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            if first_lock(fd, 0, 1) is None:  # its process is gone
-                if prune:
-                    with contextlib.suppress(OSError):
-                        path.unlink()
-                continue
-            holder = Holder.from_json(os.pread(fd, 4096, 0))
-        finally:
-            os.close(fd)
-        if holder is not None:
-            yield name, holder
 
 
 class HostSeats(DeploymentSeats):
@@ -261,6 +220,10 @@ class HostSeats(DeploymentSeats):
         self._marker: int | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self._idle_since: float | None = None  # a seat seen free while others were ahead
+        self._caps_at = -1.0
+        self._strictest = cap
+        self._cap_fd = self._advertise_cap()
 
     def _write_meta(self) -> None:
         data = json.dumps({"label": self.label, "cap": self.cap, "reserve": self.reserve})
@@ -319,25 +282,77 @@ class HostSeats(DeploymentSeats):
             self._ring_others()
 
     def _take(self, kind: Kind) -> int | None:
-        """A free seat for ``kind`` if it is this process's turn, else None."""
+        """A free seat for ``kind`` if it is this process's turn, else None. A waiter
+        ahead that leaves a seat free for ``_PATIENCE_S`` (stopped with Ctrl-Z, its event
+        loop blocked) loses its turn: seats never sit idle behind it."""
+        n = min(self.usable(kind), self._effective_cap(kind))
         if self._others_ahead(kind):
-            return None
-        n = self.usable(kind)
+            free = first_free(self._fd, n, self._held)
+            now = time.monotonic()
+            if free is None:
+                self._idle_since = None
+                return None
+            if self._idle_since is None:
+                self._idle_since = now
+            if now - self._idle_since < _PATIENCE_S:
+                return None
+        self._idle_since = None
         # interactive work tries the reserved (top) seats first, leaving the rest to batches
         order = range(n - 1, -1, -1) if kind == "interactive" else range(n)
         for seat in order:
             if seat not in self._held and try_lock(self._fd, seat):
                 self._held.add(seat)
                 record = self._ledger.holder
-                data = Holder(record.host, record.pid, record.command, kind, _now()).to_json()
+                data = Holder(record.host, record.pid, record.command, kind, time.time()).to_json()
                 with contextlib.suppress(OSError):
                     os.pwrite(
                         self._records,
-                        data.ljust(_RECORD - 1)[: _RECORD - 1] + b"\n",
-                        seat * _RECORD,
+                        data.ljust(RECORD - 1)[: RECORD - 1] + b"\n",
+                        seat * RECORD,
                     )
                 return seat
         return None
+
+    def _advertise_cap(self) -> int | None:
+        """``caps/<token>``: this process's cap, locked while it runs (for the others)."""
+        try:
+            (self._dir / "caps").mkdir(mode=0o700, exist_ok=True)
+            path = self._dir / "caps" / self._ledger.token
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(self.cap).encode(), 0)
+        try_lock(fd, 0)
+        return fd
+
+    def _effective_cap(self, kind: Kind) -> int:
+        """The strictest cap any live process uses for this deployment (processes whose
+        slots files disagree on ``parallel``): read at most once a second."""
+        now = time.monotonic()
+        if now - self._caps_at < _CAPS_EVERY_S:
+            return self._strictest
+        self._caps_at = now
+        strictest = self.cap
+        folder = self._dir / "caps"
+        for name in listdir(folder):
+            if name == self._ledger.token:
+                continue
+            other = live_cap(folder / name)
+            if other is not None and other < strictest:
+                strictest = other
+        if strictest < self._strictest and strictest < self.cap:
+            import structlog  # only now: `familiar --help` never loads the logger
+
+            structlog.get_logger("familiar.ledger").warning(
+                "another familiar process uses a smaller parallel for this deployment;"
+                " the strictest applies",
+                deployment=self.label,
+                parallel=strictest,
+                ours=self.cap,
+            )
+        self._strictest = strictest
+        return strictest
 
     def _others_ahead(self, kind: Kind) -> bool:
         mine = self._tickets.get(kind)
@@ -393,7 +408,7 @@ class HostSeats(DeploymentSeats):
         fresh = False
         for kind in kinds:
             if kind not in self._tickets:
-                at = _BASE[kind] + _monotonic_ns()
+                at = _BASE[kind] + time.monotonic_ns()
                 while not try_lock(self._fd, at):
                     at += 1
                 self._tickets[kind] = at
@@ -426,7 +441,7 @@ class HostSeats(DeploymentSeats):
         kind: Kind = next(iter(self._tickets), "interactive")
         h = self._ledger.holder
         os.ftruncate(fd, 0)
-        os.pwrite(fd, Holder(h.host, h.pid, h.command, kind, _now()).to_json(), 0)
+        os.pwrite(fd, Holder(h.host, h.pid, h.command, kind, time.time()).to_json(), 0)
         try_lock(fd, 0)
         self._marker = fd
 
@@ -453,7 +468,7 @@ class HostSeats(DeploymentSeats):
             return
         for name in names:
             if name != mine and not self._ledger.ring(name):
-                list(_live_waiters(folder, prune=True))  # a dead waiter's marker goes
+                list(live_waiters(folder, prune=True))  # a dead waiter's marker goes
 
     def close(self) -> None:
         if self._closed:
@@ -465,17 +480,14 @@ class HostSeats(DeploymentSeats):
         self._closed = True
         self._held.clear()
         self._tickets.clear()
+        if self._cap_fd is not None:
+            with contextlib.suppress(OSError):
+                (self._dir / "caps" / self._ledger.token).unlink()
+            with contextlib.suppress(OSError):
+                os.close(self._cap_fd)
         for fd in (self._fd, self._records):
             with contextlib.suppress(OSError):
                 os.close(fd)  # the kernel drops every lock of this open file
-
-
-def _monotonic_ns() -> int:
-    return time.monotonic_ns()
-
-
-def _now() -> float:
-    return time.time()
 
 
 __all__ = ["HostLedger", "HostSeats", "default_dir"]

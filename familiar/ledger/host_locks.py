@@ -48,3 +48,11 @@ def locks(fd: int, start: int, end: int) -> Iterator[int]:
         at, length = found
         yield from range(max(at, start), min(at + length, end, max(at, start) + 4096))
         start = at + length
+
+
+def first_free(fd: int, n: int, mine: set[int]) -> int | None:
+    """The first of bytes ``0 .. n-1`` no other open file has locked and ``mine`` lacks."""
+    for seat in range(n):
+        if seat not in mine and first_lock(fd, seat, seat + 1) is None:
+            return seat
+    return None

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from familiar.errors import LedgerSetupError, SlotsFileError
-from familiar.ledger import FleetSettings, HostLedger, Kind, make_ledger
+from familiar.ledger import FleetSettings, Holder, HostLedger, Kind, default_dir, make_ledger
 from familiar.ledger.host import HostSeats
 from familiar.slots import load_slots_file
 
@@ -220,3 +220,74 @@ def test_bad_fleet_settings_are_usage_errors(tmp_path: Path, body: str, message:
     path.write_text(text)
     with pytest.raises(SlotsFileError, match=message):
         load_slots_file(path)
+
+
+async def test_a_waiter_that_does_not_take_its_turn_loses_it(tmp_path: Path) -> None:
+    """A waiter ahead that leaves a free seat alone (stopped with Ctrl-Z, its loop
+    blocked) does not keep the deployment idle: after a patience the next one takes it."""
+    async with (
+        HostLedger(tmp_path / "L", safety_s=0.2) as holder_l,
+        HostLedger(tmp_path / "L", safety_s=0.2) as stuck_l,
+        HostLedger(tmp_path / "L", safety_s=0.2) as next_l,
+    ):
+        holder, stuck, nxt = (seats_of(ledger, 1) for ledger in (holder_l, stuck_l, next_l))
+        lease = await holder.acquire("interactive")
+        stuck_waiter = asyncio.create_task(stuck.acquire("interactive"))
+        await asyncio.sleep(0.05)
+        stuck.pump = lambda: False  # type: ignore[method-assign]  # it never acts again
+        stuck._tick = lambda: None  # type: ignore[method-assign]
+        next_waiter = asyncio.create_task(nxt.acquire("interactive"))
+        await asyncio.sleep(0.05)
+        await holder.release(lease)
+        released = time.monotonic()
+        got = await asyncio.wait_for(next_waiter, 10)
+        assert 1.5 < time.monotonic() - released < 6  # the patience (2 s), then the seat
+        await nxt.release(got)
+        stuck_waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stuck_waiter
+
+
+async def test_the_strictest_parallel_of_live_processes_applies(ledgers: list[HostLedger]) -> None:
+    wide, narrow = seats_of(ledgers[0], cap=4), seats_of(ledgers[1], cap=2)
+    held = [await wide.acquire("interactive") for _ in range(2)]
+    third = asyncio.create_task(wide.acquire("interactive"))
+    await asyncio.sleep(0.1)
+    assert not third.done()  # 2 in use: the other process's cap of 2 holds for everyone
+    third.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await third
+    for lease in held:
+        await wide.release(lease)
+    await ledgers[1].close()  # the strict process is gone: the wider cap is back
+    await asyncio.sleep(1.1)  # the caps are read again at most once a second
+    more = [await asyncio.wait_for(wide.acquire("interactive"), 2) for _ in range(4)]
+    assert len({lease.seat for lease in more}) == 4
+    del narrow
+
+
+async def test_fleet_views_skip_records_familiar_did_not_write(tmp_path: Path) -> None:
+    bad = tmp_path / "L" / "feedfacefeedfacefeed"
+    bad.mkdir(parents=True)
+    (bad / "meta.json").write_text('{"label": "x", "cap": 1e999}')
+    other = tmp_path / "L" / "0000000000000000beef"
+    other.mkdir()
+    (other / "meta.json").write_text('{"label": "y", "cap": -5, "reserve": -9}')
+    async with HostLedger(tmp_path / "L") as ledger:
+        assert await ledger.views() == []
+    assert Holder.from_json('{"host": "h", "pid": 1e999, "command": "c"}') is None
+
+
+async def test_a_ledger_dir_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / "L").write_text("")
+    with pytest.raises(LedgerSetupError, match="is not a directory"):
+        async with HostLedger(tmp_path / "L"):
+            pass
+
+
+def test_a_relative_ledger_dir_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FAMILIAR_LEDGER_DIR", "reldir")
+    assert default_dir() == tmp_path / "reldir"
