@@ -304,6 +304,10 @@ class NatsLedger(Ledger):
         except Exception as exc:
             log.debug("ledger meta not written", deployment=seats.id, error=repr(exc))
 
+    def held_by(self, seats: _Seats) -> list[_Held]:
+        """The seats of one deployment this process holds."""
+        return [h for h in self._held.values() if h.seats is seats]
+
     async def take(self, seats: _Seats, seat: int, rev: int, kind: Kind) -> _Held | None:
         holder = replace(self.holder, kind=kind, since=time.time())
         value = holder.to_json()

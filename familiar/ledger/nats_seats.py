@@ -77,6 +77,7 @@ class _Seats(DeploymentSeats):
         self._wkind: Kind = "interactive"
         self._wsince = 0.0  # when this process joined the queue (wall clock)
         self._tried: dict[int, int] = {}  # seat -> mirror revision a take failed at
+        self._touched: dict[str, tuple[float, int]] = {}  # "s.3"/"w.x" -> (last seen, rev)
         self._failing_since: float | None = None
         self._error = ""
         self._wkey = f"{dep_id}.w.{ledger.nonce}"
@@ -114,6 +115,10 @@ class _Seats(DeploymentSeats):
         _dep, _, rest = entry.key.partition(".")
         what, _, name = rest.partition(".")
         live = entry.operation is None
+        if live:
+            self._touched[rest] = (time.monotonic(), entry.revision or 0)
+        else:
+            self._touched.pop(rest, None)
         if what == "s" and name.isdigit():
             holder = (Holder.from_json(entry.value or b"") or _UNKNOWN) if live else None
             self.seen(int(name), entry.revision or 0, holder)
@@ -126,7 +131,7 @@ class _Seats(DeploymentSeats):
                 obj = json.loads(entry.value or b"")
                 ticket = int(obj.get("ticket") or entry.revision or 0)
                 kind: Kind = "batch" if obj.get("kind") == "batch" else "interactive"
-            except (ValueError, TypeError, AttributeError):
+            except (ValueError, TypeError, AttributeError, OverflowError):
                 return
             if self._waiters.get(name) != (ticket, kind):
                 self._waiters[name] = (ticket, kind)
@@ -145,7 +150,7 @@ class _Seats(DeploymentSeats):
                 self._wake.set()
                 await asyncio.sleep(0.5)
                 continue
-            self._mirror, self._waiters = {}, {}
+            self._mirror, self._waiters, self._touched = {}, {}, {}
             self._failing_since = None
             try:
                 async for entry in watcher:
@@ -211,8 +216,33 @@ class _Seats(DeploymentSeats):
                 nearest = min(nearest, left)
         return nearest
 
+    async def _sweep(self) -> bool:
+        """Purge keys nobody renewed for three TTLs: the server should have expired them,
+        but a server that crashed and came back can keep them for good (seen with
+        nats-server 2.15 after a SIGKILL), which would leave seats held and waiters queued
+        by processes long gone. True when it purged something."""
+        stale = time.monotonic() - 3 * self._ledger.ttl_s
+        mine = {f"s.{h.seat}" for h in self._ledger.held_by(self)} | {f"w.{self._ledger.nonce}"}
+        purged = False
+        for name, (seen, rev) in list(self._touched.items()):
+            if seen > stale or name in mine:
+                continue
+            self._touched.pop(name, None)
+            with contextlib.suppress(Exception):
+                await self._ledger.purge(f"{self.id}.{name}", rev)
+                purged = True
+                log.warning(
+                    "freed a seat-ledger key nobody renewed (its holder is gone; the server"
+                    " kept it past its TTL)",
+                    deployment=self.label,
+                    key=name,
+                )
+        return purged
+
     async def _step(self) -> bool:
         """One try at a seat; ``True`` when something changed (look again at once)."""
+        if await self._sweep():
+            return True
         reqs = [r for r in self._queue if not r.future.done()]
         mine: Kind = "interactive" if any(r.kind == "interactive" for r in reqs) else "batch"
         free = [

@@ -431,3 +431,28 @@ async def test_three_processes_share_a_cap_of_two(nats_server: NatsServer, tmp_p
     assert all(out.strip().endswith(b"done") for out, _ in outs)
     now, peak = (int(x) for x in counter.read_text().split())
     assert now == 0 and 1 <= peak <= 2
+
+
+async def test_keys_nobody_renews_are_freed_even_if_the_server_keeps_them(
+    nats_server: NatsServer,
+) -> None:
+    """A server that crashed and came back may keep TTL keys for good: a seat and a
+    waiter key of a process long gone (published here without a TTL) must not hold the
+    deployment forever; after three TTLs without renewal they are purged."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        async with ledgers(nats_server.url, 1, ttl_s=1.0) as (a,):
+            seats = a.deployment(DEP, "m", 1)
+            js = nc.jetstream()
+            ghost = Holder("gone", 4242, "familiar translate").to_json()
+            await js.publish(f"$KV.familiar_seats.{DEP}.s.0", ghost)
+            waiter = b'{"host": "gone", "pid": 4243, "command": "x", "ticket": 1}'
+            await js.publish(f"$KV.familiar_seats.{DEP}.w.ghostly", waiter)
+            started = time.monotonic()
+            lease = await asyncio.wait_for(seats.acquire("batch"), 20)
+            assert 2.5 < time.monotonic() - started < 15  # three TTLs, then the sweep
+            (view,) = await a.views()
+            assert view.holders[0].pid == 1000 and view.waiting == []
+            await seats.release(lease)
+    finally:
+        await nc.close()
