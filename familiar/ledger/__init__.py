@@ -49,11 +49,21 @@ class FleetSettings(BaseModel):
         if value is None:
             return None
         value = value.strip()
-        for url in value.split(","):
-            if not url.strip().startswith(("nats://", "tls://", "ws://", "wss://")):
-                from familiar.logs import redact_url
+        from urllib.parse import urlsplit
 
-                raise ValueError(f"nats_url {redact_url(url.strip())!r} must be nats://HOST:PORT")
+        from familiar.logs import redact_url
+
+        for url in value.split(","):
+            shown = redact_url(url.strip())
+            if not url.strip().startswith(("nats://", "tls://", "ws://", "wss://")):
+                raise ValueError(f"nats_url {shown!r} must be nats://HOST:PORT")
+            try:
+                parts = urlsplit(url.strip())
+                parts.port  # noqa: B018 - raises ValueError for a bad port
+            except ValueError as exc:
+                raise ValueError(f"nats_url {shown!r}: {exc}") from None
+            if not parts.hostname:
+                raise ValueError(f"nats_url {shown!r} has no host")
         return value or None
 
     def resolved(self) -> FleetSettings:

@@ -206,6 +206,8 @@ def test_the_ledger_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     ("body", "message"),
     [
         ("[fleet]\nnats_url = 'redis://x'\n", "nats_url"),
+        ("[fleet]\nnats_url = 'nats://[::1'\n", "nats_url"),
+        ("[fleet]\nnats_url = 'nats://h:99999'\n", "nats_url"),
         ("[fleet]\nbogus = 1\n", "bogus"),
         ("[fleet]\nledger_wait_s = 0\n", "ledger_wait_s"),
         ("fleet = 3\n", "must be a table"),
