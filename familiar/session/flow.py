@@ -246,18 +246,27 @@ class Session:
         integration = await self._merge(plan, done)
         rounds = 1
         to_revise = {v.subtask_id: v for v in integration.violations if v.subtask_id in done}
+        unrevised: dict[str, str] = {}  # subtask -> why its revision was refused
         if to_revise:  # one bounded revision round, then a final merge
             self.view.step("revising", ", ".join(sorted(to_revise)))
             pools = {p.role: p for p in worker_pools(self.cfg, self.fleet)}
             for sid, violation in sorted(to_revise.items()):
                 pool = pools[revising_role(done[sid].role, tuple(pools))]
                 note = f"{violation.decision}: {violation.explanation}"
-                done[sid] = await self.worker.run(plan, plan.subtask(sid), pool, done, note)
+                try:
+                    done[sid] = await self.worker.run(plan, plan.subtask(sid), pool, done, note)
+                except AnswerRejected as exc:  # the first output stays (it passed its checks);
+                    unrevised[sid] = str(exc)  # the final merge sees the violation again
             integration = await self._merge(plan, done)
             rounds = 2
-        revised = sorted(to_revise)
+        revised = sorted(set(to_revise) - set(unrevised))
         self.store.save_integration(
-            {**integration.model_dump(), "rounds": rounds, "revised": revised}
+            {
+                **integration.model_dump(),
+                "rounds": rounds,
+                "revised": revised,
+                **({"unrevised": unrevised} if unrevised else {}),
+            }
         )
         self._step(
             "integrate",

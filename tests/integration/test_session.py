@@ -126,6 +126,27 @@ async def test_violation_triggers_one_bounded_revision(
     assert len(fleet["grandpa"].requests) == 3
 
 
+async def test_a_refused_revision_keeps_the_first_output(
+    tmp_path: Path,
+    fleet: dict[str, FakeOpenAIServer],
+    isolated_env: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bad = [{"subtask_id": "s2", "decision": "Use metric units", "explanation": "used ounces"}]
+    fleet["grandpa"].add_replies([json.dumps(PLAN), integration("v1", bad), integration("v2", bad)])
+    fleet["naughty"].add_replies([work("x")] * 4)
+    # s2 and s3 answer; then both tries of s2's revision are empty answers (refused)
+    fleet["kindergarten"].add_replies([work("y"), work("z"), work(""), work("")])
+    code = await _in_thread(run_cli, tmp_path, "Write a tea guide", "--json")
+    assert code == 0  # the first s2 passed its checks: not lost, the session goes on
+    assert json.loads(capsys.readouterr().out)["result"] == "v2"
+    d = session_dir(isolated_env)
+    record = json.loads((d / "subtasks" / "s2.json").read_text())
+    assert record["revision"] is False and record["output"] in ("y", "z")
+    saved = json.loads((d / "integration.json").read_text())
+    assert saved["revised"] == [] and "s2" in saved["unrevised"]
+
+
 async def test_translator_renders_other_language_and_failure_exit_code(
     tmp_path: Path,
     fleet: dict[str, FakeOpenAIServer],
