@@ -15,3 +15,12 @@ def test_every_package_under_familiar_is_listed_in_pyproject() -> None:
         ".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "familiar").rglob("__init__.py")
     }
     assert found <= listed, sorted(found - listed)
+
+
+def test_no_benchmark_shadows_a_standard_library_module() -> None:
+    """Scripts run as ``python benchmarks/x.py`` put benchmarks/ first on sys.path: a
+    ``queue.py`` there broke every benchmark (anyio imports the standard ``queue``)."""
+    import sys
+
+    names = {p.stem for p in (REPO / "benchmarks").glob("*.py")}
+    assert not names & set(sys.stdlib_module_names)

@@ -13,7 +13,7 @@ Two batches: ``long`` (articles of many long paragraphs: the workers' CPU is the
 bottleneck, so two workers should beat one) and ``tiny`` (one-line articles: the
 difference to ``local`` per article is the queue's overhead per job).
 
-    python benchmarks/queue.py [--long 32] [--tiny 200] [--seats 8]
+    python benchmarks/work_queue.py [--long 32] [--tiny 200] [--seats 8]
 """
 
 from __future__ import annotations
