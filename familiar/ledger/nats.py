@@ -69,6 +69,7 @@ from familiar.ledger.base import (
     this_process,
     wait_event,
 )
+from familiar.ledger.nats_connect import connect
 from familiar.ledger.nats_rules import check_server_version, choose_seat, ttl_header
 from familiar.ledger.nats_seats import _Conflict, _Held, _Seats
 from familiar.logs import redact_url
@@ -128,21 +129,13 @@ class NatsLedger(Ledger):
         nc = Client()
         self._opening = True
         try:
-            await asyncio.wait_for(
-                nc.connect(
-                    [u.strip() for u in self.url.split(",") if u.strip()],  # a cluster
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnect,
-                    reconnected_cb=self._on_reconnect,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,  # type: ignore[arg-type]  # typed int, takes s
-                    connect_timeout=max(1, min(5, int(self.wait_s))),
-                    ping_interval=5,
-                    max_outstanding_pings=2,
-                    name="familiar",
-                ),
-                self.wait_s,
+            await connect(
+                nc,
+                self.url,
+                wait_s=self.wait_s,
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnect,
+                reconnected_cb=self._on_reconnect,
             )
             self._opening = False
             await self._setup(nc)

@@ -32,6 +32,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from familiar.errors import QueueSetupError, QueueUnavailable
+from familiar.ledger.nats_connect import connect
 from familiar.logs import redact_url
 from familiar.queue.jobs import JobResult
 
@@ -96,21 +97,14 @@ class QueueStore:
     async def open(self) -> None:
         nc = Client()
         try:
-            await asyncio.wait_for(
-                nc.connect(
-                    [u.strip() for u in self.url.split(",") if u.strip()],
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnect,
-                    reconnected_cb=self._on_reconnect,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,  # type: ignore[arg-type]  # typed int, takes s
-                    connect_timeout=max(1, min(5, int(self.wait_s))),
-                    ping_interval=5,
-                    max_outstanding_pings=2,
-                    name=self.name,
-                ),
-                self.wait_s,
+            await connect(
+                nc,
+                self.url,
+                wait_s=self.wait_s,
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnect,
+                reconnected_cb=self._on_reconnect,
+                name=self.name,
             )
             self._nc = nc
             await self._setup(nc)
