@@ -33,6 +33,8 @@ class Subtask(BaseModel):
     acceptance: str = ""
     depends_on: tuple[str, ...] = ()
     difficulty: Difficulty = "easy"
+    #: the context files (workspace-relative paths) this subtask needs to see
+    files: tuple[str, ...] = ()
 
 
 class Plan(BaseModel):
@@ -64,28 +66,54 @@ class Plan(BaseModel):
         return out
 
 
-def _subtask_schema(k: int) -> dict[str, Any]:
-    """Subtask number ``k``: its id is ``s<k>``; it may depend only on earlier ones."""
+#: every field name of the plan's schema (an answer that is only one of these is no answer)
+PLAN_FIELDS = (
+    "goal",
+    "decisions",
+    "subtasks",
+    "id",
+    "title",
+    "instructions",
+    "acceptance",
+    "depends_on",
+    "difficulty",
+)
+
+
+def _subtask_schema(k: int, paths: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Subtask number ``k``: its id is ``s<k>``; it may depend only on earlier ones; with
+    context ``paths``, the files it needs are some of those paths and no others."""
     earlier = [f"s{i}" for i in range(1, k)]
     deps: dict[str, Any] = {"type": "array", "maxItems": min(len(earlier), 4)}
     if earlier:
         deps["items"] = {"type": "string", "enum": earlier}
+    properties: dict[str, Any] = {
+        "id": {"type": "string", "const": f"s{k}"},
+        "title": {"type": "string", "minLength": 1},
+        "instructions": {"type": "string", "minLength": 1},
+        "acceptance": {"type": "string"},
+        "depends_on": deps,
+        "difficulty": {"type": "string", "enum": ["hard", "easy"]},
+    }
+    required = ["id", "title", "instructions", "acceptance", "depends_on", "difficulty"]
+    if paths:
+        properties["files"] = {
+            "type": "array",
+            "items": {"type": "string", "enum": list(paths)},
+            "maxItems": len(paths),
+        }
+        required.append("files")
     return {
         "type": "object",
-        "properties": {
-            "id": {"type": "string", "const": f"s{k}"},
-            "title": {"type": "string", "minLength": 1},
-            "instructions": {"type": "string", "minLength": 1},
-            "acceptance": {"type": "string"},
-            "depends_on": deps,
-            "difficulty": {"type": "string", "enum": ["hard", "easy"]},
-        },
-        "required": ["id", "title", "instructions", "acceptance", "depends_on", "difficulty"],
+        "properties": properties,
+        "required": required,
         "additionalProperties": False,
     }
 
 
-def plan_schema(max_subtasks: int = MAX_SUBTASKS, min_subtasks: int = 1) -> dict[str, Any]:
+def plan_schema(
+    max_subtasks: int = MAX_SUBTASKS, min_subtasks: int = 1, paths: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """The JSON schema the planner answers with.
 
     Ids are positional (``s1``, ``s2``, ...) and dependencies may only point backwards,
@@ -107,7 +135,7 @@ def plan_schema(max_subtasks: int = MAX_SUBTASKS, min_subtasks: int = 1) -> dict
                 "anyOf": [
                     {
                         "type": "array",
-                        "prefixItems": [_subtask_schema(k) for k in range(1, n + 1)],
+                        "prefixItems": [_subtask_schema(k, paths) for k in range(1, n + 1)],
                         "minItems": n,
                         "maxItems": n,
                     }
@@ -138,7 +166,9 @@ def topo_order(subtasks: Iterable[Subtask]) -> list[str]:
     return done
 
 
-def validate_plan(plan: Plan) -> Plan:
+def validate_plan(plan: Plan, paths: tuple[str, ...] | None = None) -> Plan:
+    """Unique ids, known dependencies, no cycle; with context ``paths``, every file a
+    subtask names is one of them."""
     ids = [s.id for s in plan.subtasks]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
@@ -150,6 +180,12 @@ def validate_plan(plan: Plan) -> Plan:
             raise PlanInvalid(f"subtask {s.id!r} depends on unknown id(s): {', '.join(unknown)}")
         if s.id in s.depends_on:
             raise PlanInvalid(f"subtask {s.id!r} depends on itself")
+        if paths is not None:
+            strange = [f for f in s.files if f not in paths]
+            if strange:
+                raise PlanInvalid(
+                    f"subtask {s.id!r} names files not in the context: {', '.join(strange)}"
+                )
     topo_order(plan.subtasks)
     return plan
 
@@ -170,7 +206,9 @@ def extract_json(text: str) -> Any:
     return obj
 
 
-def parse_plan(text: str, max_subtasks: int = MAX_SUBTASKS) -> Plan:
+def parse_plan(
+    text: str, max_subtasks: int = MAX_SUBTASKS, paths: tuple[str, ...] | None = None
+) -> Plan:
     """Text -> validated Plan, or PlanInvalid with a one-paragraph reason."""
     data = extract_json(text)
     if not isinstance(data, dict):
@@ -183,11 +221,11 @@ def parse_plan(text: str, max_subtasks: int = MAX_SUBTASKS) -> Plan:
         raise PlanInvalid(f"{where}: {err['msg']}") from None
     if len(plan.subtasks) > max_subtasks:
         raise PlanInvalid(f"at most {max_subtasks} subtasks, got {len(plan.subtasks)}")
-    return validate_plan(plan)
+    return validate_plan(plan, paths)
 
 
-def fallback_plan(task: str) -> Plan:
-    """The whole task as one subtask, marked as a fallback."""
+def fallback_plan(task: str, paths: tuple[str, ...] = ()) -> Plan:
+    """The whole task as one subtask (seeing every context file), marked as a fallback."""
     text = task.strip() or "the task"
     return Plan(
         goal=text[:400],
@@ -198,10 +236,20 @@ def fallback_plan(task: str) -> Plan:
                 instructions=text,
                 acceptance="The task is done as asked.",
                 difficulty="hard",
+                files=paths,
             ),
         ),
         fallback=True,
     )
+
+
+class FileAnswer(BaseModel):
+    """A whole file a model writes (its path is checked before anything is written)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    path: str
+    content: str
 
 
 class WorkerOutput(BaseModel):
@@ -212,6 +260,32 @@ class WorkerOutput(BaseModel):
     output: str
     decisions_kept: list[str] = []
     notes: str = ""
+    files: list[FileAnswer] = []
+
+
+MAX_FILES_PER_ANSWER = 8
+FILES_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "maxItems": MAX_FILES_PER_ANSWER,
+    "items": {
+        "type": "object",
+        "properties": {
+            "path": {"type": "string", "minLength": 1, "maxLength": 200},
+            "content": {"type": "string"},
+        },
+        "required": ["path", "content"],
+        "additionalProperties": False,
+    },
+}
+
+
+def with_files(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with a required ``files`` array (whole files, by path)."""
+    return {
+        **schema,
+        "properties": {**schema["properties"], "files": FILES_SCHEMA},
+        "required": [*schema["required"], "files"],
+    }
 
 
 WORKER_SCHEMA: dict[str, Any] = {
@@ -249,6 +323,10 @@ class Integration(BaseModel):
     checks: list[str] = []
     #: set when the merge was replaced by a plain merge of the worker outputs, and why
     fallback: str | None = None
+    #: the finish reason of the answer used (None for a plain merge)
+    finish_reason: str | None = None
+    #: files the integrator wrote: the version of a path several workers wrote
+    files: list[FileAnswer] = []
 
 
 INTEGRATION_SCHEMA: dict[str, Any] = {

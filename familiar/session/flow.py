@@ -23,9 +23,16 @@ from familiar.prompts import Prompt, load_prompt
 from familiar.routing import planner_role, revising_role
 from familiar.session import messages as msg
 from familiar.session.calls import Calls
+from familiar.session.context import Context
 from familiar.session.schedule import schedule
 from familiar.session.store import SessionStore, SubtaskRecord
 from familiar.session.worker import SubtaskWorker
+from familiar.session.workspace import (
+    WorkspaceOptions,
+    WorkspaceSteps,
+    result_files_record,
+    subtask_files,
+)
 from familiar.telemetry import Telemetry
 from familiar.view import SessionView
 
@@ -48,6 +55,8 @@ class SessionOutcome:
     final: str | None
     lang: str
     asked: int = 0  # worker calls made in this run (resume: only the missing ones)
+    files: tuple[str, ...] = ()  # the paths of the files the session wrote
+    check: str | None = None  # the last check run, in words (None: no check)
 
 
 def load_prompts(cfg: Config) -> dict[str, Prompt]:
@@ -78,6 +87,8 @@ class Session:
         lang: str | None = None,
         max_subtasks: int = MAX_SUBTASKS,
         telemetry: Telemetry | None = None,
+        context: Context | None = None,
+        workspace: WorkspaceOptions | None = None,
     ) -> None:
         self.telemetry = telemetry or Telemetry(cfg.home, enabled=False)
         self.cfg, self.fleet, self.dir, self.view = cfg, fleet, directory, view
@@ -95,8 +106,24 @@ class Session:
             roles=cfg.role_config.canonical(),
             prompt_versions={n: p.version for n, p in sorted(self.prompts.items())},
         )
-        self.calls = Calls(cfg, fleet, self.prompts)
-        self.worker = SubtaskWorker(self.calls, self.store, view, self.telemetry, self.task)
+        self.context = context
+        self.calls = Calls(cfg, fleet, self.prompts, workspace.policy if workspace else None)
+        self.worker = SubtaskWorker(
+            self.calls, self.store, view, self.telemetry, self.task, context
+        )
+        self.workspace = (
+            None
+            if workspace is None
+            else WorkspaceSteps(
+                workspace,
+                self.store,
+                self.calls,
+                self.worker,
+                view,
+                self.telemetry,
+                lambda: worker_pools(cfg, fleet),
+            )
+        )
 
     @property
     def id(self) -> str:
@@ -157,7 +184,9 @@ class Session:
                     + "; ".join(f"{k}: {v}" for k, v in failed.items())
                     + f" (resume with: familiar run --resume {self.id})"
                 )
-            final = await self.translate(await self.integrate(plan, done))
+            deliverable = await self.integrate(plan, done)
+            files, check = await self.judge(plan, done)
+            final = await self.translate(deliverable)
         except (asyncio.CancelledError, KeyboardInterrupt):
             self._save(status="interrupted")
             raise
@@ -168,7 +197,25 @@ class Session:
             raise
         self.store.save_final(final)
         self._save(status="done", finished=time.time())
-        return SessionOutcome(self.id, self.dir, "done", final, self.lang, asked=self.asked)
+        return SessionOutcome(self.id, self.dir, "done", final, self.lang, self.asked, files, check)
+
+    async def judge(self, plan: Plan, done: Done) -> tuple[tuple[str, ...], str | None]:
+        """The files the session wrote, merged and recorded, and the user's check on
+        them (one revision round when it fails); SessionFailed when it still fails."""
+        if self.workspace is None:
+            return (), None
+        merged, run = await self.workspace.judge(plan, done)
+        self._step("files", **result_files_record(merged, run))
+        paths = tuple(f.path for f in merged.files)
+        if run is None or run.passed:
+            return paths, None if run is None else run.summary()
+        tail = run.tail[-1500:]
+        self._save(status="failed", error=f"check failed: {run.summary()}", finished=time.time())
+        raise SessionFailed(
+            f"session {self.id}: check failed: `{run.command}` {run.summary()}; its output"
+            f" ends:\n{tail}\n(files in {self.dir / 'files'};"
+            f" resume with: familiar run --resume {self.id})"
+        )
 
     async def plan(self) -> Plan:
         """The recorded plan, else the planner's (one repair round, else a fallback)."""
@@ -177,10 +224,17 @@ class Session:
             return recorded
         self.view.step("planning", self.planner)
         user = msg.planner_user(
-            self.prompts["plan.md"], self.task, self.max_subtasks, self.cfg.role_config.workers
+            self.prompts["plan.md"],
+            self.task,
+            self.max_subtasks,
+            self.cfg.role_config.workers,
+            self.context,
         )
         messages = self.calls.messages(self.planner, user)
-        plan, reason = await self.calls.plan(self.planner, messages, self.task, self.max_subtasks)
+        paths = self.context.paths if self.context else ()
+        plan, reason = await self.calls.plan(
+            self.planner, messages, self.task, self.max_subtasks, paths
+        )
         self.store.save_plan(plan)
         self.telemetry.emit(
             "plan.created",
@@ -252,7 +306,7 @@ class Session:
             pools = {p.role: p for p in worker_pools(self.cfg, self.fleet)}
             for sid, violation in sorted(to_revise.items()):
                 pool = pools[revising_role(done[sid].role, tuple(pools))]
-                note = f"{violation.decision}: {violation.explanation}"
+                note = msg.decision_note(violation.decision, violation.explanation)
                 try:
                     done[sid] = await self.worker.run(plan, plan.subtask(sid), pool, done, note)
                 except AnswerRejected as exc:  # the first output stays (it passed its checks);
@@ -278,7 +332,7 @@ class Session:
         return integration.deliverable
 
     async def _merge(self, plan: Plan, done: Done) -> Integration:
-        outputs = {s.id: done[s.id].output for s in plan.subtasks}
+        outputs = {s.id: _with_files(done[s.id]) for s in plan.subtasks}
         inputs = msg.merge_inputs(plan, outputs)
         user = msg.integration_user(self.prompts["integrate.md"], plan, self.task, inputs)
         return await self.calls.merge(
@@ -286,7 +340,7 @@ class Session:
             self.calls.messages(self.planner, user),
             self.calls.examples("integrate.md", self.planner),
             msg.integration_allowed(self.task, plan, inputs),
-            msg.plain_merge(plan, outputs),
+            msg.plain_merge(plan, {s.id: done[s.id].output for s in plan.subtasks}),
         )
 
     async def translate(self, text: str) -> str:
@@ -313,3 +367,10 @@ class Session:
         self.store.save_translation(self.lang, text, self.task_lang)
         self._step("translate", to=self.lang)
         return text
+
+
+def _with_files(record: SubtaskRecord) -> str:
+    """A worker's output as the integrator sees it: the text, then the files it wrote."""
+    if not record.files:
+        return record.output
+    return f"{record.output}\n\nFiles written:\n\n{msg.written(subtask_files(record))}"

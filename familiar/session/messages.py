@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 
 from familiar.plan import Plan, Subtask
 from familiar.prompts import Prompt
+from familiar.session.context import Context
+from familiar.session.files import FileOut
 
 Messages = list[dict[str, str]]
 
@@ -43,13 +45,66 @@ def feedback(messages: Messages, answer: str, problem: str) -> Messages:
     )
 
 
-def planner_user(prompt: Prompt, task: str, max_subtasks: int, workers: Sequence[str]) -> str:
+def fenced(path: str, text: str) -> str:
+    """A file shown to a model: its path, then its whole text in a fence longer than any
+    backtick run inside it."""
+    longest = max((len(run) for run in text.split("\n") if set(run) == {"`"}), default=0)
+    fence = "`" * max(3, longest + 1)
+    body = text if text.endswith("\n") or not text else text + "\n"
+    return f"### {path}\n{fence}\n{body}{fence}"
+
+
+def manifest(context: Context) -> str:
+    """The context for the planner: every file's path, size and first lines."""
+    rows = []
+    for f in context.included:
+        head = "\n".join(f"    {line}" for line in f.head().splitlines())
+        rows.append(
+            f"- {f.path} ({f.bytes:,} bytes, ~{f.tokens:,} tokens)" + (f"\n{head}" if head else "")
+        )
+    return "\n".join(rows)
+
+
+def context_block(context: Context, paths: Sequence[str]) -> str:
+    """The files a model is shown, whole, in the order given."""
+    return "\n\n".join(fenced(p, context.file(p).text) for p in paths)
+
+
+def planner_user(
+    prompt: Prompt,
+    task: str,
+    max_subtasks: int,
+    workers: Sequence[str],
+    context: Context | None = None,
+) -> str:
     hint = (
         'Mark about half the subtasks "hard" and half "easy" when both kinds of work exist.'
         if len(workers) > 1
         else ""
     )
-    return prompt.render(task=task, max_subtasks=max_subtasks, worker_hint=hint)
+    text = prompt.render(task=task, max_subtasks=max_subtasks, worker_hint=hint)
+    if not context or not context.included:
+        return text
+    return (
+        "The workspace files given as context (path, size, first lines):\n"
+        f"{manifest(context)}\n\nTheir contents:\n\n{context_block(context, context.paths)}\n\n"
+        'Give each subtask "files": the paths above it needs to see (only those).\n\n' + text
+    )
+
+
+def shared_order(plan: Plan, s: Subtask, context: Context) -> list[str]:
+    """The files of ``s`` in a session-wide order: the most shared first, then the
+    manifest's order, so workers' requests share the longest possible prefix."""
+    order = {p: i for i, p in enumerate(context.paths)}
+    users = {p: sum(p in t.files for t in plan.subtasks) for p in s.files}
+    return sorted((p for p in s.files if p in order), key=lambda p: (-users[p], order[p]))
+
+
+def files_section(plan: Plan, s: Subtask, context: Context | None) -> str:
+    if not context or not s.files:
+        return ""
+    block = context_block(context, shared_order(plan, s, context))
+    return f"\nWorkspace files for your subtask:\n\n{block}\n"
 
 
 def dependencies(plan: Plan, s: Subtask, outputs: Mapping[str, str]) -> str:
@@ -61,20 +116,41 @@ def dependencies(plan: Plan, s: Subtask, outputs: Mapping[str, str]) -> str:
 
 
 def revision_note(revision: str | None) -> str:
+    """A reviser's note in the worker prompt (see :func:`decision_note`)."""
+    return f"\n{revision}\n" if revision else ""
+
+
+def decision_note(decision: str, explanation: str) -> str:
+    """What a worker is told when the integrator found a decision broken."""
     return (
-        f"\nA reviewer found your previous output broke a decision: {revision}\n"
-        "Fix that and keep everything else.\n"
-        if revision
-        else ""
+        f"A reviewer found your previous output broke a decision: {decision}: {explanation}\n"
+        "Fix that and keep everything else."
     )
 
 
+FILES_ASK = (
+    'You may also write files: "files" lists whole files (a "path" relative to the'
+    ' workspace and the complete "content"), or is empty; "output" then says briefly'
+    " what the files do."
+)
+
+
 def worker_user(
-    prompt: Prompt, plan: Plan, s: Subtask, deps: str, revision: str | None = None
+    prompt: Prompt,
+    plan: Plan,
+    s: Subtask,
+    deps: str,
+    revision: str | None = None,
+    *,
+    files: str = "",
+    writes_files: bool = False,
 ) -> str:
-    return prompt.render(
+    """The worker's request. Everything a session's workers share comes first (goal,
+    pinned decisions, the most shared files), so a server's prefix cache can serve it."""
+    text = prompt.render(
         goal=plan.goal,
         decisions=bullets(plan.decisions),
+        files=files,
         subtask_id=s.id,
         title=s.title,
         instructions=s.instructions,
@@ -82,6 +158,14 @@ def worker_user(
         dependencies=deps,
         revision=revision_note(revision),
     )
+    if files and "files" not in prompt.fields:  # a workspace's own prompt without {files}
+        text = files.strip() + "\n\n" + text
+    return text + ("\n" + FILES_ASK if writes_files else "")
+
+
+def written(files: Sequence[FileOut]) -> str:
+    """Files a worker wrote, shown to the integrator or back to the worker."""
+    return "\n\n".join(fenced(f.path, f.content) for f in files)
 
 
 def worker_allowed(task: str, plan: Plan, s: Subtask, deps: str) -> str:

@@ -13,6 +13,13 @@
     integration.json        the merged deliverable and decision check
     final.md                the result in the requested language
     final.<lang>.json       the translation of the deliverable
+    context.json            the workspace files given as context (path, bytes, tokens,
+                            sha256, included / cut / skipped and why)
+    files/<path>            the files the session wrote, merged (files.json: who wrote
+                            each, conflicts)
+    fix.json                files the integrator corrected after a failed check
+    checks/<n>.json         each run of the user's check (exit code, duration, tail)
+    apply.diff              what --apply changed in the workspace (undo: git apply -R)
 
 Every read goes through :func:`familiar.store.read_record`: a corrupt file is a
 ``StateError`` naming it (exit 2). The models allow extra keys, so files written by
@@ -30,7 +37,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from familiar.config import Config
 from familiar.errors import StateError
-from familiar.plan import Plan
+from familiar.plan import Integration, Plan
+from familiar.session.check import CheckRun
 from familiar.store import read_record, write_json_atomic, write_text_atomic
 
 
@@ -96,6 +104,8 @@ class SubtaskRecord(BaseModel):
     ttft_s: float | None = None
     completion_tokens: int | None = None
     replica: str | None = None
+    #: whole files the subtask wrote: {"path", "content"} (paths checked when written)
+    files: list[dict[str, str]] = []
 
 
 class SessionRow(BaseModel):
@@ -181,9 +191,17 @@ class SessionStore:
             raise _corrupt("plan", self.plan_path, exc, "; remove it to plan again") from None
 
     def read_subtask(self, path: Path) -> SubtaskRecord | None:
-        """A subtask record; None unless its status is ok (nothing finished)."""
+        """A subtask record; None unless its status is ok (nothing finished). A record
+        whose status is not a word is corrupt, not "unfinished": it is refused, never
+        silently redone."""
         record = read_record(path, "subtask record")
-        if record.get("status") != "ok":
+        status = record.get("status")
+        if not isinstance(status, str) or not status:
+            raise StateError(
+                f"subtask record {path} is corrupt (status {status!r} is not a word);"
+                " remove it to redo"
+            )
+        if status != "ok":
             return None
         if not isinstance(record.get("output"), str):
             raise StateError(f"subtask record {path} is corrupt (no output); remove it to redo")
@@ -208,7 +226,51 @@ class SessionStore:
         recorded = read_record(path, "integration record")
         if not isinstance(recorded.get("deliverable"), str):
             raise StateError(f"integration record {path} is corrupt (no deliverable)")
+        try:
+            Integration.model_validate(recorded)
+        except ValidationError as exc:
+            raise _corrupt("integration record", path, exc, "; remove it to merge again") from None
         return str(recorded["deliverable"])
+
+    def _file_list(self, path: Path, what: str, key: str) -> list[dict[str, str]]:
+        if not path.exists():
+            return []
+        files = read_record(path, what).get(key, [])
+        if not isinstance(files, list) or not all(
+            isinstance(f, dict)
+            and isinstance(f.get("path"), str)
+            and isinstance(f.get("content"), str)
+            for f in files
+        ):
+            raise StateError(f"{what} {path} is corrupt (files must be path/content pairs)")
+        return [{"path": f["path"], "content": f["content"]} for f in files]
+
+    def read_decided(self) -> list[dict[str, str]]:
+        """Files whose version the integrator decided: its merge's, then its fix's."""
+        merged = self._file_list(self.integration_path, "integration record", "files")
+        return [*merged, *self.read_fix()]
+
+    def read_fix(self) -> list[dict[str, str]]:
+        return self._file_list(self.dir / "fix.json", "fix record", "files")
+
+    def read_context(self) -> dict[str, Any] | None:
+        path = self.dir / "context.json"
+        if not path.exists():
+            return None
+        record = read_record(path, "context record")
+        if not isinstance(record.get("files"), list):
+            raise StateError(f"context record {path} is corrupt (no files)")
+        return record
+
+    def read_checks(self) -> list[CheckRun]:
+        """The check runs recorded, in order; a corrupt one is a StateError."""
+        runs = []
+        for path in sorted(self.dir.glob("checks/*.json"), key=lambda p: (len(p.name), p.name)):
+            run = CheckRun.from_record(read_record(path, "check record"))
+            if run is None:
+                raise StateError(f"check record {path} is corrupt; remove it to check again")
+            runs.append(run)
+        return runs
 
     def read_translation(self, lang: str) -> str | None:
         path = self.translation_path(lang)
@@ -227,9 +289,12 @@ class SessionStore:
         for path in sorted((self.dir / "subtasks").glob("*.json")):
             if not path.name.endswith(".rejected.json"):
                 self.read_subtask(path)
-        for path in (self.integration_path, *self.dir.glob("final.*.json")):
-            if path.exists():
-                read_record(path, "record")
+        self.read_deliverable()
+        self.read_decided()
+        self.read_context()
+        self.read_checks()
+        for path in sorted(self.dir.glob("final.*.json")):
+            self.read_translation(path.name.removeprefix("final.").removesuffix(".json"))
 
     # -- writing --------------------------------------------------------------------------
 
@@ -243,7 +308,11 @@ class SessionStore:
         write_text_atomic(self.subtask_path(sid, ".prompt.md"), text)
 
     def save_subtask(self, record: SubtaskRecord) -> None:
-        write_json_atomic(self.subtask_path(record.id), record.model_dump(mode="json"))
+        # a subtask that wrote no file keeps the record shape of a text-only session
+        skip = None if record.files else {"files"}
+        write_json_atomic(
+            self.subtask_path(record.id), record.model_dump(mode="json", exclude=skip)
+        )
 
     def save_rejected(self, sid: str, checks: list[str], answer: str) -> None:
         write_json_atomic(
@@ -261,6 +330,19 @@ class SessionStore:
 
     def save_final(self, text: str) -> None:
         write_text_atomic(self.dir / "final.md", text)
+
+    def save_context(self, record: Mapping[str, Any]) -> None:
+        write_json_atomic(self.dir / "context.json", dict(record))
+
+    def save_files(self, record: Mapping[str, Any]) -> None:
+        write_json_atomic(self.dir / "files.json", dict(record))
+
+    def save_fix(self, files: list[dict[str, str]]) -> None:
+        write_json_atomic(self.dir / "fix.json", {"files": files})
+
+    def save_check(self, record: Mapping[str, Any]) -> None:
+        n = len(list(self.dir.glob("checks/*.json"))) + 1
+        write_json_atomic(self.dir / "checks" / f"{n}.json", {"n": n, **record})
 
 
 def check_resumable(directory: Path) -> None:

@@ -13,6 +13,7 @@ from familiar.plan import Plan, Subtask
 from familiar.routing import preferred_role
 from familiar.session import messages as msg
 from familiar.session.calls import Calls
+from familiar.session.context import Context
 from familiar.session.store import SessionStore, SubtaskRecord
 from familiar.telemetry import Telemetry, current_span, new_span_id
 from familiar.view import SessionView
@@ -29,7 +30,9 @@ class SubtaskWorker:
         view: SessionView,
         telemetry: Telemetry,
         task: str,
+        context: Context | None = None,
     ) -> None:
+        self.context = context
         self.calls = calls
         self.store = store
         self.view = view
@@ -87,7 +90,16 @@ class SubtaskWorker:
         started = time.monotonic()
         prompt = self.calls.prompts["worker_task.md"]
         deps = msg.dependencies(plan, s, {d: done[d].output for d in s.depends_on})
-        messages = self.calls.messages(pool.role, msg.worker_user(prompt, plan, s, deps, revision))
+        user = msg.worker_user(
+            prompt,
+            plan,
+            s,
+            deps,
+            revision,
+            files=msg.files_section(plan, s, self.context),
+            writes_files=self.calls.files is not None,
+        )
+        messages = self.calls.messages(pool.role, user)
         self.store.save_prompt(s.id, msg.transcript(messages))
         answer = await self.calls.work(
             pool.role,
@@ -119,6 +131,7 @@ class SubtaskWorker:
             ttft_s=None if result.ttft_s is None else round(result.ttft_s, 3),
             completion_tokens=result.completion_tokens,
             replica=result.replica,
+            files=[{"path": f.path, "content": f.content} for f in answer.files],
         )
         self.store.save_subtask(record)
         self.view.subtask(s.id, "done", pool.role, pool.slot)
@@ -133,5 +146,7 @@ class SubtaskWorker:
         if self.telemetry.content:
             fields["prompt"] = messages[-1]["content"]
             fields["output"] = parsed.output
+        if answer.files:
+            fields["files"] = len(answer.files)
         self.telemetry.emit("subtask.finished", fields)
         return record
