@@ -149,6 +149,10 @@ def add_run_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]
 
 
 def _task(args: argparse.Namespace) -> str:
+    """The task text; a task file's front matter ``context:`` list joins ``--context``
+    (its paths relative to the workspace)."""
+    from familiar.session.context import task_front_matter
+
     if args.task and args.task_file:
         raise ConfigError("give the task as text or with --task-file, not both")
     if args.task_file:
@@ -156,6 +160,8 @@ def _task(args: argparse.Namespace) -> str:
             text: str = args.task_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read --task-file {args.task_file}: {exc}") from None
+        paths, text = task_front_matter(text)
+        args.task_context = paths
     else:
         text = args.task or ""
     if not text.strip():
@@ -218,7 +224,12 @@ def _workspace(
     ws.check = args.check or recorded.get("check")
     if args.check is None and isinstance(recorded.get("check_timeout_s"), (int, float)):
         ws.check_timeout_s = float(recorded["check_timeout_s"])
-    ws.files = bool(args.context or args.out or args.apply or ws.check or recorded.get("files"))
+    task_context = getattr(args, "task_context", None)
+    ws.files = bool(
+        args.context or task_context or args.out or args.apply or ws.check or recorded.get("files")
+    )
+    if args.out is not None and args.out.resolve() == cfg.workspace.resolve():
+        raise ConfigError("--out is the workspace itself: use --apply to write files there")
     forbidden = [cfg.home]
     if directory is not None and (directory / "context.json").exists():
         if args.context:
@@ -228,11 +239,16 @@ def _workspace(
         record = SessionStore(directory).read_context() or {}
         ws.context, ws.warnings = reread(cfg.workspace, record)
         ws.context_fixed = True
-    elif args.context:
+    elif args.context or getattr(args, "task_context", None):
         budget = args.context_tokens or 10**9
+        skip = forbidden
         ws.context = gather(
-            cfg.workspace, args.context, budget, budget_source="--context-tokens", skip=forbidden
+            cfg.workspace, args.context, budget, budget_source="--context-tokens", skip=skip
         )
+        from_file = getattr(args, "task_context", None) or []
+        if from_file:
+            extra = gather(cfg.workspace, from_file, budget, cwd=cfg.workspace, skip=skip)
+            ws.context = ws.context.joined(extra)
         ws.context_fixed = args.context_tokens is not None
     return ws
 

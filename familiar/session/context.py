@@ -114,6 +114,12 @@ class Context:
     def __bool__(self) -> bool:
         return bool(self.files)
 
+    def joined(self, other: Context) -> Context:
+        """This context and ``other``'s files not already in it (in order)."""
+        have = {f.path for f in self.files}
+        extra = tuple(f for f in other.files if f.path not in have)
+        return Context(self.files + extra, self.budget, self.budget_source)
+
     def within(self, budget: int, source: str) -> Context:
         """The same files chosen again under ``budget``: in order, while they fit (a file
         already cut or skipped stays so)."""
@@ -370,3 +376,33 @@ def reread(root: Path, recorded: dict[str, Any]) -> tuple[Context, list[str]]:
         ),
         warnings,
     )
+
+
+def task_front_matter(text: str) -> tuple[list[str], str]:
+    """A task file's ``context:`` list (front matter between ``---`` lines: ``context:``
+    followed by ``- path`` lines, or ``context: [a, b]``) and the task without it.
+    A task without front matter is returned as it is."""
+    if not text.startswith("---\n"):
+        return [], text
+    end = text.find("\n---\n", 3)
+    if end < 0:
+        return [], text
+    head, body = text[4:end], text[end + 5 :]
+    paths: list[str] = []
+    in_list = False
+    for raw in head.splitlines():
+        line = raw.strip()
+        if line.startswith("context:"):
+            rest = line[len("context:") :].strip()
+            if rest.startswith("[") and rest.endswith("]"):
+                paths.extend(p.strip().strip("\"'") for p in rest[1:-1].split(",") if p.strip())
+                in_list = False
+            elif rest:
+                paths.append(rest.strip("\"'"))
+            else:
+                in_list = True
+        elif in_list and line.startswith("- "):
+            paths.append(line[2:].strip().strip("\"'"))
+        elif line:
+            in_list = False
+    return paths, body.lstrip("\n")

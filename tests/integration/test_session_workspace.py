@@ -346,3 +346,49 @@ async def test_bad_workspace_arguments_are_one_line_exit_2_nothing_created(
     assert len(err) == 1 and says in err[0]
     assert not (isolated_env / "sessions").exists()
     assert all(s.stats["requests"] == 0 for s in planner_and_worker.values())
+
+
+async def test_a_task_file_names_its_context_and_a_resume_rereads_a_changed_file(
+    ws: Path,
+    planner_and_worker: dict[str, FakeOpenAIServer],
+    isolated_env: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (ws / "task.md").write_text("---\ncontext:\n  - pkg/util.py\n---\nAdd parse_iso to pkg\n")
+    script = Script(plan({"s1": ["pkg/util.py"]}), first={"s1": []})
+    for srv in planner_and_worker.values():
+        srv.handler = script
+    # the integration is interrupted: the first run fails there (a server fault)
+    planner_and_worker["grandpa"].add_faults([{"kind": "reply", "text": json.dumps(script.plan)}])
+    planner_and_worker["grandpa"].add_faults([{"kind": "status", "status": 400}])
+    argv = [
+        "run",
+        "--workspace",
+        str(ws),
+        "--task-file",
+        str(ws / "task.md"),
+        "--out",
+        str(ws / "o"),
+    ]
+    assert await asyncio.to_thread(main, argv) == 1
+    d = session_dir(isolated_env)
+    assert (d / "task.md").read_text() == "Add parse_iso to pkg\n"  # without its front matter
+    recorded = json.loads((d / "context.json").read_text())
+    assert [f["path"] for f in recorded["files"]] == ["pkg/util.py"]
+    (ws / "pkg" / "util.py").write_text(UTIL + "# changed\n")
+    capsys.readouterr()
+    asked = len(script.asked)
+    argv = ["run", "--workspace", str(ws), "--resume", "last", "--json"]
+    assert await asyncio.to_thread(main, argv) == 0
+    err = capsys.readouterr().err
+    assert "context file pkg/util.py changed since the session started; re-read" in err
+    assert script.asked[asked:] == ["integration"]  # finished work is not asked again
+    again = json.loads((d / "context.json").read_text())
+    assert again["files"][0]["sha256"] != recorded["files"][0]["sha256"]
+
+
+async def test_out_on_the_workspace_itself_is_refused(
+    ws: Path, planner_and_worker: dict[str, FakeOpenAIServer], isolated_env: Path
+) -> None:
+    assert await run(ws, "--out", str(ws)) == 2
+    assert not (isolated_env / "sessions").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from familiar.errors import ConfigError
-from familiar.session.context import gather
+from familiar.session.context import gather, task_front_matter
 from familiar.session.files import FileOut, merge, refused
 
 
@@ -130,3 +130,23 @@ def test_merge_keeps_plan_order_and_lets_the_integrator_decide_conflicts() -> No
     assert plain.conflicts == {"m.py": ("s1", "s2")}
     decided = merge([a, b], [FileOut("m.py", "merged", "integrator")])
     assert {f.path: f.writer for f in decided.files} == {"a.py": "s1", "m.py": "integrator"}
+
+
+@pytest.mark.parametrize(
+    ("text", "paths", "body"),
+    [
+        (
+            "---\ncontext:\n  - src/\n  - 'tests/*.py'\n---\nDo it\n",
+            ["src/", "tests/*.py"],
+            "Do it\n",
+        ),
+        ('---\ntitle: x\ncontext: [a.py, "b.py"]\n---\n\nDo it', ["a.py", "b.py"], "Do it"),
+        ("---\ncontext: a.py\n---\nDo it", ["a.py"], "Do it"),
+        ("Do it\n---\ncontext: a.py\n---\n", [], "Do it\n---\ncontext: a.py\n---\n"),
+        ("---\nno end\n", [], "---\nno end\n"),
+    ],
+)
+def test_a_task_files_front_matter_names_its_context(
+    text: str, paths: list[str], body: str
+) -> None:
+    assert task_front_matter(text) == (paths, body)
