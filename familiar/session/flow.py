@@ -335,6 +335,8 @@ class Session:
         outputs = {s.id: _with_files(done[s.id]) for s in plan.subtasks}
         inputs = msg.merge_inputs(plan, outputs)
         user = msg.integration_user(self.prompts["integrate.md"], plan, self.task, inputs)
+        if self.workspace is not None:
+            user += msg.files_note(self.workspace.merged(plan, done).conflicts)
         return await self.calls.merge(
             self.planner,
             self.calls.messages(self.planner, user),

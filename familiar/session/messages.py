@@ -192,3 +192,16 @@ def integration_allowed(task: str, plan: Plan, inputs: str) -> str:
 def plain_merge(plan: Plan, outputs: Mapping[str, str]) -> str:
     """The worker outputs in plan order under their titles: the merge of last resort."""
     return "\n\n".join(f"## {s.title}\n\n{outputs[s.id].strip()}" for s in plan.subtasks)
+
+
+def files_note(conflicts: Mapping[str, Sequence[str]]) -> str:
+    """What the integrator is told about the workers' files: "files" is for the paths
+    several workers wrote (one merged, whole version each), else empty."""
+    if not conflicts:
+        return '\n"files": answer with an empty list (the workers\' files are kept as they are).'
+    listed = "\n".join(f"- {p} (written by {', '.join(w)})" for p, w in sorted(conflicts.items()))
+    return (
+        "\nSeveral workers wrote the same file:\n"
+        f"{listed}\n"
+        '"files": give one merged, whole version of each of those paths.'
+    )

@@ -61,7 +61,9 @@ class Script:
     plan: Mapping[str, Any]
     first: Mapping[str, list[dict[str, str]]]
     revised: Mapping[str, list[dict[str, str]]] = field(default_factory=dict)
+    merged: list[dict[str, str]] = field(default_factory=list)
     asked: list[str] = field(default_factory=list)
+    integration_prompts: list[str] = field(default_factory=list)
 
     def __call__(self, body: dict[str, Any]) -> str | None:
         name = schema_name(body)
@@ -80,7 +82,9 @@ class Script:
             return work(f"wrote {key}", self.first[key])
         if name == "integration":
             self.asked.append("integration")
-            return json.dumps({"deliverable": "Done: parse_iso.", "violations": [], "files": []})
+            self.integration_prompts.append(user)
+            answer = {"deliverable": "Done: parse_iso.", "violations": [], "files": self.merged}
+            return json.dumps(answer)
         return None
 
 
@@ -392,3 +396,26 @@ async def test_out_on_the_workspace_itself_is_refused(
 ) -> None:
     assert await run(ws, "--out", str(ws)) == 2
     assert not (isolated_env / "sessions").exists()
+
+
+async def test_two_subtasks_writing_one_path_the_integrator_decides_recorded(
+    ws: Path, planner_and_worker: dict[str, FakeOpenAIServer], isolated_env: Path
+) -> None:
+    script = Script(
+        plan({"s1": [], "s2": []}),
+        first={
+            "s1": [{"path": "pkg/api.py", "content": "A = 1\n"}],
+            "s2": [{"path": "pkg/api.py", "content": "B = 2\n"}],
+        },
+        merged=[{"path": "pkg/api.py", "content": "A = 1\nB = 2\n"}],
+    )
+    for srv in planner_and_worker.values():
+        srv.handler = script
+    assert await run(ws, "--out", str(ws / "out")) == 0
+    (prompt,) = script.integration_prompts
+    assert "pkg/api.py (written by s1, s2)" in prompt
+    d = session_dir(isolated_env)
+    files = json.loads((d / "files.json").read_text())
+    assert files["conflicts"] == {"pkg/api.py": ["s1", "s2"]}
+    assert files["files"][0]["writer"] == "integrator"
+    assert (ws / "out" / "pkg" / "api.py").read_text() == "A = 1\nB = 2\n"
