@@ -227,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from familiar.cli_fleet import add_fleet_command
     from familiar.cli_fleetcheck import add_fleetcheck_commands
+    from familiar.cli_mcp import add_mcp_command
     from familiar.cli_run import add_run_commands
     from familiar.cli_translate import add_translate_command
     from familiar.cli_worker import add_worker_command
@@ -236,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_fleet_command(sub, _common)
     add_worker_command(sub, _common)
     add_fleetcheck_commands(sub, _common)
+    add_mcp_command(sub, _common)
     _add_global_options(parser)
     return parser
 

