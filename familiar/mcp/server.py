@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -38,7 +39,16 @@ def build(where: Where) -> MCPServer[Any]:
     """The MCPServer with familiar's tools, for the workspace and slots in ``where``."""
     from familiar import __version__
 
-    app: MCPServer[Any] = MCPServer("familiar", instructions=INSTRUCTIONS, version=__version__)
+    @asynccontextmanager
+    async def lifespan(_app: MCPServer[Any]) -> AsyncIterator[None]:
+        try:
+            yield None
+        finally:
+            await where.fleets.aclose()
+
+    app: MCPServer[Any] = MCPServer(
+        "familiar", instructions=INSTRUCTIONS, version=__version__, lifespan=lifespan
+    )
 
     async def guarded(work: Awaitable[T]) -> T:
         try:

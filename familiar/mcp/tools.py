@@ -9,17 +9,21 @@ the one line the CLI would print.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from familiar.backend import CallResult, SlotClient
 from familiar.config import Config, find_workspace, load_config, state_home
 from familiar.errors import ConfigError, FamiliarError
 from familiar.plan import Plan
+
+if TYPE_CHECKING:
+    from familiar.fleet import Fleet
 
 #: answers longer than this are cut for the agent, with the path of the whole
 RESULT_CHARS = 20_000
@@ -28,12 +32,47 @@ MAX_PROMPTS = 64
 Progress = Callable[[float, float | None, str], Awaitable[None]]
 
 
-@dataclass(frozen=True)
+class Fleets:
+    """Clients kept open between tool calls: one fleet per slot as configured (a changed
+    slots file makes a new one), closed when the server stops. A call then costs what
+    the request costs, not a new HTTP client and ledger each time."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, Fleet] = {}
+        self._lock = asyncio.Lock()
+
+    async def client(self, cfg: Config, name: str) -> SlotClient:
+        from familiar.fleet import Fleet
+        from familiar.ledger import make_ledger
+
+        slot = cfg.slots[name]
+        key = json.dumps(
+            [slot.model_dump(mode="json"), cfg.fleet.model_dump(mode="json"), str(cfg.home)],
+            sort_keys=True,
+        )
+        async with self._lock:
+            fleet = self._open.get(key)
+            if fleet is None:
+                fleet = Fleet({name: slot}, home=cfg.home, ledger=make_ledger(cfg.fleet))
+                await fleet.__aenter__()
+                self._open[key] = fleet
+        return fleet[name]
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            fleets, self._open = list(self._open.values()), {}
+        for fleet in fleets:
+            await fleet.__aexit__(None, None, None)
+
+
+@dataclass
 class Where:
-    """The workspace and slots file the server was started with (as for the CLI)."""
+    """The workspace and slots file the server was started with (as for the CLI), and
+    the clients it keeps open."""
 
     workspace: Path | None = None
     slots: Path | None = None
+    fleets: Fleets = field(default_factory=Fleets)
 
     def config(self, roles: str | None = None) -> Config:
         return load_config(self.workspace, self.slots, roles)
@@ -102,8 +141,6 @@ async def _ask_one(
 
 
 def _parsed(text: str) -> Any:
-    import json
-
     try:
         return json.loads(text)
     except ValueError:
@@ -124,9 +161,6 @@ async def ask(
 ) -> list[dict[str, Any]]:
     """Every prompt to one slot, fanned out under its seats (the ledger's cap holds
     across processes); answers in order, each with its own status."""
-    from familiar.fleet import Fleet
-    from familiar.ledger import make_ledger
-
     if not prompts:
         raise ConfigError("give at least one prompt")
     if len(prompts) > MAX_PROMPTS:
@@ -135,23 +169,21 @@ async def ask(
         raise ConfigError("max_tokens must be a positive number")
     cfg = where.config()
     name = _slot_for(cfg, role, slot)
+    client = await where.fleets.client(cfg, name)
     done = 0
-    slots = {name: cfg.slots[name]}
-    async with Fleet(slots, home=cfg.home, ledger=make_ledger(cfg.fleet)) as fleet:
-        client = fleet[name]
 
-        async def one(prompt: str) -> dict[str, Any]:
-            nonlocal done
-            try:
-                return await _ask_one(client, prompt, system, json_schema, max_tokens, temperature)
-            except FamiliarError as exc:
-                return {"status": "error", "error": str(exc)}
-            finally:
-                done += 1
-                if progress is not None:
-                    await progress(done, len(prompts), f"{done}/{len(prompts)} answered")
+    async def one(prompt: str) -> dict[str, Any]:
+        nonlocal done
+        try:
+            return await _ask_one(client, prompt, system, json_schema, max_tokens, temperature)
+        except FamiliarError as exc:
+            return {"status": "error", "error": str(exc)}
+        finally:
+            done += 1
+            if progress is not None:
+                await progress(done, len(prompts), f"{done}/{len(prompts)} answered")
 
-        return list(await asyncio.gather(*(one(p) for p in prompts)))
+    return list(await asyncio.gather(*(one(p) for p in prompts)))
 
 
 async def fleet_status(where: Where) -> dict[str, Any]:
