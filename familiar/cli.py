@@ -225,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
         p.set_defaults(func=_local_cmd(name))
 
+    from familiar.cli_batch import add_batch_command
     from familiar.cli_fleet import add_fleet_command
     from familiar.cli_fleetcheck import add_fleetcheck_commands
     from familiar.cli_mcp import add_mcp_command
@@ -238,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_worker_command(sub, _common)
     add_fleetcheck_commands(sub, _common)
     add_mcp_command(sub, _common)
+    add_batch_command(sub, _common)
     _add_global_options(parser)
     return parser
 

@@ -1,0 +1,258 @@
+"""Any batch: OpenAI Batch JSONL through the fleet, streamed.
+
+The input is read twice, line by line, never whole: once for the up-front checks (a
+duplicate ``custom_id`` is a usage error before anything is sent), once to send. Lines
+go through a bounded queue to worker tasks; every request takes a seat of its slot's
+deployment in the ledger (a batch never takes a slot's ``reserve``; sessions go first),
+so memory follows the work in flight, not the file. Each result line is appended and
+flushed as its answer finishes. A rerun keeps the successful lines already written (a
+torn last line is cut off), drops the old error lines, and asks only for the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import jsonschema
+
+from familiar.backend import CallResult, SlotClient
+from familiar.batch.lines import (
+    LineError,
+    Request,
+    custom_id_of,
+    done_id,
+    error_line,
+    ok_line,
+    parse,
+)
+from familiar.errors import BackendError, ConfigError, FamiliarError, StateError
+
+_STOP = object()
+
+
+@dataclass
+class Counts:
+    total: int = 0
+    skipped: int = 0  # already answered in an earlier run
+    ok: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.failed
+
+    def summary(self) -> dict[str, Any]:
+        took = time.monotonic() - self.started
+        return {
+            "requests": self.total,
+            "already_done": self.skipped,
+            "ok": self.ok,
+            "failed": self.failed,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "seconds": round(took, 2),
+            "requests_per_s": round(self.done / took, 2) if took > 0 else None,
+        }
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            if raw.strip():
+                yield n, raw
+
+
+def check_input(path: Path) -> int:
+    """Count the requests and refuse duplicate custom ids (ConfigError, nothing sent)."""
+    seen: dict[str, int] = {}
+    count = 0
+    try:
+        for n, raw in _lines(path):
+            count += 1
+            cid = custom_id_of(raw)
+            if cid is None:
+                continue
+            if cid in seen:
+                raise ConfigError(
+                    f"{path}: custom_id {cid!r} is on line {seen[cid]} and line {n};"
+                    " every request needs its own id (nothing was sent)"
+                )
+            seen[cid] = n
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if count == 0:
+        raise ConfigError(f"{path} holds no request lines")
+    return count
+
+
+def _keep_ok_lines(path: Path) -> set[str]:
+    """The custom ids already answered in ``path``; the file rewritten with only those
+    lines (a torn last line and old error lines dropped, so they are asked again)."""
+    if not path.exists():
+        return set()
+    done: set[str] = set()
+    kept: list[bytes] = []
+    try:
+        with path.open("rb") as fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break  # torn by a kill mid-write: asked again
+                found = done_id(raw)
+                if found is not None and found[1] and found[0] not in done:
+                    done.add(found[0])
+                    kept.append(raw)
+    except OSError as exc:
+        raise StateError(f"cannot read the results {path}: {exc.strerror or exc}") from None
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        fh.writelines(kept)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return done
+
+
+class Writer:
+    """Result lines appended and flushed as they finish (errors apart when asked)."""
+
+    def __init__(self, out: Path, errors: Path | None) -> None:
+        self._out: BinaryIO = out.open("ab")
+        self._err: BinaryIO | None = errors.open("ab") if errors is not None else None
+
+    def ok(self, line: str) -> None:
+        self._write(self._out, line)
+
+    def error(self, line: str) -> None:
+        self._write(self._err or self._out, line)
+
+    @staticmethod
+    def _write(fh: BinaryIO, line: str) -> None:
+        fh.write(line.encode("utf-8") + b"\n")
+        fh.flush()
+
+    def close(self) -> None:
+        self._out.close()
+        if self._err is not None:
+            self._err.close()
+
+
+def _schema_problem(req: Request, text: str) -> str | None:
+    schema = req.schema
+    if schema is None:
+        return None
+    try:
+        jsonschema.validate(json.loads(text), schema)
+    except ValueError:
+        return "the answer is not JSON, though the request asked for a JSON schema"
+    except jsonschema.ValidationError as exc:
+        return f"the answer does not follow the request's JSON schema: {exc.message}"
+    except jsonschema.SchemaError as exc:
+        return f"the request's JSON schema is invalid: {exc.message}"
+    return None
+
+
+async def _ask(client: SlotClient, req: Request) -> CallResult:
+    params = req.params()
+    if req.kind == "chat":
+        messages = params.pop("messages")
+        return await client.chat(messages, role="batch", **params)
+    prompt = params.pop("prompt")
+    return await client.complete(prompt, role="batch", **params)
+
+
+@dataclass
+class BatchRun:
+    """One batch: ``clients`` by slot name, ``route(request)`` -> a slot name (or raises
+    ConfigError for that line), results to ``writer``."""
+
+    clients: Mapping[str, SlotClient]
+    route: Callable[[Request], str]
+    writer: Writer
+    correlation_id: str
+    counts: Counts = field(default_factory=Counts)
+    on_progress: Callable[[Counts], None] | None = None
+
+    def _record_error(self, custom_id: str, code: str, message: str) -> None:
+        self.writer.error(error_line(custom_id, code, message))
+        self.counts.failed += 1
+
+    async def one(self, item: Request | LineError) -> None:
+        if isinstance(item, LineError):
+            self._record_error(item.custom_id, item.code, item.message)
+            return
+        try:
+            name = self.route(item)
+        except ConfigError as exc:
+            self._record_error(item.custom_id, "model_not_found", str(exc))
+            return
+        try:
+            result = await _ask(self.clients[name], item)
+        except BackendError as exc:
+            self._record_error(item.custom_id, type(exc).__name__, str(exc))
+            return
+        except FamiliarError as exc:
+            self._record_error(item.custom_id, "failed", str(exc))
+            return
+        if result.finish_reason == "length":
+            tokens = result.completion_tokens
+            self._record_error(
+                item.custom_id, "length", f"the answer was cut off at max_tokens ({tokens})"
+            )
+            return
+        problem = _schema_problem(item, result.text)
+        if problem is not None:
+            self._record_error(item.custom_id, "schema", problem)
+            return
+        self.writer.ok(ok_line(item, result, self.correlation_id))
+        self.counts.ok += 1
+        self.counts.prompt_tokens += result.prompt_tokens or 0
+        self.counts.completion_tokens += result.completion_tokens or 0
+
+    async def run(self, path: Path, done: set[str], workers: int) -> Counts:
+        """Every request of ``path`` not in ``done``, ``workers`` at a time."""
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=workers * 2)
+
+        async def work() -> None:
+            while (item := await queue.get()) is not _STOP:
+                await self.one(item)
+                if self.on_progress is not None:
+                    self.on_progress(self.counts)
+
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(workers):
+                tg.create_task(work())
+            for n, raw in _lines(path):
+                item = parse(n, raw)
+                if item.custom_id in done:
+                    self.counts.skipped += 1
+                    continue
+                await queue.put(item)
+            for _ in range(workers):
+                await queue.put(_STOP)
+        return self.counts
+
+
+def prepare_output(out: Path, errors: Path | None, *, force: bool) -> set[str]:
+    """The ids already answered (a resume), or none with ``force`` (files emptied)."""
+    for p in (out, errors):
+        if p is not None and p.is_dir():
+            raise ConfigError(f"{p} is a directory, not a results file")
+    if force:
+        for p in (out, errors):
+            if p is not None and p.exists():
+                p.write_bytes(b"")
+        return set()
+    done = _keep_ok_lines(out)
+    if errors is not None and errors.exists():
+        errors.write_bytes(b"")  # old errors are asked again
+    return done

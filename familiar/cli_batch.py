@@ -1,0 +1,70 @@
+"""``familiar batch``: OpenAI Batch JSONL through the fleet (thin: parse, call, print)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from familiar import signals
+from familiar.config import load_config
+from familiar.errors import ConfigError
+
+
+def add_batch_command(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = sub.add_parser(
+        "batch",
+        help="run OpenAI Batch JSONL requests through the fleet",
+        description="Send every request of an OpenAI Batch API JSONL file (custom_id, "
+        "method, url /v1/chat/completions or /v1/completions, body) to the fleet under "
+        "its seat caps, and write one result line per request in the OpenAI batch output "
+        "format as each finishes. A rerun asks only for requests without a result line "
+        "(failed ones are asked again). Exit codes: 0 every request answered, 1 any "
+        "failed, 2 usage error (e.g. a duplicate custom_id: nothing is sent).",
+        epilog="examples:\n"
+        "  familiar batch requests.jsonl --out results.jsonl --role kindergarten\n"
+        "  familiar batch requests.jsonl --out results.jsonl --errors errors.jsonl\n"
+        "      (each line's body.model names a role or slot)\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common(p)
+    p.add_argument("requests", type=Path, metavar="REQUESTS.jsonl", help="the request lines")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="the result lines")
+    p.add_argument("--errors", type=Path, metavar="FILE", help="error lines here, not in --out")
+    p.add_argument("--role", metavar="ROLE", help="send every request to ROLE's slot")
+    p.add_argument("--slot", metavar="SLOT", help="send every request to SLOT")
+    p.add_argument("--force", action="store_true", help="ask everything again (results emptied)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.set_defaults(func=cmd_batch)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from familiar.batch import BatchOptions, check_input, progress_printer, run_batch
+
+    src: Path = args.requests
+    if not src.is_file():
+        raise ConfigError(f"{src}: no such file (the requests, one JSON object per line)")
+    for target in (args.out, args.errors):
+        if target is not None and target.exists() and target.resolve() == src.resolve():
+            raise ConfigError(f"{target} is the requests file itself: results go elsewhere")
+    if args.errors is not None and args.errors.resolve() == args.out.resolve():
+        raise ConfigError("--errors and --out name the same file")
+    cfg = load_config(args.workspace, args.slots, None)
+    total = check_input(src)
+    opts = BatchOptions(src, args.out, args.errors, args.role, args.slot, args.force)
+    cid, counts = signals.run(run_batch(cfg, opts, total, progress_printer(total)))
+    report = {"correlation_id": cid, **counts.summary(), "out": str(args.out)}
+    if args.errors is not None:
+        report["errors"] = str(args.errors)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"batch {cid}: {counts.ok} ok, {counts.failed} failed, {counts.skipped} already"
+            f" done of {counts.total}; results in {args.out}",
+            file=sys.stderr,
+        )
+    return 0 if counts.failed == 0 else 1
