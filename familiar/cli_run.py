@@ -38,9 +38,18 @@ def add_run_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]
     )
     common(run)
     run.add_argument("task", nargs="?", help="the task text")
-    run.add_argument("--task-file", type=Path, metavar="FILE", help="read the task from FILE")
     run.add_argument(
-        "--resume", metavar="ID", help="continue session ID without redoing finished subtasks"
+        "--task-file",
+        type=Path,
+        metavar="FILE",
+        help="read the task from FILE (front matter 'context: [paths]' adds context, "
+        "relative to the workspace)",
+    )
+    run.add_argument(
+        "--resume",
+        metavar="ID",
+        help="continue session ID (a full id, a unique prefix, or 'last') without redoing "
+        "finished subtasks; add --apply to write a finished session's files",
     )
     run.add_argument(
         "--roles",
@@ -65,8 +74,9 @@ def add_run_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]
         action="extend",
         default=[],
         metavar="PATH",
-        help="workspace files, directories or globs the session sees (directories honour "
-        ".gitignore; hidden, binary and secret-looking files are left out unless named)",
+        help="workspace files, directories or globs the session sees, relative to the "
+        "current directory (directories honour .gitignore; hidden, binary and "
+        "secret-looking files are left out unless named one by one); put the task first",
     )
     run.add_argument(
         "--context-tokens",
@@ -144,6 +154,7 @@ def add_run_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]
 def cmd_run(args: argparse.Namespace) -> int:
     from familiar.session import service
 
+    _task_after_context(args)
     req = service.RunRequest.from_namespace(args)
     prepared = service.prepare(req)
     print(f"session {prepared.sid}  ({prepared.directory})", file=sys.stderr)
@@ -182,6 +193,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print(outcome.final)
     return 0
+
+
+def _task_after_context(args: argparse.Namespace) -> None:
+    """``familiar run --context a.py "Add parse_iso"``: --context takes every word after
+    it, the task too; a last word that is no path is the task."""
+    if args.task or args.task_file or args.resume or not args.context:
+        return
+    last = args.context[-1]
+    if (
+        not Path(last).exists()
+        and not set("*?[") & set(last)
+        and (" " in last or len(args.context) > 1)
+    ):
+        args.task = args.context.pop()
 
 
 def _notice(line: str) -> None:

@@ -17,6 +17,7 @@ import hashlib
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import time
 from collections.abc import Sequence
@@ -24,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from familiar.errors import StateError
+from familiar.logs import mask
 from familiar.session.files import FileOut, write_tree
 
 TAIL_CHARS = 6000
@@ -79,13 +82,54 @@ def files_digest(files: Sequence[FileOut]) -> str:
 
 
 def _copy_workspace(root: Path, into: Path, leave_out: Sequence[Path]) -> None:
+    """A copy of the workspace the check may change at will: ``.git``, familiar's state
+    and special files (FIFOs, sockets, devices) left out; a link that points into the
+    workspace by an absolute path is made to point into the copy instead, so nothing the
+    check or the session's files do can reach the real workspace through it."""
     skip = {p.resolve() for p in leave_out}
+    real_root = root.resolve()
 
     def ignore(directory: str, names: list[str]) -> set[str]:
-        here = Path(directory).resolve()
-        return {n for n in names if n == ".git" or (here / n).resolve() in skip}
+        here = Path(directory)
+        out = set()
+        for n in names:
+            path = here / n
+            if n == ".git" or path.resolve() in skip:
+                out.add(n)
+                continue
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                out.add(n)
+                continue
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+                out.add(n)
+        return out
 
     shutil.copytree(root, into, symlinks=True, ignore=ignore, dirs_exist_ok=True)
+    for directory, dirs, names in os.walk(into):
+        for n in (*dirs, *names):
+            link = Path(directory) / n
+            if not link.is_symlink():
+                continue
+            target = os.readlink(link)
+            if not os.path.isabs(target):
+                continue
+            absolute = Path(os.path.normpath(target))
+            if absolute == real_root or real_root in absolute.parents:
+                mirrored = into / absolute.relative_to(real_root)
+                link.unlink()
+                link.symlink_to(os.path.relpath(mirrored, link.parent))
+
+
+def _read_tail(path: Path) -> bytes:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - _KEEP))
+            return fh.read()
+    except OSError:
+        return b""
 
 
 def _tail(data: bytes) -> str:
@@ -106,44 +150,51 @@ async def run_check(
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="familiar-check-") as tmp:
         copy = Path(tmp) / root.name
-        await asyncio.to_thread(_copy_workspace, root, copy, leave_out)
-        await asyncio.to_thread(write_tree, files, copy)
         try:
-            proc = await asyncio.create_subprocess_shell(
-                command,
-                cwd=copy,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,  # its own group: a timeout kills every child
-            )
-        except OSError as exc:
-            return CheckRun(command, digest, None, False, 0.0, f"cannot start: {exc}")
-        kept = bytearray()
-
-        async def read() -> None:
-            assert proc.stdout is not None
-            while chunk := await proc.stdout.read(65536):
-                kept.extend(chunk)
-                if len(kept) > _KEEP:
-                    del kept[: len(kept) - _KEEP]
-
+            await asyncio.to_thread(_copy_workspace, root, copy, leave_out)
+            await asyncio.to_thread(write_tree, files, copy)
+        except (OSError, shutil.Error, StateError) as exc:
+            why = f"cannot prepare the workspace copy for the check: {_first(exc)}"
+            return CheckRun(command, digest, None, False, 0.0, why)
+        log_path = Path(tmp) / "output.log"
+        # the output goes to a file, not a pipe: a child the check leaves running in the
+        # background cannot hold the verdict up by keeping a pipe open
+        with log_path.open("wb") as log:
+            try:
+                proc = await asyncio.create_subprocess_shell(
+                    command,
+                    cwd=copy,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,  # its own group: a timeout kills every child
+                )
+            except OSError as exc:
+                return CheckRun(command, digest, None, False, 0.0, f"cannot start: {exc}")
         timed_out = False
         try:
             async with asyncio.timeout(timeout_s):
-                await read()
                 await proc.wait()
         except TimeoutError:
             timed_out = True
         finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the whole group, left-overs too
             if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
                 with contextlib.suppress(Exception):
                     await asyncio.shield(proc.wait())
+        kept = _read_tail(log_path)
         duration = round(time.monotonic() - started, 3)
         code = None if timed_out else proc.returncode
-        return CheckRun(command, digest, code, timed_out, duration, _tail(bytes(kept)))
+        # the output may echo the environment: the fleet's keys never go further
+        return CheckRun(command, digest, code, timed_out, duration, mask(_tail(kept)))
+
+
+def _first(exc: BaseException) -> str:
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+        src, _dst, why = exc.args[0][0]
+        return f"{src}: {why}"
+    return str(getattr(exc, "strerror", None) or exc)
 
 
 def files_named(tail: str, files: Sequence[FileOut]) -> set[str]:

@@ -48,6 +48,15 @@ SECRET_PATTERNS = (
     ".pgpass",
     "credentials*",
     "secrets*",
+    "*.tfvars",
+    "*.tfstate",
+    "*service-account*.json",
+    "*.keystore",
+    "*.jks",
+    ".npmrc",
+    ".pypirc",
+    "kubeconfig*",
+    "*.ovpn",
 )
 _GLOB_CHARS = frozenset("*?[")
 _HEAD_LINES = 3
@@ -184,13 +193,27 @@ def _ignore_spec(directory: Path) -> _Spec | None:
 
 
 def _ignored(rel: str, is_dir: bool, specs: Sequence[tuple[str, _Spec]]) -> bool:
-    """Whether ``rel`` (relative to the workspace) is ignored by the .gitignore files of
-    the directories above it (``specs``: base directory, its spec)."""
+    """Whether git ignores ``rel`` (relative to the workspace): the last pattern that
+    matches decides, deeper ``.gitignore`` files after shallower ones, so a negation
+    (``!keep.log``) brings a file back (``specs``: base directory, its spec, in order)."""
+    ignored = False
     for base, spec in specs:
+        if base and not rel.startswith(base + "/"):
+            continue
         sub = rel[len(base) + 1 :] if base else rel
-        if spec.match_file(sub + ("/" if is_dir else "")):
-            return True
-    return False
+        result = spec.check_file(sub + ("/" if is_dir else ""))
+        if result.include is not None:
+            ignored = result.include
+    return ignored
+
+
+def _exclude_spec(root: Path) -> _Spec | None:
+    """``.git/info/exclude``: the repository's own ignore list (before any .gitignore)."""
+    try:
+        lines = (root / ".git" / "info" / "exclude").read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    return pathspec.GitIgnoreSpec.from_lines(lines)
 
 
 def _walk(root: Path, start: Path, skip: Sequence[Path]) -> Iterator[Path]:
@@ -201,6 +224,9 @@ def _walk(root: Path, start: Path, skip: Sequence[Path]) -> Iterator[Path]:
         return "" if directory == root else directory.relative_to(root).as_posix()
 
     specs: list[tuple[str, _Spec]] = []
+    exclude = _exclude_spec(root)
+    if exclude is not None:
+        specs.append(("", exclude))
     above = root
     for part in start.relative_to(root).parts:  # the .gitignore files above ``start``
         spec = _ignore_spec(above)
@@ -246,6 +272,10 @@ def _expand(root: Path, specs: Iterable[str], cwd: Path, skip: Sequence[Path]) -
                 raise ConfigError(f"--context {spec!r} matches no file")
             for m in matches:
                 p = Path(m)
+                if not _inside(Path(os.path.abspath(p)), root):
+                    raise ConfigError(
+                        f"--context {spec!r} matches {m}, outside the workspace {root}"
+                    )
                 if p.is_dir() and not p.is_symlink():
                     found.extend(_Found(f, False) for f in _walk(root, p.resolve(), skip))
                 elif not any(part.startswith(".") for part in Path(m).parts[-1:]):
@@ -255,8 +285,11 @@ def _expand(root: Path, specs: Iterable[str], cwd: Path, skip: Sequence[Path]) -
         path = path if path.is_absolute() else cwd / path
         if not os.path.lexists(path):
             raise ConfigError(f"--context {spec}: no such file or directory")
-        if not _inside(Path(os.path.abspath(path)), root):
+        absolute = Path(os.path.abspath(path))
+        if not _inside(absolute, root):
             raise ConfigError(f"--context {spec} is outside the workspace {root}")
+        if any(part == ".git" for part in absolute.relative_to(root).parts):
+            raise ConfigError(f"--context {spec}: .git/ is never sent to a model")
         if path.is_dir() and not path.is_symlink():
             found.extend(_Found(f, False) for f in _walk(root, path.resolve(), skip))
         else:
@@ -274,7 +307,9 @@ def _read(root: Path, item: _Found) -> tuple[str, bytes | None, str]:
         return rel, None, "cannot be resolved (a broken or looping link)"
     if not _inside(real, root):
         return rel, None, "a link that leaves the workspace"
-    if not item.named and looks_secret(absolute.name):
+    if any(part == ".git" for part in real.relative_to(root).parts):
+        return rel, None, "inside .git/"
+    if not item.named and (looks_secret(absolute.name) or looks_secret(real.name)):
         return rel, None, "looks like a secret (name it alone to include it)"
     try:
         st = os.stat(real)

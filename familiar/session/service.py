@@ -9,6 +9,8 @@ any server is asked; :func:`run_session` runs it on its fleet; :func:`deliver` w
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field, fields
@@ -107,6 +109,8 @@ class WorkspacePlan:
 def resolve_id(home: Path, given: str) -> str:
     """A session id from the full id, a unique prefix, or ``last``."""
     root = home / "sessions"
+    if given != "last" and not _ID.fullmatch(given):
+        raise ConfigError(f"{given!r} is not a session id (hex digits, a unique prefix, or last)")
     if (root / given / "task.md").is_file():
         return given
     if given == "last":
@@ -122,6 +126,38 @@ def resolve_id(home: Path, given: str) -> str:
     if len(found) > 1:
         raise ConfigError(f"session id {given!r} is ambiguous: {', '.join(found[:5])}")
     raise ConfigError(f"no session {given!r} under {root}")
+
+
+_ID = re.compile(r"[0-9a-f]{1,64}")
+
+
+def _recorded_workspace(state: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """``session.json``'s workspace record, checked (a corrupt one is a StateError)."""
+    record = state.get("workspace")
+    if record is None:
+        return None
+    ok = (
+        isinstance(record, dict)
+        and isinstance(record.get("files", False), bool)
+        and (record.get("check") is None or isinstance(record.get("check"), str))
+        and isinstance(record.get("check_timeout_s", 600.0), (int, float))
+        and not isinstance(record.get("check_timeout_s"), bool)
+        and 0 < float(record.get("check_timeout_s", 600.0)) <= 86400
+    )
+    if not ok:
+        raise StateError(f"session state {path} is corrupt (its workspace record)")
+    return dict(record)
+
+
+def _writable_dir(path: Path, what: str) -> None:
+    """``path`` is, or can be made, a directory we can write (checked before any work)."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"{what} {path}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path} cannot be written ({probe} is not writable)")
 
 
 def plan_workspace(
@@ -147,8 +183,10 @@ def plan_workspace(
     ws.files = bool(
         req.context or task_context or req.out or req.apply or ws.check or recorded.get("files")
     )
-    if req.out is not None and req.out.resolve() == cfg.workspace.resolve():
-        raise ConfigError("--out is the workspace itself: use --apply to write files there")
+    if req.out is not None:
+        if req.out.resolve() == cfg.workspace.resolve():
+            raise ConfigError("--out is the workspace itself: use --apply to write files there")
+        _writable_dir(req.out, "--out")
     forbidden = [cfg.home]
     if directory is not None and (directory / "context.json").exists():
         if req.context:
@@ -202,7 +240,13 @@ def prepare(req: RunRequest) -> Prepared:
             raise StateError(f"cannot read {directory / 'task.md'}: {exc}") from None
         check_runnable(cfg, detect_lang(task), req.lang)
         state = read_record(directory / "session.json", "session state")
-        workspace = state.get("workspace") if isinstance(state.get("workspace"), dict) else None
+        workspace = _recorded_workspace(state, directory / "session.json")
+        ran_in = recorded.get("workspace")
+        if isinstance(ran_in, str) and Path(ran_in).resolve() != cfg.workspace.resolve():
+            raise ConfigError(
+                f"session {sid} ran in the workspace {ran_in}, not {cfg.workspace}:"
+                f" resume it there (--workspace {ran_in})"
+            )
         return Prepared(cfg, directory, sid, plan_workspace(req, cfg, workspace, directory))
     task = task_text(req)
     cfg = load_config(req.workspace, req.slots, req.roles)
@@ -217,19 +261,26 @@ def write_out(out: Path, outcome: SessionOutcome, directory: Path, notice: Notic
     from familiar.session.files import write_tree
     from familiar.session.workspace import session_files
 
+    files = session_files(directory)
+    # the deliverable is always result.md; a session file of that name stays in the
+    # session directory only
+    shadowed = [f for f in files if f.path == RESULT_NAME]
+    files = [f for f in files if f.path != RESULT_NAME]
     try:
-        files = session_files(directory)
-        names = {f.path for f in files}
-        result = "result.md" if "result.md" not in names else "familiar-result.md"
-        write_text_atomic(out / result, outcome.final or "")
+        write_text_atomic(out / RESULT_NAME, outcome.final or "")
         write_tree(files, out)
     except OSError as exc:
         raise StateError(
             f"session {outcome.id} is done (its result is in {directory / 'final.md'}) but"
             f" --out {out} cannot be written: {exc.strerror or exc}"
         ) from None
+    if shadowed:
+        notice(
+            f"the session's own {RESULT_NAME} was not written to --out (the result is there);"
+            f" it is in {directory / 'files' / RESULT_NAME}"
+        )
     if files:
-        notice(f"wrote {out / result} and {len(files)} file(s) under {out}")
+        notice(f"wrote {out / RESULT_NAME} and {len(files)} file(s) under {out}")
 
 
 def apply_files(cfg: Config, directory: Path, req: RunRequest, notice: Notice) -> list[str]:
@@ -239,7 +290,9 @@ def apply_files(cfg: Config, directory: Path, req: RunRequest, notice: Notice) -
 
     files = session_files(directory)
     try:
-        diff = apply(files, cfg.workspace, directory, force=req.force)
+        diff, record = apply(
+            files, cfg.workspace, directory, force=req.force, forbidden=forbidden_dirs(cfg)
+        )
     except ConfigError as exc:
         raise ConfigError(
             f"{exc} (the session is done; its files are in {directory / 'files'};"
@@ -247,10 +300,17 @@ def apply_files(cfg: Config, directory: Path, req: RunRequest, notice: Notice) -
         ) from None
     changed = sorted({line[6:] for line in diff.splitlines() if line.startswith("+++ b/")})
     notice(
-        f"applied {len(changed)} changed file(s) to {cfg.workspace}"
-        f" (undo: git apply -R {directory / 'apply.diff'})"
+        f"applied {len(changed)} changed file(s) to {cfg.workspace} (undo: git apply -R {record})"
     )
     return changed
+
+
+RESULT_NAME = "result.md"
+
+
+def forbidden_dirs(cfg: Config) -> tuple[Path, ...]:
+    """Where a session's files may never go: familiar's state."""
+    return (cfg.home, cfg.workspace / ".familiar")
 
 
 async def final_context(cfg: Config, fleet: Fleet, ws: WorkspacePlan) -> Context | None:
@@ -319,7 +379,7 @@ async def run_session(
             shown = stack.enter_context(view(fleet))
             workspace = (
                 WorkspaceOptions(
-                    FilesPolicy(cfg.workspace, (cfg.home, cfg.workspace / ".familiar")),
+                    FilesPolicy(cfg.workspace, forbidden_dirs(cfg)),
                     ws.check,
                     ws.check_timeout_s,
                 )

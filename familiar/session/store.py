@@ -121,6 +121,22 @@ class SessionRow(BaseModel):
     error: str | None
 
 
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _context_entry(entry: object) -> bool:
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("path"), str)
+        and bool(entry["path"])
+        and entry.get("status") in ("included", "cut", "skipped")
+        and _count(entry.get("bytes"))
+        and _count(entry.get("tokens"))
+        and isinstance(entry.get("sha256"), str)
+    )
+
+
 def _corrupt(what: str, path: Path, exc: ValidationError, hint: str = "") -> StateError:
     return StateError(f"{what} {path} is corrupt ({exc.error_count()} invalid field(s)){hint}")
 
@@ -258,8 +274,15 @@ class SessionStore:
         if not path.exists():
             return None
         record = read_record(path, "context record")
-        if not isinstance(record.get("files"), list):
-            raise StateError(f"context record {path} is corrupt (no files)")
+        files = record.get("files")
+        good = (
+            isinstance(files, list)
+            and all(_context_entry(f) for f in files)
+            and _count(record.get("budget"))
+            and isinstance(record.get("budget_source", ""), str)
+        )
+        if not good:
+            raise StateError(f"context record {path} is corrupt; remove it to run without context")
         return record
 
     def read_checks(self) -> list[CheckRun]:

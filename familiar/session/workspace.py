@@ -21,13 +21,21 @@ from typing import Any
 import structlog
 
 from familiar.dispatch import Pool
-from familiar.errors import AnswerRejected
+from familiar.errors import AnswerRejected, StateError
 from familiar.plan import Plan
 from familiar.routing import planner_role, revising_role
 from familiar.session import messages as msg
 from familiar.session.calls import Calls
 from familiar.session.check import CheckRun, files_digest, files_named, run_check
-from familiar.session.files import FileOut, FilesPolicy, Merged, merge, write_tree
+from familiar.session.files import (
+    FileOut,
+    FilesPolicy,
+    Merged,
+    merge,
+    normalise,
+    refused,
+    write_tree,
+)
 from familiar.session.store import SessionStore, SubtaskRecord
 from familiar.session.worker import SubtaskWorker
 from familiar.telemetry import Telemetry
@@ -64,6 +72,16 @@ def subtask_files(record: SubtaskRecord) -> list[FileOut]:
     return [FileOut(f["path"], f["content"], record.id) for f in record.files]
 
 
+def checked(files: list[FileOut], policy: FilesPolicy, what: str) -> list[FileOut]:
+    """Recorded files whose paths still pass the checks (records are read back from
+    disk: trust nothing); a refused one makes the record corrupt (StateError)."""
+    for f in files:
+        why = refused(f.path, policy.root, policy.forbidden)
+        if why is not None or normalise(f.path) != f.path:
+            raise StateError(f"{what} is corrupt or no longer safe: {why or f.path}")
+    return files
+
+
 class WorkspaceSteps:
     """The files and check steps of one session."""
 
@@ -88,10 +106,16 @@ class WorkspaceSteps:
     def merged(self, plan: Plan, done: Mapping[str, SubtaskRecord]) -> Merged:
         """Every subtask's files in plan order; the integrator's and the fix's versions
         win for the paths they give."""
+        policy = self.options.policy
         decided = [
             FileOut(f["path"], f["content"], "integrator") for f in self.store.read_decided()
         ]
-        per_writer = [subtask_files(done[s.id]) for s in plan.subtasks if s.id in done]
+        decided = checked(decided, policy, "the integrator's files")
+        per_writer = [
+            checked(subtask_files(done[s.id]), policy, f"subtask record {s.id}")
+            for s in plan.subtasks
+            if s.id in done
+        ]
         return merge(per_writer, decided)
 
     def save(self, merged: Merged) -> None:
@@ -211,7 +235,6 @@ def result_files_record(merged: Merged, run: CheckRun | None) -> dict[str, Any]:
 def session_files(directory: Path) -> list[FileOut]:
     """The files a finished session wrote, read back from its directory (``files.json``
     and ``files/``); each is checked against its recorded hash."""
-    from familiar.errors import StateError
     from familiar.store import read_record
 
     index = directory / "files.json"
@@ -223,10 +246,10 @@ def session_files(directory: Path) -> list[FileOut]:
     out = []
     for entry in entries:
         path = entry.get("path") if isinstance(entry, dict) else None
-        if not isinstance(path, str):
-            raise StateError(f"files record {index} is corrupt (an entry without a path)")
+        if not isinstance(path, str) or normalise(path) != path or ".." in path.split("/"):
+            raise StateError(f"files record {index} is corrupt (a path {path!r})")
         try:
-            content = (directory / "files" / path).read_text(encoding="utf-8")
+            content = (directory / "files" / path).read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise StateError(f"cannot read the session's file {path}: {exc}") from None
         f = FileOut(path, content, str(entry.get("writer") or ""))

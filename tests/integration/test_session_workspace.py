@@ -271,7 +271,7 @@ async def test_apply_refuses_uncommitted_changes_then_force_writes_and_records_a
         srv.handler = script
     assert await run(ws, "--context", "pkg/util.py", "--apply") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert "uncommitted changes in pkg/util.py" in err[-1] and "--force" in err[-1]
+    assert "uncommitted or ignored changes in pkg/util.py" in err[-1] and "--force" in err[-1]
     assert (ws / "pkg" / "util.py").read_text() == UTIL + "# my unsaved work\n"
     d = session_dir(isolated_env)
     assert json.loads((d / "session.json").read_text())["status"] == "done"

@@ -150,3 +150,58 @@ def test_a_task_files_front_matter_names_its_context(
     text: str, paths: list[str], body: str
 ) -> None:
     assert task_front_matter(text) == (paths, body)
+
+
+def test_gitignore_negation_and_the_repository_exclude_file_follow_git(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    (root / "sub").mkdir(parents=True)
+    (root / ".gitignore").write_text("*.log\n")
+    (root / "sub" / ".gitignore").write_text("!keep.log\n")
+    (root / "sub" / "keep.log").write_text("k\n")
+    (root / "sub" / "drop.log").write_text("d\n")
+    (root / "x.local").write_text("x\n")
+    (root / "a.py").write_text("a\n")
+    (root / ".git" / "info").mkdir(parents=True)
+    (root / ".git" / "info" / "exclude").write_text("*.local\n")
+    ctx = gather(root, ["."], 10_000, cwd=root)
+    assert [f.path for f in ctx.included] == ["a.py", "sub/keep.log"]
+
+
+def test_a_link_with_a_harmless_name_to_a_secret_is_left_out(ws: Path) -> None:
+    (ws / "src" / "settings.txt").symlink_to(ws / "src" / ".env")
+    (ws / "conf").mkdir()
+    (ws / "conf" / "prod.tfvars").write_text("token = 1\n")
+    (ws / "conf" / "service-account.json").write_text("{}\n")
+    ctx = gather(ws, ["src", "conf"], 10_000, cwd=ws)
+    st = statuses(ctx)
+    assert st["src/settings.txt"] == "skipped"
+    assert st["conf/prod.tfvars"] == "skipped" and st["conf/service-account.json"] == "skipped"
+
+
+def test_git_and_globs_outside_are_usage_errors(ws: Path, tmp_path: Path) -> None:
+    (ws / ".git").mkdir()
+    (ws / ".git" / "config").write_text("[remote] url = https://ghp_x@github.com\n")
+    with pytest.raises(ConfigError, match=r"\.git/ is never sent"):
+        gather(ws, [".git"], 100, cwd=ws)
+    (tmp_path / "outdir").mkdir()
+    with pytest.raises(ConfigError, match="outside the workspace"):
+        gather(ws, [str(tmp_path / "out*")], 100, cwd=ws)
+
+
+def test_paths_through_files_too_long_or_into_git_by_a_link_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "f.txt").write_text("x")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "gitlink").symlink_to(tmp_path / ".git", target_is_directory=True)
+    assert "which is a file" in (refused("real/f.txt/x", tmp_path, ()) or "")
+    assert "longer than" in (refused("a" * 300, tmp_path, ()) or "")
+    assert ".git" in (refused("gitlink/config", tmp_path, ()) or "")
+    assert ".git" in (refused(".GIT/config", tmp_path, ()) or "")
+    assert "configuration" in (refused("CLAUDE.md", tmp_path, ()) or "")
+    assert "configuration" in (refused("roles/naughty.toml", tmp_path, ()) or "")
+
+
+def test_a_file_and_a_directory_of_one_name_are_a_conflict_the_later_wins() -> None:
+    merged = merge([[FileOut("pkg", "x", "s1")], [FileOut("pkg/mod.py", "y", "s2")]])
+    assert [f.path for f in merged.files] == ["pkg/mod.py"]
+    assert set(merged.conflicts) == {"pkg", "pkg/mod.py"}
