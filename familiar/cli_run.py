@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from familiar import signals
 from familiar.config import find_workspace, state_home
+from familiar.errors import ConfigError, Terminated
+from familiar.store import read_record
 
 if TYPE_CHECKING:
     from familiar.fleet import Fleet
@@ -143,10 +145,20 @@ def add_run_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]
         )
         p.set_defaults(func=cmd_telemetry, action=name)
 
-    sessions = sub.add_parser("sessions", help="list sessions with status and timings")
+    sessions = sub.add_parser(
+        "sessions",
+        help="list sessions with status and timings, or show one",
+        epilog="examples:\n  familiar sessions\n  familiar sessions show last\n"
+        "  familiar sessions show 3f2a --json\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     common(sessions)
     sessions.add_argument(
-        "--json", action="store_true", help="print the sessions as a JSON array on stdout"
+        "action", nargs="?", choices=("list", "show"), default="list", help="list (default) or show"
+    )
+    sessions.add_argument("id", nargs="?", help="with show: a session id, a unique prefix, or last")
+    sessions.add_argument(
+        "--json", action="store_true", help="print the sessions (or the one shown) as JSON"
     )
     sessions.set_defaults(func=cmd_sessions)
 
@@ -168,10 +180,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             return LiveView(lambda: service.seat_statistics(fleet))
         return nullcontext(PlainView())
 
-    outcome = signals.run(service.run_session(prepared, req, view=view, notice=_notice))
+    try:
+        outcome = signals.run(service.run_session(prepared, req, view=view, notice=_notice))
+    except (KeyboardInterrupt, Terminated):
+        _notice(
+            f"session {prepared.sid} interrupted; resume with:"
+            f" familiar run --workspace {prepared.cfg.workspace} --resume {prepared.sid}"
+        )
+        raise
     applied = service.deliver(prepared, req, outcome, _notice)
     if outcome.check:
         _notice(outcome.check)
+    if not _quiet(args):
+        _notice(outcome.closing_line())
     if args.json:
         print(
             json.dumps(
@@ -209,6 +230,11 @@ def _task_after_context(args: argparse.Namespace) -> None:
         args.task = args.context.pop()
 
 
+def _quiet(args: argparse.Namespace) -> bool:
+    """-q anywhere on the command line (before or after the command)."""
+    return any(v for k, v in vars(args).items() if k.split("_")[0] == "quiet")
+
+
 def _notice(line: str) -> None:
     print(line, file=sys.stderr)
 
@@ -216,31 +242,110 @@ def _notice(line: str) -> None:
 def cmd_sessions(args: argparse.Namespace) -> int:
     from familiar.session import list_sessions
 
-    rows = list_sessions(state_home(find_workspace(args.workspace)))
+    home = state_home(find_workspace(args.workspace))
+    if args.action == "show":
+        return _show_session(home, args)
+    if args.id is not None:
+        raise ConfigError(f"unexpected {args.id!r}: did you mean: familiar sessions show {args.id}")
+    rows = list_sessions(home)
     if args.json:
         print(json.dumps([r.model_dump() for r in rows], indent=2, ensure_ascii=False))
         return 0
     if not rows:
         print("no sessions yet")
         return 0
-    if not sys.stdout.isatty():  # a log or a pipe: whole lines, never cut to a width
-        for r in rows:
-            seconds = "" if r.duration_s is None else str(r.duration_s)
-            print("\t".join((r.id, r.status, r.roles, seconds, r.error or r.task)))
+    head = ("id", "status", "started", "seconds", "roles", "task / reason")
+    cells = [
+        (
+            r.id,
+            r.status,
+            _when(r.started),
+            "" if r.duration_s is None else str(r.duration_s),
+            r.roles,
+            f"{r.task} -- {r.error}" if r.error else r.task,
+        )
+        for r in rows
+    ]
+    if not sys.stdout.isatty():  # a log or a pipe: whole values, never cut to a width
+        print("\t".join(head))
+        for row in cells:
+            print("\t".join(row))
         return 0
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("id", "status", "roles", "seconds", "task")
-    for r in rows:
-        table.add_row(
-            r.id,
-            r.status,
-            r.roles,
-            "" if r.duration_s is None else str(r.duration_s),
-            r.error or r.task,
-        )
+    table = Table(*head)
+    for row in cells:  # rich wraps long values; ids and paths are never cut
+        table.add_row(*row)
     Console().print(table)
+    return 0
+
+
+def _when(started: float | None) -> str:
+    import time
+
+    return "" if started is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
+
+
+def _show_session(home: Path, args: argparse.Namespace) -> int:
+    from familiar.session.service import resolve_id
+    from familiar.session.store import SessionStore
+
+    if args.id is None:
+        raise ConfigError("familiar sessions show ID (a full id, a unique prefix, or last)")
+    directory = home / "sessions" / resolve_id(home, args.id)
+    store = SessionStore(directory)
+    state = store.read_state()
+    plan = store.read_plan()
+    subtasks = []
+    for s in plan.subtasks if plan else ():
+        path = store.subtask_path(s.id)
+        record = read_record(path, "subtask record") if path.exists() else {}
+        why = (state.failed or {}).get(s.id) if state else None
+        subtasks.append(
+            {
+                "id": s.id,
+                "title": s.title,
+                "difficulty": s.difficulty,
+                "status": record.get("status") or ("failed" if why else "not run"),
+                "role": record.get("role"),
+                "latency_s": record.get("latency_s"),
+                "reason": why,
+            }
+        )
+    final = directory / "final.md"
+    info = {
+        "id": directory.name,
+        "status": None if state is None else state.status,
+        "error": None if state is None else state.error,
+        "started": None if state is None else state.started,
+        "totals": None if state is None else getattr(state, "totals", None),
+        "goal": None if plan is None else plan.goal,
+        "decisions": [] if plan is None else list(plan.decisions),
+        "subtasks": subtasks,
+        "result": str(final) if final.exists() else None,
+        "directory": str(directory),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+        return 0
+    started = None if state is None else state.started
+    print(f"session {info['id']}  {info['status']}  started {_when(started)}")
+    if info["error"]:
+        print(f"  error: {info['error']}")
+    if plan is not None:
+        print(f"  goal: {plan.goal}")
+        for d in plan.decisions:
+            print(f"  decision: {d}")
+    for t in subtasks:
+        took = "" if t["latency_s"] is None else f" {t['latency_s']} s"
+        print(
+            f"  {t['id']} [{t['difficulty']}] {t['status']}"
+            f"{' on ' + t['role'] if t['role'] else ''}{took}: {t['title']}"
+            + (f" -- {t['reason']}" if t["reason"] else "")
+        )
+    print(f"  result: {info['result'] or '(none yet)'}")
+    print(f"  directory: {info['directory']}")
     return 0
 
 

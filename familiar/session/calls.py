@@ -67,6 +67,9 @@ class Calls:
         self.prompts = prompts
         self.files = files  # None: answers are text only (no workspace session)
         self.worker_calls = 0
+        self.requests = 0  # every answer asked for in this run, and its tokens
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
 
     def client(self, role: str) -> SlotClient:
         return self.fleet[self.cfg.slots_for(role)[0].name]
@@ -94,7 +97,7 @@ class Calls:
         retry: bool = False,
     ) -> CallResult:
         sampling = self.cfg.roles[role].sampling
-        return await client.chat(
+        result = await client.chat(
             messages,
             role=role,
             json_schema=schema if client.slot.supports_json_schema else None,
@@ -103,6 +106,10 @@ class Calls:
             top_p=sampling.top_p,
             max_tokens=sampling.max_tokens,
         )
+        self.requests += 1
+        self.prompt_tokens += result.prompt_tokens or 0
+        self.completion_tokens += result.completion_tokens or 0
+        return result
 
     async def plan(
         self,

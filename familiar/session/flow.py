@@ -57,6 +57,17 @@ class SessionOutcome:
     asked: int = 0  # worker calls made in this run (resume: only the missing ones)
     files: tuple[str, ...] = ()  # the paths of the files the session wrote
     check: str | None = None  # the last check run, in words (None: no check)
+    totals: dict[str, Any] | None = None  # requests, tokens and wall time of this run
+
+    def closing_line(self) -> str:
+        """One line for the end of a run: status, wall time, requests, tokens, where."""
+        t = self.totals or {}
+        where = self.directory / "final.md"
+        return (
+            f"session {self.id} {self.status} in {t.get('seconds', 0):.1f} s:"
+            f" {t.get('requests', 0)} request(s), {t.get('prompt_tokens', 0):,} tokens in,"
+            f" {t.get('completion_tokens', 0):,} out; result in {where}"
+        )
 
 
 def load_prompts(cfg: Config) -> dict[str, Prompt]:
@@ -108,6 +119,7 @@ class Session:
         )
         self.context = context
         self.calls = Calls(cfg, fleet, self.prompts, workspace.policy if workspace else None)
+        self._t0 = time.monotonic()
         self.worker = SubtaskWorker(
             self.calls, self.store, view, self.telemetry, self.task, context
         )
@@ -144,7 +156,7 @@ class Session:
     async def run(self) -> SessionOutcome:
         """The whole flow inside the ``session.start`` span; ``session.end`` at the end."""
         self._save(status="running", started=self.state.started or time.time())
-        t0 = time.monotonic()
+        t0 = self._t0 = time.monotonic()
         root = {
             "roles": self.cfg.role_config.canonical(),
             "planner": self.planner,
@@ -178,7 +190,9 @@ class Session:
             self.view.show_plan(plan)
             done, failed = await self.fan_out(plan)
             if failed:
-                self._save(status="failed", failed=failed, finished=time.time())
+                self._save(
+                    status="failed", failed=failed, finished=time.time(), totals=self.totals()
+                )
                 raise SessionFailed(
                     f"session {self.id}: {len(failed)} subtask(s) failed: "
                     + "; ".join(f"{k}: {v}" for k, v in failed.items())
@@ -196,8 +210,19 @@ class Session:
             self._save(status="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time())
             raise
         self.store.save_final(final)
-        self._save(status="done", finished=time.time())
-        return SessionOutcome(self.id, self.dir, "done", final, self.lang, self.asked, files, check)
+        self._save(status="done", finished=time.time(), totals=self.totals())
+        return SessionOutcome(
+            self.id, self.dir, "done", final, self.lang, self.asked, files, check, self.totals()
+        )
+
+    def totals(self) -> dict[str, Any]:
+        """Requests, tokens and wall time of this run (a resume counts its own)."""
+        return {
+            "requests": self.calls.requests,
+            "prompt_tokens": self.calls.prompt_tokens,
+            "completion_tokens": self.calls.completion_tokens,
+            "seconds": round(time.monotonic() - self._t0, 2),
+        }
 
     async def judge(self, plan: Plan, done: Done) -> tuple[tuple[str, ...], str | None]:
         """The files the session wrote, merged and recorded, and the user's check on

@@ -425,14 +425,17 @@ def _row(directory: Path) -> SessionRow:
             error=str(exc),
         )
     started, finished = st.started, st.finished
+    reason = st.error or (
+        "; ".join(f"{k}: {v}" for k, v in st.failed.items()) if st.failed else None
+    )
     return SessionRow(
         id=directory.name,
         status="?" if st.status is None else st.status,
         roles=st.roles,
         started=started,
         duration_s=None if started is None or finished is None else round(finished - started, 1),
-        task=" ".join(task.split())[:60],
-        error=None,
+        task=" ".join(task.split()),
+        error=reason if st.status in ("failed", "interrupted") else None,
     )
 
 

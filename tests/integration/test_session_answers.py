@@ -210,3 +210,47 @@ async def test_resume_refuses_a_bad_record_before_writing_anything(
     assert "Traceback" not in err[0]
     assert _tree(isolated_env) == before  # nothing written, session.json unchanged
     assert len(fleet["grandpa"].requests) + len(fleet["naughty"].requests) == requests
+
+
+async def test_a_run_ends_with_a_closing_line_and_sessions_lists_and_shows_it(
+    fleet: dict[str, FakeOpenAIServer],
+    tmp_path: Path,
+    isolated_env: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fleet["grandpa"].add_replies([json.dumps(PLAN), merged("Set it up, then use it.")])
+    fleet["naughty"].add_replies([work("Plug the frob in."), work("Press the frob.")])
+    assert await run(tmp_path) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    d = the_session(isolated_env)
+    assert err[-1].startswith(f"session {d.name} done in ")
+    assert "4 request(s)" in err[-1] and "tokens in" in err[-1] and str(d / "final.md") in err[-1]
+    totals = json.loads((d / "session.json").read_text())["totals"]
+    assert totals["requests"] == 4
+    # -q: nothing but errors
+    fleet["grandpa"].add_replies([json.dumps(PLAN), merged("Again.")])
+    fleet["naughty"].add_replies([work("One."), work("Two.")])
+    assert (
+        await asyncio.to_thread(main, ["-q", "run", "--workspace", str(tmp_path), "Do it again"])
+        == 0
+    )
+    assert "request(s)" not in capsys.readouterr().err
+    # a failed one, with a long task: the listing has a header, the whole task and the reason
+    long_task = "Write " + "a very long task " * 10
+    fleet["grandpa"].add_replies([json.dumps(PLAN)])
+    fleet["naughty"].add_replies([work("output")] * 4)
+    argv = ["run", "--workspace", str(tmp_path), long_task]
+    assert await asyncio.to_thread(main, argv) == 1
+    capsys.readouterr()
+    assert main(["sessions", "--workspace", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split("\t") == ["id", "status", "started", "seconds", "roles", "task / reason"]
+    failed = next(line for line in lines if "\tfailed\t" in line)
+    assert " ".join(long_task.split()) in failed and "the answer is only the field name" in failed
+    assert main(["sessions", "show", "last", "--workspace", str(tmp_path), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "failed" and [t["id"] for t in shown["subtasks"]] == ["s1", "s2"]
+    assert all(t["status"] == "failed" and t["reason"] for t in shown["subtasks"])
+    assert main(["sessions", "show", d.name[:6], "--workspace", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert f"session {d.name}  done" in text and "s1 [hard] ok on naughty" in text

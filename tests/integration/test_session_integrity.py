@@ -184,6 +184,7 @@ def test_sigterm_marks_the_session_interrupted_and_exits_143(
             _, err = await asyncio.wait_for(proc.communicate(), 10)
             assert proc.returncode == 143, err
             assert b"Traceback" not in err and b"terminated" in err
+            assert b"interrupted; resume with: familiar run --workspace " in err
             await asyncio.sleep(0.1)
             assert srv.stats["in_flight"] == 0  # the request was cancelled, not abandoned
 
