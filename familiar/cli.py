@@ -52,6 +52,14 @@ class _Parser(argparse.ArgumentParser):
     """An argparse parser whose usage mistakes are one line on stderr and exit 2."""
 
     def error(self, message: str) -> NoReturn:
+        found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if found:
+            import difflib
+
+            choices = re.findall(r"'([^']*)'", found.group(2))
+            close = difflib.get_close_matches(found.group(1), choices, n=1, cutoff=0.6)
+            if close:
+                message = f"unknown choice {found.group(1)!r}: did you mean {close[0]!r}?"
         self.exit(2, f"familiar: error: {message} (see '{self.prog} --help')\n")
 
 
@@ -240,8 +248,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_fleetcheck_commands(sub, _common)
     add_mcp_command(sub, _common)
     add_batch_command(sub, _common)
+    comp = sub.add_parser(
+        "completion",
+        help="print the shell completion script (bash, zsh or fish)",
+        description="Print a script that completes familiar's commands and options.",
+        epilog="examples:\n"
+        '  eval "$(familiar completion bash)"            # in ~/.bashrc\n'
+        '  eval "$(familiar completion zsh)"             # in ~/.zshrc\n'
+        "  familiar completion fish > ~/.config/fish/completions/familiar.fish\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    comp.add_argument("shell", choices=("bash", "zsh", "fish"))
+    comp.set_defaults(func=cmd_completion)
     _add_global_options(parser)
     return parser
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    import argcomplete
+
+    print(argcomplete.shellcode(["familiar"], shell=args.shell))
+    return 0
 
 
 def _asks_version(argv: Sequence[str]) -> bool:
@@ -261,6 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"familiar {__version__}")
         return 0
     parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (familiar completion)
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
     try:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, --version, or a usage mistake (already printed)

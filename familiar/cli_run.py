@@ -158,7 +158,9 @@ def add_run_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]
     )
     sessions.add_argument("id", nargs="?", help="with show: a session id, a unique prefix, or last")
     sessions.add_argument(
-        "--json", action="store_true", help="print the sessions (or the one shown) as JSON"
+        "--json",
+        action="store_true",
+        help="print the sessions (or the one shown) as JSON on stdout",
     )
     sessions.set_defaults(func=cmd_sessions)
 

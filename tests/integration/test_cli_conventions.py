@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ import pytest
 import familiar
 from familiar.cli import main
 from tests.support.fake_vector import FakeVector
+
+REPO = Path(__file__).resolve().parents[2]
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("openai", "httpx", "httpx2", "pydantic", "structlog", "rich", "tenacity")
@@ -178,3 +181,49 @@ def test_telemetry_never_prints_the_receivers_password(
     out = capsys.readouterr().out
     assert "hunter2secret" not in out
     assert json.loads(out)["url"] == "http://127.0.0.1:9/t"
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["trnslate", "x"], "did you mean 'translate'?"),
+        (["sesions"], "did you mean 'sessions'?"),
+        (["config", "shw"], "did you mean 'show'?"),
+    ],
+)
+def test_a_mistyped_command_gets_a_did_you_mean(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0]
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_scripts_complete_commands(shell: str, tmp_path: Path) -> None:
+    script = subprocess.run(
+        [sys.executable, "-m", "familiar", "completion", shell],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
+    assert "familiar" in script and "_ARGCOMPLETE" in script
+    # what the script asks of familiar: completions for "familiar tr"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "_ARGCOMPLETE": "1",
+        "_ARGCOMPLETE_IFS": "\n",
+        "COMP_LINE": "familiar tr",
+        "COMP_POINT": "11",
+    }
+    asked = subprocess.run(
+        ["sh", "-c", f"{sys.executable} -m familiar 8>&1 9>/dev/null"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert asked.stdout.split() == ["translate"]
