@@ -23,7 +23,7 @@ import structlog
 from asyncio_throttle.throttler import Throttler
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from familiar.context import correlation_id
+from familiar.context import correlation_id, current_affinity
 from familiar.errors import (
     BackendError,
     BackendHTTPError,
@@ -146,7 +146,9 @@ class SlotClient:
             )
             for url in slot.url
         ]
-        self.replica_set = ReplicaSet(replicas, cooldown_s=self.retry.cooldown_s)
+        self.replica_set = ReplicaSet(
+            replicas, cooldown_s=self.retry.cooldown_s, affinity=slot.affinity != "none"
+        )
 
     def __repr__(self) -> str:  # never shows a key
         return (
@@ -232,7 +234,7 @@ class SlotClient:
             waits = (queue_wait - held.ledger_wait_s, held.ledger_wait_s)
             if not first_wait:
                 first_wait.append(queue_wait)
-            replica = self.replica_set.pick()
+            replica = self.replica_set.pick(current_affinity())
             replica.outstanding += 1
             start = time.monotonic()
             acc = Answer()

@@ -1,7 +1,13 @@
 """Replica choice: which replica of a slot takes the next request (pure policy).
 
-A :class:`ReplicaSet` picks the replica with the fewest outstanding requests among
-those not cooling down (round robin among ties); a replica that fails in a way that
+A :class:`ReplicaSet` picks, for a request with an affinity key (a session, an article),
+the replica that key hashes to (rendezvous hashing over the healthy replicas: a replica
+going away moves only its own keys), so requests that share a prompt prefix find it in
+that replica's prefix cache; unless that replica is busier than the least loaded by more
+than ``balance_abs`` requests *and* ``balance_rel`` times (SGLang's cache-aware router
+uses the same two thresholds), when it falls back to least outstanding. Without a key,
+it picks the replica with the fewest outstanding requests among those not cooling down
+(round robin among ties); a replica that fails in a way that
 says *it* is unwell (connect error, timeout, 5xx) cools down for ``cooldown_s``,
 doubling with each failure in a row (at most 16x), and work fails over to the others.
 When every replica is cooling down, the one that recovers first is probed. The clock is
@@ -11,6 +17,7 @@ production-stack's ``route_request(endpoints, stats, request)``).
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,21 +65,33 @@ class ReplicaSet:
         *,
         cooldown_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        affinity: bool = True,
+        balance_abs: int = 2,
+        balance_rel: float = 1.5,
     ) -> None:
         if not replicas:
             raise ValueError("a replica set needs at least one replica")
         self.replicas = list(replicas)
         self.cooldown_s = cooldown_s
+        self.affinity = affinity
+        self.balance_abs = balance_abs
+        self.balance_rel = balance_rel
         self._clock = clock
         self._rr = 0
 
-    def pick(self) -> Replica:
-        """The replica for the next request (its ``outstanding`` is not changed here)."""
+    def pick(self, key: str | None = None) -> Replica:
+        """The replica for the next request (its ``outstanding`` is not changed here):
+        the one ``key`` hashes to unless it is too busy, else the least loaded."""
         now = self._clock()
         ready = [r for r in self.replicas if not r.cooling(now)]
         if not ready:  # everyone is cooling down: probe the one that recovers first
             return min(self.replicas, key=lambda r: r.cooldown_until)
         low = min(r.outstanding for r in ready)
+        if key is not None and self.affinity and len(ready) > 1:
+            home = max(ready, key=lambda r: _weight(key, r.url))
+            busier = home.outstanding - low
+            if busier <= self.balance_abs or home.outstanding <= low * self.balance_rel:
+                return home
         best = [r for r in ready if r.outstanding == low]
         self._rr += 1
         return best[self._rr % len(best)]
@@ -96,3 +115,9 @@ class ReplicaSet:
             ReplicaStatistics(r.label, r.outstanding, r.failures, max(0.0, r.cooldown_until - now))
             for r in self.replicas
         ]
+
+
+def _weight(key: str, url: str) -> int:
+    """Rendezvous (highest random weight) hashing: each key's replica order is its own,
+    and removing a replica moves only the keys that preferred it."""
+    return int.from_bytes(hashlib.blake2b(f"{key}\0{url}".encode(), digest_size=8).digest())

@@ -56,6 +56,10 @@ class Slot(BaseModel):
     api_key_env: str | None = None
     #: optional cap on generated tokens per request (small local models, tight contexts)
     max_tokens: Annotated[int, Field(ge=1)] | None = None
+    #: replica choice: "session" keeps a session's (an article's) requests on one replica,
+    #: whose prefix cache serves what they share, unless it is much busier than the rest;
+    #: "none": least outstanding requests only
+    affinity: Literal["session", "none"] = "session"
     #: prompt format for translation on this slot (default: plamo for PLaMo, else chat;
     #: ``fewshot`` suits base models that are not instruction-tuned)
     translate_format: Literal["plamo", "chat", "fewshot"] | None = None

@@ -87,3 +87,50 @@ def test_retryable_matches_classes() -> None:
     assert retryable(BackendHTTPError("s", 503)) and retryable(BackendHTTPError("s", 429))
     assert not retryable(BackendHTTPError("s", 401))
     assert not retryable(ValueError("a bug"))
+
+
+# --- affinity -------------------------------------------------------------------------------
+
+
+def _set(n: int, **kw: object) -> ReplicaSet:
+    return ReplicaSet([Replica(url=f"http://r{i}", label=f"r{i}") for i in range(n)], **kw)  # type: ignore[arg-type]
+
+
+def test_a_key_keeps_to_one_replica_and_keys_spread_over_all() -> None:
+    rs = _set(4)
+    homes = {f"session-{k}": rs.pick(f"session-{k}").url for k in range(200)}
+    assert all(rs.pick(k).url == url for k, url in homes.items())  # stable
+    counts = {u: list(homes.values()).count(u) for u in set(homes.values())}
+    assert len(counts) == 4 and min(counts.values()) > 25  # spread, not all on one
+
+
+def test_a_busy_home_falls_back_to_the_least_loaded_only_past_both_thresholds() -> None:
+    rs = _set(2, balance_abs=2, balance_rel=1.5)
+    home = rs.pick("k")
+    other = next(r for r in rs.replicas if r is not home)
+    home.outstanding, other.outstanding = 2, 0
+    assert rs.pick("k") is home  # 2 more: within the absolute threshold
+    home.outstanding = 3
+    assert rs.pick("k") is other  # 3 more than 0: both thresholds passed
+    home.outstanding, other.outstanding = 9, 7
+    assert rs.pick("k") is home  # 2 more: within the absolute threshold again
+
+
+def test_a_replica_going_away_moves_only_its_own_keys() -> None:
+    clock = [0.0]
+    rs = _set(4, clock=lambda: clock[0])
+    before = {f"k{i}": rs.pick(f"k{i}") for i in range(300)}
+    gone = rs.replicas[1]
+    rs.record(gone, BackendConnectError("s", "refused"))  # cooling down now
+    after = {k: rs.pick(k) for k in before}
+    moved = {k for k in before if before[k] is not after[k]}
+    assert moved == {k for k, r in before.items() if r is gone}
+
+
+def test_without_a_key_or_with_affinity_off_it_is_least_outstanding() -> None:
+    rs = _set(2, affinity=False)
+    rs.replicas[0].outstanding = 5
+    assert rs.pick("k") is rs.replicas[1]
+    rs2 = _set(2)
+    rs2.replicas[1].outstanding = 1
+    assert rs2.pick(None) is rs2.replicas[0]
