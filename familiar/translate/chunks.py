@@ -1,8 +1,9 @@
 """One chunk on a translator seat: ask, validate, retry, split, or flag.
 
 A chunk's answer is kept only when it passes every check (``markdown.chunk_problems``:
-placeholders, markup, length ratio, repetition, a finished ``stop``, no copied few-shot
-example). A rejected answer is asked again warmer (greedy decoding would repeat it word
+placeholders, markup, length ratio, repetition, no chat preamble / closing remark / fence
+around it, mostly in the target language, a finished ``stop``, no copied few-shot
+example, and, put back in place, the source's block structure and protected spans). A rejected answer is asked again warmer (greedy decoding would repeat it word
 for word), then the chunk is split smaller, then it is marked failed with its source
 text kept. The cache key is the whole first request as sent plus the model and this
 retry schedule, so that changing any of them asks again.
@@ -109,6 +110,11 @@ class ChunkTranslator:
         """The few-shot example pairs the prompt carries (only the fewshot format has any)."""
         return FEWSHOT_EXAMPLES.get((src, self.opts.to), ()) if self.opts.fmt == "fewshot" else ()
 
+    def problems(self, job: Job, output: str, finish_reason: str | None) -> list[str]:
+        """Everything wrong with ``output`` as the translation of ``job``'s chunk."""
+        shots = self.shots(job.src)
+        return chunk_problems(job.chunk, output, finish_reason, shots, dst=self.opts.to)
+
     async def translate(self, client: SlotClient, job: Job, depth: int = 0) -> ChunkOutcome:
         """Ask, validate, retry warmer, split smaller, or give the source back flagged."""
         ch = job.chunk
@@ -119,7 +125,7 @@ class ChunkTranslator:
             result, temperature = await self._ask(client, job, retry=attempt > 1)
             tokens += result.completion_tokens or 0
             output = clean_output(self.opts.fmt, result.text)
-            problems = chunk_problems(ch, output, result.finish_reason, self.shots(job.src))
+            problems = self.problems(job, output, result.finish_reason)
             if not problems:
                 return ChunkOutcome(
                     output,
@@ -137,9 +143,11 @@ class ChunkTranslator:
                     await self.translate(client, Job(p, job.src, job.context), depth + 1)
                     for p in parts
                 ]
-                if all(o.ok for o in outcomes):
+                joined = md.join_parts(parts, [o.text for o in outcomes])
+                whole = self.problems(job, joined, "stop") if all(o.ok for o in outcomes) else []
+                if all(o.ok for o in outcomes) and not whole:  # the parts, then the whole
                     return ChunkOutcome(
-                        md.join_parts(parts, [o.text for o in outcomes]),
+                        joined,
                         ok=True,
                         retried=attempts - 1,
                         split=1 + sum(o.split for o in outcomes),
@@ -148,6 +156,7 @@ class ChunkTranslator:
                         temperature=max(o.temperature or 0.0 for o in outcomes),
                         attempt=attempts,
                     )
+                problems = whole or problems
         return ChunkOutcome(
             ch.text, ok=False, retried=attempts - 1, tokens=tokens, problems=problems
         )
