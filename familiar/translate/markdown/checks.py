@@ -33,7 +33,6 @@ _CLOSINGS = (
     ),
     re.compile(r"(?:お役に立て|ご不明な点|何かあれば|他にも|いかがでしょうか)[^\n]*\Z"),
 )
-_ABOUT = re.compile(r"translat|翻訳|訳", re.I)
 _FENCED = re.compile(r"\A\s*(`{3,}|~{3,})[^\n]*\n.*\n\s*\1\s*\Z", re.S)
 _JA = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]")
 _WORD = re.compile(r"[A-Za-z]+(?:'[a-z]+)?")
@@ -44,9 +43,9 @@ def wrapper_problems(source: str, output: str) -> list[str]:
     """A preamble, a closing remark or a fence wrapped around the translation (what a chat
     model adds) that the source does not have."""
     problems = []
-    about = bool(_ABOUT.search(source))
     tail = output.rstrip()[-200:]
-    if not about and any(rx.search(output[:200]) for rx in _PREAMBLES):
+    said = any(rx.search(source[:200]) for rx in _PREAMBLES)  # the article starts so
+    if not said and any(rx.search(output[:200]) for rx in _PREAMBLES):
         problems.append("a chat preamble before the translation")
     if any(rx.search(tail) and not rx.search(source.rstrip()[-200:]) for rx in _CLOSINGS):
         problems.append("a closing remark after the translation")

@@ -134,28 +134,32 @@ def join_parts(parts: Sequence[Chunk], outputs: Sequence[str]) -> str:
         out = output.strip(" \t\r\n")
         if k:
             prev = pairs[k - 1][0]
-            result += prev.joiner or _joint(prev.text, part.text, result, out)
+            result += _joint(prev.joiner, prev.text, part.text, result, out)
         result += out
     return result
 
 
-def _joint(left_src: str, right_src: str, left: str, right: str) -> str:
-    """What goes between two translated parts that had nothing between them in the source:
-    nothing where the source ran on without a space (within a word or a token: no CJK on
-    either side), nothing between CJK text (Japanese sentences follow each other), else a
-    space (a Japanese sentence end translated: English words and numbers)."""
+def _joint(joiner: str, left_src: str, right_src: str, left: str, right: str) -> str:
+    """What goes between two translated parts the source had ``joiner`` between: a line
+    break stays; else none between CJK text (Japanese sentences follow each other), none
+    where the source ran on without a space between non-CJK text (a word or a token cut
+    in the middle), else a space (English words and numbers)."""
+    if "\n" in joiner:
+        return joiner
     if not left or not right or left[-1].isspace() or right[0].isspace():
         return ""
+    if _CJK_CHAR.match(left[-1]) and _CJK_CHAR.match(right[0]):
+        return ""
+    if joiner:
+        return joiner
     if not (_CJK_CHAR.match(left_src[-1:]) or _CJK_CHAR.match(right_src[:1])):
         return ""
-    if _CJK_CHAR.match(left[-1]) or _CJK_CHAR.match(right[0]):
-        return ""
-    return " "
+    return "" if _CJK_CHAR.match(left[-1]) or _CJK_CHAR.match(right[0]) else " "
 
 
 def glue(prev_src: str, prev_out: str, out: str, src: str = "\u3002") -> str:
     """What goes between two neighbouring chunks' translations (see ``_joint``)."""
-    return _joint(prev_src, src, prev_out, out)
+    return _joint("", prev_src, src, prev_out, out)
 
 
 def _render(

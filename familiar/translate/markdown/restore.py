@@ -80,7 +80,7 @@ def markup_problems(source: str, output: str) -> list[str]:
         for m in _LINKED.finditer(source)
         if m.group() not in output
     ]
-    for mark in ("[", "]", "**", "`"):
+    for mark in ("[", "]", "**", "~~", "`"):
         if source.count(mark) != output.count(mark):
             problems.append(
                 f"{mark!r} appears {output.count(mark)} time(s), expected {source.count(mark)}"
