@@ -3,10 +3,11 @@
 A chunk's answer is kept only when it passes every check (``markdown.chunk_problems``:
 placeholders, markup, length ratio, repetition, no chat preamble / closing remark / fence
 around it, mostly in the target language, a finished ``stop``, no copied few-shot
-example, and, put back in place, the source's block structure and protected spans). A rejected answer is asked again warmer (greedy decoding would repeat it word
-for word), then the chunk is split smaller, then it is marked failed with its source
-text kept. The cache key is the whole first request as sent plus the model and this
-retry schedule, so that changing any of them asks again.
+example, and, put back in place, the source's block structure and protected spans; a
+split chunk's joined parts pass them again). A rejected answer is asked again warmer
+(greedy decoding would repeat it word for word), then the chunk is split smaller, then
+it is marked failed with its source text kept. The cache key is the whole first request
+as sent plus the model and this retry schedule, so that changing any of them asks again.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ async def test_preambles_and_dropped_indents_are_never_ok(
 ) -> None:
     result = await run_spec(tmp_path, translator, capsys, TRANSLATORS["hostile"])
     md = parser()
-    for n, (source, output, row) in result.items():
+    for n, (source, output, _) in result.items():
         assert output == source, (n, source, output)  # retried clean, or flagged: source
         assert compare(source, output, md) == (True, True)
     counts = table(result)

@@ -142,7 +142,7 @@ CHATTY = [
     ("Sure! Here is the translation:\n\n{}", "preamble"),
     ("Here's the English version:\n{}", "preamble"),
     ("Translation: {}", "preamble"),
-    ("以下は翻訳です：\n{}", "preamble"),
+    ("以下は翻訳です\uff1a\n{}", "preamble"),
     ("{}\n\nI hope this helps! Let me know if you need anything else.", "closing"),
     ("{}\n\nご不明な点があればお知らせください。", "closing"),
     ("```markdown\n{}\n```", "fence"),
@@ -195,6 +195,8 @@ def test_chat_wrappers_are_refused(wrap: str, kind: str) -> None:
 def test_real_markdown_without_wrappers_passes() -> None:
     for source, dst in ((HOLDOUT, "en"), (HOLDOUT_EN, "ja"), (HOLDOUT_EN, "en")):
         for ch in chunk(parse(source), 60):
+            if ch.front_matter_key is None and dst == "ja":  # kept English is refused
+                assert chunk_problems(ch, ch.text, "stop", dst=dst) != [], ch.text
             assert chunk_problems(ch, ch.text, "stop") == [], ch.text
     # English text that talks about translation is not a preamble
     ch = chunk(parse("Translation: the art of saying it again.\n"), 700)[0]

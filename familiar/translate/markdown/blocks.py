@@ -93,9 +93,7 @@ def _lines(text: str) -> list[tuple[str, str]]:
     return [*lines, (parts[-1], "")] if parts[-1] else lines
 
 
-def _blocks(
-    lines: list[tuple[str, str]], leaves: Sequence[Leaf], labels: set[str]
-) -> list[Block]:
+def _blocks(lines: list[tuple[str, str]], leaves: Sequence[Leaf], labels: set[str]) -> list[Block]:
     out: list[Block] = []
     i = 0
     for leaf in leaves:
@@ -112,7 +110,11 @@ def _blocks(
 
 
 def _kept(
-    lines: list[tuple[str, str]], a: int, b: int, whole: bool = False, labels: set[str] = set()
+    lines: list[tuple[str, str]],
+    a: int,
+    b: int,
+    whole: bool = False,
+    labels: frozenset[str] | set[str] = frozenset(),
 ) -> list[Block]:
     """Kept lines: a line of container markers only (blank, ``>``, a bare list marker) is an
     ``x`` item (a prefix with no content), any other run one protected item.  A footnote
@@ -138,8 +140,9 @@ def _kept(
             out += [make_block(items, keep=True)] if items else []
             items = []
             body = c.rstrip(" \t")
-            note = [("x", c[: m.end()]), *inline_items(body[m.end() :], labels)]
-            out.append(make_block([*note, ("n", c[len(body) :] + e) if e else ("p", c[len(body) :])]))
+            trail = c[len(body) :]
+            note = [("x", c[: m.end()]), *inline_items(body[m.end() :], set(labels))]
+            out.append(make_block([*note, ("n", trail + e) if e else ("p", trail)]))
         else:
             run.append(c + e)
     flush()
@@ -181,7 +184,9 @@ def _prose(lines: list[tuple[str, str]], leaf: Leaf, labels: set[str]) -> Block 
     return make_block(_para_items(parts, closer, labels), heading=leaf.kind != "para")
 
 
-def _para_items(parts: list[tuple[str, str, str, str]], closer: str, labels: set[str]) -> list[Item]:
+def _para_items(
+    parts: list[tuple[str, str, str, str]], closer: str, labels: set[str]
+) -> list[Item]:
     """A paragraph's items: its inline markup found across its lines (a code span may go on
     to the next line), prefixes as ``x`` items, line ends as ``n`` items."""
     joined = "\n".join(p[1] for p in parts)

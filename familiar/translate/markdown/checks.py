@@ -19,9 +19,9 @@ _PREAMBLES = (
         re.I,
     ),
     re.compile(_HEAD + r"(?:sure|certainly|of course|okay|absolutely)[!,.]?\s*\n", re.I),
-    # 「以下は翻訳です：」「こちらが英訳です。」「翻訳：」
+    # "以下は翻訳です:", "こちらが英訳です。", "翻訳:" (full-width colons too)
     re.compile(
-        _HEAD + r"(?:(?:はい|もちろん)[、。!！]?\s*)?(?:(?:以下|こちら|下記)[^\n]{0,20}?)?"
+        _HEAD + r"(?:(?:はい|もちろん)[、。!\uff01]?\s*)?(?:(?:以下|こちら|下記)[^\n]{0,20}?)?"
         r"(?:翻訳|英訳|和訳|訳文)[^\n]{0,20}?[:\uff1a。\n]"
     ),
 )

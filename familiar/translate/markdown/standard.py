@@ -110,7 +110,7 @@ def signature_problems(source: str, output: str) -> list[str]:
     problems = []
     if want_blocks != got_blocks:
         first = next(
-            (k for k, (w, g) in enumerate(zip(want_blocks, got_blocks)) if w != g),
+            (k for k, (w, g) in enumerate(zip(want_blocks, got_blocks, strict=False)) if w != g),
             min(len(want_blocks), len(got_blocks)),
         )
         want = want_blocks[first][0] if first < len(want_blocks) else "nothing"
