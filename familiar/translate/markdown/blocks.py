@@ -72,7 +72,8 @@ def parse(
     for c, e in lines:
         starts.append(starts[-1] + len(c) + len(e))
     tops = tuple(starts[t] for t in shape.tops)
-    return Article(fm, segs, newline, bom, pick_delims(source), fm_parts, blocks, tops)
+    inner = tuple(starts[t] for t in shape.inner)
+    return Article(fm, segs, newline, bom, pick_delims(source), fm_parts, blocks, tops, inner)
 
 
 def make_block(items: list[Item], heading: bool = False, keep: bool = False) -> Block:

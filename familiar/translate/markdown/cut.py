@@ -75,7 +75,7 @@ def _framed(article: Article, layout: list[str | int], slots: list[Slot]) -> tup
     """The slots with their chunks' frames: the top-level blocks around each body chunk."""
     source = article.source
     base = len(article.bom) + (len(article.front_matter.text) if article.front_matter else 0)
-    tops = [base + t for t in article.tops]
+    levels = ([base + t for t in article.tops], [base + t for t in article.inner])
     out = list(slots)
     pos = 0
     for piece in layout:
@@ -87,12 +87,15 @@ def _framed(article: Article, layout: list[str | int], slots: list[Slot]) -> tup
         pos = end
         if slot.style is not None:
             continue
-        k = bisect.bisect_right(tops, start)
-        a = tops[k - 1] if k else base
-        k = bisect.bisect_left(tops, end)
-        b = tops[k] if k < len(tops) else len(source)
-        if b - a > max(_MAX_REGION, 4 * (end - start)):
-            a, b = start, end
+        a, b = start, end  # a chunk in a huge block: read alone
+        for tops in levels:  # the top-level blocks around it, else the blocks inside them
+            k = bisect.bisect_right(tops, start)
+            top_a = tops[k - 1] if k else base
+            k = bisect.bisect_left(tops, end)
+            top_b = tops[k] if k < len(tops) else len(source)
+            if top_b - top_a <= max(_MAX_REGION, 4 * (end - start)):
+                a, b = top_a, top_b
+                break
         frame = Frame(source, a, start, end, b, slot.prefixes, slot.breaks, article.newline)
         out[piece] = replace(slot, chunk=replace(slot.chunk, frame=frame))
     return tuple(out)

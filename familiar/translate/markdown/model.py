@@ -88,6 +88,7 @@ class Article:
     fm_parts: list[str | FieldPart] = field(default_factory=list, repr=False)
     blocks: list[Block] = field(default_factory=list, repr=False)
     tops: tuple[int, ...] = field(default=(), repr=False)  # body offsets of top-level blocks
+    inner: tuple[int, ...] = field(default=(), repr=False)  # ... and of blocks one level down
 
     @property
     def source(self) -> str:

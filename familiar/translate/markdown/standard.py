@@ -14,6 +14,7 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 _MD = MarkdownIt("commonmark").enable(["table", "strikethrough"])
+_BLOCKS = MarkdownIt("commonmark").enable(["table"]).disable(["inline", "text_join"])
 
 LeafKind = Literal["para", "atx", "setext", "table", "keep"]
 
@@ -32,25 +33,29 @@ class Leaf:
 @dataclass(frozen=True)
 class Outline:
     """The leaf blocks in order, the reference labels, the lines where top-level blocks
-    start."""
+    start, and where the blocks one level down start (list items, blocks in a quote)."""
 
     leaves: tuple[Leaf, ...]
     labels: frozenset[str]
     tops: tuple[int, ...]
+    inner: tuple[int, ...]
 
 
 def outline(text: str) -> Outline:
     """The leaf blocks of ``text`` as a CommonMark parser finds them."""
     env: dict[str, dict[str, object]] = {}
-    tokens = _MD.parse(text, env)
+    tokens = _BLOCKS.parse(text, env)  # blocks only: inline content is not parsed
     leaves: list[Leaf] = []
     tops: list[int] = []
+    nested: list[int] = []
     for k, t in enumerate(tokens):
         if t.map is None or t.nesting < 0:
             continue
         a, b = t.map
         if t.level == 0:
             tops.append(a)
+        elif t.level == 1:
+            nested.append(a)
         if t.type == "paragraph_open":
             leaves.append(Leaf("para", a, b, tokens[k + 1].content))
         elif t.type == "heading_open":
@@ -67,7 +72,7 @@ def outline(text: str) -> Outline:
         elif t.type in ("code_block", "fence", "html_block", "hr"):
             leaves.append(Leaf("keep", a, b))
     labels = frozenset(" ".join(k.split()).casefold() for k in env.get("references", {}))
-    return Outline(tuple(leaves), labels, tuple(tops))
+    return Outline(tuple(leaves), labels, tuple(tops), tuple(sorted(set(tops + nested))))
 
 
 def _rows(tokens: Sequence[Token], k: int) -> tuple[int, ...]:
