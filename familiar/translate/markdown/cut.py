@@ -143,18 +143,19 @@ def join_parts(parts: Sequence[Chunk], outputs: Sequence[str]) -> str:
 
 
 def _joint(joiner: str, left_src: str, right_src: str, left: str, right: str) -> str:
-    """What goes between two translated parts the source had ``joiner`` between: a line
-    break stays; else none between CJK text (Japanese sentences follow each other), none
-    where the source ran on without a space between non-CJK text (a word or a token cut
-    in the middle), else a space (English words and numbers)."""
+    """What goes between two translated parts the source had ``joiner`` between.  A line
+    break stays.  Spaces stay, except between two Japanese sentences the source did not
+    write that way.  Nothing in the source: nothing where it ran on without CJK on either
+    side (a word or a token cut in the middle) or the translation is CJK at the joint
+    (Japanese sentences follow each other), else a space (English words and numbers)."""
     if "\n" in joiner:
         return joiner
     if not left or not right or left[-1].isspace() or right[0].isspace():
         return ""
-    if _CJK_CHAR.match(left[-1]) and _CJK_CHAR.match(right[0]):
-        return ""
-    if joiner:
-        return joiner
+    if joiner:  # spaces: none between Japanese sentences unless the source had them there
+        cjk_src = _CJK_CHAR.match(left_src[-1:]) and _CJK_CHAR.match(right_src[:1])
+        cjk_out = _CJK_CHAR.match(left[-1]) and _CJK_CHAR.match(right[0])
+        return "" if cjk_out and not cjk_src else joiner
     if not (_CJK_CHAR.match(left_src[-1:]) or _CJK_CHAR.match(right_src[:1])):
         return ""
     return "" if _CJK_CHAR.match(left[-1]) or _CJK_CHAR.match(right[0]) else " "
