@@ -81,7 +81,7 @@ async def test_changing_every_word_keeps_structure_and_protected_spans(
     counts = table(result)
     assert counts["flagged"] <= 10, counts  # the checks do not refuse honest answers
     changed = [n for n, (s, o, r) in result.items() if r["status"] == "ok" and o != s]
-    assert len(changed) >= 450  # the prose was translated, not just kept
+    assert len(changed) >= 400  # the prose was translated, not just kept
 
 
 async def test_preambles_and_dropped_indents_are_never_ok(

@@ -242,3 +242,17 @@ def test_split_parts_are_joined_the_way_the_target_language_joins_them() -> None
     # a word cut in the middle (the last resort) stays one word
     parts = _parts("abcdef", "ghij")
     assert join_parts(parts, ["abcdef", "ghij"]) == "abcdefghij"
+
+
+def test_a_chunk_in_a_huge_list_is_checked_among_its_neighbouring_items() -> None:
+    item = "- This item says something about tea, " + "and more about it " * 4 + "\n"
+    source = "# Tea\n\n" + item * 2500 + "\nThe end.\n"
+    chunks = chunk(parse(source), 200)
+    assert len(chunks) > 100
+    middle = chunks[len(chunks) // 2]
+    frame = middle.frame
+    assert frame is not None and frame.b - frame.a < 20_000  # items, not the whole list
+    assert frame.source[frame.a : frame.b].startswith("- This item")
+    assert chunk_problems(middle, middle.text, "stop", dst="en") == []
+    broken = middle.text.replace("\n", "\n\n    ", 1)  # an item's text turned into code
+    assert chunk_problems(middle, broken, "stop", dst="en")
