@@ -44,7 +44,7 @@ async def run_spec(
     for ex in cases:
         name = f"ex{ex.number:03d}.md"
         path = out / name
-        written = path.read_text(encoding="utf-8", newline="") if path.exists() else ""
+        written = path.read_bytes().decode("utf-8") if path.exists() else ""
         result[ex.number] = (ex.markdown, written, rows[name])
     return result
 

@@ -58,7 +58,9 @@ def language_problems(source: str, output: str, dst: str | None, placeholder: st
     """An answer mostly in another language than ``dst`` (kana/kanji counted two to a word;
     for Japanese, only lower-case English words count against it: names and acronyms are
     capitalised).  ``placeholder`` is the pattern of the chunk's placeholders, left out.
-    A source that is mostly in ``dst`` already may stay as it is."""
+    A source that is mostly in ``dst`` already may stay as it is.  (``chunk_problems`` does
+    not ask this of a whole chunk given back unchanged: the test fleet's identity
+    translator does that; a split part given back unchanged is refused.)"""
     if dst not in ("en", "ja"):
         return []
     if _share(re.sub(placeholder, " ", source), dst)[1] >= 0.5:

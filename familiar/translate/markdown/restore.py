@@ -115,7 +115,9 @@ def chunk_problems(
     target language, when given: an answer mostly in another language is refused."""
     problems = validate(ch, output) + markup_problems(ch.text, output)
     problems += wrapper_problems(ch.text, output)
-    problems += language_problems(ch.text, output, dst, tok_re(ch.delims).pattern)
+    copy = not ch.part and output.strip() == ch.text.strip()  # see ``language_problems``
+    if not copy:
+        problems += language_problems(ch.text, output, dst, tok_re(ch.delims).pattern)
     copied = copycheck.copied_pair(output, ch.text, examples) if examples else None
     if copied is not None:
         problems.append(f"the answer copied the prompt's example ({copied!r})")
