@@ -5,7 +5,8 @@ placeholders, markup, length ratio, repetition, no chat preamble / closing remar
 around it, mostly in the target language, a finished ``stop``, no copied few-shot
 example, and, put back in place, the source's block structure and protected spans; a
 split chunk's joined parts pass them again). A rejected answer is asked again warmer
-(greedy decoding would repeat it word for word), then the chunk is split smaller, then
+(greedy decoding would repeat it word for word) and, in the chat format, with the reason;
+then the chunk is split smaller, then
 it is marked failed with its source text kept. The cache key is the whole first request
 as sent plus the model and this retry schedule, so that changing any of them asks again.
 """
@@ -26,6 +27,7 @@ from familiar.translate.formats import (
     Request,
     build_request,
     clean_output,
+    with_feedback,
 )
 from familiar.translate.markdown import chunk_problems
 
@@ -123,7 +125,7 @@ class ChunkTranslator:
         problems: list[str] = []
         tokens = 0
         for attempt in range(1, attempts + 1):
-            result, temperature = await self._ask(client, job, retry=attempt > 1)
+            result, temperature = await self._ask(client, job, refused=problems)
             tokens += result.completion_tokens or 0
             output = clean_output(self.opts.fmt, result.text)
             problems = self.problems(job, output, result.finish_reason)
@@ -163,12 +165,15 @@ class ChunkTranslator:
         )
 
     async def _ask(
-        self, client: SlotClient, job: Job, *, retry: bool = False
+        self, client: SlotClient, job: Job, *, refused: Sequence[str] = ()
     ) -> tuple[CallResult, float | None]:
-        """One answer, and the temperature it was asked with."""
+        """One answer, and the temperature it was asked with; after a refused answer,
+        warmer and (chat) with the reason."""
         req = first_request(self.opts, job, self.max_tokens)
+        if refused:
+            req = with_feedback(req, refused)
         params = dict(req.params or {})
-        if retry:  # greedy decoding would repeat the rejected answer word for word
+        if refused:  # greedy decoding would repeat the rejected answer word for word
             params["temperature"] = self.opts.retry_temperature
         temperature = params.get("temperature")
         if req.kind == "completion":
