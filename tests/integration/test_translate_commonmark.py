@@ -84,6 +84,29 @@ async def test_changing_every_word_keeps_structure_and_protected_spans(
     assert len(changed) >= 400  # the prose was translated, not just kept
 
 
+GFM = [
+    Example(1001, "| a | b |\n|---|:-:|\n| one `x` | two |\n", "tables"),
+    Example(1002, "> | head | er |\n> | --- | --- |\n> | [link](/u) | ~~old~~ new |\n", "tables"),
+    Example(1003, "| only |\n|---|\n| row with \\| pipe |\n\ntext after\n", "tables"),
+    Example(1004, "~~Hi~~ Hello, ~there~ world!\n", "strikethrough"),
+    Example(1005, "- [ ] foo\n- [x] bar\n", "task lists"),
+    Example(1006, "- [x] foo\n  - [ ] bar\n  - [x] baz\n- [ ] bim\n", "task lists"),
+    Example(1007, "1. [ ] first `code`\n2. [x] second <b>bold</b>\n", "task lists"),
+]
+
+
+async def test_gfm_tables_strikethrough_and_task_lists_keep_their_structure(
+    tmp_path: Path, translator: FakeOpenAIServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = await run_spec(tmp_path, translator, capsys, TRANSLATORS["words"], GFM)
+    md = parser(gfm=True)
+    for n, (source, output, row) in result.items():
+        assert row["status"] == "ok" and output != source, (n, output)
+        assert compare(source, output, md) == (True, True), (n, source, output)
+        for kept in ("[ ]", "[x]", "|---|", "~~", "`x`", "<b>", "(/u)"):
+            assert source.count(kept) == output.count(kept), (n, kept, output)
+
+
 async def test_preambles_and_dropped_indents_are_never_ok(
     tmp_path: Path, translator: FakeOpenAIServer, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -128,18 +128,21 @@ PREAMBLE = "Sure! Here is the translation:"
 
 def hostile(body: dict[str, Any]) -> str:
     """What chat models do wrong: a preamble on the first line or as its own paragraph,
-    or every line's indentation dropped. Asked again (warmer), three chunks in four come
-    back clean; the fourth stays wrong."""
+    every line's indentation dropped, or every paragraph after the first indented four
+    spaces (as code). Asked again (warmer), three chunks in four come back clean; the
+    fourth stays wrong."""
     text = _last_user(body)
     crc = zlib.crc32(text.encode())
     if body.get("temperature") and crc % 4:
         return text
-    kind = crc % 3
+    kind = crc % 4
     if kind == 0:
         return f"{PREAMBLE} {text}"
     if kind == 1:
         return f"{PREAMBLE}\n\n{text}"
-    return "\n".join(line.lstrip(" \t") for line in text.split("\n"))
+    if kind == 2:
+        return "\n".join(line.lstrip(" \t") for line in text.split("\n"))
+    return text.replace("\n\n", "\n\n    ")
 
 
 TRANSLATORS: dict[str, Callable[[dict[str, Any]], str]] = {

@@ -144,7 +144,7 @@ CHATTY = [
     ("Translation: {}", "preamble"),
     ("以下は翻訳です\uff1a\n{}", "preamble"),
     ("{}\n\nI hope this helps! Let me know if you need anything else.", "closing"),
-    ("{}\n\nご不明な点があればお知らせください。", "closing"),
+    ("{}\n\nお役に立てれば幸いです。", "closing"),
     ("```markdown\n{}\n```", "fence"),
 ]
 HOLDOUT = """---
@@ -195,23 +195,37 @@ def test_chat_wrappers_are_refused(wrap: str, kind: str) -> None:
 def test_real_markdown_without_wrappers_passes() -> None:
     for source, dst in ((HOLDOUT, "en"), (HOLDOUT_EN, "ja"), (HOLDOUT_EN, "en")):
         for ch in chunk(parse(source), 60):
-            if ch.front_matter_key is None and dst == "ja":  # kept English is refused
-                assert chunk_problems(ch, ch.text, "stop", dst=dst) != [], ch.text
+            if ch.front_matter_key is None and dst == "ja":  # English left English: refused
+                near_copy = ch.text + " Indeed."
+                assert chunk_problems(ch, near_copy, "stop", dst=dst) != [], ch.text
             assert chunk_problems(ch, ch.text, "stop") == [], ch.text
     # English text that talks about translation is not a preamble
     ch = chunk(parse("Translation: the art of saying it again.\n"), 700)[0]
     assert chunk_problems(ch, ch.text, "stop", dst="en") == []
+    # an article's own closing words are not a chat model's
+    (ch,) = chunk(parse("ご質問はお気軽にどうぞ。ご不明な点があればご連絡ください。\n"), 700)
+    honest = "Feel free to ask. If you have any questions, please contact us."
+    assert chunk_problems(ch, honest, "stop", dst="en") == []
+    (ch,) = chunk(parse("お役に立てれば幸いです。\n"), 700)
+    assert chunk_problems(ch, "I hope this helps.", "stop", dst="en") == []
 
 
 def test_an_answer_mostly_in_the_source_language_is_refused() -> None:
     (ch,) = chunk(parse("naughty スロットは連続バッチングで多くの要求を同時に処理します。\n"), 700)
-    left = "naughty スロットは連続バッチングで多くの要求を同時に処理します。"
+    left = "naughty slotは連続バッチングで多くの要求を同時に処理します。"  # barely touched
     assert any("not English" in p for p in chunk_problems(ch, left, "stop", dst="en"))
     done = "The naughty slot serves many requests at once with continuous batching."
     assert chunk_problems(ch, done, "stop", dst="en") == []
     (en,) = chunk(parse("The `vLLM` server keeps every seat of the GPU busy.\n"), 700)
-    kept = en.text
+    kept = en.text.replace("every", "each")
     assert any("not Japanese" in p for p in chunk_problems(en, kept, "stop", dst="ja"))
+    # a whole chunk given back unchanged is not judged here (the identity fakes); a split
+    # part given back unchanged is
+    assert chunk_problems(en, en.text, "stop", dst="ja") == []
+    long = "The server keeps every seat busy. It serves many requests at once with batching.\n"
+    part = md.split_chunk(chunk(parse(long), 700)[0])[0]
+    assert part.text == "The server keeps every seat busy."
+    assert any("not Japanese" in p for p in chunk_problems(part, part.text, "stop", dst="ja"))
     ja = "⟦P0⟧サーバーはGPUのすべての席を埋め続けます。"
     assert chunk_problems(en, ja, "stop", dst="ja") == []
     names = "⟦P0⟧ は NVIDIA H100 と AMD MI300X で動く LLM Server です。"

@@ -25,13 +25,15 @@ _PREAMBLES = (
         r"(?:翻訳|英訳|和訳|訳文)[^\n]{0,20}?[:\uff1a。\n]"
     ),
 )
+# only what a chat model says to its user, never what an article says to its reader
+# ("feel free to contact us", "ご不明な点があれば" are kept)
 _CLOSINGS = (
     re.compile(
-        r"(?:i hope (?:this|that) helps|hope (?:this|that) helps|let me know if|feel free to"
-        r"|if you (?:need|have|would like)|is there anything else)[^\n]*\Z",
+        r"(?:i hope (?:this|that|the translation) helps|hope (?:this|that) helps"
+        r"|let me know if you (?:need|have|want|would like)|is there anything else)[^\n]*\Z",
         re.I,
     ),
-    re.compile(r"(?:お役に立て|ご不明な点|何かあれば|他にも|いかがでしょうか)[^\n]*\Z"),
+    re.compile(r"(?:お役に立てれば|他に何か(?:お手伝い|ご質問))[^\n]*\Z"),
 )
 _FENCED = re.compile(r"\A\s*(`{3,}|~{3,})[^\n]*\n.*\n\s*\1\s*\Z", re.S)
 _JA = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]")
@@ -47,7 +49,8 @@ def wrapper_problems(source: str, output: str) -> list[str]:
     said = any(rx.search(source[:200]) for rx in _PREAMBLES)  # the article starts so
     if not said and any(rx.search(output[:200]) for rx in _PREAMBLES):
         problems.append("a chat preamble before the translation")
-    if any(rx.search(tail) and not rx.search(source.rstrip()[-200:]) for rx in _CLOSINGS):
+    closed = any(rx.search(source.rstrip()[-200:]) for rx in _CLOSINGS)  # the article ends so
+    if not closed and any(rx.search(tail) for rx in _CLOSINGS):
         problems.append("a closing remark after the translation")
     if _FENCED.match(output) and not _FENCED.match(source):
         problems.append("the answer is wrapped in a code fence")
