@@ -77,7 +77,8 @@ def outline(text: str) -> Outline:
 
 def _rows(tokens: Sequence[Token], k: int) -> tuple[int, ...]:
     rows: list[int] = []
-    for t in tokens[k + 1 :]:
+    for j in range(k + 1, len(tokens)):  # no slice: a copy per table would be quadratic
+        t = tokens[j]
         if t.type == "table_close":
             break
         if t.type == "tr_open" and t.map:
