@@ -145,8 +145,14 @@ def hostile(body: dict[str, Any]) -> str:
     return text.replace("\n\n", "\n\n    ")
 
 
+def two_words(body: dict[str, Any]) -> str:
+    """The translator of issue 21's report: two words in front of every answer."""
+    return "Sure thing " + _last_user(body)
+
+
 TRANSLATORS: dict[str, Callable[[dict[str, Any]], str]] = {
     "identity": identity,
     "words": change_words,
     "hostile": hostile,
+    "two_words": two_words,
 }

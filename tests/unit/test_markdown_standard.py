@@ -270,3 +270,13 @@ def test_a_chunk_in_a_huge_list_is_checked_among_its_neighbouring_items() -> Non
     assert chunk_problems(middle, middle.text, "stop", dst="en") == []
     broken = middle.text.replace("\n", "\n\n    ", 1)  # an item's text turned into code
     assert chunk_problems(middle, broken, "stop", dst="en")
+
+
+def test_a_heading_stays_on_one_line_and_crlf_and_prefixes_come_back() -> None:
+    source = "> # 見出し ##\r\n> 本文の一行目\r\n> 二行目\r\n"
+    chunks = chunk(parse(source), 700)
+    (ch,) = chunks
+    assert ch.text == "見出し⟦P0⟧\n本文の一行目\n二行目"  # "#", ">" kept out, " ##" a placeholder
+    assert chunk_problems(ch, "A\nheading⟦P0⟧\nfirst line\nsecond", "stop", dst="en") != []
+    out = assemble(chunks, {0: "Heading⟦P0⟧\nfirst line\nsecond line"})
+    assert out == "> # Heading ##\r\n> First line\r\n> second line\r\n".replace("First", "first")

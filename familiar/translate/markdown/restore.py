@@ -138,6 +138,8 @@ def in_context_problems(ch: Chunk, output: str) -> list[str]:
     f = ch.frame
     if f is None or _placeholder_problems(ch, output):
         return []
+    if not lines_fit(ch.text, output, f.prefixes):
+        return ["a heading's line merged with or split across other lines"]
     restored = _put_back(ch, output, f.breaks, f.prefixes, None, f.newline)
     region = f.source[f.a : f.b]
     return signature_problems(region, f.source[f.a : f.start] + restored + f.source[f.end : f.b])
@@ -205,6 +207,20 @@ def relines(
             for k in range(rows[-1] + 1, want[n + 1][0]):
                 parts.append(pre[k] + ends[k])
     return "".join(parts)
+
+
+def lines_fit(source: str, output: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether ``output``'s lines can take the source's prefixes: the same number of lines,
+    or the same paragraphs where each paragraph holding a heading keeps its line count."""
+    src = source.split("\n")
+    out = output.replace("\r\n", "\n").replace("\r", "\n").strip(" \t\n").split("\n")
+    if len(src) == len(out) or len(prefixes) != len(src):
+        return True
+    want, got = _paragraphs(src), _paragraphs(out)
+    return len(want) == len(got) and all(
+        len(rows) == len(lines) or not any("#" in prefixes[k] for k in rows)
+        for rows, lines in zip(want, got, strict=True)
+    )
 
 
 def _paragraphs(lines: list[str]) -> list[list[int]]:
