@@ -236,9 +236,7 @@ class Translator:
         found = await self._store.aget(key)
         if found is None:
             return None
-        problems = chunk_problems(
-            job.chunk, found.output, found.finish_reason, self.chunks.shots(job.src)
-        )
+        problems = self.chunks.problems(job, found.output, found.finish_reason)
         if problems:
             log.info(
                 "cached chunk fails the checks; asking again",

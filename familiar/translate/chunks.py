@@ -1,11 +1,14 @@
 """One chunk on a translator seat: ask, validate, retry, split, or flag.
 
 A chunk's answer is kept only when it passes every check (``markdown.chunk_problems``:
-placeholders, markup, length ratio, repetition, a finished ``stop``, no copied few-shot
-example). A rejected answer is asked again warmer (greedy decoding would repeat it word
-for word), then the chunk is split smaller, then it is marked failed with its source
-text kept. The cache key is the whole first request as sent plus the model and this
-retry schedule, so that changing any of them asks again.
+placeholders, markup, length ratio, repetition, no chat preamble / closing remark / fence
+around it, mostly in the target language, a finished ``stop``, no copied few-shot
+example, and, put back in place, the source's block structure and protected spans; a
+split chunk's joined parts pass them again). A rejected answer is asked again warmer
+(greedy decoding would repeat it word for word) and, in the chat format, with the reason;
+then the chunk is split smaller, then
+it is marked failed with its source text kept. The cache key is the whole first request
+as sent plus the model and this retry schedule, so that changing any of them asks again.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from familiar.translate.formats import (
     Request,
     build_request,
     clean_output,
+    with_feedback,
 )
 from familiar.translate.markdown import chunk_problems
 
@@ -109,6 +113,11 @@ class ChunkTranslator:
         """The few-shot example pairs the prompt carries (only the fewshot format has any)."""
         return FEWSHOT_EXAMPLES.get((src, self.opts.to), ()) if self.opts.fmt == "fewshot" else ()
 
+    def problems(self, job: Job, output: str, finish_reason: str | None) -> list[str]:
+        """Everything wrong with ``output`` as the translation of ``job``'s chunk."""
+        shots = self.shots(job.src)
+        return chunk_problems(job.chunk, output, finish_reason, shots, dst=self.opts.to)
+
     async def translate(self, client: SlotClient, job: Job, depth: int = 0) -> ChunkOutcome:
         """Ask, validate, retry warmer, split smaller, or give the source back flagged."""
         ch = job.chunk
@@ -116,10 +125,10 @@ class ChunkTranslator:
         problems: list[str] = []
         tokens = 0
         for attempt in range(1, attempts + 1):
-            result, temperature = await self._ask(client, job, retry=attempt > 1)
+            result, temperature = await self._ask(client, job, refused=problems)
             tokens += result.completion_tokens or 0
             output = clean_output(self.opts.fmt, result.text)
-            problems = chunk_problems(ch, output, result.finish_reason, self.shots(job.src))
+            problems = self.problems(job, output, result.finish_reason)
             if not problems:
                 return ChunkOutcome(
                     output,
@@ -137,9 +146,11 @@ class ChunkTranslator:
                     await self.translate(client, Job(p, job.src, job.context), depth + 1)
                     for p in parts
                 ]
-                if all(o.ok for o in outcomes):
+                joined = md.join_parts(parts, [o.text for o in outcomes])
+                whole = self.problems(job, joined, "stop") if all(o.ok for o in outcomes) else []
+                if all(o.ok for o in outcomes) and not whole:  # the parts, then the whole
                     return ChunkOutcome(
-                        md.join_parts(parts, [o.text for o in outcomes]),
+                        joined,
                         ok=True,
                         retried=attempts - 1,
                         split=1 + sum(o.split for o in outcomes),
@@ -148,17 +159,21 @@ class ChunkTranslator:
                         temperature=max(o.temperature or 0.0 for o in outcomes),
                         attempt=attempts,
                     )
+                problems = whole or problems
         return ChunkOutcome(
             ch.text, ok=False, retried=attempts - 1, tokens=tokens, problems=problems
         )
 
     async def _ask(
-        self, client: SlotClient, job: Job, *, retry: bool = False
+        self, client: SlotClient, job: Job, *, refused: Sequence[str] = ()
     ) -> tuple[CallResult, float | None]:
-        """One answer, and the temperature it was asked with."""
+        """One answer, and the temperature it was asked with; after a refused answer,
+        warmer and (chat) with the reason."""
         req = first_request(self.opts, job, self.max_tokens)
+        if refused:
+            req = with_feedback(req, refused)
         params = dict(req.params or {})
-        if retry:  # greedy decoding would repeat the rejected answer word for word
+        if refused:  # greedy decoding would repeat the rejected answer word for word
             params["temperature"] = self.opts.retry_temperature
         temperature = params.get("temperature")
         if req.kind == "completion":

@@ -116,6 +116,20 @@ def build_request(
     )
 
 
+def with_feedback(req: Request, problems: Sequence[str]) -> Request:
+    """``req`` asked again after a refused answer: a chat request says why in its system
+    message (a completion prompt has no place for it and is only asked warmer)."""
+    if req.kind != "chat" or not req.messages:
+        return req
+    reason = "; ".join(problems)[:400]
+    system = dict(req.messages[0])
+    system["content"] += (
+        f"\nYour previous answer was refused ({reason}). Answer with the translation of the "
+        "text only: no words before or after it, no code fence around it."
+    )
+    return Request(req.kind, req.prompt, (system, *req.messages[1:]), req.params)
+
+
 def clean_output(fmt: FormatName, text: str) -> str:
     """Strip what formats add around the translation (trailing newline, stray op)."""
     if fmt == "plamo":

@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.scripts import echo_translated
 
 
 @pytest.fixture
 async def translator(tmp_path: Path) -> AsyncIterator[FakeOpenAIServer]:
-    """A translator slot (3 seats, echoing) in a workspace at ``tmp_path``."""
+    """A translator slot (3 seats, echoing in English) in a workspace at ``tmp_path``."""
     async with FakeOpenAIServer() as srv:
+        srv.handler = echo_translated
         (tmp_path / "slots.toml").write_text(
             f'[slots.translator]\nurl = "{srv.url}"\nmodel = "general-llm"\nruntime = "vllm"\n'
             "parallel = 3\ntimeout_s = 5\n"

@@ -16,7 +16,7 @@ import pytest
 from familiar.cli import main
 from familiar.translate.cache import ChunkCache
 from tests.support.fake_openai import FakeOpenAIServer
-from tests.support.scripts import ARTICLE, articles, report, translate
+from tests.support.scripts import ARTICLE, articles, echo_translated, report, translate
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -174,6 +174,7 @@ def _count(db: Path) -> int:
 def test_killed_batch_resumes_with_only_missing_chunks(tmp_path: Path, isolated_env: Path) -> None:
     async def scenario() -> None:
         async with FakeOpenAIServer(latency_s=0.3) as srv:
+            srv.handler = echo_translated
             (tmp_path / "slots.toml").write_text(
                 f'[slots.translator]\nurl = "{srv.url}"\nmodel = "m"\nparallel = 2\n'
                 f'[slots.naughty]\nurl = "{srv.url}"\nmodel = "m"\nparallel = 1\n'

@@ -19,7 +19,7 @@ import pytest
 from familiar.translate import markdown as md
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.fake_vector import FakeVector
-from tests.support.scripts import REPO, articles, report, translate
+from tests.support.scripts import REPO, articles, echo_translated, report, translate
 
 FINAL = {"ok", "failed", "error", "skipped", "interrupted"}
 
@@ -35,6 +35,7 @@ async def vector(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeVector]:
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[FakeOpenAIServer]:
     async with FakeOpenAIServer() as srv:
+        srv.handler = echo_translated
         (tmp_path / "slots.toml").write_text(
             f'[slots.translator]\nurl = "{srv.url}"\nmodel = "m"\nruntime = "vllm"\n'
             "parallel = 2\ntimeout_s = 5\n"

@@ -83,6 +83,18 @@ def last_user(body: Mapping[str, Any]) -> str:
     return str(body.get("prompt") or "")
 
 
+_JA_CHAR = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]")
+
+
+def echo_translated(body: Mapping[str, Any]) -> str | None:
+    """The fake server's echo reply as a translation into English: ``"echo: "`` + the chat
+    text with every kana and kanji made an ``x`` (an answer left in Japanese is refused);
+    None (the server's own reply) for completions and JSON-schema requests."""
+    if body.get("response_format") or not body.get("messages"):
+        return None
+    return "echo: " + _JA_CHAR.sub("x", last_user(body))[:200]
+
+
 @dataclass
 class SessionScript:
     """Answers a session by what each request asks: the plan, each subtask's work (by

@@ -189,7 +189,7 @@ def test_chunks_hold_prose_and_no_protected_content() -> None:
         assert text not in joined
     assert [c.front_matter_key for c in chunks[:2]] == ["title", "description"]
     body = chunks[2]
-    assert body.text.startswith(tokens_of(body).findall(body.text)[0] + "はじめに")
+    assert body.text.startswith("はじめに")  # the heading mark stays out of the chunk
     assert "[公式ドキュメント]" in body.text and "![処理の流れ]" in body.text
     assert CODE in body.placeholders.values()
     assert "`asyncio`" in body.placeholders.values()
@@ -217,8 +217,11 @@ def test_fake_translation_keeps_structure() -> None:
 def test_translation_changing_line_count_uses_dominant_newline() -> None:
     layout, chunks = parsed("- a\r\n- b\r\n", 100)
     (ch,) = chunks
-    out = assemble(layout, {0: ch.text.replace("\n", "\n\n")})
-    assert out == "- a\r\n\r\n- b\r\n"
+    assert ch.text == "a\nb"  # the list markers stay out of the chunk
+    out = assemble(layout, {0: "a\nb\nc"})
+    assert out == "- a\r\n- b\r\n  c\r\n"  # an added line continues the last item
+    out = assemble(layout, {0: "x\ny"})
+    assert out == "- x\r\n- y\r\n"  # the markers put back line by line
 
 
 def test_constructs_are_protected() -> None:

@@ -1,7 +1,9 @@
-"""Block structure: ``parse`` cuts the body into kept blocks (fenced / indented code, HTML,
-``$$`` math, reference definitions, rules, blank lines) and prose blocks (paragraphs,
-headings, list items, quotes, tables) whose line prefixes and inline markup are protected
-(pure)."""
+"""Block structure: ``parse`` cuts the body into kept blocks and prose blocks the way
+CommonMark does (``standard.outline``).  Fenced and indented code, HTML blocks, reference
+definitions, rules, setext underlines, table delimiter rows, ``$$`` math and blank lines are
+kept; paragraphs, headings and table rows are prose, whose line prefixes (indentation,
+block-quote and list markers, task boxes, heading marks) stay out of the chunk text as
+``x`` items and whose inline markup is protected (pure)."""
 
 from __future__ import annotations
 
@@ -23,33 +25,15 @@ from familiar.translate.markdown.model import (
     pick_delims,
     text_of,
 )
+from familiar.translate.markdown.standard import Leaf, outline
 
 _EOL = re.compile(r"(\r\n|\r|\n)")
-_QUOTE = r"[ \t]*(?:>[ \t]*)*"
-_QUOTE_RE = re.compile(_QUOTE)
-_FENCE = re.compile(_QUOTE + r"(?P<fence>`{3,}|~{3,})(?P<info>.*)")
-_MATH = re.compile(_QUOTE + r"\$\$")
-_TAGS = (
-    "address|article|aside|base|basefont|blockquote|body|caption|center|col|colgroup|dd|"
-    "details|dialog|dir|div|dl|dt|fieldset|figcaption|figure|footer|form|frame|frameset|"
-    "h[1-6]|head|header|hr|html|iframe|legend|li|link|main|menu|menuitem|nav|noframes|ol|"
-    "optgroup|option|p|param|section|source|summary|table|tbody|td|tfoot|th|thead|title|tr|"
-    "track|ul"
-)
-_HTML_COMMENT = re.compile(r" {0,3}<!--")
-_HTML_RAW = re.compile(r" {0,3}<(pre|script|style|textarea)(?=[\s>]|$)", re.I)
-_HTML_BLOCK = re.compile(r" {0,3}</?(?:" + _TAGS + r")(?=[\s/>]|$)", re.I)
-_HTML_LONE = re.compile(r" {0,3}</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>[ \t]*$")
-_INDENTED = re.compile(r"(?: {4}|\t)")
 _REFDEF = re.compile(r" {0,3}\[(?!\^)((?:[^\[\]\\]|\\.)+)\]:[ \t]*\S")
-_HR = re.compile(r" {0,3}(?:(?:-[ \t]*){3,}|(?:\*[ \t]*){3,}|(?:_[ \t]*){3,}|=+[ \t]*)$")
-_HEADING = re.compile(r" {0,3}#{1,6}(?=[ \t]|$)")
-_LIST = re.compile(_QUOTE + r"(?:[-*+]|\d{1,9}[.)])(?=[ \t]|$)")
-_DELIM_ROW = re.compile(_QUOTE + r"\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$")
-_PREFIX = re.compile(
-    r"(?:[ \t]*(?:>|(?:[-*+]|\d{1,9}[.)]|\[[ xX]\])(?=[ \t]|$)))*[ \t]*"
-    r"(?:(?P<h>#{1,6})(?=[ \t]|$)[ \t]*|\[\^[^\]\s]+\]:[ \t]*)?"
-)
+_CONTAINER_ONLY = re.compile(r"[ \t]*(?:(?:>|[-+*]|\d{1,9}[.)])[ \t]*)*")
+_FOOTNOTE = re.compile(r"(?:[ \t]*>)*[ \t]*\[\^[^\]\s]+\]:[ \t]*(?=\S)")
+_ROW_PREFIX = re.compile(r"(?:[ \t]*>)*[ \t]*")
+_LEAD = re.compile(r"\[\^[^\]\s]+\]:[ \t]*|\[[ xX]\][ \t]+(?=\S)")
+_ITEM_END = re.compile(r"(?:[-+*]|\d{1,9}[.)])[ \t]+$")
 _CELL_SEP = re.compile(r"((?:[ \t]*(?<!\\)\|[ \t]*)+)")
 
 
@@ -73,8 +57,10 @@ def parse(
         fm = FrontMatter(
             "".join(p if isinstance(p, str) else text_of(p[2]) for p in fm_parts), fields
         )
-    labels = {norm_label(m[1]) for c, _ in lines if (m := _REFDEF.match(c))}
-    blocks = _blocks(lines, labels)
+    body = "".join(c + e for c, e in lines)
+    shape = outline(body)
+    labels = set(shape.labels) | {norm_label(m[1]) for c, _ in lines if (m := _REFDEF.match(c))}
+    blocks = _blocks(lines, shape.leaves, labels)
     segs: list[Segment] = []
     for blk in blocks:
         kind: Literal["text", "keep"] = "text" if blk.kind == "prose" else "keep"
@@ -82,7 +68,12 @@ def parse(
             segs[-1] = Segment(kind, segs[-1].text + text_of(blk.items))
         else:
             segs.append(Segment(kind, text_of(blk.items)))
-    return Article(fm, segs, newline, bom, pick_delims(source), fm_parts, blocks)
+    starts = [0]
+    for c, e in lines:
+        starts.append(starts[-1] + len(c) + len(e))
+    tops = tuple(starts[t] for t in shape.tops)
+    inner = tuple(starts[t] for t in shape.inner)
+    return Article(fm, segs, newline, bom, pick_delims(source), fm_parts, blocks, tops, inner)
 
 
 def make_block(items: list[Item], heading: bool = False, keep: bool = False) -> Block:
@@ -90,7 +81,10 @@ def make_block(items: list[Item], heading: bool = False, keep: bool = False) -> 
     prose = not keep and any(k == "t" and v.strip() for k, v in items)
     if not prose:  # nothing to translate: all of it is protected
         items = merge([("p", v) if k == "t" else (k, v) for k, v in items])
-    shown = "".join(v if k == "t" else "\n" if k == "n" else "\u27e6P00\u27e7" for k, v in items)
+    shown = "".join(
+        v if k == "t" else "\n" if k == "n" else "" if k == "x" else "\u27e6P00\u27e7"
+        for k, v in items
+    )
     return Block("prose" if prose else "keep", items, estimate_tokens(shown), heading)
 
 
@@ -100,123 +94,138 @@ def _lines(text: str) -> list[tuple[str, str]]:
     return [*lines, (parts[-1], "")] if parts[-1] else lines
 
 
-def _blank(content: str) -> bool:
-    return not content.strip(" \t")
-
-
-def _blocks(lines: list[tuple[str, str]], labels: set[str]) -> list[Block]:
+def _blocks(lines: list[tuple[str, str]], leaves: Sequence[Leaf], labels: set[str]) -> list[Block]:
     out: list[Block] = []
-    i, n, in_list, after_blank = 0, len(lines), False, True
-    while i < n:
-        first = lines[i][0]
-        if _blank(first):
-            j = i
-            while j < n and _blank(lines[j][0]):
-                j += 1
-            items = [("n", c + e) if e else ("p", c) for c, e in lines[i:j]]
-            out.append(make_block(items, keep=True))
-            i, after_blank = j, True
+    i = 0
+    for leaf in leaves:
+        if leaf.start < i:  # nested in a leaf already taken (never, but be safe)
             continue
-        end = _keep_end(lines, i, after_blank and not in_list)
-        listy = False
-        if end is not None:
-            text = "".join(c + e for c, e in lines[i:end])
-            eol = lines[end - 1][1]
-            items = [("p", text[: len(text) - len(eol)]), ("n", eol)]
-            out.append(make_block([it for it in items if it[1]], keep=True))
-        else:
-            table = _table_start(lines, i)
-            heading = not table and bool(_HEADING.match(first))
-            end = i + 1 if heading else _para_end(lines, i + (2 if table else 1))
-            items = []
-            for k in range(i, end):
-                mode = ("delim" if k == i + 1 else "row") if table else "prose"
-                items += _line_items(*lines[k], mode, labels)
-            out.append(make_block(items, heading))
-            listy = any(_LIST.match(c) for c, _ in lines[i:end])
-        in_list = listy or (in_list and first[0] in " \t")
-        i, after_blank = end, False
+        if leaf.start > i:
+            out += _kept(lines, i, leaf.start, labels=labels)
+        block = None if leaf.kind == "keep" else _prose(lines, leaf, labels)
+        out += [block] if block else _kept(lines, leaf.start, leaf.end, whole=True)
+        i = leaf.end
+    if i < len(lines):
+        out += _kept(lines, i, len(lines), labels=labels)
     return out
 
 
-def _fence_open(content: str) -> re.Match[str] | None:
-    m = _FENCE.match(content)
-    return None if m and m["fence"][0] == "`" and "`" in m["info"] else m
+def _kept(
+    lines: list[tuple[str, str]],
+    a: int,
+    b: int,
+    whole: bool = False,
+    labels: frozenset[str] | set[str] = frozenset(),
+) -> list[Block]:
+    """Kept lines: a line of container markers only (blank, ``>``, a bare list marker) is an
+    ``x`` item (a prefix with no content), any other run one protected item.  A footnote
+    definition (``[^1]: text``, a reference definition to CommonMark) is prose."""
+    out: list[Block] = []
+    items: list[Item] = []
+    run: list[str] = []
+
+    def flush() -> None:
+        if run:
+            text = "".join(run)
+            eol = _EOL.search(text[-2:])
+            cut = len(text) - (len(eol.group()) if eol and text.endswith(eol.group()) else 0)
+            items.extend(it for it in (("p", text[:cut]), ("n", text[cut:])) if it[1])
+            run.clear()
+
+    for c, e in lines[a:b]:
+        if not whole and _CONTAINER_ONLY.fullmatch(c):
+            flush()
+            items.extend(it for it in (("x", c), ("n", e)) if it[1])
+        elif not whole and (m := _FOOTNOTE.match(c)):
+            flush()
+            out += [make_block(items, keep=True)] if items else []
+            items = []
+            body = c.rstrip(" \t")
+            trail = c[len(body) :]
+            note = [("x", c[: m.end()]), *inline_items(body[m.end() :], set(labels))]
+            out.append(make_block([*note, ("n", trail + e) if e else ("p", trail)]))
+        else:
+            run.append(c + e)
+    flush()
+    return [*out, make_block(items, keep=True)] if items else out
 
 
-def _find(lines: list[tuple[str, str]], start: int, needle: str, default: int) -> int:
-    return next((k + 1 for k in range(start, len(lines)) if needle in lines[k][0].lower()), default)
+def _prose(lines: list[tuple[str, str]], leaf: Leaf, labels: set[str]) -> Block | None:
+    """The prose block of a paragraph, heading or table; None when its lines do not hold
+    the content the parser found (then it is kept whole)."""
+    if leaf.kind == "table":
+        items: list[Item] = []
+        for k in range(leaf.start, leaf.end):
+            mode = "row" if k in leaf.rows else "keep"
+            items += _row_items(*lines[k], mode, labels)
+        return make_block(items)
+    parts: list[tuple[str, str, str, str]] = []  # prefix, content, trailing blanks, eol
+    contents = leaf.content.split("\n")
+    if len(contents) != leaf.end - leaf.start:
+        return None
+    closer = ""
+    for k, want in zip(range(leaf.start, leaf.end), contents, strict=True):
+        c, e = lines[k]
+        body = c.rstrip(" \t")
+        want = want.strip(" \t")
+        if leaf.kind == "atx":
+            at = body.find(want, body.find("#") + 1) if want else -1
+            if at < 0:
+                return None
+            closer = body[at + len(want) :]
+            body = body[: at + len(want)]
+        if not want or not body.endswith(want):
+            return None
+        parts.append((body[: len(body) - len(want)], want, c[len(body) + len(closer) :], e))
+    prefix, first, trail, eol = parts[0]
+    if first.startswith("$$"):
+        return None  # display math: kept
+    if (m := _LEAD.match(first)) and (m.group()[1] == "^" or _ITEM_END.search(prefix)):
+        parts[0] = (prefix + m.group(), first[m.end() :], trail, eol)
+    return make_block(_para_items(parts, closer, labels), heading=leaf.kind != "para")
 
 
-def _keep_end(lines: list[tuple[str, str]], i: int, indented_ok: bool) -> int | None:
-    c, n = lines[i][0], len(lines)
-    if m := _fence_open(c):
-        fence = m["fence"]
-        close = re.compile(_QUOTE + re.escape(fence[0]) + "{" + str(len(fence)) + r",}[ \t]*$")
-        return next((k + 1 for k in range(i + 1, n) if close.match(lines[k][0])), n)
-    if m := _MATH.match(c):
-        return i + 1 if "$$" in c[m.end() :] else _find(lines, i + 1, "$$", i + 1)
-    if m := _HTML_COMMENT.match(c):
-        return i + 1 if "-->" in c[m.end() :] else _find(lines, i + 1, "-->", n)
-    if m := _HTML_RAW.match(c):
-        closing = f"</{m[1].lower()}>"
-        return i + 1 if closing in c[m.end() :].lower() else _find(lines, i + 1, closing, n)
-    if _HTML_BLOCK.match(c) or _HTML_LONE.match(c):
-        return next((k for k in range(i + 1, n) if _blank(lines[k][0])), n)
-    if indented_ok and _INDENTED.match(c):
-        end = k = i + 1
-        while k < n and (_blank(lines[k][0]) or _INDENTED.match(lines[k][0])):
-            k += 1
-            end = k if not _blank(lines[k - 1][0]) else end
-        return end
-    return i + 1 if _REFDEF.match(c) or _HR.match(c) else None
+def _para_items(
+    parts: list[tuple[str, str, str, str]], closer: str, labels: set[str]
+) -> list[Item]:
+    """A paragraph's items: its inline markup found across its lines (a code span may go on
+    to the next line), prefixes as ``x`` items, line ends as ``n`` items."""
+    joined = "\n".join(p[1] for p in parts)
+    items: list[Item] = [("x", parts[0][0])]
+    line = 0
+
+    def breaks(k: int) -> tuple[str, str]:
+        return parts[k][2] + parts[k][3], parts[k + 1][0]
+
+    for kind, val in inline_items(joined, labels):
+        pieces = val.split("\n")
+        for n, piece in enumerate(pieces):
+            if n:
+                end, prefix = breaks(line)
+                line += 1
+                if kind == "p":
+                    items.append(("p", end + prefix))
+                else:
+                    items += [("n", end), ("x", prefix)]
+            if piece:
+                items.append((kind, piece))
+    _, _, trail, eol = parts[-1]
+    items.append(("p", closer))
+    items.append(("n", trail + eol) if eol else ("p", trail))
+    return merge([it for it in items if it[1]])
 
 
-def _table_start(lines: list[tuple[str, str]], i: int) -> bool:
-    return (
-        i + 1 < len(lines)
-        and "|" in lines[i][0]
-        and "|" in lines[i + 1][0]
-        and bool(_DELIM_ROW.match(lines[i + 1][0]))
-    )
-
-
-def _para_end(lines: list[tuple[str, str]], j: int) -> int:
-    while j < len(lines):
-        c = lines[j][0]
-        if (
-            _blank(c)
-            or _table_start(lines, j)
-            or any(
-                rx.match(c)
-                for rx in (_MATH, _HTML_COMMENT, _HTML_RAW, _HTML_BLOCK, _HEADING, _HR, _REFDEF)
-            )
-        ):
-            break
-        if _fence_open(c):
-            break
-        j += 1
-    return j
-
-
-def _line_items(content: str, eol: str, mode: str, labels: set[str]) -> list[Item]:
+def _row_items(content: str, eol: str, mode: str, labels: set[str]) -> list[Item]:
     body = content.rstrip(" \t")
     trail = content[len(body) :]
     items: list[Item]
-    if mode == "delim":
+    if mode == "keep":
         items = [("p", body)]
-    elif mode == "row":
-        prefix = _QUOTE_RE.match(body)
+    else:
+        prefix = _ROW_PREFIX.match(body)
         end = prefix.end() if prefix else 0
-        items = [("p", body[:end])]
+        items = [("x", body[:end])]
         for k, piece in enumerate(_CELL_SEP.split(body[end:])):
             items += [("p", piece)] if k % 2 else inline_items(piece, labels)
-    else:
-        m = _PREFIX.match(body)
-        end = m.end() if m else 0
-        rest, suffix = body[end:], ""
-        if m and m["h"] and (s := re.search(r"[ \t]+#+$", rest)):
-            rest, suffix = rest[: s.start()], s.group()
-        items = [("p", body[:end]), *inline_items(rest, labels), ("p", suffix)]
     items.append(("n", trail + eol) if eol else ("p", trail))
     return merge([it for it in items if it[1]])

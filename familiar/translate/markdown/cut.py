@@ -3,8 +3,10 @@ splitting a chunk in two / joining the halves' translations (pure)."""
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 from familiar.translate.markdown.blocks import make_block
 from familiar.translate.markdown.model import (
@@ -12,6 +14,7 @@ from familiar.translate.markdown.model import (
     Block,
     Chunk,
     Chunking,
+    Frame,
     Item,
     Slot,
     estimate_tokens,
@@ -26,8 +29,7 @@ _CUTS = (
         "(?:[\u3002\uff01\uff1f][\u300d\u300f\uff09)\\]\"']*|[.!?][\"')\\]]*(?=[ \t]))([ \t]*)"
     ),
 )
-_CJK_END = re.compile("[\u3002\uff01\uff1f][\u300d\u300f\uff09)]*$")
-_ASCII_END = re.compile(r"[.!?][\"')\]]*$")
+_CJK_CHAR = re.compile("[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]")
 
 
 def chunk(article: Article, max_tokens: int) -> Chunking:
@@ -44,11 +46,11 @@ def chunk(article: Article, max_tokens: int) -> Chunking:
     slots: list[Slot] = []
 
     def emit(items: list[Item], style: str | None, key: str | None) -> None:
-        text, placeholders, breaks = _render(items, article.delims)
+        text, placeholders, breaks, prefixes = _render(items, article.delims)
         ch = Chunk(
             len(slots), text, placeholders, estimate_tokens(text), (), "", key, article.delims
         )
-        slots.append(Slot(ch, text_of(items), breaks, style))
+        slots.append(Slot(ch, text_of(items), breaks, style, prefixes))
         layout.append(ch.index)
 
     for fm_part in article.fm_parts:
@@ -61,7 +63,42 @@ def chunk(article: Article, max_tokens: int) -> Chunking:
             layout.append(piece)
         else:
             emit(piece, None, None)
-    return Chunking(tuple(p for p in layout if p != ""), tuple(slots), article.newline)
+    layout = [p for p in layout if p != ""]
+    return Chunking(tuple(layout), _framed(article, layout, slots), article.newline)
+
+
+#: a region larger than this is not re-parsed whole for each chunk: the chunk's own text is
+_MAX_REGION = 200_000
+
+
+def _framed(article: Article, layout: list[str | int], slots: list[Slot]) -> tuple[Slot, ...]:
+    """The slots with their chunks' frames: the top-level blocks around each body chunk."""
+    source = article.source
+    base = len(article.bom) + (len(article.front_matter.text) if article.front_matter else 0)
+    levels = ([base + t for t in article.tops], [base + t for t in article.inner])
+    out = list(slots)
+    pos = 0
+    for piece in layout:
+        if isinstance(piece, str):
+            pos += len(piece)
+            continue
+        slot = slots[piece]
+        start, end = pos, pos + len(slot.original)
+        pos = end
+        if slot.style is not None:
+            continue
+        a, b = start, end  # a chunk in a huge block: read alone
+        for tops in levels:  # the top-level blocks around it, else the blocks inside them
+            k = bisect.bisect_right(tops, start)
+            top_a = tops[k - 1] if k else base
+            k = bisect.bisect_left(tops, end)
+            top_b = tops[k] if k < len(tops) else len(source)
+            if top_b - top_a <= max(_MAX_REGION, 4 * (end - start)):
+                a, b = top_a, top_b
+                break
+        frame = Frame(source, a, start, end, b, slot.prefixes, slot.breaks, article.newline)
+        out[piece] = replace(slot, chunk=replace(slot.chunk, frame=frame))
+    return tuple(out)
 
 
 def split_chunk(chunk: Chunk) -> list[Chunk]:
@@ -96,31 +133,55 @@ def join_parts(parts: Sequence[Chunk], outputs: Sequence[str]) -> str:
         raise ValueError("one output per part")
     pairs = sorted(zip(parts, outputs, strict=True), key=lambda po: po[0].part)
     result = ""
-    for k, (_, output) in enumerate(pairs):
+    for k, (part, output) in enumerate(pairs):
         out = output.strip(" \t\r\n")
         if k:
             prev = pairs[k - 1][0]
-            result += prev.joiner or glue(prev.text, result, out)
+            result += _joint(prev.joiner, prev.text, part.text, result, out)
         result += out
     return result
 
 
-def glue(prev_src: str, prev_out: str, out: str) -> str:
-    """A space between a CJK sentence end translated into an ASCII one and the next text."""
-    ascii_end = _CJK_END.search(prev_src) and _ASCII_END.search(prev_out)
-    return " " if ascii_end and out[:1] and not out[:1].isspace() else ""
+def _joint(joiner: str, left_src: str, right_src: str, left: str, right: str) -> str:
+    """What goes between two translated parts the source had ``joiner`` between.  A line
+    break stays.  Spaces stay, except between two Japanese sentences the source did not
+    write that way.  Nothing in the source: nothing where it ran on without CJK on either
+    side (a word or a token cut in the middle) or the translation is CJK at the joint
+    (Japanese sentences follow each other), else a space (English words and numbers)."""
+    if "\n" in joiner:
+        return joiner
+    if not left or not right or left[-1].isspace() or right[0].isspace():
+        return ""
+    if joiner:  # spaces: none between Japanese sentences unless the source had them there
+        cjk_src = _CJK_CHAR.match(left_src[-1:]) and _CJK_CHAR.match(right_src[:1])
+        cjk_out = _CJK_CHAR.match(left[-1]) and _CJK_CHAR.match(right[0])
+        return "" if cjk_out and not cjk_src else joiner
+    if not (_CJK_CHAR.match(left_src[-1:]) or _CJK_CHAR.match(right_src[:1])):
+        return ""
+    return "" if _CJK_CHAR.match(left[-1]) or _CJK_CHAR.match(right[0]) else " "
+
+
+def glue(prev_src: str, prev_out: str, out: str, src: str = "\u3002") -> str:
+    """What goes between two neighbouring chunks' translations (see ``_joint``)."""
+    return _joint("", prev_src, src, prev_out, out)
 
 
 def _render(
     items: list[Item], delims: tuple[str, str]
-) -> tuple[str, dict[str, str], tuple[str, ...]]:
+) -> tuple[str, dict[str, str], tuple[str, ...], tuple[str, ...]]:
     """The chunk text of ``items`` (placeholders numbered from 0), the placeholders' bytes,
-    and the line endings replaced by ``\\n``."""
+    the line endings replaced by ``\\n``, and each line's prefix (left out of the text)."""
     out: list[str] = []
     placeholders: dict[str, str] = {}
     breaks: list[str] = []
+    prefixes: list[str] = [""]
     last = ""
     for kind, val in items:
+        if kind == "x":
+            prefixes[-1] += val
+            continue
+        if kind == "n":
+            prefixes.append("")
         if kind == "p" and last == "p":
             placeholders[out[-1]] += val
         elif kind == "p":
@@ -130,20 +191,43 @@ def _render(
             out.append(val if kind == "t" else "\n")
             breaks += [val] if kind == "n" else []
         last = kind
-    return "".join(out), placeholders, tuple(breaks)
+    return "".join(out), placeholders, tuple(breaks), tuple(prefixes)
+
+
+class _Lines:
+    """The prefixes and line ends of rendered text, taken in order as it is cut."""
+
+    def __init__(self, prefixes: tuple[str, ...], breaks: tuple[str, ...]) -> None:
+        self._next = iter(zip(prefixes, (*breaks, ""), strict=True))
+        self.end = ""
+
+    def start(self) -> str:
+        prefix, self.end = next(self._next)
+        return prefix
 
 
 def _unrender(
-    text: str, placeholders: dict[str, str], breaks: Iterator[str], delims: tuple[str, str]
+    text: str,
+    placeholders: dict[str, str],
+    lines: _Lines,
+    delims: tuple[str, str],
+    at_line_start: bool,
 ) -> list[Item]:
-    """Items back from rendered text (consuming ``breaks`` in order)."""
-    items: list[Item] = []
+    """Items back from rendered text: a line's prefix at each line start, its end at each
+    ``\\n``."""
+    items: list[Item] = [("x", lines.start())] if at_line_start else []
+    pos = 0
     for k, piece in enumerate(re.split(f"({tok_re(delims).pattern}|\n)", text)):
+        pos += len(piece)
         if k % 2 == 0:
             items += [("t", piece)] if piece else []
+        elif piece != "\n":
+            items.append(("p", placeholders[piece]))
         else:
-            items.append(("n", next(breaks)) if piece == "\n" else ("p", placeholders[piece]))
-    return items
+            items.append(("n", lines.end))
+            if pos < len(text):
+                items.append(("x", lines.start()))
+    return [it for it in items if it[1]]
 
 
 def _fit(blocks: list[Block], max_tokens: int, delims: tuple[str, str]) -> Iterator[Block]:
@@ -154,12 +238,17 @@ def _fit(blocks: list[Block], max_tokens: int, delims: tuple[str, str]) -> Itera
         items, tail = blk.items, []
         if items[-1][0] == "n":
             items, tail = items[:-1], items[-1:]
-        text, placeholders, breaks = _render(items, delims)
-        brk = iter(breaks)
+        text, placeholders, breaks, prefixes = _render(items, delims)
+        lines = _Lines(prefixes, breaks)
+        pos = 0
         for piece, sep in _cut(text, max_tokens, delims):
-            yield make_block(_unrender(piece, placeholders, brk, delims), blk.heading)
+            start = pos == 0 or text[pos - 1] == "\n"
+            yield make_block(_unrender(piece, placeholders, lines, delims, start), blk.heading)
+            pos += len(piece)
             if sep:
-                yield make_block(_unrender(sep, placeholders, brk, delims), keep=True)
+                start = text[pos - 1] == "\n"
+                yield make_block(_unrender(sep, placeholders, lines, delims, start), keep=True)
+                pos += len(sep)
         if tail:
             yield make_block(tail, keep=True)
 

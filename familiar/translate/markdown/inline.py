@@ -7,20 +7,37 @@ import re
 
 from familiar.translate.markdown.model import Item, merge
 
+# raw HTML as the standard has it: open and closing tags (attributes may hold "<" in
+# quotes), comments, processing instructions, declarations, CDATA
+_ATTR = r"""(?:\s+[A-Za-z_:][A-Za-z0-9_.:-]*(?:\s*=\s*(?:[^\s"'=<>`]+|'[^']*'|"[^"]*"))?)"""
+_HTML = (
+    r"<[A-Za-z][A-Za-z0-9-]*" + _ATTR + r"*\s*/?>|</[A-Za-z][A-Za-z0-9-]*\s*>"
+    r"|<!--->|<!-->|<!--.*?-->|<\?.*?\?>|<![A-Za-z][^>]*>|<!\[CDATA\[.*?\]\]>"
+)
+_HTML_OR_AUTO = re.compile(
+    _HTML + r"|<[A-Za-z][A-Za-z0-9+.\-]{1,31}:[^\s<>]*>|<[^\s<>@]+@[^\s<>@]+>", re.S
+)
 _INLINE = re.compile(
     r"(?P<esc>\\[\\`*_{}\[\]()#+\-.!<>|&$~^])"
     r"|(?P<code>(?<!`)(?P<ticks>`+)(?!`).+?(?<!`)(?P=ticks)(?!`))"
     r"|(?P<auto><[A-Za-z][A-Za-z0-9+.\-]{1,31}:[^\s<>]*>|<[^\s<>@]+@[^\s<>@]+>)"
-    r"|(?P<html><!--.*?-->|</?[A-Za-z][A-Za-z0-9\-]*(?:\s[^<>]*)?/?>)"
+    r"|(?P<html>" + _HTML + ")"
     r"|(?P<foot>\[\^[^\]\s]+\])"
     r"|(?P<link>!?\[)"
     r"|(?P<url>https?://[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+)"
-    r"|(?P<ent>&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});)"
+    r"|(?P<ent>&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});)",
+    re.S,  # a code span or HTML may go on to the next line of its paragraph
 )
-_CODE = re.compile(r"(`+)(?!`).+?(?<!`)\1(?!`)")
+_CODE = re.compile(r"(`+)(?!`).+?(?<!`)\1(?!`)", re.S)
+_DEST_CHAR = r"(?:[^\x00-\x20()\\]|\\.)"
+_NESTED = _DEST_CHAR + "*"
+for _ in range(4):  # parentheses balanced, nested up to four deep
+    _NESTED = rf"(?:{_DEST_CHAR}|\({_NESTED}\))*"
+_SPACE = r"[ \t]*(?:\n[ \t]*)?"  # spaces, at most one line ending
 _TARGET = re.compile(
-    r"\([ \t]*(?:<[^<>]*>|(?:[^\s()\\]|\\.|\((?:[^\s()\\]|\\.)*\))*)"
-    r"(?:[ \t]+(?:\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'|\((?:[^()\\]|\\.)*\)))?[ \t]*\)"
+    r"\(" + _SPACE + r"(?:<[^<>\n]*>|" + _NESTED + ")"
+    r"(?:(?:[ \t]+(?:\n[ \t]*)?|\n[ \t]*)(?:\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'"
+    r"|\((?:[^()\\]|\\.)*\)))?" + _SPACE + r"\)"
 )
 _REF_LABEL = re.compile(r"\[(?:[^\[\]\\]|\\.){0,999}\]")
 
@@ -79,6 +96,9 @@ def _bracket_end(text: str, k: int) -> int | None:
         if c == "`":
             m = _CODE.match(text, k)
             k = m.end() if m else len(text) - len(text[k:].lstrip("`"))
+            continue
+        if c == "<" and (m := _HTML_OR_AUTO.match(text, k)):  # binds tighter than brackets
+            k = m.end()
             continue
         depth += (c == "[") - (c == "]")
         if c == "]" and depth == 0:

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal, overload
 
-Item = tuple[str, str]  # ("t", prose) | ("p", protected) | ("n", trailing blanks + line end)
+# ("t", prose) | ("p", protected) | ("n", trailing blanks + line end)
+# | ("x", a line's prefix: indentation, quote and list markers; kept out of the chunk text)
+Item = tuple[str, str]
 FieldPart = tuple[str, str, list[Item]]  # front matter key, quote style ('"', "'", ""), value
 PAIRS = (("\u27e6", "\u27e7"), ("\u27ea", "\u27eb"), ("\u2983", "\u2984"), ("\u3018", "\u3019"))
 _CJK = re.compile(
@@ -34,6 +36,22 @@ class FrontMatter:
 
 
 @dataclass(frozen=True)
+class Frame:
+    """Where a chunk sits: ``source[start:end]`` is its original text, ``source[a:b]`` the
+    top-level blocks around it (the region a CommonMark parser reads to check a translation),
+    and what putting a translation back needs (line prefixes and ends)."""
+
+    source: str = field(repr=False)
+    a: int
+    start: int
+    end: int
+    b: int
+    prefixes: tuple[str, ...]
+    breaks: tuple[str, ...]
+    newline: str
+
+
+@dataclass(frozen=True)
 class Chunk:
     """Prose to translate; ``text`` holds placeholders for everything protected."""
 
@@ -45,6 +63,7 @@ class Chunk:
     joiner: str = ""  # separator to put after this part when parts are joined
     front_matter_key: str | None = None  # set for a front matter value
     delims: tuple[str, str] = PAIRS[0]
+    frame: Frame | None = field(default=None, compare=False, repr=False)  # body chunks
 
 
 @dataclass(frozen=True)
@@ -68,6 +87,8 @@ class Article:
     delims: tuple[str, str] = field(default=PAIRS[0], repr=False)  # placeholder brackets
     fm_parts: list[str | FieldPart] = field(default_factory=list, repr=False)
     blocks: list[Block] = field(default_factory=list, repr=False)
+    tops: tuple[int, ...] = field(default=(), repr=False)  # body offsets of top-level blocks
+    inner: tuple[int, ...] = field(default=(), repr=False)  # ... and of blocks one level down
 
     @property
     def source(self) -> str:
@@ -83,6 +104,7 @@ class Slot:
     original: str
     breaks: tuple[str, ...]  # the source's line endings (with trailing blanks), in order
     style: str | None  # None for body prose, else the front matter quote style
+    prefixes: tuple[str, ...] = ()  # each chunk line's prefix (len(breaks) + 1, or none)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""Putting translations back (``assemble``) and every check on a chunk's translation:
-placeholders, length, repetition (``validate``), visible markup (``markup_problems``),
-finish reason and copied prompt examples (``chunk_problems``) (pure)."""
+"""Putting translations back (``assemble``: each line with its prefix) and every check on a
+chunk's translation: placeholders, length, repetition (``validate``), visible markup
+(``markup_problems``), chat wrappers, the target language, finish reason, copied prompt
+examples and, last, the structure in context (``chunk_problems``) (pure)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from collections.abc import Mapping, Sequence
 from itertools import pairwise
 
 from familiar import copycheck
+from familiar.translate.markdown.checks import language_problems, wrapper_problems
 from familiar.translate.markdown.cut import glue
 from familiar.translate.markdown.frontmatter import field_value
 from familiar.translate.markdown.model import Chunk, Chunking, Slot, tok_re
+from familiar.translate.markdown.standard import signature_problems
 
 _BLOCK_MARK = re.compile(r"^[ \t]*(#{1,6}(?=[ \t])|>|[-*+](?=[ \t])|\d{1,9}[.)](?=[ \t]))", re.M)
+_MARKER = re.compile(r"(?:[-+*]|\d{1,9}[.)])(?=[ \t]|$)|\[[ xX]\]|\[\^[^\]\s]+\]:")
 _LINKED = re.compile(r"\][^\s\]]{1,2}P\d+[^\s\]]")
 
 
@@ -39,7 +43,7 @@ def assemble(chunking: Chunking, translations: Mapping[int, str]) -> str:
         if piece in translations:
             text = _restore(slot, translations[piece], chunking.newline)
             if prev:
-                out.append(glue(prev[0], prev[1], text))
+                out.append(glue(prev[0], prev[1], text, slot.chunk.text))
         out.append(text)
         prev = (slot.chunk.text, text)
     return "".join(out)
@@ -76,7 +80,7 @@ def markup_problems(source: str, output: str) -> list[str]:
         for m in _LINKED.finditer(source)
         if m.group() not in output
     ]
-    for mark in ("[", "]", "**", "`"):
+    for mark in ("[", "]", "**", "~~", "`"):
         if source.count(mark) != output.count(mark):
             problems.append(
                 f"{mark!r} appears {output.count(mark)} time(s), expected {source.count(mark)}"
@@ -101,12 +105,19 @@ def chunk_problems(
     output: str,
     finish_reason: str | None,
     examples: Sequence[tuple[str, str]] = (),
+    *,
+    dst: str | None = None,
 ) -> list[str]:
     """Everything wrong with ``output`` as the translation of ``ch`` (``[]``: keep it).
 
     ``examples`` are the prompt's few-shot pairs: an answer that is one of their
-    translations, for a source that is not that example, copied the prompt."""
+    translations, for a source that is not that example, copied the prompt.  ``dst``, the
+    target language, when given: an answer mostly in another language is refused."""
     problems = validate(ch, output) + markup_problems(ch.text, output)
+    problems += wrapper_problems(ch.text, output)
+    copy = not ch.part and output.strip() == ch.text.strip()  # see ``language_problems``
+    if not copy:
+        problems += language_problems(ch.text, output, dst, tok_re(ch.delims).pattern)
     copied = copycheck.copied_pair(output, ch.text, examples) if examples else None
     if copied is not None:
         problems.append(f"the answer copied the prompt's example ({copied!r})")
@@ -114,7 +125,24 @@ def chunk_problems(
         problems.append("the answer was cut off (finish_reason=length)")
     elif finish_reason != "stop":
         problems.append(f"the answer did not finish (finish_reason={finish_reason})")
+    if not problems:
+        problems = in_context_problems(ch, output)
     return problems
+
+
+def in_context_problems(ch: Chunk, output: str) -> list[str]:
+    """The translation put back into the top-level blocks around the chunk, read by a
+    CommonMark parser: the block structure and every protected span (code, HTML, link and
+    image targets) must be the source's.  Chunks without a frame (front matter values,
+    split parts) are not checked here; a split chunk is, once its parts are joined."""
+    f = ch.frame
+    if f is None or _placeholder_problems(ch, output):
+        return []
+    if not lines_fit(ch.text, output, f.prefixes):
+        return ["a heading's line merged with or split across other lines"]
+    restored = _put_back(ch, output, f.breaks, f.prefixes, None, f.newline)
+    region = f.source[f.a : f.b]
+    return signature_problems(region, f.source[f.a : f.start] + restored + f.source[f.end : f.b])
 
 
 def _fill(text: str, ch: Chunk) -> str:
@@ -126,12 +154,91 @@ def _restore(slot: Slot, output: str, newline: str) -> str:
     problems = _placeholder_problems(ch, output)
     if problems:
         raise ValueError(f"chunk {ch.index}: " + "; ".join(problems))
+    return _put_back(ch, output, slot.breaks, slot.prefixes, slot.style, newline)
+
+
+def _put_back(
+    ch: Chunk,
+    output: str,
+    breaks: tuple[str, ...],
+    prefixes: tuple[str, ...],
+    style: str | None,
+    newline: str,
+) -> str:
+    """``output`` as it goes into the document: each line with its prefix, the source's
+    line ends, the placeholders' bytes."""
     out = output.replace("\r\n", "\n").replace("\r", "\n").strip(" \t\n")
-    if slot.style is not None:
-        return field_value(out, ch.text, slot.style, lambda s: _fill(s, ch))
+    if style is not None:
+        return field_value(out, ch.text, style, lambda s: _fill(s, ch))
     lines = [line.rstrip(" \t") for line in out.split("\n")]
-    seps = slot.breaks if len(lines) - 1 == len(slot.breaks) else (newline,) * (len(lines) - 1)
-    return _fill(lines[0] + "".join(s + line for s, line in zip(seps, lines[1:], strict=True)), ch)
+    return _fill(relines(ch.text.split("\n"), lines, prefixes, breaks, newline), ch)
+
+
+def relines(
+    src: list[str],
+    out: list[str],
+    prefixes: tuple[str, ...],
+    breaks: tuple[str, ...],
+    newline: str,
+) -> str:
+    """The translated lines ``out`` of the source lines ``src`` with the source's prefixes
+    and line ends put back.  The same number of lines: line by line.  Else paragraph by
+    paragraph (runs of non-blank lines): a paragraph's extra lines get its continuation
+    prefix, the blank lines between paragraphs come back as in the source."""
+    pre = prefixes if len(prefixes) == len(src) else ("",) * len(src)
+    ends = (*breaks, "") if len(breaks) == len(src) - 1 else (*(newline,) * (len(src) - 1), "")
+    if len(out) == len(src):
+        return "".join(p + line + e for p, line, e in zip(pre, out, ends, strict=True))
+    want, got = _paragraphs(src), _paragraphs(out)
+    if len(want) != len(got):  # refused by the checks; put back as plain lines
+        return newline.join(pre[min(k, len(pre) - 1)] + line for k, line in enumerate(out))
+    parts: list[str] = []
+    for n, (rows, lines) in enumerate(zip(want, got, strict=True)):
+        texts = [out[k] for k in lines]
+        if len(rows) == 1 and "#" in pre[rows[0]]:  # a heading stays on one line
+            texts = [" ".join(texts)]
+        for j, text in enumerate(texts):
+            parts.append((pre[rows[j]] if j < len(rows) else _continuation(pre, rows)) + text)
+            if j == len(texts) - 1:
+                parts.append(ends[rows[-1]])
+            else:
+                parts.append(ends[rows[j]] if j < len(rows) - 1 else newline)
+        if n + 1 < len(want):  # the blank lines up to the next paragraph, as in the source
+            for k in range(rows[-1] + 1, want[n + 1][0]):
+                parts.append(pre[k] + ends[k])
+    return "".join(parts)
+
+
+def lines_fit(source: str, output: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether ``output``'s lines can take the source's prefixes: the same number of lines,
+    or the same paragraphs where each paragraph holding a heading keeps its line count."""
+    src = source.split("\n")
+    out = output.replace("\r\n", "\n").replace("\r", "\n").strip(" \t\n").split("\n")
+    if len(src) == len(out) or len(prefixes) != len(src):
+        return True
+    want, got = _paragraphs(src), _paragraphs(out)
+    return len(want) == len(got) and all(
+        len(rows) == len(lines) or not any("#" in prefixes[k] for k in rows)
+        for rows, lines in zip(want, got, strict=True)
+    )
+
+
+def _paragraphs(lines: list[str]) -> list[list[int]]:
+    groups: list[list[int]] = []
+    for k, line in enumerate(lines):
+        if not line.strip():
+            continue
+        if groups and groups[-1][-1] == k - 1:
+            groups[-1].append(k)
+        else:
+            groups.append([k])
+    return groups
+
+
+def _continuation(prefixes: tuple[str, ...], rows: list[int]) -> str:
+    """The prefix of a paragraph's further lines: its last line's with list markers, task
+    boxes and footnote labels blanked out (quote markers stay)."""
+    return _MARKER.sub(lambda m: " " * len(m.group()), prefixes[rows[-1]])
 
 
 def _placeholder_problems(ch: Chunk, output: str) -> list[str]:
