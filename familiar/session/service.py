@@ -110,7 +110,9 @@ def resolve_id(home: Path, given: str) -> str:
     """A session id from the full id, a unique prefix, or ``last``."""
     root = home / "sessions"
     if given != "last" and not _ID.fullmatch(given):
-        raise ConfigError(f"{given!r} is not a session id (hex digits, a unique prefix, or last)")
+        raise ConfigError(
+            f"no session {given!r} (an id is hex digits, a unique prefix of one, or last)"
+        )
     if (root / given / "task.md").is_file():
         return given
     if given == "last":
