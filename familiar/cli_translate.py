@@ -115,32 +115,38 @@ def cmd_translate(args: argparse.Namespace) -> int:
             f"the translator role is not active in {cfg.role_config.canonical()!r}"
             " (familiar config use standard, or --roles)"
         )
-    missing = [str(p) for p in args.paths if not p.exists()]
+    # a path that is not there is its row; a dangling symlink or a loop is discovery's
+    missing = [str(p) for p in args.paths if not p.exists() and not p.is_symlink()]
     opts = _options(args, cfg)
-    roots = [p for p in args.paths if p.exists()]
+    fleet_settings = cfg.fleet.resolved()  # a bad FAMILIAR_NATS_URL: exit 2, nothing made
+    roots = [p for p in args.paths if p.exists() or p.is_symlink()]
+    problems: list[tuple[Path, str]] = []
     # a default output tree inside an input directory is never taken as input
-    files = discover(roots, skip=() if args.out else (default_out_dir(args.to),))
-    if not files and not missing:
+    files = discover(roots, skip=() if args.out else (default_out_dir(args.to),), problems=problems)
+    if not files and not missing and not problems:
         raise ConfigError("no Markdown files found under the given paths")
     check_targets(roots, files, to=opts.to, out_dir=opts.out_dir, in_place=opts.in_place)
     reports = [ArticleReport(path=str(f)) for f, _ in files]
+    errors = [ArticleReport(path=m, status="error", error="no such file") for m in missing]
+    errors += [ArticleReport(path=str(f), status="error", error=why) for f, why in problems]
+    if not files:  # nothing to translate: the error rows are the report
+        print_report(errors, as_json=args.json)
+        return 1
     try:
         if args.nats:
             signals.run(_run_queue(cfg, opts, files, reports, args.nats))
         else:
-            signals.run(_run(cfg, opts, files, reports))
+            signals.run(_run(cfg, fleet_settings, opts, files, reports))
     finally:
         # the report always prints once the batch ran, even interrupted (statuses say so)
         if not reports or any(r.status != "pending" for r in reports):
-            reports += [
-                ArticleReport(path=m, status="error", error="no such file") for m in missing
-            ]
+            reports += errors
             print_report(reports, as_json=args.json)
     return 0 if all(r.status in ("ok", "skipped") for r in reports) else 1
 
 
 async def _run(
-    cfg: Config, opts: Any, files: list[tuple[Path, Path]], reports: list[Any]
+    cfg: Config, settings: Any, opts: Any, files: list[tuple[Path, Path]], reports: list[Any]
 ) -> list[Any]:
     from familiar.dispatch import Pool
     from familiar.fleet import Fleet
@@ -150,28 +156,24 @@ async def _run(
     from familiar.translate.cache import ChunkCache
 
     slots = {s.name: s for s in cfg.slots_for("translator")}
-    cache = ChunkCache(cfg.home / "cache" / "chunks.sqlite", warn=_warn)
-    try:
-        with bound_correlation_id(new_correlation_id()):
-            telemetry = Telemetry(cfg.home)
-            async with (
-                telemetry,
-                Fleet(
-                    slots,
-                    home=cfg.home,
-                    hooks=[telemetry.hook],
-                    ledger=make_ledger(cfg.fleet),
-                    kind="batch",
-                ) as fleet,
-            ):
+    ledger = make_ledger(settings)
+    with bound_correlation_id(new_correlation_id()):
+        telemetry = Telemetry(cfg.home)
+        async with (
+            telemetry,
+            Fleet(slots, home=cfg.home, hooks=[telemetry.hook], ledger=ledger, kind="batch") as fleet,
+        ):
+            # made once the fleet stands: a configuration error leaves FAMILIAR_HOME as it was
+            cache = ChunkCache(cfg.home / "cache" / "chunks.sqlite", warn=_warn)
+            try:
                 pools = [Pool("translator", n, fleet[n].seats.total, fleet[n]) for n in slots]
                 with _progress(len(files)) as progress:
                     translator = Translator(
                         pools, opts, cache, telemetry=telemetry, progress=progress
                     )
                     return await translator.run(files, reports)
-    finally:
-        cache.close()
+            finally:
+                cache.close()
 
 
 async def _run_queue(

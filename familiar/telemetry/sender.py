@@ -22,6 +22,7 @@ import structlog
 from familiar.backend import CallEvent
 from familiar.context import current_span
 from familiar.errors import TelemetryUnavailable
+from familiar.logs import register_url_secrets
 from familiar.telemetry.delivery import Delivery
 from familiar.telemetry.events import dumps, llm_call_fields, make_event, new_span_id
 from familiar.telemetry.spill import SpillFile
@@ -75,6 +76,7 @@ class Telemetry:
         env_off = os.environ.get("FAMILIAR_TELEMETRY", "").lower() in {"off", "0", "false", "no"}
         self.enabled = (not env_off) if enabled is None else enabled
         self.url = url or os.environ.get("FAMILIAR_TELEMETRY_URL") or DEFAULT_URL
+        register_url_secrets(self.url)  # a remote receiver's password, and its Basic form
         self.content = content
         self.dir = home / "telemetry"
         self.spill = SpillFile(self.dir, spill_max_bytes)
