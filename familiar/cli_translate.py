@@ -118,6 +118,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
     # a path that is not there is its row; a dangling symlink or a loop is discovery's
     missing = [str(p) for p in args.paths if not p.exists() and not p.is_symlink()]
     opts = _options(args, cfg)
+    for slot in cfg.slots_for("translator"):
+        slot.api_key()  # a key with surrounding whitespace: exit 2 before anything runs
     fleet_settings = cfg.fleet.resolved()  # a bad FAMILIAR_NATS_URL: exit 2, nothing made
     roots = [p for p in args.paths if p.exists() or p.is_symlink()]
     problems: list[tuple[Path, str]] = []
