@@ -163,7 +163,9 @@ async def _run(
         telemetry = Telemetry(cfg.home)
         async with (
             telemetry,
-            Fleet(slots, home=cfg.home, hooks=[telemetry.hook], ledger=ledger, kind="batch") as fleet,
+            Fleet(
+                slots, home=cfg.home, hooks=[telemetry.hook], ledger=ledger, kind="batch"
+            ) as fleet,
         ):
             # made once the fleet stands: a configuration error leaves FAMILIAR_HOME as it was
             cache = ChunkCache(cfg.home / "cache" / "chunks.sqlite", warn=_warn)

@@ -94,6 +94,7 @@ class Slot(BaseModel):
 
     @model_validator(mode="after")
     def _check_credentials(self) -> Slot:
+        self.api_key()  # a key with surrounding whitespace: refused when the file is read
         if self.api_key_env is not None:
             for url in self.url:
                 if url != EMBEDDED and urlsplit(url).netloc.rpartition("@")[1]:
@@ -146,7 +147,7 @@ class Slot(BaseModel):
         if value is not None and (value != value.strip() or "\n" in value or "\r" in value):
             raise SlotsFileError(
                 f"slot {self.name!r}: the API key in ${self.api_key_env} has surrounding"
-                " whitespace or a line break; remove it (e.g. export VAR=\"$(cat file)\")"
+                ' whitespace or a line break; remove it (e.g. export VAR="$(cat file)")'
             )
         return value
 

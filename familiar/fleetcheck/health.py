@@ -95,9 +95,7 @@ async def check(
             async with asyncio.TaskGroup() as group:
                 tasks = {
                     (key, url): group.create_task(
-                        prober.replica(
-                            members[0], url, seat=_seat(opened, key, members, timeout_s)
-                        )
+                        prober.replica(members[0], url, seat=_seat(opened, key, members, timeout_s))
                     )
                     for key, members in groups.items()
                     for url in key[0]
@@ -164,7 +162,9 @@ def _seat(
     urls, model = key
     cap = min(s.parallel for s in members)
     reserve = min(max(s.reserve for s in members), cap - 1)
-    seats = ledger.deployment(deployment_id(urls, model), deployment_label(urls, model), cap, reserve)
+    seats = ledger.deployment(
+        deployment_id(urls, model), deployment_label(urls, model), cap, reserve
+    )
 
     @contextlib.asynccontextmanager
     async def hold() -> AsyncIterator[None]:

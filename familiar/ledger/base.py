@@ -71,13 +71,16 @@ class Holder:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Holder | None:
-        """``None`` for anything that is not a holder record (torn, foreign)."""
+        """``None`` for anything that is not a holder record (torn, foreign). The command
+        is masked again: a record another (older) process wrote may carry a secret."""
+        from familiar.logs import mask
+
         try:
             obj = json.loads(data)
             return cls(
                 host=str(obj["host"]),
                 pid=int(obj["pid"]),
-                command=str(obj["command"]),
+                command=mask(str(obj["command"])),
                 kind="batch" if obj.get("kind") == "batch" else "interactive",
                 since=float(obj.get("since", 0.0)),
             )

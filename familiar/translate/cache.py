@@ -46,6 +46,7 @@ _COLUMNS = {"key", "output", "model", "finish_reason", "temperature", "attempt",
 class _WrongShape(sqlite3.DatabaseError):
     """The cache table exists without the columns this format needs."""
 
+
 T = TypeVar("T")
 
 

@@ -49,27 +49,32 @@ def discover(
             else:
                 bad.append((p, reason))
             continue
-        under: list[Path] = []
-
-        def unlisted(exc: OSError) -> None:
-            where = Path(exc.filename) if exc.filename else p
-            bad.append((where, f"cannot list directory: {exc.strerror or exc}"))
-
-        for dirpath, dirnames, filenames in os.walk(p, onerror=unlisted):
-            here = Path(dirpath)
-            dirnames[:] = [
-                d for d in dirnames if not d.startswith(".") and _searched(here / d, skipped)
-            ]
-            for name in filenames:
-                if not name.endswith(".md"):
-                    continue
-                reason = not_regular(here / name)
-                if reason is None:
-                    under.append(here / name)
-                else:
-                    bad.append((here / name, reason))
-        found += [(f, f.relative_to(p)) for f in sorted(under)]
+        found += [(f, f.relative_to(p)) for f in _walk(p, skipped, bad)]
     return found
+
+
+def _walk(root: Path, skipped: set[Path], bad: list[tuple[Path, str]]) -> list[Path]:
+    """The regular ``*.md`` files under ``root``, sorted; the rest into ``bad``."""
+    under: list[Path] = []
+
+    def unlisted(exc: OSError) -> None:
+        where = Path(exc.filename) if exc.filename else root
+        bad.append((where, f"cannot list directory: {exc.strerror or exc}"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted):
+        here = Path(dirpath)
+        dirnames[:] = [
+            d for d in dirnames if not d.startswith(".") and _searched(here / d, skipped)
+        ]
+        for name in filenames:
+            if not name.endswith(".md"):
+                continue
+            reason = not_regular(here / name)
+            if reason is None:
+                under.append(here / name)
+            else:
+                bad.append((here / name, reason))
+    return sorted(under)
 
 
 def _searched(d: Path, skipped: set[Path]) -> bool:
