@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -139,6 +140,11 @@ def cmd_translate(args: argparse.Namespace) -> int:
             signals.run(_run_queue(cfg, opts, files, reports, args.nats))
         else:
             signals.run(_run(cfg, fleet_settings, opts, files, reports))
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM (Terminated)
+        # the interpreter's last garbage collection walks every object the batch made
+        # (0.3-0.7 s measured): exempt them, so an interrupted batch ends within a second
+        gc.freeze()
+        raise
     finally:
         # the report always prints once the batch ran, even interrupted (statuses say so)
         if not reports or any(r.status != "pending" for r in reports):
