@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ctypes
 import json
 import os
 import random
@@ -14,10 +15,9 @@ import signal
 import socket
 import sqlite3
 import sys
-import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -29,6 +29,7 @@ from tests.support.scripts import ARTICLE
 
 REPO = Path(__file__).resolve().parents[2]
 NOBODY = 65534
+PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
 Result = tuple[int, str, str, float]  # exit code, stdout, stderr, seconds
 
 
@@ -53,16 +54,20 @@ def sources(root: Path, n: int = 2) -> Path:
     return src
 
 
-def as_user(uid: int | None, umask: int | None = None) -> Callable[[], None] | None:
-    if uid is None and umask is None:
+def preexec(confined: bool, umask: int | None) -> Callable[[], None] | None:
+    """What the child runs before exec: the umask, and for root (``confined``) dropping
+    the capabilities that override file permissions, so that mode bits hold for it too."""
+    if not confined and umask is None:
         return None
 
     def pre() -> None:
         if umask is not None:
             os.umask(umask)
-        if uid is not None:
-            os.setgid(uid)
-            os.setuid(uid)
+        if confined and os.getuid() == 0:
+            libc = ctypes.CDLL(None, use_errno=True)
+            for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+                if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+                    raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
     return pre
 
@@ -72,7 +77,7 @@ async def cli(
     cwd: Path,
     env: dict[str, str] | None = None,
     drop: Sequence[str] = (),
-    uid: int | None = None,
+    confined: bool = False,
     umask: int | None = None,
     limit: float = 60,
 ) -> Result:
@@ -89,7 +94,7 @@ async def cli(
         env=full,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        preexec_fn=as_user(uid, umask),
+        preexec_fn=preexec(confined, umask),
     )
     out, err = await asyncio.wait_for(proc.communicate(), limit)
     assert proc.returncode is not None
@@ -102,34 +107,6 @@ def rows(stdout: str) -> dict[str, dict[str, object]]:
 
 def no_traceback(err: str) -> None:
     assert "Traceback" not in err and "internal error" not in err, err
-
-
-@pytest.fixture
-def shared_tmp() -> Iterator[Path]:
-    """A directory another user (nobody) can reach, for runs that drop root."""
-    path = Path(tempfile.mkdtemp(prefix="familiar-hostile-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        for dirpath, dirnames, _ in os.walk(path):
-            for d in dirnames:
-                os.chmod(os.path.join(dirpath, d), 0o755)
-        import shutil
-
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def give_away(root: Path) -> int | None:
-    """As root: hand ``root`` to nobody and return its uid (the run drops to it), so
-    permission bits hold; as anyone else: None (they hold already)."""
-    if os.getuid() != 0:
-        return None
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [*dirnames, *filenames]:
-            os.lchown(os.path.join(dirpath, name), NOBODY, NOBODY)
-    os.chown(root, NOBODY, NOBODY)
-    return NOBODY
 
 
 # -- issue 20.1: discovery takes regular files only ---------------------------------------
@@ -176,20 +153,21 @@ async def test_only_a_fifo_is_one_error_row_exit_1_and_nothing_written(tmp_path:
 
 
 async def test_an_unreadable_directory_is_an_error_row_and_the_rest_is_translated(
-    shared_tmp: Path,
+    tmp_path: Path,
 ) -> None:
     async with FakeOpenAIServer(reply_mode="identity") as srv:
-        ws = workspace(shared_tmp / "ws", srv.url)
+        ws = workspace(tmp_path / "ws", srv.url)
         src = sources(ws)
         locked = src / "locked"
         locked.mkdir()
         (locked / "hidden.md").write_text(ARTICLE, encoding="utf-8")
-        uid = give_away(shared_tmp)
         locked.chmod(0)
-        env = {"FAMILIAR_HOME": str(ws / ".home"), "FAMILIAR_LEDGER_DIR": str(ws / ".ledger")}
-        code, out, err, _ = await cli(
-            "translate", "src", "--to", "en", "--out", "out", "--json", cwd=ws, env=env, uid=uid
-        )
+        try:
+            code, out, err, _ = await cli(
+                "translate", "src", "--to", "en", "--out", "out", "--json", cwd=ws, confined=True
+            )
+        finally:
+            locked.chmod(0o755)
     no_traceback(err)
     assert code == 1, err
     got = rows(out)
@@ -256,7 +234,7 @@ def cache_path(ws: Path) -> Path:
     return ws / ".home" / "cache" / "chunks.sqlite"
 
 
-async def batch(ws: Path, uid: int | None = None, umask: int | None = None) -> Result:
+async def batch(ws: Path, confined: bool = False, umask: int | None = None) -> Result:
     env = {"FAMILIAR_HOME": str(ws / ".home"), "FAMILIAR_LEDGER_DIR": str(ws / ".ledger")}
     return await cli(
         "translate",
@@ -268,7 +246,7 @@ async def batch(ws: Path, uid: int | None = None, umask: int | None = None) -> R
         "--json",
         cwd=ws,
         env=env,
-        uid=uid,
+        confined=confined,
         umask=umask,
     )
 
@@ -331,14 +309,16 @@ async def test_a_cache_locked_too_long_runs_without_a_cache(tmp_path: Path) -> N
     assert took < 20
 
 
-async def test_a_read_only_cache_directory_runs_without_a_cache(shared_tmp: Path) -> None:
+async def test_a_read_only_cache_directory_runs_without_a_cache(tmp_path: Path) -> None:
     async with FakeOpenAIServer(reply_mode="identity") as srv:
-        ws = workspace(shared_tmp / "ws", srv.url)
+        ws = workspace(tmp_path / "ws", srv.url)
         sources(ws)
         cache_path(ws).parent.mkdir(parents=True)
-        uid = give_away(shared_tmp)
         cache_path(ws).parent.chmod(0o555)
-        code, out, err, _ = await batch(ws, uid=uid)
+        try:
+            code, out, err, _ = await batch(ws, confined=True)
+        finally:
+            cache_path(ws).parent.chmod(0o755)
     no_traceback(err)
     assert code == 0, err
     assert len(cache_warnings(err)) == 1
