@@ -12,7 +12,7 @@ from typing import Any
 from familiar import signals
 from familiar.config import Config, load_config
 from familiar.context import bound_correlation_id, new_correlation_id
-from familiar.errors import ConfigError
+from familiar.errors import ConfigError, StateError
 
 
 def add_translate_command(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -165,6 +165,7 @@ async def _run(
 
     slots = {s.name: s for s in cfg.slots_for("translator")}
     ledger = make_ledger(settings)
+    _check_home(cfg.home)
     with bound_correlation_id(new_correlation_id()):
         telemetry = Telemetry(cfg.home)
         async with (
@@ -174,6 +175,10 @@ async def _run(
             ) as fleet,
         ):
             # made once the fleet stands: a configuration error leaves FAMILIAR_HOME as it was
+            try:
+                cfg.home.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StateError(f"state directory {cfg.home}: {exc.strerror or exc}") from None
             cache = ChunkCache(cfg.home / "cache" / "chunks.sqlite", warn=_warn)
             try:
                 pools = [Pool("translator", n, fleet[n].seats.total, fleet[n]) for n in slots]
@@ -197,6 +202,21 @@ async def _run_queue(
         return await submit_batch(
             url, cfg.home, opts, files, reports, progress=progress, wait_s=cfg.fleet.ledger_wait_s
         )
+
+
+def _check_home(home: Path) -> None:
+    """StateError (exit 2) when FAMILIAR_HOME can never be made (a file where a directory
+    should be, a parent not writable); checked without creating anything."""
+    import os
+
+    for at in (home, *home.parents):
+        if not at.exists():
+            continue
+        if not at.is_dir():
+            raise StateError(f"state directory {home}: {at} is not a directory")
+        if at != home and not os.access(at, os.W_OK | os.X_OK):
+            raise StateError(f"state directory {home}: cannot create it in {at}")
+        return
 
 
 def _warn(message: str) -> None:

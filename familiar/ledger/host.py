@@ -195,7 +195,7 @@ class HostLedger(Ledger):
             return []
         out = []
         for sub in sorted(self.dir.iterdir()):
-            view = read_view(sub)
+            view = read_view(sub, token=self.token)
             if view is not None:
                 out.append(view)
         return out

@@ -76,7 +76,9 @@ def _creatable(path: Path) -> bool:
     return False
 
 
-def read_view(sub: Path) -> DeploymentView | None:
+def read_view(sub: Path, *, token: str | None = None) -> DeploymentView | None:
+    """One deployment as the files say; ``token``: this process's, whose own cap is left
+    out of ``live_caps`` (the view is of the others)."""
     try:
         meta = json.loads((sub / "meta.json").read_text(encoding="utf-8"))
         label, cap, reserve = str(meta["label"]), int(meta["cap"]), int(meta.get("reserve", 0))
@@ -100,7 +102,11 @@ def read_view(sub: Path) -> DeploymentView | None:
     finally:
         os.close(fd)
     waiting = [h for _token, h in live_waiters(sub / "waiters", prune=True)]
-    caps = [c for name in listdir(sub / "caps") if (c := live_cap(sub / "caps" / name))]
+    caps = [
+        c
+        for name in listdir(sub / "caps")
+        if name != token and (c := live_cap(sub / "caps" / name))
+    ]
     return DeploymentView(sub.name, label, cap, reserve, holders, waiting, caps)
 
 
