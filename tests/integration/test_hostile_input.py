@@ -183,8 +183,12 @@ async def test_sigterm_and_ctrl_c_end_a_batch_within_a_second(
 ) -> None:
     """Also with telemetry on and a receiver that takes connections and never answers."""
 
-    async def hang(reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
         await reader.read()
+        writer.close()
 
     sink = await asyncio.start_server(hang, "127.0.0.1", 0)
     port = sink.sockets[0].getsockname()[1]
@@ -220,6 +224,9 @@ async def test_sigterm_and_ctrl_c_end_a_batch_within_a_second(
         sent = time.monotonic()
         out, err = await asyncio.wait_for(proc.communicate(), 10)
         took = time.monotonic() - sent
+        for writer in held:
+            writer.close()
+            await writer.wait_closed()
     no_traceback(err.decode())
     assert proc.returncode == expected, err
     assert took < 1.0, took
