@@ -79,7 +79,6 @@ def add_translate_command(sub: Any, common: Callable[[argparse.ArgumentParser], 
 def _options(args: argparse.Namespace, cfg: Config) -> Any:
     from familiar.translate.batch import BatchOptions
     from familiar.translate.formats import FormatName
-    from familiar.translate.glossary import load_glossary
 
     if args.in_place and args.out:
         raise ConfigError("--in-place and --out exclude each other")
@@ -102,8 +101,20 @@ def _options(args: argparse.Namespace, cfg: Config) -> Any:
         in_place=args.in_place,
         force=args.force,
         chunk_tokens=tokens,
-        glossary=load_glossary(args.glossary) if args.glossary else {},
+        glossary=_glossary(args.glossary) if args.glossary else {},
     )
+
+
+def _glossary(path: Path) -> dict[str, str]:
+    """The glossary file's term pairs; a FIFO, device or loop is exit 2, never a wait."""
+    from familiar.translate.files import not_regular
+    from familiar.translate.glossary import load_glossary
+
+    if path.exists() or path.is_symlink():
+        reason = not_regular(path)
+        if reason is not None:
+            raise ConfigError(f"--glossary {path}: {reason}")
+    return load_glossary(path)
 
 
 def cmd_translate(args: argparse.Namespace) -> int:

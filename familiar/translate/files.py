@@ -120,6 +120,14 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
+def _resolve(path: Path) -> Path:
+    """``path.resolve()``; a symlink loop on the way is a ConfigError naming it."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a loop, before Python 3.13
+        raise ConfigError(f"{path}: symlink loop (or a path that cannot be resolved)") from None
+
+
 def _identity(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()
@@ -140,20 +148,20 @@ def check_targets(
     if in_place:
         return
     if out_dir is not None:
-        resolved = out_dir.resolve()
+        resolved = _resolve(out_dir)
         for root in roots:
-            if root.is_dir() and _inside(resolved, root.resolve()):
-                where = "" if resolved == root.resolve() else "inside "
+            if root.is_dir() and _inside(resolved, _resolve(root)):
+                where = "" if resolved == _resolve(root) else "inside "
                 raise ConfigError(
                     f"--out {out_dir} is {where}the input directory {root}: translations would"
                     " mix with the sources (choose a directory outside it, or --in-place)"
                 )
-    by_path = {src.resolve(): src for src, _ in files}
+    by_path = {_resolve(src): src for src, _ in files}
     by_id = {ident: src for src, _ in files if (ident := _identity(src)) is not None}
     targets: dict[Path, Path] = {}
     for src, rel in files:
         out = output_path(src, rel, to=to, out_dir=out_dir, in_place=False)
-        resolved = out.resolve()
+        resolved = _resolve(out)
         ident = _identity(out)
         source = by_path.get(resolved) or (by_id.get(ident) if ident is not None else None)
         if source is not None:

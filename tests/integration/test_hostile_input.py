@@ -674,3 +674,35 @@ async def test_sigkilled_replays_never_repeat_past_the_dedupe_window(tmp_path: P
         f"kills={kills} arrivals={len(vector.arrivals)} repeats={vector.deduplicated}"
         f" farthest={farthest}"
     )
+
+
+# -- found attacking the above: a loop as --out, a FIFO as --glossary ------------------
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "expected"),
+    [
+        (lambda ws: (ws / "loopd").symlink_to("loopd"), ("--out", "loopd"), "loopd: symlink loop"),
+        (
+            lambda ws: ((ws / "o").mkdir(), (ws / "o" / "a0.md").symlink_to("a0.md")),
+            ("--out", "o"),
+            "a0.md: symlink loop",
+        ),
+        (
+            lambda ws: os.mkfifo(ws / "g.toml"),
+            ("--glossary", "g.toml"),
+            "--glossary g.toml: not a regular file (a FIFO)",
+        ),
+    ],
+)
+async def test_a_loop_as_output_or_a_fifo_as_glossary_is_exit_2_at_once(
+    tmp_path: Path, setup: Callable[[Path], object], args: tuple[str, ...], expected: str
+) -> None:
+    ws = workspace(tmp_path / "ws", "http://127.0.0.1:9")
+    sources(ws, 1)
+    setup(ws)
+    code, out, err, took = await cli("translate", "src", "--to", "en", *args, cwd=ws, limit=20)
+    assert code == 2 and out == "", err
+    (line,) = err.strip().splitlines()
+    assert expected in line
+    assert not (tmp_path / "home").exists() and took < 15
