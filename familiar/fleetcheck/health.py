@@ -22,6 +22,7 @@ from familiar.errors import RuntimeFailure
 from familiar.fleetcheck.probe import Prober, ReplicaHealth, SeatBusy
 from familiar.fleetcheck.runtime import capacity_warnings
 from familiar.ledger import DeploymentView, Ledger, deployment_id, deployment_label
+from familiar.logs import register_url_secrets
 from familiar.slots import EMBEDDED, Slot
 from familiar.wire import HTTP
 
@@ -84,6 +85,9 @@ async def check(
         if info is not None:
             local_url, local_seats = info.base_url, info.seats
     resolved = resolve(slots, local_url, local_seats)
+    for slot in resolved.values():
+        for url in slot.url:
+            register_url_secrets(url)  # its token or password, and their Basic-auth form
     groups: dict[tuple[tuple[str, ...], str], list[Slot]] = {}
     for slot in resolved.values():
         if not slot.embedded:
