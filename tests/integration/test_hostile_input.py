@@ -1,13 +1,11 @@
-"""Hostile inputs and faults through the whole command (issues 19 and 20): special files in
-discovery, unusable chunk caches, long Retry-After, exit 2 leaving FAMILIAR_HOME alone,
-secrets in every form, `familiar fleet`'s truth, `familiar health` on ledger seats, and a
-killed telemetry replay against a receiver that dedupes like deploy/vector.toml."""
+"""Hostile inputs through the whole command (issue 20): special files in discovery,
+SIGTERM/Ctrl-C within a second, unusable chunk caches, long Retry-After, exit 2 leaving
+FAMILIAR_HOME alone, and a killed telemetry replay against a receiver that dedupes like
+deploy/vector.toml."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import ctypes
 import json
 import os
 import random
@@ -17,7 +15,7 @@ import sqlite3
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,89 +23,16 @@ import pytest
 from familiar.telemetry import Telemetry
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.fake_vector import FakeVector
+from tests.support.hostile import (
+    REPO,
+    batch,
+    cli,
+    no_traceback,
+    rows,
+    sources,
+    workspace,
+)
 from tests.support.scripts import ARTICLE
-
-REPO = Path(__file__).resolve().parents[2]
-NOBODY = 65534
-PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
-Result = tuple[int, str, str, float]  # exit code, stdout, stderr, seconds
-
-
-def workspace(root: Path, url: str, *, parallel: int = 2, extra: str = "") -> Path:
-    """A workspace: translator + naughty on one deployment (same URL and model)."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "slots.toml").write_text(
-        f'[slots.translator]\nurl = "{url}"\nmodel = "general-llm"\nruntime = "vllm"\n'
-        f"parallel = {parallel}\ntimeout_s = 30\n{extra}"
-        f'[slots.naughty]\nurl = "{url}"\nmodel = "general-llm"\nruntime = "vllm"\n'
-        f"parallel = {parallel}\n"
-    )
-    (root / "CLAUDE.md").write_text("familiar: naughty x translator\n")
-    return root
-
-
-def sources(root: Path, n: int = 2) -> Path:
-    src = root / "src"
-    src.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        (src / f"a{i}.md").write_text(ARTICLE.replace("緑茶", f"緑茶{i}"), encoding="utf-8")
-    return src
-
-
-def preexec(confined: bool, umask: int | None) -> Callable[[], None] | None:
-    """What the child runs before exec: the umask, and for root (``confined``) dropping
-    the capabilities that override file permissions, so that mode bits hold for it too."""
-    if not confined and umask is None:
-        return None
-
-    def pre() -> None:
-        if umask is not None:
-            os.umask(umask)
-        if confined and os.getuid() == 0:
-            libc = ctypes.CDLL(None, use_errno=True)
-            for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
-                if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-                    raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-    return pre
-
-
-async def cli(
-    *args: str,
-    cwd: Path,
-    env: dict[str, str] | None = None,
-    drop: Sequence[str] = (),
-    confined: bool = False,
-    umask: int | None = None,
-    limit: float = 60,
-) -> Result:
-    full = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    for key in drop:
-        full.pop(key, None)
-    start = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "familiar",
-        *args,
-        cwd=cwd,
-        env=full,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        preexec_fn=preexec(confined, umask),
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), limit)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode(), time.monotonic() - start
-
-
-def rows(stdout: str) -> dict[str, dict[str, object]]:
-    return {Path(str(r["path"])).name: r for r in json.loads(stdout)}
-
-
-def no_traceback(err: str) -> None:
-    assert "Traceback" not in err and "internal error" not in err, err
-
 
 # -- issue 20.1: discovery takes regular files only ---------------------------------------
 
@@ -239,23 +164,6 @@ async def test_sigterm_and_ctrl_c_end_a_batch_within_a_second(
 
 def cache_path(ws: Path) -> Path:
     return ws / ".home" / "cache" / "chunks.sqlite"
-
-
-async def batch(ws: Path, confined: bool = False, umask: int | None = None) -> Result:
-    env = {"FAMILIAR_HOME": str(ws / ".home"), "FAMILIAR_LEDGER_DIR": str(ws / ".ledger")}
-    return await cli(
-        "translate",
-        "src",
-        "--to",
-        "en",
-        "--out",
-        "out",
-        "--json",
-        cwd=ws,
-        env=env,
-        confined=confined,
-        umask=umask,
-    )
 
 
 def cache_warnings(err: str) -> list[str]:
@@ -413,194 +321,6 @@ async def test_userinfo_in_an_llm_url_with_api_key_env_is_a_usage_error(tmp_path
     (line,) = err.strip().splitlines()
     assert "carries credentials" in line and "api_key_env" in line
     assert "hunter2secret" not in line and "alice" not in line
-
-
-# -- issue 19.6: every secret form masked -------------------------------------------------
-
-
-async def test_url_credentials_never_show_even_in_their_basic_auth_form(tmp_path: Path) -> None:
-    async with FakeOpenAIServer(reply_mode="identity") as srv:
-        url = srv.url.replace("http://", "http://alice:hunter2secret@")
-        ws = workspace(tmp_path / "ws", url, parallel=1)
-        sources(ws, 1)
-        srv.add_faults([{"kind": "echo_key", "status": 401}] * 10)
-        code, out, err, _ = await batch(ws)
-        sent = [r["headers"].get("authorization", "") for r in srv.requests]
-    assert code == 1
-    basic = base64.b64encode(b"alice:hunter2secret").decode()
-    assert any(basic in h for h in sent)  # the server really got Basic credentials
-    written = [
-        p.read_bytes().decode("utf-8", "replace")
-        for p in ws.rglob("*")
-        if p.is_file() and p.name != "slots.toml"  # the test's own file holds the URL
-    ]
-    for text in [out, err, *written]:
-        assert "hunter2secret" not in text and basic not in text and basic.rstrip("=") not in text
-    assert "401" in out
-
-
-async def test_a_token_in_a_url_never_reaches_holder_records_or_fleet(tmp_path: Path) -> None:
-    token = "s3cr3tT0kenValue"
-    async with FakeOpenAIServer(latency_s=30, reply_mode="identity") as srv:
-        ws = workspace(tmp_path / "ws", srv.url, parallel=1)
-        sources(ws, 1)
-        env = {"FAMILIAR_HOME": str(ws / ".home")}
-        # a path on the command line that names a token URL (its row says no such file)
-        args = ("translate", "src", f"nats://{token}@10.0.0.1:4222", "--to", "en", "--out", "o")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "familiar",
-            *args,
-            cwd=ws,
-            env={**os.environ, "PYTHONPATH": str(REPO), **env},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while srv.stats["in_flight"] < 1:
-                assert time.monotonic() < deadline and proc.returncode is None
-                await asyncio.sleep(0.05)
-            _, text, err1, _ = await cli("fleet", cwd=ws, env=env)
-            _, js, err2, _ = await cli("fleet", "--json", cwd=ws, env=env)
-            records = b"".join(p.read_bytes() for p in (tmp_path / "ledger").rglob("holders"))
-        finally:
-            proc.kill()
-            await proc.wait()
-    assert f"pid {proc.pid}" in text and "nats://10.0.0.1:4222" in text
-    for shown in (text, js, err1, err2, records.decode("utf-8", "replace")):
-        assert token not in shown
-
-
-# -- issue 19.8: `familiar fleet` shows the truth -----------------------------------------
-
-HOLD = """
-import asyncio, sys
-from familiar.ledger import HostLedger
-async def main():
-    cap, keep, take = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    async with HostLedger() as ledger:
-        dep = ledger.deployment("d" * 20, "m @ http://gpu:8000", cap)
-        leases = [await dep.acquire("interactive") for _ in range(take)]
-        for lease in leases:
-            if lease.seat != keep:
-                await dep.release(lease)
-        print([l.seat for l in leases if l.seat == keep], flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-asyncio.run(main())
-"""
-
-
-async def test_fleet_shows_every_holder_and_the_strictest_live_cap(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = []
-    # seats are taken from the top; each process keeps one: 3, then 1, then 0. The kernel
-    # lists locks by owner in the order the owners came, so F_OFD_GETLK over all the seats
-    # answers seat 3 first (the old scan went on from 4 and saw one holder of three)
-    for cap, keep, take in ((5, 3, 4), (5, 1, 4), (4, 0, 2)):
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            HOLD,
-            str(cap),
-            str(keep),
-            str(take),
-            env=env,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 20)
-        assert line.strip() == f"[{keep}]".encode()
-        procs.append(proc)
-    try:
-        ws = workspace(tmp_path / "ws", "http://127.0.0.1:9")
-        code, out, err, _ = await cli("fleet", "--json", cwd=ws)
-        code2, text, _, _ = await cli("fleet", cwd=ws)
-    finally:
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.close()
-            await proc.wait()
-    assert code == code2 == 0, err
-    (dep,) = json.loads(out)["deployments"]
-    assert {h["seat"]: h["pid"] for h in dep["holders"]} == {
-        3: procs[0].pid,
-        1: procs[1].pid,
-        0: procs[2].pid,
-    }
-    assert dep["in_use"] == 3 and dep["cap"] == 4 and dep["caps_disagree"] is True
-    assert dep["live_caps"] == [4, 5, 5]
-    assert "in use 3/4" in text
-    assert "live processes disagree on parallel (4, 5, 5): the strictest, 4, applies" in text
-
-
-async def test_a_squatted_default_ledger_directory_is_passed_over(tmp_path: Path) -> None:
-    squat_tmp = tmp_path / "tmp"
-    squat = squat_tmp / f"familiar-{os.getuid()}"
-    squat.mkdir(parents=True)
-    if os.getuid() == 0:
-        os.chown(squat, NOBODY, NOBODY)  # another user's directory
-    else:
-        squat.rmdir()
-        squat.symlink_to(tmp_path)  # another user's symlink
-    ws = workspace(tmp_path / "ws", "http://127.0.0.1:9")
-    home = tmp_path / "user-home"
-    home.mkdir()
-    base = {"TMPDIR": str(squat_tmp), "HOME": str(home)}
-    drop = ["FAMILIAR_LEDGER_DIR", "XDG_RUNTIME_DIR", "XDG_STATE_HOME"]
-    code, out, err, _ = await cli("fleet", "--json", cwd=ws, env=base, drop=drop)
-    assert code == 0, err
-    assert json.loads(out)["ledger"]["where"] == str(home / ".local/state/familiar/ledger")
-    # no usable home either: the next name in the temporary directory, never a dead end
-    (tmp_path / "not-a-dir").write_text("")
-    base["HOME"] = str(tmp_path / "not-a-dir")
-    async with FakeOpenAIServer(reply_mode="identity") as srv:
-        ws2 = workspace(tmp_path / "ws2", srv.url)
-        sources(ws2, 1)
-        code, out, err, _ = await cli(
-            "translate", "src", "--to", "en", "--out", "out", cwd=ws2, env=base, drop=drop
-        )
-        assert code == 0, err
-        code, out, err, _ = await cli("fleet", "--json", cwd=ws2, env=base, drop=drop)
-    assert code == 0, err
-    assert json.loads(out)["ledger"]["where"] == f"{squat}-2"
-
-
-# -- issue 19.5: `familiar health` takes seats --------------------------------------------
-
-
-async def test_health_during_a_batch_holding_every_seat_never_exceeds_the_cap(
-    tmp_path: Path,
-) -> None:
-    async with FakeOpenAIServer(latency_s=0.5, reply_mode="identity", model="general-llm") as srv:
-        ws = workspace(tmp_path / "ws", srv.url, parallel=2)
-        sources(ws, 6)
-        env = {"FAMILIAR_HOME": str(ws / ".home")}
-        job = asyncio.create_task(
-            cli("translate", "src", "--to", "en", "--out", "out", cwd=ws, env=env)
-        )
-        deadline = time.monotonic() + 30
-        while srv.stats["in_flight"] < 2:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
-        code, out, err, _ = await cli("health", "--json", "--timeout", "20", cwd=ws, env=env)
-        bcode, _, berr, _ = await job
-        probes = [
-            r
-            for r in srv.requests
-            if r["body"].get("messages", [{}])[-1].get("content") == ("Reply with OK.")
-        ]
-    assert bcode == 0, berr
-    assert code == 0, out + err
-    assert srv.stats["max_in_flight"] == 2  # the batch's 2; the probe waited its turn
-    assert len(probes) == 1  # two slot names, one deployment: one probe
-    report = json.loads(out)
-    assert [r["slot"] for r in report["slots"]] == ["naughty", "translator"] or [
-        r["slot"] for r in report["slots"]
-    ] == ["translator", "naughty"]
-    assert all(r["ok"] for r in report["slots"])
 
 
 # -- issue 20.8: a killed telemetry replay never repeats past the dedupe window -----------
