@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -48,7 +49,8 @@ def candidates() -> list[Path]:
     if home and os.path.isabs(home) and _mine(Path(home)):
         state = os.environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
         if os.path.isabs(state):
-            out.append(Path(state) / "familiar" / "ledger")
+            # per host: a home shared over NFS must not join the ledgers of several hosts
+            out.append(Path(state) / "familiar" / f"ledger-{socket.gethostname()}")
     tmp = Path(tempfile.gettempdir())
     out.append(tmp / f"familiar-{os.getuid()}")
     out += [tmp / f"familiar-{os.getuid()}-{n}" for n in range(2, 9)]

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -152,7 +153,9 @@ async def test_a_squatted_default_ledger_directory_is_passed_over(tmp_path: Path
     drop = ["FAMILIAR_LEDGER_DIR", "XDG_RUNTIME_DIR", "XDG_STATE_HOME"]
     code, out, err, _ = await cli("fleet", "--json", cwd=ws, env=base, drop=drop)
     assert code == 0, err
-    assert json.loads(out)["ledger"]["where"] == str(home / ".local/state/familiar/ledger")
+    assert json.loads(out)["ledger"]["where"] == str(
+        home / f".local/state/familiar/ledger-{socket.gethostname()}"
+    )
     # no usable home either: the next name in the temporary directory, never a dead end
     (tmp_path / "not-a-dir").write_text("")
     base["HOME"] = str(tmp_path / "not-a-dir")
