@@ -156,10 +156,10 @@ class Telemetry:
         assert self._wake is not None
         self._wake.set()
         # interrupted (Ctrl-C, SIGTERM): the command must end within a second, so the
-        # flush gets a third of one; what it cannot send is spilled, not lost
+        # flush gets half of one; what it cannot send is spilled, not lost
         me = asyncio.current_task()
         interrupted = me is not None and me.cancelling() > 0
-        deadline = min(self.close_deadline_s, 0.3) if interrupted else self.close_deadline_s
+        deadline = min(self.close_deadline_s, 0.5) if interrupted else self.close_deadline_s
         cancelled = await _wait_through_cancel(task, deadline)
         if not task.done():
             task.cancel()  # past the deadline: the sender puts its batch back, spilled below
