@@ -12,6 +12,7 @@ jitter, honouring ``Retry-After``; the seat is given back while waiting.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +29,7 @@ from familiar.errors import (
     BackendError,
     BackendHTTPError,
 )
-from familiar.logs import redact_url, register_secret
+from familiar.logs import redact_url, register_secret, register_url_secrets
 from familiar.reading import Answer, Kind, check_finished, read_stream, read_whole
 from familiar.replicas import Replica, ReplicaSet
 from familiar.seats import Seats
@@ -112,7 +113,11 @@ class SlotClient:
             raise ValueError(f"slot {slot.name!r} is 'embedded': resolve it with Fleet first")
         self.slot = slot
         self.seats = seats if seats is not None else Seats(slot.parallel)
-        self.retry = retry or RetryPolicy()
+        self.retry = dataclasses.replace(
+            retry or RetryPolicy(), max_retry_after_s=slot.max_retry_after_s
+        )
+        self._wait_notice_until = 0.0  # a Retry-After wait already announced lasts till then
+        self._long_retry_after_warned = False
         self.hooks: list[Hook] = list(hooks)
         self.stream = stream
         self._throttler = _throttler(slot.rps)
@@ -132,7 +137,7 @@ class SlotClient:
         key = slot.api_key()
         register_secret(key)
         for url in slot.url:
-            register_secret(_password(url))
+            register_url_secrets(url)  # the token or password, and its Basic-auth form
         replicas = [
             Replica(
                 url=url,
@@ -201,13 +206,11 @@ class SlotClient:
         except BackendError as exc:
             if self.retry.attempts <= 1 or not retryable(exc):
                 raise
-            ra = exc.retry_after if isinstance(exc, BackendHTTPError) else None
-            await self.retry.sleep(self.retry.backoff(1, ra))
+            await self.retry.sleep(self._backoff(1, exc))
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
-            ra = exc.retry_after if isinstance(exc, BackendHTTPError) else None
-            return self.retry.backoff(state.attempt_number + 1, ra)
+            return self._backoff(state.attempt_number + 1, exc)
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.retry.attempts - 1),
@@ -267,6 +270,33 @@ class SlotClient:
             slot=self.slot.name,
             model=self.slot.model,
         )
+
+    def _backoff(self, attempt: int, exc: BaseException | None) -> float:
+        """The wait before the next attempt; a server's ``Retry-After`` is announced (one
+        line per wait, however many requests it answered) or, past ``max_retry_after_s``,
+        refused with one warning line for the slot."""
+        ra = exc.retry_after if isinstance(exc, BackendHTTPError) else None
+        wait = self.retry.backoff(attempt, ra)
+        if ra is None:
+            return wait
+        if not self.retry.honours(ra):
+            if not self._long_retry_after_warned:
+                self._long_retry_after_warned = True
+                log.warning(
+                    f"slot {self.slot.name}: the server asked to wait {ra:.0f}s (Retry-After),"
+                    f" longer than max_retry_after_s={self.retry.max_retry_after_s:g};"
+                    " counted as a failed attempt instead",
+                    slot=self.slot.name,
+                )
+            return wait
+        now = time.monotonic()
+        if wait >= 1.0 and now >= self._wait_notice_until:
+            self._wait_notice_until = now + wait
+            log.warning(
+                f"slot {self.slot.name}: waiting {wait:.0f}s as the server asked (Retry-After)",
+                slot=self.slot.name,
+            )
+        return wait
 
     @property
     def replicas(self) -> list[Replica]:
@@ -363,16 +393,6 @@ def _throttler(rps: float | None) -> Throttler | None:
     if rps >= 1:
         return Throttler(rate_limit=round(rps), period=1.0)
     return Throttler(rate_limit=1, period=1.0 / rps)
-
-
-def _password(url: str) -> str | None:
-    """The password (or lone user token) of a URL's userinfo, to be masked everywhere."""
-    if "@" not in url:
-        return None
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    return parts.password or parts.username
 
 
 def _clean(params: Mapping[str, Any]) -> dict[str, Any]:

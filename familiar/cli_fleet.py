@@ -51,9 +51,15 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         slots = ", ".join(names.get(v.id, [])) or "-"
         reserve = f", {v.reserve} reserved for sessions" if v.reserve else ""
         print(
-            f"{v.label}  [slots: {slots}]  in use {v.in_use}/{v.cap}{reserve},"
+            f"{v.label}  [slots: {slots}]  in use {v.in_use}/{v.effective_cap}{reserve},"
             f" {len(v.waiting)} process(es) waiting"
         )
+        if v.disagree:
+            caps = ", ".join(str(c) for c in sorted(v.live_caps))
+            print(
+                f"  live processes disagree on parallel ({caps}):"
+                f" the strictest, {v.effective_cap}, applies"
+            )
         for seat, h in sorted(v.holders.items()):
             held = f"{now - h.since:.0f}s" if h.since else "?"
             print(f"  seat {seat}: {h.host} pid {h.pid} ({h.kind}, {held}) {h.command}")

@@ -29,9 +29,17 @@ _SK = re.compile(r"\bsk-[A-Za-z0-9_-]{8,}")
 
 
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
-# in free text only credentials are hidden: ``user:password@`` (``ssh://git@host`` is not
-# one; a lone token in a configured URL is registered as a secret and masked by value)
-_PASSWORD_INFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s:]*:[^/@\s]*@")
+# in free text only credentials are hidden: ``user:password@``, any userinfo of a NATS
+# URL (``nats://TOKEN@host``: NATS takes a lone token), and a lone userinfo that looks like
+# a token (16+ characters: ``https://ghp_...@host``); ``ssh://git@host`` is a user name.
+# A configured URL's token is also registered as a secret and masked by value.
+_PASSWORD_INFO = re.compile(
+    r"(?i)\b([a-z][a-z0-9+.-]*://)"
+    r"(?:[^/@\s:]*:[^/@\s]*|(?<=nats://)[^/@\s]+|(?<=tls://)[^/@\s]+|(?<=wss://)[^/@\s]+"
+    r"|(?<=ws://)[^/@\s]+|[^/@\s:]{16,})@"
+)
+# the Basic-auth form of URL credentials (an HTTP client sends ``user:pw@`` that way)
+_BASIC = re.compile(r"(?i)(Basic\s+)[A-Za-z0-9+/=_-]{6,}")
 #: secret values known to this process (configured API keys, URL passwords), longest first
 _SECRETS: list[str] = []
 
@@ -47,18 +55,46 @@ def register_secret(value: str | None) -> None:
         _SECRETS.sort(key=len, reverse=True)
 
 
+def register_url_secrets(url: str | None) -> None:
+    """Register the credentials of ``url``'s userinfo: the password or lone token, as
+    written and percent-decoded, and the ``base64(user:password)`` an HTTP client sends
+    for them as Basic auth (with and without padding)."""
+    if not url or "@" not in url:
+        return
+    import base64
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return
+    userinfo = parts.netloc.rpartition("@")[0]
+    if not userinfo:
+        return
+    user, _, password = userinfo.partition(":")
+    for value in (password or user, unquote(password or user)):
+        register_secret(value)
+    basic = f"{unquote(user)}:{unquote(password)}".encode()
+    encoded = base64.b64encode(basic).decode()
+    register_secret(encoded)
+    register_secret(encoded.rstrip("="))
+
+
 def redact_url(url: str) -> str:
     """``url`` without its userinfo (``http://user:pw@host`` -> ``http://host``)."""
     return _USERINFO.sub(r"\1", url) if "@" in url else url
 
 
 def mask(text: str) -> str:
-    """Hide known secret values, bearer tokens, ``sk-...`` keys and URL passwords."""
+    """Hide known secret values, bearer and Basic credentials, ``sk-...`` keys, URL
+    passwords and tokens."""
     for secret in _SECRETS:
         if secret in text:
             text = text.replace(secret, "***")
     if "@" in text:
         text = _PASSWORD_INFO.sub(r"\1", text)
+    if "asic" in text:
+        text = _BASIC.sub(r"\1***", text)
     if "sk-" not in text and "earer" not in text:  # the common case: nothing to hide
         return text
     return _SK.sub("sk-***", _BEARER.sub(r"\1***", text))

@@ -54,6 +54,9 @@ class Slot(BaseModel):
     #: no byte for this long aborts the attempt (a hung server is noticed quickly)
     stall_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     api_key_env: str | None = None
+    #: the longest ``Retry-After`` honoured (seconds); a server asking for longer gets one
+    #: warning and the attempt counts as failed (normal backoff, no hour-long wait)
+    max_retry_after_s: Annotated[float, Field(ge=0, le=86400)] = 120.0
     #: optional cap on generated tokens per request (small local models, tight contexts)
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     #: replica choice: "session" keeps a session's (an article's) requests on one replica,
@@ -94,6 +97,19 @@ class Slot(BaseModel):
         return tuple(u.rstrip("/") for u in value)
 
     @model_validator(mode="after")
+    def _check_credentials(self) -> Slot:
+        self.api_key()  # a key with surrounding whitespace: refused when the file is read
+        if self.api_key_env is not None:
+            for url in self.url:
+                if url != EMBEDDED and urlsplit(url).netloc.rpartition("@")[1]:
+                    raise ValueError(
+                        f"url {redact_url(url)!r} carries credentials (user:password@) and"
+                        f" api_key_env names a key: use one or the other (the URL's"
+                        " credentials would be sent as Basic auth instead of the key)"
+                    )
+        return self
+
+    @model_validator(mode="after")
     def _check_reserve(self) -> Slot:
         if self.reserve and not self.embedded and self.reserve >= self.parallel:
             raise ValueError(
@@ -123,10 +139,21 @@ class Slot(BaseModel):
         return self.runtime in SCHEMA_RUNTIMES
 
     def api_key(self) -> str | None:
-        """The key from the named environment variable (never stored on the object)."""
+        """The key from the named environment variable (never stored on the object).
+
+        A value with surrounding whitespace or a line break (pasted from a file) is a
+        ``SlotsFileError`` saying so: sent as it is, it fails as a bad key; trimmed
+        silently, the variable would not hold what the server is told.
+        """
         if self.api_key_env is None:
             return None
-        return os.environ.get(self.api_key_env) or None
+        value = os.environ.get(self.api_key_env) or None
+        if value is not None and (value != value.strip() or "\n" in value or "\r" in value):
+            raise SlotsFileError(
+                f"slot {self.name!r}: the API key in ${self.api_key_env} has surrounding"
+                ' whitespace or a line break; remove it (e.g. export VAR="$(cat file)")'
+            )
+        return value
 
 
 def parse_fleet(data: dict[str, object], source: str) -> FleetSettings:

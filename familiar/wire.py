@@ -51,12 +51,17 @@ class RetryPolicy:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Full-jitter exponential backoff, never shorter than the server's Retry-After."""
+        """Full-jitter exponential backoff, never shorter than the server's Retry-After
+        when that is at most ``max_retry_after_s``; a longer one is not honoured (see
+        :meth:`honours`): the attempt is a failed one like any other."""
         ceiling = min(self.max_s, self.initial_s * (2 ** (attempt - 1)))
         wait = random.uniform(ceiling / 2, ceiling)
-        if retry_after is not None:
-            wait = max(wait, min(retry_after, self.max_retry_after_s))
+        if retry_after is not None and self.honours(retry_after):
+            wait = max(wait, retry_after)
         return wait
+
+    def honours(self, retry_after: float) -> bool:
+        return retry_after <= self.max_retry_after_s
 
 
 def retryable(exc: BaseException) -> bool:

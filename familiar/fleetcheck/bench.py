@@ -33,7 +33,7 @@ from familiar.ledger import (
     deployment_label,
     make_ledger,
 )
-from familiar.logs import redact_url
+from familiar.logs import redact_url, register_url_secrets
 from familiar.slots import Slot
 from familiar.wire import HTTP
 
@@ -188,6 +188,8 @@ async def run_bench(
             f" there; the sweep goes past parallel = {slot.parallel} on purpose"
         )
         run_id = new_run_id(name, started)
+        for url in slot.url:
+            register_url_secrets(url)  # its token or password, and their Basic-auth form
         async with HTTP.AsyncClient(transport=transport, timeout=10.0) as client:
             server = await Prober(client).identity(slot, slot.url[0])
         target = Target(

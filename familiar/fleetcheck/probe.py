@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +48,8 @@ class ReplicaHealth:
     seats_cap: int | None = None
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: why the one-token probe was not sent (every seat busy): not a fault of the server
+    probe_skipped: str | None = None
 
     def finish(self) -> None:
         """Decide ``ok`` and ``error`` from what was found."""
@@ -53,7 +57,7 @@ class ReplicaHealth:
             bool(self.reachable)
             and bool(self.model_served)
             and self.health_ok is not False
-            and self.probe_ms is not None
+            and (self.probe_ms is not None or self.probe_skipped is not None)
             and not self.problems
         )
         self.error = None if self.ok else ("; ".join(self.problems) or "not healthy")
@@ -85,7 +89,15 @@ class ReplicaHealth:
             "seats_in_use": self.seats_in_use,
             "seats_cap": self.seats_cap,
             "warnings": self.warnings,
+            "probe_skipped": self.probe_skipped,
         }
+
+
+class SeatBusy(Exception):
+    """No seat of the deployment came free in time for the one-token probe."""
+
+
+SeatGate = Callable[[], AbstractAsyncContextManager[None]]
 
 
 def describe(exc: BaseException) -> str:
@@ -121,7 +133,8 @@ class Prober:
             data = None
         return response.status_code, data, text
 
-    async def replica(self, slot: Slot, url: str) -> ReplicaHealth:
+    async def replica(self, slot: Slot, url: str, seat: SeatGate | None = None) -> ReplicaHealth:
+        """Probe one replica; ``seat``: held around the one-token answer (a ledger seat)."""
         row = ReplicaHealth(
             slot=slot.name,
             url=redact_url(url),
@@ -152,7 +165,7 @@ class Prober:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._health(row, root, headers))
             group.create_task(self._capacity(row, root, headers))
-            group.create_task(self._probe(row, slot, url, headers))
+            group.create_task(self._seated_probe(row, slot, url, headers, seat))
         row.finish()
         return row
 
@@ -203,6 +216,24 @@ class Prober:
         except HTTP.HTTPError:
             return None
         return text if status == 200 else None
+
+    async def _seated_probe(
+        self,
+        row: ReplicaHealth,
+        slot: Slot,
+        url: str,
+        headers: dict[str, str],
+        seat: SeatGate | None,
+    ) -> None:
+        if seat is None:
+            await self._probe(row, slot, url, headers)
+            return
+        try:
+            async with seat():
+                await self._probe(row, slot, url, headers)
+        except SeatBusy as exc:
+            row.probe_skipped = str(exc)
+            row.warnings.append(f"one-token probe not sent: {exc}")
 
     async def _probe(
         self, row: ReplicaHealth, slot: Slot, url: str, headers: dict[str, str]

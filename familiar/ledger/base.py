@@ -71,13 +71,16 @@ class Holder:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Holder | None:
-        """``None`` for anything that is not a holder record (torn, foreign)."""
+        """``None`` for anything that is not a holder record (torn, foreign). The command
+        is masked again: a record another (older) process wrote may carry a secret."""
+        from familiar.logs import mask
+
         try:
             obj = json.loads(data)
             return cls(
                 host=str(obj["host"]),
                 pid=int(obj["pid"]),
-                command=str(obj["command"]),
+                command=mask(str(obj["command"])),
                 kind="batch" if obj.get("kind") == "batch" else "interactive",
                 since=float(obj.get("since", 0.0)),
             )
@@ -114,16 +117,31 @@ class DeploymentView:
     reserve: int
     holders: dict[int, Holder] = field(default_factory=dict)  # seat -> holder
     waiting: list[Holder] = field(default_factory=list)  # processes waiting, any order
+    #: the caps (``parallel``) the live processes of this deployment use, one per process;
+    #: empty when the ledger does not know them
+    live_caps: list[int] = field(default_factory=list)
 
     @property
     def in_use(self) -> int:
         return len(self.holders)
 
+    @property
+    def effective_cap(self) -> int:
+        """The cap that applies: the strictest live one (else the last one written)."""
+        return min(self.live_caps) if self.live_caps else self.cap
+
+    @property
+    def disagree(self) -> bool:
+        """Whether live processes use different caps for this deployment."""
+        return len(set(self.live_caps)) > 1
+
     def to_json(self) -> dict[str, Any]:
         return {
             "deployment": self.id,
             "label": self.label,
-            "cap": self.cap,
+            "cap": self.effective_cap,
+            "live_caps": sorted(self.live_caps),
+            "caps_disagree": self.disagree,
             "reserve": self.reserve,
             "in_use": self.in_use,
             "holders": [{"seat": seat, **asdict(h)} for seat, h in sorted(self.holders.items())],

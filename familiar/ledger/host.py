@@ -1,7 +1,9 @@
 """The host ledger: every familiar process of the user on this host shares each cap.
 
 Zero setup. A directory (``$FAMILIAR_LEDGER_DIR``, else ``$XDG_RUNTIME_DIR/familiar``,
-else ``<tmp>/familiar-<uid>``) holds one subdirectory per deployment::
+else ``~/.local/state/familiar/ledger-<host>``, else ``<tmp>/familiar-<uid>``; a
+directory another user made is passed over, see ``host_files.default_dir``) holds one
+subdirectory per deployment::
 
     <dep_id>/seats      lock file: byte i locked = seat i held; waiter tickets far above
     <dep_id>/holders    512-byte record per seat: who took it (host, pid, command, kind)
@@ -193,7 +195,7 @@ class HostLedger(Ledger):
             return []
         out = []
         for sub in sorted(self.dir.iterdir()):
-            view = read_view(sub)
+            view = read_view(sub, token=self.token)
             if view is not None:
                 out.append(view)
         return out

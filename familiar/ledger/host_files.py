@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,17 +21,66 @@ SEATS_END = 1 << 61  # seat locks live below the tickets
 
 
 def default_dir() -> Path:
-    """Where the host ledger lives (see the module docstring)."""
+    """Where the host ledger lives: ``$FAMILIAR_LEDGER_DIR``, else the first usable of
+    :func:`candidates` (a directory of this user's, not a symlink, or one it can create).
+
+    Nobody else can create ``$XDG_RUNTIME_DIR/familiar`` or a directory under the user's
+    home, so a squatter in the shared temporary directory never decides where it is; and
+    a ``<tmp>/familiar-<uid>`` another user made (or that is a symlink) is passed over
+    for the next name (``-2`` .. ``-8``), which every process of the user picks alike.
+    """
     env = os.environ.get("FAMILIAR_LEDGER_DIR")
     if env:  # absolute: processes started in different directories share it
         return Path(env).expanduser().absolute()
+    found = candidates()
+    for cand in found:
+        mine = _mine(cand)
+        if mine or (mine is None and _creatable(cand)):
+            return cand
+    return found[0]  # opening it says what is wrong
+
+
+def candidates() -> list[Path]:
+    out: list[Path] = []
     run = os.environ.get("XDG_RUNTIME_DIR")
-    if run and os.path.isdir(run):
-        return Path(run) / "familiar"
-    return Path(tempfile.gettempdir()) / f"familiar-{os.getuid()}"
+    if run and os.path.isabs(run) and _mine(Path(run)):
+        out.append(Path(run) / "familiar")
+    home = os.environ.get("HOME") or os.path.expanduser("~")
+    if home and os.path.isabs(home) and _mine(Path(home)):
+        state = os.environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
+        if os.path.isabs(state):
+            # per host: a home shared over NFS must not join the ledgers of several hosts
+            out.append(Path(state) / "familiar" / f"ledger-{socket.gethostname()}")
+    tmp = Path(tempfile.gettempdir())
+    out.append(tmp / f"familiar-{os.getuid()}")
+    out += [tmp / f"familiar-{os.getuid()}-{n}" for n in range(2, 9)]
+    return out
 
 
-def read_view(sub: Path) -> DeploymentView | None:
+def _mine(path: Path) -> bool | None:
+    """True: a real directory (not a symlink) of this user; None: nothing there."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
+
+
+def _creatable(path: Path) -> bool:
+    """Whether the nearest existing ancestor of ``path`` lets this user create it."""
+    for parent in path.parents:
+        mine = _mine(parent)
+        if mine is None:
+            continue
+        return os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)
+    return False
+
+
+def read_view(sub: Path, *, token: str | None = None) -> DeploymentView | None:
+    """One deployment as the files say; ``token``: this process's, whose own cap is left
+    out of ``live_caps`` (the view is of the others)."""
     try:
         meta = json.loads((sub / "meta.json").read_text(encoding="utf-8"))
         label, cap, reserve = str(meta["label"]), int(meta["cap"]), int(meta.get("reserve", 0))
@@ -53,7 +104,12 @@ def read_view(sub: Path) -> DeploymentView | None:
     finally:
         os.close(fd)
     waiting = [h for _token, h in live_waiters(sub / "waiters", prune=True)]
-    return DeploymentView(sub.name, label, cap, reserve, holders, waiting)
+    caps = [
+        c
+        for name in listdir(sub / "caps")
+        if name != token and (c := live_cap(sub / "caps" / name))
+    ]
+    return DeploymentView(sub.name, label, cap, reserve, holders, waiting, caps)
 
 
 def listdir(folder: Path) -> list[str]:

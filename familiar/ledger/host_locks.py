@@ -40,14 +40,28 @@ def first_lock(fd: int, start: int, end: int) -> tuple[int, int] | None:
 
 
 def locks(fd: int, start: int, end: int) -> Iterator[int]:
-    """Every locked byte offset another open file holds in ``[start, end)``."""
-    while start < end:
-        found = first_lock(fd, start, end)
-        if found is None:
-            return
-        at, length = found
-        yield from range(max(at, start), min(at + length, end, max(at, start) + 4096))
-        start = at + length
+    """Every locked byte offset another open file holds in ``[start, end)``, in order.
+
+    ``F_OFD_GETLK`` answers with *a* conflicting lock, the first in the kernel's own list
+    for the file, not the lowest offset: the range is split around each lock found and
+    both sides are asked again (at most two probes per lock, plus one). Runs of more
+    than 4096 locked bytes are cut short (no deployment has that many seats).
+    """
+    stack = [(start, end)]
+    found: set[int] = set()
+    while stack:
+        lo, hi = stack.pop()
+        if lo >= hi:
+            continue
+        hit = first_lock(fd, lo, hi)
+        if hit is None:
+            continue
+        at, length = hit
+        top = min(at + length, hi)
+        found.update(range(max(at, lo), min(top, max(at, lo) + 4096)))
+        stack.append((lo, at))
+        stack.append((top, hi))
+    yield from sorted(found)
 
 
 def first_free(fd: int, n: int, mine: set[int]) -> int | None:

@@ -22,6 +22,7 @@ import structlog
 from familiar.backend import CallEvent
 from familiar.context import current_span
 from familiar.errors import TelemetryUnavailable
+from familiar.logs import register_url_secrets
 from familiar.telemetry.delivery import Delivery
 from familiar.telemetry.events import dumps, llm_call_fields, make_event, new_span_id
 from familiar.telemetry.spill import SpillFile
@@ -75,6 +76,7 @@ class Telemetry:
         env_off = os.environ.get("FAMILIAR_TELEMETRY", "").lower() in {"off", "0", "false", "no"}
         self.enabled = (not env_off) if enabled is None else enabled
         self.url = url or os.environ.get("FAMILIAR_TELEMETRY_URL") or DEFAULT_URL
+        register_url_secrets(self.url)  # a remote receiver's password, and its Basic form
         self.content = content
         self.dir = home / "telemetry"
         self.spill = SpillFile(self.dir, spill_max_bytes)
@@ -153,10 +155,15 @@ class Telemetry:
         self._closing = True
         assert self._wake is not None
         self._wake.set()
-        cancelled = await _wait_through_cancel(task, self.close_deadline_s)
+        # interrupted (Ctrl-C, SIGTERM): the command must end within a second, so the
+        # flush gets half of one; what it cannot send is spilled, not lost
+        me = asyncio.current_task()
+        interrupted = me is not None and me.cancelling() > 0
+        deadline = min(self.close_deadline_s, 0.5) if interrupted else self.close_deadline_s
+        cancelled = await _wait_through_cancel(task, deadline)
         if not task.done():
             task.cancel()  # past the deadline: the sender puts its batch back, spilled below
-            cancelled = await _wait_through_cancel(task, 1.0) or cancelled
+            cancelled = await _wait_through_cancel(task, 0.1 if interrupted else 1.0) or cancelled
         self._task = None
         if self._buffer:
             self._spill(list(self._buffer))

@@ -21,6 +21,12 @@ log = structlog.get_logger("familiar.telemetry")
 
 Counts = MutableMapping[str, int]
 
+#: the most events one replay POST carries. A replay killed between a delivered POST and
+#: the offset written after it sends that batch again when it restarts, and nothing older:
+#: a repeat is at most this many events back in what familiar sent, far inside the
+#: 10,000 events ``deploy/vector.toml``'s ``dedupe`` transform remembers.
+REPLAY_BATCH_MAX = 500
+
 
 def _parse(line: bytes) -> dict[str, Any] | None:
     """One spill line as an event; ``None`` if it is not UTF-8 JSON of an object."""
@@ -191,6 +197,7 @@ class SpillFile:
         goes. ``(0, False)`` at once if another process is replaying.
         """
         sent = corrupt = 0
+        batch = max(1, min(batch, REPLAY_BATCH_MAX))
         with self.lock("replay.lock", wait=False) as ours:
             if not ours:
                 log.debug("telemetry spill file is being replayed by another process")

@@ -30,8 +30,10 @@ def read_totals(path: Path) -> dict[str, Any]:
 def add_totals(path: Path, spill: SpillFile, counts: Mapping[str, int], saved: Counts) -> None:
     """Add ``counts`` since the last save (``saved``, brought up to date) to ``path``.
 
-    An ``OSError`` is a warning, never raised.
+    Nothing new to add writes nothing. An ``OSError`` is a warning, never raised.
     """
+    if all(counts[key] == saved[key] for key in TOTALS):
+        return  # nothing to add: a run that did nothing (a usage error) writes nothing
     try:
         with spill.lock():  # another familiar process may be adding too
             totals = read_totals(path)

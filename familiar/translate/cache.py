@@ -9,8 +9,13 @@ serves a row only if it passes today's checks again. Rows are committed as each 
 finishes, so a killed batch loses nothing.
 
 ``CACHE_FORMAT`` names the table: rows of earlier formats (the ``chunks`` table of
-format 1) are never read. A file that is not a sqlite database, or a malformed one, is
-set aside as ``<name>.corrupt-<timestamp>`` with a warning, and a fresh cache is built.
+format 1) are never read. A file that is not a sqlite database, a malformed one, or one
+whose table lacks a column this format needs, is set aside as
+``<name>.corrupt-<timestamp>`` with a warning, and a fresh cache is built. Any other
+sqlite or file error (the path is a directory, a read-only directory or file, a lock
+held longer than ``busy_s``) is one warning, and the batch goes on without a cache: a
+cache never fails a batch. A new cache file gets the umask's mode (sqlite alone would
+make it 0644).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -34,6 +40,12 @@ log = structlog.get_logger("familiar.translate")
 CACHE_FORMAT = 2
 TABLE = f"chunks_v{CACHE_FORMAT}"
 _CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+_COLUMNS = {"key", "output", "model", "finish_reason", "temperature", "attempt", "split", "created"}
+
+
+class _WrongShape(sqlite3.DatabaseError):
+    """The cache table exists without the columns this format needs."""
+
 
 T = TypeVar("T")
 
@@ -66,20 +78,58 @@ class CachedChunk:
     split: int = 0  # how many splits produced it (0: one answer)
 
 
-def _corrupt(exc: sqlite3.DatabaseError) -> bool:
+def _corrupt(exc: BaseException) -> bool:
+    if isinstance(exc, _WrongShape):
+        return True
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
     code = getattr(exc, "sqlite_errorcode", None)
     return code in _CORRUPT or (code is None and type(exc) is sqlite3.DatabaseError)
 
 
 class ChunkCache:
-    def __init__(self, path: Path, *, warn: Callable[[str], None] | None = None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    """The cache; ``disabled`` (and a warning said why) when it could not be used."""
+
+    def __init__(
+        self, path: Path, *, warn: Callable[[str], None] | None = None, busy_s: float = 2.0
+    ) -> None:
         self.path = path
+        self.busy_s = busy_s
         self._warn = warn or (lambda message: log.warning(message))
-        self._db = self._open_or_set_aside()
+        self._db: sqlite3.Connection | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = self._open_or_set_aside()
+        except (sqlite3.Error, OSError) as exc:
+            self._disable(exc)
+
+    @property
+    def disabled(self) -> bool:
+        return self._db is None
+
+    def _disable(self, exc: BaseException) -> None:
+        """Go on without a cache (one warning): nothing is read or kept from now on."""
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+        self._db = None
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        self._warn(f"chunk cache {self.path} cannot be used ({reason}); going on without it")
+
+    def _create(self) -> None:
+        """A new cache file with the umask's mode (sqlite would create it 0644)."""
+        if self.path.exists() or self.path.is_symlink():
+            return
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
 
     def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        if self.path.is_dir():
+            raise sqlite3.OperationalError("it is a directory")
+        self._create()
+        db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_s
+        )
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -88,6 +138,10 @@ class ChunkCache:
                 " model TEXT, finish_reason TEXT, temperature REAL, attempt INTEGER,"
                 " split INTEGER, created REAL)"
             )
+            columns = {str(row[1]) for row in db.execute(f"PRAGMA table_info({TABLE})")}
+            if not _COLUMNS <= columns:
+                missing = ", ".join(sorted(_COLUMNS - columns))
+                raise _WrongShape(f"table {TABLE} lacks column(s) {missing}")
             db.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()
         except BaseException:
             db.close()
@@ -120,18 +174,27 @@ class ChunkCache:
             " starting a fresh cache"
         )
 
-    def _guard(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``op``; a database found corrupt mid-run is set aside and rebuilt once."""
+    def _guard(self, op: Callable[[sqlite3.Connection], T], default: T) -> T:
+        """Run ``op``; a database found corrupt mid-run is set aside and rebuilt once; any
+        other failure disables the cache (``default`` returned)."""
+        if self._db is None:
+            return default
         try:
             return op(self._db)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.Error, OSError) as exc:
             if not _corrupt(exc):
-                raise
+                self._disable(exc)
+                return default
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
-            self._set_aside(exc)
-            self._db = self._open()
-            return op(self._db)
+            self._db = None
+            try:
+                self._set_aside(exc)
+                self._db = self._open()
+                return op(self._db)
+            except (sqlite3.Error, OSError) as again:
+                self._disable(again)
+                return default
 
     def get(self, key: str) -> CachedChunk | None:
         row = self._guard(
@@ -139,7 +202,8 @@ class ChunkCache:
                 "SELECT output, model, finish_reason, temperature, attempt, split"
                 f" FROM {TABLE} WHERE key = ?",
                 (key,),
-            ).fetchone()
+            ).fetchone(),
+            None,
         )
         if row is None:
             return None
@@ -169,12 +233,16 @@ class ChunkCache:
                 f"INSERT OR REPLACE INTO {TABLE} (key, output, model, finish_reason, temperature,"
                 " attempt, split, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
-            )
+            ),
+            None,
         )
 
     def __len__(self) -> int:
-        row = self._guard(lambda db: db.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone())
-        return int(row[0])
+        row = self._guard(lambda db: db.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone(), None)
+        return 0 if row is None else int(row[0])
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None

@@ -10,7 +10,9 @@ hidden directories (``.git/``, ``.familiar/``) and the directories it is told to
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -22,26 +24,90 @@ def default_out_dir(to: str) -> Path:
     return Path.cwd() / f"translated-{to}"
 
 
-def discover(paths: Sequence[Path], *, skip: Iterable[Path] = ()) -> list[tuple[Path, Path]]:
+def discover(
+    paths: Sequence[Path],
+    *,
+    skip: Iterable[Path] = (),
+    problems: list[tuple[Path, str]] | None = None,
+) -> list[tuple[Path, Path]]:
     """(file, path relative to its root) for files given and ``*.md`` under dirs.
 
     Under a directory, hidden directories and the directories in ``skip`` are not searched.
+    Only regular files are taken (through symlinks): a FIFO, socket or device, a symlink
+    loop, a dangling symlink and a directory that cannot be listed are each one
+    ``(path, reason)`` in ``problems`` (the caller's error rows), never opened, never a
+    wait. Nothing here blocks: only ``stat`` and directory listings.
     """
     skipped = {s.resolve() for s in skip}
     found: list[tuple[Path, Path]] = []
+    bad = problems if problems is not None else []
     for p in paths:
         if not p.is_dir():
-            found.append((p, Path(p.name)))
+            reason = not_regular(p)
+            if reason is None:
+                found.append((p, Path(p.name)))
+            else:
+                bad.append((p, reason))
             continue
-        under: list[Path] = []
-        for dirpath, dirnames, filenames in os.walk(p):
-            here = Path(dirpath)
-            dirnames[:] = [
-                d for d in dirnames if not d.startswith(".") and (here / d).resolve() not in skipped
-            ]
-            under += [here / name for name in filenames if name.endswith(".md")]
-        found += [(f, f.relative_to(p)) for f in sorted(under)]
+        found += [(f, f.relative_to(p)) for f in _walk(p, skipped, bad)]
     return found
+
+
+def _walk(root: Path, skipped: set[Path], bad: list[tuple[Path, str]]) -> list[Path]:
+    """The regular ``*.md`` files under ``root``, sorted; the rest into ``bad``."""
+    under: list[Path] = []
+
+    def unlisted(exc: OSError) -> None:
+        where = Path(exc.filename) if exc.filename else root
+        bad.append((where, f"cannot list directory: {exc.strerror or exc}"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted):
+        here = Path(dirpath)
+        dirnames[:] = [
+            d for d in dirnames if not d.startswith(".") and _searched(here / d, skipped)
+        ]
+        for name in filenames:
+            if not name.endswith(".md"):
+                continue
+            reason = not_regular(here / name)
+            if reason is None:
+                under.append(here / name)
+            else:
+                bad.append((here / name, reason))
+    return sorted(under)
+
+
+def _searched(d: Path, skipped: set[Path]) -> bool:
+    try:
+        return d.resolve() not in skipped
+    except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+        return True  # os.walk does not follow it; nothing to skip
+
+
+def not_regular(path: Path) -> str | None:
+    """Why ``path`` is not an article to read (one line), or None for a regular file."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop"
+        if exc.errno == errno.ENOENT and path.is_symlink():
+            return "dangling symlink"
+        return f"cannot read: {exc.strerror or exc}"
+    return None if stat.S_ISREG(st.st_mode) else f"not a regular file ({_kind(st.st_mode)})"
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+    ):
+        if test(mode):
+            return name
+    return "not a file"
 
 
 def output_path(src: Path, rel: Path, *, to: str, out_dir: Path | None, in_place: bool) -> Path:
@@ -52,6 +118,14 @@ def output_path(src: Path, rel: Path, *, to: str, out_dir: Path | None, in_place
 
 def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
+
+
+def _resolve(path: Path) -> Path:
+    """``path.resolve()``; a symlink loop on the way is a ConfigError naming it."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a loop, before Python 3.13
+        raise ConfigError(f"{path}: symlink loop (or a path that cannot be resolved)") from None
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -74,20 +148,20 @@ def check_targets(
     if in_place:
         return
     if out_dir is not None:
-        resolved = out_dir.resolve()
+        resolved = _resolve(out_dir)
         for root in roots:
-            if root.is_dir() and _inside(resolved, root.resolve()):
-                where = "" if resolved == root.resolve() else "inside "
+            if root.is_dir() and _inside(resolved, _resolve(root)):
+                where = "" if resolved == _resolve(root) else "inside "
                 raise ConfigError(
                     f"--out {out_dir} is {where}the input directory {root}: translations would"
                     " mix with the sources (choose a directory outside it, or --in-place)"
                 )
-    by_path = {src.resolve(): src for src, _ in files}
+    by_path = {_resolve(src): src for src, _ in files}
     by_id = {ident: src for src, _ in files if (ident := _identity(src)) is not None}
     targets: dict[Path, Path] = {}
     for src, rel in files:
         out = output_path(src, rel, to=to, out_dir=out_dir, in_place=False)
-        resolved = out.resolve()
+        resolved = _resolve(out)
         ident = _identity(out)
         source = by_path.get(resolved) or (by_id.get(ident) if ident is not None else None)
         if source is not None:
@@ -104,11 +178,28 @@ def check_targets(
 
 
 def read_article(path: Path) -> str:
-    """The text of a UTF-8 Markdown file, or ArticleError with a one-line reason."""
+    """The text of a UTF-8 Markdown file, or ArticleError with a one-line reason.
+
+    Opened without blocking (``O_NONBLOCK``: a FIFO put in the file's place after
+    discovery would otherwise wait for a writer forever) and read only if it is a regular
+    file.
+    """
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ArticleError("symlink loop") from None
+        raise ArticleError(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ArticleError(f"not a regular file ({_kind(mode)})")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read()
     except OSError as exc:
         raise ArticleError(f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
     if not data.strip():
         raise ArticleError("empty file")
     if b"\x00" in data[:8192]:

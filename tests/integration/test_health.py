@@ -156,6 +156,6 @@ async def test_watch_repeats_until_ctrl_c(tmp_path: Path) -> None:
         probes = len(a.requests)
     assert [r["ok"] for r in rounds] == [True, True]
     assert rounds[1]["checked_at"] > rounds[0]["checked_at"]
-    assert probes >= 4  # two slots, at least two rounds
+    assert probes >= 2  # two slots of one deployment: one probe a round, at least two rounds
     assert proc.returncode == 0, err.decode()
     assert b"Traceback" not in err

@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 from tests.support.fake_openai import (
@@ -202,7 +202,13 @@ class FakeVector(LoopbackServer):
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         port: int = 0,
         host: str = "127.0.0.1",
+        dedupe: int | None = None,
+        delay_s: float = 0.0,
     ) -> None:
+        """``dedupe``: drop an event whose ``event_id`` is among the last ``dedupe`` ids seen,
+        as ``deploy/vector.toml``'s ``dedupe`` transform does (an LRU cache of that many
+        events; a repeat refreshes its entry). ``delay_s``: wait that long before storing and
+        answering each POST (a slow pipeline, for killing a client mid-request)."""
         if not path.startswith("/"):
             raise ValueError(f"path must start with '/', got {path!r}")
         if max_body_bytes < 0:
@@ -222,6 +228,13 @@ class FakeVector(LoopbackServer):
         self.connections = 0
         self._failures: deque[int] = deque()
         self._arrived = asyncio.Event()
+        self.dedupe = dedupe
+        self.delay_s = delay_s
+        #: every ``event_id`` accepted (answered 200), repeats included, in arrival order
+        self.arrivals: list[Any] = []
+        #: repeats the dedupe cache dropped
+        self.deduplicated = 0
+        self._seen: OrderedDict[Any, None] = OrderedDict()
 
     @property
     def url(self) -> str:
@@ -269,6 +282,8 @@ class FakeVector(LoopbackServer):
     def _record(
         self, method: str, path: str, body_bytes: int, events: list[dict[str, Any]], status: int
     ) -> None:
+        if events and status == 200:
+            events = self._dedupe(events)
         if events:
             self.events.extend(events)
             self._arrived.set()
@@ -283,6 +298,24 @@ class FakeVector(LoopbackServer):
             }
         )
         self.status_counts[status] = self.status_counts.get(status, 0) + 1
+
+    def _dedupe(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        kept = []
+        for event in events:
+            key = event.get("event_id")
+            self.arrivals.append(key)
+            if self.dedupe is None:
+                kept.append(event)
+                continue
+            if key in self._seen:
+                self._seen.move_to_end(key)
+                self.deduplicated += 1
+                continue
+            self._seen[key] = None
+            if len(self._seen) > self.dedupe:
+                self._seen.popitem(last=False)
+            kept.append(event)
+        return kept
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -385,6 +418,8 @@ class FakeVector(LoopbackServer):
             except ValueError as exc:
                 error = f"Failed decoding body: {exc}"
             status = 200 if error is None else 400
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         self._record(method, path, size, events, status)
         writer.write(_answer(status, error, keep_alive=keep))
         await writer.drain()

@@ -77,7 +77,8 @@ def test_backoff_grows_is_capped_and_honours_retry_after() -> None:
     assert all(w <= 8.0 for w in waits)
     assert 4.0 <= waits[6] <= 8.0
     assert policy.backoff(1, 30.0) == 30.0
-    assert policy.backoff(1, 1000.0) == 60.0  # a silly Retry-After is bounded
+    # past max_retry_after_s the server's wish is not honoured: the normal backoff applies
+    assert 0.5 <= policy.backoff(1, 1000.0) <= 1.0
 
 
 async def test_no_stealing_while_an_owner_is_idle() -> None:
