@@ -69,7 +69,7 @@ from familiar.ledger.base import (
     this_process,
     wait_event,
 )
-from familiar.ledger.nats_connect import connect, public_url, strip_userinfo
+from familiar.ledger.nats_connect import connect, denial, public_url, strip_userinfo
 from familiar.ledger.nats_rules import check_server_version, choose_seat, ttl_header
 from familiar.ledger.nats_seats import _Conflict, _Held, _Seats
 from familiar.ledger.nats_trust import FleetKey
@@ -125,6 +125,7 @@ class NatsLedger(Ledger):
         self.warned = False
         self._opening = False
         self._error = ""
+        self._denied = ""  # what the server's permissions refused, if anything
         self._closed = False
 
     # -- connection ---------------------------------------------------------------------
@@ -196,6 +197,13 @@ class NatsLedger(Ledger):
     async def _on_error(self, exc: Exception) -> None:
         log.debug("nats error", url=self.where, error=repr(exc))
         self._error = str(exc) or type(exc).__name__
+        denied = denial(self._error)
+        if denied and not self._denied:
+            self._denied = denied
+            log.warning(
+                f"the NATS server at {self.where} does not let this user {denied}: the seat "
+                "ledger cannot work (docs/QUEUE.md lists the permissions familiar needs)"
+            )
         if self._opening and not self.warned:
             self.warned = True
             log.warning(

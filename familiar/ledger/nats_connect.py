@@ -25,6 +25,7 @@ import contextlib
 import importlib.util
 import ipaddress
 import os
+import re
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from familiar.errors import ConfigError, LedgerSetupError
 
 log = structlog.get_logger("familiar.ledger")
 
-__all__ = ["NatsAuth", "connect", "public_url", "split_urls"]
+__all__ = ["NatsAuth", "connect", "denial", "public_url", "split_urls"]
 
 _warned_open: set[str] = set()
 
@@ -62,6 +63,13 @@ def public_url(url: str) -> str:
 def strip_userinfo(text: str) -> str:
     """Every ``scheme://userinfo@`` in free text (a command line) without its userinfo."""
     return " ".join(public_url(w) if "://" in w and "@" in w else w for w in text.split(" "))
+
+
+def denial(error: str) -> str:
+    """What a "permissions violation" error says was refused (``publish to "X"``), or "".
+    The server drops the message and the request times out: the error is the only clue."""
+    found = re.search(r"permissions violation for (\w+ to \S+)", error, re.IGNORECASE)
+    return found[1].strip("'\"").lower().replace('"', "") if found else ""
 
 
 def _is_loopback(host: str) -> bool:
@@ -200,9 +208,15 @@ async def connect(
     warn_if_open(urls, auth)
     denied: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
 
+    connecting = True
+
     async def on_error(exc: Exception) -> None:
-        if _refused(exc) and not denied.done():
-            denied.set_result(exc)
+        if connecting and _refused(exc):  # the one error line says it: no warning first
+            if not denied.done():
+                denied.set_result(exc)
+            return
+        if connecting and isinstance(exc, ConnectionResetError):
+            return  # how a refusal often starts: the next try says what it was
         await error_cb(exc)
 
     attempt = asyncio.ensure_future(
@@ -226,6 +240,7 @@ async def connect(
             (attempt, denied), timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
         )
     finally:
+        connecting = False
         if not attempt.done():
             attempt.cancel()
             with contextlib.suppress(BaseException):
@@ -243,4 +258,4 @@ async def connect(
             "FAMILIAR_NATS_CREDS, FAMILIAR_NATS_NKEY)"
         )
         raise refused(f"the NATS server at {public_url(url)} {what}: {exc}")
-    raise TimeoutError(f"no NATS server answered within {wait_s:g} s")
+    raise TimeoutError  # the callers name the last connect error (their error_cb saw it)

@@ -32,8 +32,7 @@ async def read_views(ledger: NatsLedger) -> list[DeploymentView]:
         with contextlib.suppress(Exception):
             await watcher.stop()  # type: ignore[no-untyped-call]
     metas: dict[str, dict[str, Any]] = {
-        d.id: {"label": d.label, "cap": d.cap, "reserve": d.reserve}
-        for d in ledger._deps.values()
+        d.id: {"label": d.label, "cap": d.cap, "reserve": d.reserve} for d in ledger._deps.values()
     }
     holders: dict[str, dict[int, Holder]] = {d: {} for d in metas}
     waiting: dict[str, list[Holder]] = {d: [] for d in metas}

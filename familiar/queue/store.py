@@ -34,7 +34,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from familiar.errors import QueueSetupError, QueueUnavailable
-from familiar.ledger.nats_connect import connect, public_url
+from familiar.ledger.nats_connect import connect, denial, public_url
 from familiar.ledger.nats_trust import FleetKey
 from familiar.queue.jobs import JobResult
 
@@ -141,9 +141,9 @@ class QueueStore:
 
     async def _on_error(self, exc: Exception) -> None:
         self._error = str(exc) or type(exc).__name__
-        if "permissions violation" in self._error.lower():  # the request then times out
-            what = self._error.partition("Violation")[2].strip(" '\"").removeprefix("for ")
-            self._denied = what[:1].lower() + what[1:] if what else "do that"
+        denied = denial(self._error)
+        if denied:  # the request then times out
+            self._denied = denied
             return
         log.debug("nats error", url=self.where, error=repr(exc))
         self.warn()

@@ -215,8 +215,7 @@ class Submitter:
                 self.progress("article", 1)
             return
         log.warning(
-            "a job was neither stored nor queued (its result purged or lost?); submitting"
-            " it again",
+            "a job was neither stored nor queued (its result purged or lost?); submitting it again",
             job=job,
             article=str(article.rel),
         )

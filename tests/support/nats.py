@@ -171,13 +171,15 @@ def make_certs(where: Path) -> dict[str, Path]:
     def run(*args: str) -> None:
         subprocess.run([openssl, *args], check=True, capture_output=True, cwd=where)
 
-    run("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=familiar test CA")  # fmt: skip
+    run(
+        "req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=ca"
+    )
     for name in ("server", "client"):
-        run("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr",
-            "-subj", f"/CN=familiar test {name}")  # fmt: skip
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", str(ext))  # fmt: skip
+        run("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        sign = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2"]
+        run(
+            "x509", "-req", "-in", f"{name}.csr", *sign, "-out", f"{name}.pem", "-extfile", str(ext)
+        )
     names = ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
     return {n.replace(".", "_"): where / n for n in names}
 
