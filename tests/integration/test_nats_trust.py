@@ -19,7 +19,7 @@ import nats.js.errors
 import pytest
 
 from familiar.ledger.nats_trust import FleetKey
-from familiar.queue.jobs import JobOptions, JobResult, job_id
+from familiar.queue.jobs import JobResult
 from familiar.queue.kvcache import KvChunkCache, encode_chunk
 from familiar.queue.store import CHUNKS, RESULTS, QueueStore
 from familiar.translate.cache import CachedChunk
@@ -204,10 +204,8 @@ async def test_a_forged_result_and_a_forged_chunk_are_rejected_and_translated_fo
         assert code == 0, err
         asked = srv.stats["requests"]
         # a bus writer (no key) puts its own text in every result and every chunk
-        text = (src / "a0.md").read_text("utf-8")
-        job = job_id(text, JobOptions(to="en"))
         async with QueueStore(nats_server.url, key=FleetKey()) as store:
-            assert job in await store.kv(RESULTS).keys()
+            assert len(await store.kv(RESULTS).keys()) == 2
             forged = JobResult({"status": "ok", "chunks": 1}, "FORGED TRANSLATION")
             for key in await store.kv(RESULTS).keys():
                 await store.kv(RESULTS).put(key, forged.encode())
@@ -254,6 +252,9 @@ async def test_forged_records_fail_the_check_in_the_store_and_the_cache(
 async def test_results_purged_after_a_finished_batch_are_translated_again(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
+    """Purged results (or a run killed between purging a failure and publishing it again)
+    leave jobs that are neither stored nor queued while their message ids are still in
+    the duplicate window: the rerun must publish them again with fresh ids."""
     async with FakeOpenAIServer(latency_s=0.01, reply_mode="identity") as srv:
         ws = workspace(tmp_path / "ws", srv.url)
         src = sources(ws, 3)
@@ -271,7 +272,7 @@ async def test_results_purged_after_a_finished_batch_are_translated_again(
         await stop_worker(work)
         assert code == 0, err  # was: waits forever (the republish a "duplicate")
         assert_identical(ws, src)
-        assert all(r["status"] == "ok" for r in json.loads(out)["articles"])
+        assert all(r["status"] == "ok" for r in json.loads(out))
         assert took < 30, took
 
 
@@ -289,40 +290,13 @@ async def test_with_no_worker_the_batch_ends_at_collect_timeout_and_a_rerun_coll
         )
         assert code == 1, err
         assert time.monotonic() - started < 30
-        rows = json.loads(out)["articles"]
+        rows = json.loads(out)
         assert [r["status"] for r in rows] == ["failed", "failed"]
         assert "collect_timeout_s" in rows[0]["error"]
         assert not (ws / "out").exists() or not list((ws / "out").rglob("*.md"))
         work = await familiar(ws, ".home-w", "worker", "--nats", nats_server.url)
         code, _out, err = await finish(
             await familiar(ws, ".home-s", *translate_args(nats_server.url))
-        )
-        await stop_worker(work)
-        assert code == 0, err
-        assert_identical(ws, src)
-
-
-async def test_a_job_lost_between_forget_and_publish_is_submitted_again(
-    nats_server: NatsServer, tmp_path: Path
-) -> None:
-    """The submitter purged a failed result and was killed before publishing the retry:
-    the job's message id (= job id) is still in the duplicate window, nothing is queued,
-    nothing stored. The rerun must notice and publish with a fresh id."""
-    from familiar.queue.jobs import JobMessage
-    from familiar.queue.store import SUBJECT
-
-    async with FakeOpenAIServer(latency_s=0.01, reply_mode="identity") as srv:
-        ws = workspace(tmp_path / "ws", srv.url)
-        src = sources(ws, 1)
-        text = (src / "a0.md").read_text("utf-8")
-        job = job_id(text, JobOptions(to="en"))
-        async with QueueStore(nats_server.url) as store:  # the first run: queued and acked
-            msg = JobMessage(job, "a0.md", JobOptions(to="en"), text=text)
-            await store.js.publish(f"{SUBJECT}.{job}", msg.encode(), headers={"Nats-Msg-Id": job})
-            await store.js.purge_stream("familiar_jobs")  # as if a worker had acked it
-        work = await familiar(ws, ".home-w", "worker", "--nats", nats_server.url)
-        code, _out, err = await finish(
-            await familiar(ws, ".home-s", *translate_args(nats_server.url)), 60
         )
         await stop_worker(work)
         assert code == 0, err
@@ -351,6 +325,7 @@ async def test_a_worker_whose_server_is_gone_stops_on_sigterm_within_seconds(
         took = time.monotonic() - started
         sub.kill()
         await sub.wait()
+        print(f"worker stopped {took:.2f} s after SIGTERM; stderr: {err[-300:]}")
         assert code == 143, err
         assert took < 10, (took, err)
         assert "Traceback" not in err

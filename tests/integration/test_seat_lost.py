@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from familiar.ledger.nats import NatsLedger
 from tests.support import nats as nats_support
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.nats import NatsServer
@@ -64,12 +65,16 @@ async def test_a_holder_paused_past_the_ttl_cancels_its_request_when_it_resumes(
             assert back < 1.0, back
             await asyncio.sleep(1.0)
             assert in_flight() == 2 and srv.stats["max_in_flight"] == 3
+            async with NatsLedger(nats_server.url, ttl_s=TTL) as ledger:  # a asks again
+                (view,) = await ledger.views()
+                assert a.pid in {w.pid for w in view.waiting}, view
+                assert a.pid not in {h.pid for h in view.holders.values()}, view
             print(f"seat taken {taken:.2f} s after SIGSTOP; cancelled {back:.3f} s after SIGCONT")
         finally:
             for p in procs:
                 if p.returncode is None:
                     p.kill()
             outs = [await p.communicate() for p in procs]
-        err_a = outs[0][1].decode()
-        assert err_a.count("seat_lost") == 1, err_a
-        assert "Traceback" not in err_a
+        said = (outs[0][0] + outs[0][1]).decode()  # (structlog's default: stdout)
+        assert said.count("asks for a seat again (seat_lost)") == 1, said
+        assert "Traceback" not in said
