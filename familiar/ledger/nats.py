@@ -357,9 +357,10 @@ class NatsLedger(Ledger):
         self.seats_lost += 1
         who = f"{other.host} pid {other.pid}" if other and other.pid else "another holder"
         log.warning(
-            f"seat {held.seat} of {held.seats.label} expired while this process held it "
-            f"(paused or cut off past the {self.ttl_s:g} s TTL?) and {who} took it: its "
-            "request is cancelled and asks for a seat again (seat_lost)"
+            f"seat {held.seat} of {held.seats.label} was taken by {who} while this process "
+            f"held it (its key expired while this process was paused or cut off past the "
+            f"{self.ttl_s:g} s TTL, or was purged): its request is cancelled and asks for a "
+            "seat again (seat_lost)"
         )
         if not held.lost_future.done():
             held.lost_future.set_result(None)

@@ -49,20 +49,18 @@ def split_urls(url: str) -> list[str]:
     return [u.strip() for u in url.split(",") if u.strip()]
 
 
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s,]*@")
+
+
 def public_url(url: str) -> str:
-    """``url`` (one or several, comma-separated) with every userinfo removed: what familiar
-    prints and stores (a token or password never leaves this module)."""
-    out = []
-    for one in split_urls(url):
-        parts = urlsplit(one)
-        host = parts.netloc.rpartition("@")[2]
-        out.append(parts._replace(netloc=host).geturl())
-    return ",".join(out)
+    """``url`` (one or several, comma-separated) with every userinfo (``user:password@``,
+    ``token@``) removed: what familiar prints and stores."""
+    return _USERINFO.sub(r"\1", url)
 
 
 def strip_userinfo(text: str) -> str:
     """Every ``scheme://userinfo@`` in free text (a command line) without its userinfo."""
-    return " ".join(public_url(w) if "://" in w and "@" in w else w for w in text.split(" "))
+    return public_url(text)
 
 
 def denial(error: str) -> str:

@@ -64,7 +64,7 @@ def test_the_fleet_key_from_the_environment_or_a_file(
 
 def test_urls_lose_their_userinfo_wherever_familiar_shows_them() -> None:
     assert public_url("nats://s3cr3t-token@10.0.0.5:4222") == "nats://10.0.0.5:4222"
-    assert public_url("nats://u:pw@a:1, tls://b:2") == "nats://a:1,tls://b:2"
+    assert public_url("nats://u:pw@a:1, tls://t@b:2") == "nats://a:1, tls://b:2"
     assert strip_userinfo("familiar worker --nats nats://tok@h:4222 -v") == (
         "familiar worker --nats nats://h:4222 -v"
     )
