@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.fake_openai import FakeOpenAIServer  # noqa: E402
-from tests.support.nats import NatsServer  # noqa: E402
+from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.nats import NatsServer
 
 
 async def holder(url: str, llm: str, ttl: float, home: Path) -> asyncio.subprocess.Process:
@@ -52,6 +52,7 @@ async def one(ttl: float, pause: float) -> tuple[float | None, float, float]:
                 for i, want in enumerate((1, 2, 2)):
                     procs.append(await holder(server.url, srv.url, ttl, Path(tmp) / str(i)))
                     while flying() < want:
+                        assert all(p.returncode is None for p in procs)
                         await asyncio.sleep(0.01)
                 await asyncio.sleep(ttl)  # c waits; a has renewed since
                 a = procs[0]
@@ -64,7 +65,9 @@ async def one(ttl: float, pause: float) -> tuple[float | None, float, float]:
                     await asyncio.sleep(0.005)
                 os.kill(a.pid, signal.SIGCONT)
                 resumed = time.monotonic()
-                while flying() > 2 and time.monotonic() - resumed < 10:
+                while flying() > 2:
+                    if time.monotonic() - resumed > 10:
+                        break
                     await asyncio.sleep(0.005)
                 back = time.monotonic() - resumed
                 peak = srv.stats["max_in_flight"]

@@ -45,7 +45,7 @@ async def test_results_inline_and_over_the_limit_and_forgotten(nats_server: Nats
         assert await store.output(found[0]) == big_text
         obs = await store.js.object_store(OBJECTS)
         assert (await obs.get(name)).data == big_text.encode()
-        await obs.put(name, "altered".encode())  # a bus writer rewrites the object
+        await obs.put(name, b"altered")  # a bus writer rewrites the object
         with pytest.raises(ValueError, match="does not match its digest"):
             await store.output(found[0])
         await obs.put(name, big_text.encode())
