@@ -95,7 +95,7 @@ class NatsLedger(Ledger):
         url: str,
         *,
         wait_s: float = 60.0,
-        ttl_s: float = 5.0,
+        ttl_s: float = 10.0,
         holder: Holder | None = None,
         bucket: str = "familiar_seats",
         key: FleetKey | None = None,
