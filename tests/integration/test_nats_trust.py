@@ -329,3 +329,22 @@ async def test_a_worker_whose_server_is_gone_stops_on_sigterm_within_seconds(
         assert code == 143, err
         assert took < 10, (took, err)
         assert "Traceback" not in err
+
+
+async def test_a_token_in_the_url_works_and_is_never_shown(tmp_path: Path) -> None:
+    from familiar.errors import QueueSetupError
+
+    token = "tok-9d8e7f6a5b4c"
+    server = NatsServer(tmp_path / "nats-tok", config=f'authorization {{ token: "{token}" }}\n')
+    server.start()
+    try:
+        async with QueueStore(server.url_as(token)) as store:
+            assert token not in store.where and store.where == server.url
+            await store.put_result("j", JobResult({"status": "ok"}, "x"))
+            assert await store.result("j") is not None
+        with pytest.raises(QueueSetupError, match="refused familiar's credentials") as info:
+            async with QueueStore(server.url_as("not-the-token"), wait_s=10):
+                pass
+        assert "not-the-token" not in str(info.value)
+    finally:
+        server.stop()

@@ -138,3 +138,23 @@ async def test_another_cancellation_passes_through_the_guard() -> None:
         await task
     async with SeatGuard(None):  # a ledger that cannot lose seats: no guard at all
         await asyncio.sleep(0)
+
+
+def test_an_off_host_server_without_credentials_gets_one_warning() -> None:
+    from structlog.testing import capture_logs
+
+    from familiar.ledger import nats_connect
+
+    nats_connect._warned_open.clear()
+    auth = NatsAuth()
+    with capture_logs() as logs:
+        nats_connect.warn_if_open(["nats://127.0.0.1:4222", "nats://localhost:1"], auth)
+        nats_connect.warn_if_open(["nats://u:pw@10.0.0.5:4222", "nats://tok@10.0.0.6:1"], auth)
+        assert logs == []  # loopback, or credentials given
+        nats_connect.warn_if_open(["nats://10.0.0.5:4222"], auth)
+        nats_connect.warn_if_open(["nats://10.0.0.5:4222"], auth)  # once per server
+        nats_connect.warn_if_open(["tls://10.0.0.7:4222"], NatsAuth(cert="/c.pem"))
+    (warning,) = logs
+    assert warning["log_level"] == "warning"
+    assert "nats://10.0.0.5:4222 is not on this host" in warning["event"]
+    assert "without credentials" in warning["event"]
