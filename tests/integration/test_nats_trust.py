@@ -19,7 +19,7 @@ import nats.js.errors
 import pytest
 
 from familiar.ledger.nats_trust import FleetKey
-from familiar.queue.jobs import JobResult
+from familiar.queue.jobs import JobOptions, JobResult, job_id
 from familiar.queue.kvcache import KvChunkCache, encode_chunk
 from familiar.queue.store import CHUNKS, RESULTS, QueueStore
 from familiar.translate.cache import CachedChunk
@@ -348,3 +348,26 @@ async def test_a_token_in_the_url_works_and_is_never_shown(tmp_path: Path) -> No
         assert "not-the-token" not in str(info.value)
     finally:
         server.stop()
+
+
+async def test_a_job_whose_text_does_not_match_its_id_is_dropped_untranslated(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    from familiar.queue.jobs import JobMessage
+    from familiar.queue.store import SUBJECT
+
+    async with FakeOpenAIServer(latency_s=0.01, reply_mode="identity") as srv:
+        ws = workspace(tmp_path / "ws", srv.url)
+        real = job_id("# 本物\n\nお茶です。\n", JobOptions(to="en"))
+        forged = JobMessage(real, "a.md", JobOptions(to="en"), text="# 偽物\n\n嘘です。\n")
+        async with QueueStore(nats_server.url) as store:
+            await store.js.publish(f"{SUBJECT}.{real}", forged.encode())
+            work = await familiar(ws, ".home-w", "worker", "--nats", nats_server.url)
+            deadline = time.monotonic() + 60
+            while await store.queued(real):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            err = await stop_worker(work)
+            assert await store.result(real) is None  # nothing stored under the real id
+        assert srv.stats["requests"] == 0, err
+        assert "does not match its id" in err
