@@ -28,7 +28,9 @@ from familiar.context import correlation_id, current_affinity
 from familiar.errors import (
     BackendError,
     BackendHTTPError,
+    SeatLost,
 )
+from familiar.ledger.lost import SeatGuard
 from familiar.logs import redact_url, register_secret, register_url_secrets
 from familiar.reading import Answer, Kind, check_finished, read_stream, read_whole
 from familiar.replicas import Replica, ReplicaSet
@@ -121,6 +123,7 @@ class SlotClient:
         self.hooks: list[Hook] = list(hooks)
         self.stream = stream
         self._throttler = _throttler(slot.rps)
+        self.seats_lost = 0  # requests cancelled because their (NATS) seat was lost
         size = max(self.seats.total, slot.parallel) + 2
         # timeout_s bounds the whole request (asyncio.timeout in _request); the HTTP
         # client's read timeout is the stall limit: no byte for that long aborts the
@@ -228,8 +231,21 @@ class SlotClient:
     async def _attempt(
         self, kind: Kind, body: dict[str, Any], role: str | None, n: int, first_wait: list[float]
     ) -> CallResult:
+        """One attempt; a request cancelled because its seat was lost asks for a seat
+        again (``seat_lost`` is not the backend's failure: not an attempt, no cool-down)."""
+        while True:
+            try:
+                return await self._attempt_on_seat(kind, body, role, n, first_wait)
+            except SeatLost:
+                self.seats_lost += 1
+
+    async def _attempt_on_seat(
+        self, kind: Kind, body: dict[str, Any], role: str | None, n: int, first_wait: list[float]
+    ) -> CallResult:
         queued = time.monotonic()
         async with self.seats.hold() as held:
+            ledger = self.seats.ledger
+            lost = ledger.lost(held.lease) if ledger and held.lease else None
             if self._throttler is not None:
                 async with self._throttler:
                     pass
@@ -244,11 +260,12 @@ class SlotClient:
             error: BackendError | None = None
             cancelled = False
             try:
-                await self._request(replica, kind, body, acc, start)
+                async with SeatGuard(lost, f"seat of {self.slot.name!r}"):
+                    await self._request(replica, kind, body, acc, start)
             except BackendError as exc:
                 error = exc
                 raise
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, SeatLost):
                 cancelled = True
                 raise
             finally:

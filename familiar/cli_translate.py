@@ -211,7 +211,14 @@ async def _run_queue(
     url = check_nats_url(url)
     with _progress(len(files)) as progress:
         return await submit_batch(
-            url, cfg.home, opts, files, reports, progress=progress, wait_s=cfg.fleet.ledger_wait_s
+            url,
+            cfg.home,
+            opts,
+            files,
+            reports,
+            progress=progress,
+            wait_s=cfg.fleet.ledger_wait_s,
+            collect_timeout_s=cfg.fleet.collect_timeout_s,
         )
 
 

@@ -11,6 +11,10 @@ from familiar import signals
 from familiar.config import Config, load_config
 from familiar.errors import ConfigError
 
+#: SIGTERM or Ctrl-C ends a worker within this long whatever its connections are doing
+#: (a job it could not hand back is redelivered after the consumer's ack_wait)
+STOP_WITHIN_S = 8.0
+
 
 def _seconds(text: str) -> float:
     try:
@@ -94,7 +98,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             " (familiar config use standard, or --roles)"
         )
     url = check_nats_url(args.nats)
-    signals.run(_run(cfg, url, args))
+    signals.run(_run(cfg, url, args), stop_within_s=STOP_WITHIN_S)
     return 0
 
 

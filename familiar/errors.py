@@ -24,6 +24,8 @@ exit code; the CLI prints ``familiar: error: <message>`` and exits with it::
         ├── LocalServerError        1   the embedded llama-server failed to start / died
         ├── LedgerUnavailable       1   the seat ledger (NATS) stayed unreachable past its
         │                               deadline (the message names the URL)
+        ├── SeatLost                1   a held seat expired and was taken: request cancelled
+        │                               (caught by the client, which asks for a seat again)
         ├── QueueUnavailable        1   the work queue (NATS) stayed unreachable past its
         │                               deadline (the message names the URL)
         ├── ArticleError            1   one article of a batch cannot be read or written
@@ -148,6 +150,12 @@ class LocalServerError(RuntimeFailure):
 class LedgerUnavailable(RuntimeFailure):
     """The seat ledger stayed unreachable past its deadline. familiar never falls back
     to a per-process cap: that would break the fleet's cap."""
+
+
+class SeatLost(RuntimeFailure):
+    """A held seat was found expired and taken (its holder was paused or cut off past the
+    seat's TTL): the request on it was cancelled. Caught by the client, which asks the
+    ledger for a seat again; never a result."""
 
 
 class QueueUnavailable(RuntimeFailure):

@@ -41,7 +41,13 @@ class FleetSettings(BaseModel):
     ledger_wait_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
     #: a held seat's lifetime in NATS without renewal: a crashed host's seats come back
     #: after this long (renewed every third of it while held)
-    seat_ttl_s: Annotated[float, Field(ge=1, le=600)] = 5.0
+    #: (10 s: a holder paused or cut off for less than 2/3 of it never breaks the cap;
+    #: docs/QUEUE.md has the measured table)
+    seat_ttl_s: Annotated[float, Field(ge=1, le=600)] = 10.0
+    #: a batch over the work queue (``translate --nats``) that gets no result for this
+    #: long stops waiting: the articles still out are its failures (exit 1), their jobs
+    #: stay queued and a rerun collects them
+    collect_timeout_s: Annotated[float, Field(gt=0, le=7 * 86400)] = 3600.0
 
     @field_validator("nats_url")
     @classmethod

@@ -175,6 +175,11 @@ class DeploymentSeats(ABC):
     async def release(self, lease: Lease) -> None:
         """Give a seat back (never raises; safe in ``finally`` of a cancelled task)."""
 
+    def lost(self, lease: Lease) -> asyncio.Future[None] | None:
+        """A future resolved when ``lease`` is found lost (expired and taken by another
+        holder); ``None`` when this ledger cannot lose a seat (the host ledger's locks)."""
+        return None
+
 
 class Ledger(ABC):
     """Where seats are held. ``async with ledger:`` opens and closes it."""

@@ -69,10 +69,11 @@ from familiar.ledger.base import (
     this_process,
     wait_event,
 )
-from familiar.ledger.nats_connect import connect
+from familiar.ledger.nats_connect import connect, denial, public_url, strip_userinfo
 from familiar.ledger.nats_rules import check_server_version, choose_seat, ttl_header
 from familiar.ledger.nats_seats import _Conflict, _Held, _Seats
-from familiar.logs import redact_url
+from familiar.ledger.nats_trust import FleetKey
+from familiar.ledger.nats_views import read_views
 
 __all__ = ["NatsLedger", "check_server_version", "choose_seat"]
 
@@ -94,16 +95,21 @@ class NatsLedger(Ledger):
         url: str,
         *,
         wait_s: float = 60.0,
-        ttl_s: float = 5.0,
+        ttl_s: float = 10.0,
         holder: Holder | None = None,
         bucket: str = "familiar_seats",
+        key: FleetKey | None = None,
     ) -> None:
         if ttl_s < 1.0:
             raise ValueError("ttl_s must be at least 1 s (the server's minimum TTL)")
-        self.url, self.where = url, redact_url(url)
+        self.url, self.where = url, public_url(url)
         self.wait_s, self.ttl_s, self.bucket = wait_s, ttl_s, bucket
-        self.holder = holder or this_process()
+        holder = holder or this_process()
+        self.holder = replace(holder, command=strip_userinfo(holder.command))
         self.nonce = secrets.token_hex(8)
+        #: signs this process's records, checks the others' (see ledger/nats_trust.py)
+        self.key = key if key is not None else FleetKey.from_env()
+        self.seats_lost = 0  # seats found expired and taken while held
         self._prefix = f"$KV.{bucket}."
         self._op_timeout = max(1.0, min(5.0, ttl_s / 2))
         self._nc: Client | None = None
@@ -119,6 +125,7 @@ class NatsLedger(Ledger):
         self.warned = False
         self._opening = False
         self._error = ""
+        self._denied = ""  # what the server's permissions refused, if anything
         self._closed = False
 
     # -- connection ---------------------------------------------------------------------
@@ -190,6 +197,13 @@ class NatsLedger(Ledger):
     async def _on_error(self, exc: Exception) -> None:
         log.debug("nats error", url=self.where, error=repr(exc))
         self._error = str(exc) or type(exc).__name__
+        denied = denial(self._error)
+        if denied and not self._denied:
+            self._denied = denied
+            log.warning(
+                f"the NATS server at {self.where} does not let this user {denied}: the seat "
+                "ledger cannot work (docs/QUEUE.md lists the permissions familiar needs)"
+            )
         if self._opening and not self.warned:
             self.warned = True
             log.warning(
@@ -292,8 +306,9 @@ class NatsLedger(Ledger):
 
     async def put_meta(self, seats: _Seats) -> None:
         meta = {"label": seats.label, "cap": seats.cap, "reserve": seats.reserve}
+        data = self.key.seal("meta", f"{seats.id}.meta", json.dumps(meta).encode())
         try:
-            await self._js.publish(f"{self._prefix}{seats.id}.meta", json.dumps(meta).encode())
+            await self._js.publish(f"{self._prefix}{seats.id}.meta", data)
         except Exception as exc:
             log.debug("ledger meta not written", deployment=seats.id, error=repr(exc))
 
@@ -303,9 +318,10 @@ class NatsLedger(Ledger):
 
     async def take(self, seats: _Seats, seat: int, rev: int, kind: Kind) -> _Held | None:
         holder = replace(self.holder, kind=kind, since=time.time())
-        value = holder.to_json()
+        key = f"{seats.id}.s.{seat}"
+        value = self.key.seal("seat", key, holder.to_json())
         try:
-            new = await self.write(f"{seats.id}.s.{seat}", value, rev)
+            new = await self.write(key, value, rev)
         except _Conflict:
             return None
         held = _Held(seats, seat, new, value)
@@ -323,10 +339,31 @@ class NatsLedger(Ledger):
                 except _Conflict:  # changed behind us: expired while we were cut off?
                     held.rev = await self._retake(held)
                 held.seats.seen(held.seat, held.rev, Holder.from_json(held.value))
-            except _Conflict:
-                held.lost = True
+            except _Conflict as exc:
+                self.lose(held, exc.holder)
             except Exception as exc:
                 log.debug("ledger renewal failed", key=held.key, error=repr(exc))
+
+    def renew_now(self, held: _Held) -> None:
+        self._spawn(self._renew(held))
+
+    def lose(self, held: _Held, other: Holder | None) -> None:
+        """``held`` expired and was taken (this process was paused or cut off past the
+        TTL, or the seat was purged): the request on it is cancelled at once (the lease's
+        lost future) and asks the ledger again; the TTL or its new holder frees the key."""
+        if held.lost or held.released:
+            return
+        held.lost = True
+        self.seats_lost += 1
+        who = f"{other.host} pid {other.pid}" if other and other.pid else "another holder"
+        log.warning(
+            f"seat {held.seat} of {held.seats.label} was taken by {who} while this process "
+            f"held it (its key expired while this process was paused or cut off past the "
+            f"{self.ttl_s:g} s TTL, or was purged): its request is cancelled and asks for a "
+            "seat again (seat_lost)"
+        )
+        if not held.lost_future.done():
+            held.lost_future.set_result(None)
 
     async def _retake(self, held: _Held) -> int:
         try:
@@ -336,13 +373,8 @@ class NatsLedger(Ledger):
             headers, last = {}, 0
         live = last and "KV-Operation" not in headers and "Nats-Marker-Reason" not in headers
         if live and msg.data != held.value:  # (our own value: a renewal whose ack was lost)
-            other = Holder.from_json(msg.data or b"") or _UNKNOWN
-            log.warning(
-                f"seat {held.seat} of {held.seats.label} was taken by {other.host} pid "
-                f"{other.pid} while the seat ledger was unreachable; the cap may be exceeded "
-                "until one of them finishes"
-            )
-            raise _Conflict(last)
+            data = self.key.check("seat", held.key, msg.data or b"")
+            raise _Conflict(last, Holder.from_json(data or b"") or _UNKNOWN)
         return await self.write(held.key, held.value, last)
 
     async def _release(self, lease: Lease) -> None:
@@ -414,44 +446,7 @@ class NatsLedger(Ledger):
         return self._deps[dep_id]
 
     async def views(self) -> list[DeploymentView]:
-        watcher = await self.kv.watch(">")
-        entries: dict[str, KeyValue.Entry] = {}
-        try:
-            async with asyncio.timeout(self._op_timeout * 4):
-                async for entry in watcher:
-                    if entry is None:
-                        break
-                    entries[entry.key] = entry
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
-        metas: dict[str, dict[str, Any]] = {
-            d.id: {"label": d.label, "cap": d.cap, "reserve": d.reserve}
-            for d in self._deps.values()
-        }
-        holders: dict[str, dict[int, Holder]] = {d: {} for d in metas}
-        waiting: dict[str, list[Holder]] = {d: [] for d in metas}
-        for key, entry in sorted(entries.items()):
-            dep, _, rest = key.partition(".")
-            what, _, name = rest.partition(".")
-            if entry.operation is not None or not entry.value:
-                continue
-            holders.setdefault(dep, {})
-            waiting.setdefault(dep, [])
-            if what == "meta":
-                with contextlib.suppress(ValueError, TypeError):
-                    metas.setdefault(dep, json.loads(entry.value))
-            elif what == "s" and name.isdigit():
-                holders[dep][int(name)] = Holder.from_json(entry.value) or _UNKNOWN
-            elif what == "w":
-                waiting[dep].append(Holder.from_json(entry.value) or _UNKNOWN)
-        views = []
-        for dep in sorted(holders):
-            meta = metas.get(dep, {})
-            cap = int(meta.get("cap") or max(holders[dep], default=-1) + 1)
-            label, reserve = str(meta.get("label") or dep), int(meta.get("reserve") or 0)
-            views.append(DeploymentView(dep, label, cap, reserve, holders[dep], waiting[dep]))
-        return views
+        return await read_views(self)
 
     async def close(self) -> None:
         if self._closed:

@@ -32,10 +32,16 @@ _UNKNOWN = Holder("?", 0, "?")
 
 
 class _Conflict(Exception):
-    """A conditional write found another last revision (``actual``, when the server says)."""
+    """A conditional write found another last revision (``actual``, when the server says;
+    ``holder``, when it is known who holds the key now)."""
 
-    def __init__(self, actual: int | None) -> None:
+    def __init__(self, actual: int | None, holder: Holder | None = None) -> None:
         self.actual = actual
+        self.holder = holder
+
+
+def _future() -> asyncio.Future[None]:
+    return asyncio.get_running_loop().create_future()
 
 
 @dataclass(eq=False)
@@ -47,6 +53,8 @@ class _Held:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     lost: bool = False
     released: bool = False
+    #: resolved when the seat is found expired and taken: its request is cancelled
+    lost_future: asyncio.Future[None] = field(default_factory=_future)
 
     @property
     def key(self) -> str:
@@ -102,6 +110,9 @@ class _Seats(DeploymentSeats):
     async def release(self, lease: Lease) -> None:
         await self._ledger._release(lease)
 
+    def lost(self, lease: Lease) -> asyncio.Future[None] | None:
+        return lease.token.lost_future if isinstance(lease.token, _Held) else None
+
     # -- the mirror -------------------------------------------------------------------
 
     def seen(self, seat: int, rev: int, holder: Holder | None) -> None:
@@ -119,16 +130,22 @@ class _Seats(DeploymentSeats):
             self._touched[rest] = (time.monotonic(), entry.revision or 0)
         else:
             self._touched.pop(rest, None)
+        check = self._ledger.key.check
         if what == "s" and name.isdigit():
-            holder = (Holder.from_json(entry.value or b"") or _UNKNOWN) if live else None
+            holder = None
+            if live:  # a record failing the key check still fills its seat, unbelieved
+                data = check("seat", entry.key, entry.value or b"")
+                holder = Holder.from_json(data or b"") or _UNKNOWN
+            self._mine(entry, live, holder)
             self.seen(int(name), entry.revision or 0, holder)
         elif what == "w" and name != self._ledger.nonce:
-            if not live:
+            data = check("waiter", entry.key, entry.value or b"") if live else None
+            if data is None:  # gone, or not a familiar's (a forged ticket jumps no queue)
                 if self._waiters.pop(name, None) is not None:
                     self._wake.set()
                 return
             try:
-                obj = json.loads(entry.value or b"")
+                obj = json.loads(data)
                 ticket = int(obj.get("ticket") or entry.revision or 0)
                 kind: Kind = "batch" if obj.get("kind") == "batch" else "interactive"
             except (ValueError, TypeError, AttributeError, OverflowError):
@@ -136,6 +153,19 @@ class _Seats(DeploymentSeats):
             if self._waiters.get(name) != (ticket, kind):
                 self._waiters[name] = (ticket, kind)
                 self._wake.set()
+
+    def _mine(self, entry: KeyValue.Entry, live: bool, holder: Holder | None) -> None:
+        """A change to a seat this process holds, not made by it: taken by another (lost:
+        its request is cancelled now), or deleted, purged or expired (re-taken at once,
+        unless another process is quicker)."""
+        ledger = self._ledger
+        held = ledger._held.get(entry.key)
+        if held is None or held.lost or held.released or (entry.revision or 0) <= held.rev:
+            return
+        if live and entry.value != held.value:
+            ledger.lose(held, holder)
+        elif not live:
+            ledger.renew_now(held)
 
     async def watch_loop(self) -> None:
         """Keep the mirror; restarted (and rebuilt from a snapshot) after each reconnect."""
@@ -302,7 +332,7 @@ class _Seats(DeploymentSeats):
                     await self._write_waiter({**record, "ticket": self._ticket})
 
     async def _write_waiter(self, record: dict[str, Any]) -> None:
-        value = json.dumps(record).encode()
+        value = self._ledger.key.seal("waiter", self._wkey, json.dumps(record).encode())
         try:
             self._wrev = await self._ledger.write(self._wkey, value, self._wrev)
         except _Conflict as exc:  # our own key changed (expired while cut off): rewrite it

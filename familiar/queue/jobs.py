@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -76,10 +77,12 @@ def job_id(text: str, opts: JobOptions) -> str:
     ).hexdigest()[:40]
 
 
-def message_id(job: str, retry_of: int | None = None) -> str:
-    """``Nats-Msg-Id`` of a job; a job resubmitted after a failed result carries that
-    result's revision, so the duplicate window does not swallow the retry."""
-    return job if retry_of is None else f"{job}.r{retry_of}"
+def message_id(job: str, again: bool = False) -> str:
+    """``Nats-Msg-Id`` of a job: the job id the first time (a job still queued from a
+    killed run is not queued twice), a fresh one when it is published again (after a
+    failed result, or when it is neither stored nor queued: the duplicate window must not
+    swallow it)."""
+    return f"{job}.{secrets.token_hex(6)}" if again else job
 
 
 @dataclass(frozen=True)

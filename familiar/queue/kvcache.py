@@ -68,6 +68,8 @@ class KvChunkCache:
         except QueueUnavailable as exc:
             log.debug("chunk cache read failed; a miss", error=str(exc))
             value = None
+        if value:
+            value = self.store.key.check("chunk", key, value)  # forged: a miss
         if not value:
             self.misses += 1
             return None
@@ -84,7 +86,7 @@ class KvChunkCache:
     async def aput(self, key: str, chunk: CachedChunk) -> None:
         if self.local is not None:
             self.local.put(key, chunk)
-        data = encode_chunk(chunk)
+        data = self.store.key.seal("chunk", key, encode_chunk(chunk))
         if len(data) > self.store.inline_limit:
             return  # one chunk over the payload limit: kept locally only
         kv = self.store.kv(CHUNKS)

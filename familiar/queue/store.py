@@ -2,8 +2,9 @@
 
 Created on first use by whichever process comes first (the same settings every time)::
 
-    stream  familiar_jobs     subject familiar.queue.jobs; WorkQueue retention (a job is
-                               gone once acked), file storage, duplicate window 6 h
+    stream  familiar_jobs     subjects familiar.queue.jobs.<job> (and the older
+                               familiar.queue.jobs); WorkQueue retention (a job is gone
+                               once acked), file storage, duplicate window 6 h
     KV      familiar_results   job id -> JobResult JSON; history 1, kept 7 days
     KV      familiar_chunks    chunk cache key -> CachedChunk JSON; kept 30 days
     object  familiar_queue     ``article.<job>`` / ``result.<job>``: texts over the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -32,8 +34,8 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from familiar.errors import QueueSetupError, QueueUnavailable
-from familiar.ledger.nats_connect import connect
-from familiar.logs import redact_url
+from familiar.ledger.nats_connect import connect, denial, public_url
+from familiar.ledger.nats_trust import FleetKey
 from familiar.queue.jobs import JobResult
 
 log = structlog.get_logger("familiar.queue")
@@ -41,7 +43,7 @@ log = structlog.get_logger("familiar.queue")
 T = TypeVar("T")
 
 STREAM = "familiar_jobs"
-SUBJECT = "familiar.queue.jobs"
+SUBJECT = "familiar.queue.jobs"  # + ".<job>": one subject per job, so it can be looked up
 DONE = "familiar.queue.done"
 CONSUMER = "familiar_workers"
 RESULTS = "familiar_results"
@@ -72,8 +74,11 @@ class QueueStore:
         op_timeout: float = 5.0,
         inline_limit: int | None = None,
         name: str = "familiar",
+        key: FleetKey | None = None,
     ) -> None:
-        self.url, self.where = url, redact_url(url)
+        self.url, self.where = url, public_url(url)
+        #: signs results and chunks; checks them when read back (see ledger/nats_trust.py)
+        self.key = key if key is not None else FleetKey.from_env()
         self.wait_s, self.op_timeout, self.name = wait_s, op_timeout, name
         self._inline_limit = inline_limit
         self._nc: Client | None = None
@@ -81,6 +86,7 @@ class QueueStore:
         self._kv: dict[str, KeyValue] = {}
         self._obs: ObjectStore | None = None
         self._error = ""
+        self._denied = ""  # what the server's permissions refused, if anything
         self._warned = False
         #: set when the connection comes back after a loss (the collector re-checks)
         self.reconnected = asyncio.Event()
@@ -105,6 +111,7 @@ class QueueStore:
                 disconnected_cb=self._on_disconnect,
                 reconnected_cb=self._on_reconnect,
                 name=self.name,
+                refused=QueueSetupError,
             )
             self._nc = nc
             await self._setup(nc)
@@ -112,9 +119,17 @@ class QueueStore:
             self._nc = None
             with contextlib.suppress(Exception):
                 await nc.close()
+            if self._denied and isinstance(exc, TRANSIENT):
+                raise self.denied() from exc
             if isinstance(exc, TRANSIENT):
                 raise self.unavailable(str(exc) or self._error) from exc
             raise
+
+    def denied(self) -> QueueSetupError:
+        return QueueSetupError(
+            f"the NATS server at {self.where} does not let this user {self._denied}"
+            " (docs/QUEUE.md lists the permissions familiar needs)"
+        )
 
     async def close(self) -> None:
         nc, self._nc = self._nc, None
@@ -126,6 +141,10 @@ class QueueStore:
 
     async def _on_error(self, exc: Exception) -> None:
         self._error = str(exc) or type(exc).__name__
+        denied = denial(self._error)
+        if denied:  # the request then times out
+            self._denied = denied
+            return
         log.debug("nats error", url=self.where, error=repr(exc))
         self.warn()
 
@@ -163,6 +182,8 @@ class QueueStore:
                 refused = isinstance(exc, nats.js.errors.APIError)
                 if refused and not isinstance(exc, nats.js.errors.ServiceUnavailableError):
                     raise  # the server answered: no use asking again
+                if self._denied:
+                    raise self.denied() from exc
                 self._error = f"{what + ': ' if what else ''}{exc or type(exc).__name__}"
                 if asyncio.get_running_loop().time() + pause > deadline:
                     raise self.unavailable() from exc
@@ -255,29 +276,54 @@ class QueueStore:
         entry = await self.call(get, "read a result")
         if entry is None or not entry.value:
             return None
+        data = self.key.check("result", job, entry.value)
+        if data is None:  # forged: as if there were none (the job runs for real)
+            return None
         try:
-            return JobResult.decode(entry.value), int(entry.revision or 0)
+            return JobResult.decode(data), int(entry.revision or 0)
         except ValueError as exc:
             log.warning("unreadable job result; asking again", job=job, error=str(exc))
             return None
 
     async def output(self, result: JobResult) -> str | None:
-        if result.output_object is not None:
-            return await self.get_text(result.output_object)
-        return result.output
+        """The result's output; ``ValueError`` when its object does not match the digest
+        in its name (the name is covered by the result's mac)."""
+        name = result.output_object
+        if name is None:
+            return result.output
+        text = await self.get_text(name)
+        digest = name.rpartition(".")[2]
+        if len(digest) == 64 and hashlib.sha256(text.encode()).hexdigest() != digest:
+            self.key.rejected["output"] += 1
+            raise ValueError(f"the stored output {name} does not match its digest")
+        return text
 
     async def put_result(self, job: str, result: JobResult) -> None:
         """Store ``result`` (its output in the object store when too big), then say so on
         ``familiar.queue.done.<job>``."""
         if result.output is not None and not self.fits(result.output):
-            name = f"result.{job}"
+            name = f"result.{job}.{hashlib.sha256(result.output.encode()).hexdigest()}"
             await self.put_text(name, result.output)
             result = JobResult(result.report, None, name, result.worker, result.deliveries)
         kv = self._kv[RESULTS]
-        data = result.encode()
+        data = self.key.seal("result", job, result.encode())
         await self.call(lambda: kv.put(job, data), "store a result")
         with contextlib.suppress(*TRANSIENT):
             await self.nc.publish(f"{DONE}.{job}", b"")
+
+    async def queued(self, job: str) -> bool:
+        """Whether ``job`` is in the stream: waiting, or held by a worker that has not acked
+        it (a WorkQueue stream drops a message only when it is acked)."""
+        js = self.js
+
+        async def look() -> bool:
+            try:
+                await js.get_last_msg(STREAM, f"{SUBJECT}.{job}")
+            except nats.js.errors.NotFoundError:
+                return False
+            return True
+
+        return await self.call(look, "look up a job")
 
     async def forget(self, job: str) -> None:
         """Purge a failed result before the job is asked again."""
@@ -286,17 +332,22 @@ class QueueStore:
 
 
 async def _ensure_stream(js: JetStreamContext) -> None:
+    subjects = [SUBJECT, f"{SUBJECT}.>"]
     try:
-        await js.stream_info(STREAM)
-        return
+        info = (await js.stream_info(STREAM)).config
     except nats.js.errors.NotFoundError:
         pass
+    else:
+        if not set(subjects) <= set(info.subjects or []):  # made by an older familiar
+            info.subjects = sorted({*(info.subjects or []), *subjects})
+            await js.update_stream(info)
+        return
     with contextlib.suppress(nats.js.errors.BadRequestError):  # made by another meanwhile
         await js.add_stream(
             api.StreamConfig(
                 name=STREAM,
                 description="familiar: translation jobs (see familiar/queue/store.py)",
-                subjects=[SUBJECT],
+                subjects=subjects,
                 retention=api.RetentionPolicy.WORK_QUEUE,
                 storage=api.StorageType.FILE,
                 duplicate_window=DUPLICATE_WINDOW_S,

@@ -6,17 +6,25 @@ article:
 * a result already stored under its job id (an earlier run, or an identical article) is
   collected at once: nothing is submitted;
 * a stored failure (a failed or errored article, a poison job) is purged and the job
-  submitted again, with that result's revision in its message id, so the duplicate
-  window does not swallow the retry (a local batch retries failed articles too);
-* anything else is published with ``Nats-Msg-Id`` = job id: a job still queued from a
-  killed run is not queued twice (the server answers "duplicate").
+  submitted again with a fresh message id, so the duplicate window does not swallow the
+  retry (a local batch retries failed articles too);
+* anything else is published on ``familiar.queue.jobs.<job>`` with ``Nats-Msg-Id`` = job
+  id: a job still queued from a killed run is not queued twice (the server answers
+  "duplicate"). A duplicate that is not in the stream any more (acked, but its result was
+  purged or lost since, or a run was killed between purging a failure and publishing
+  again) is published again at once with a fresh id.
 
 Then it collects: workers announce each stored result on ``familiar.queue.done.<job>``
 (subscribed before the first lookup, so none is missed while connected), and every
 ``recheck_s`` and after each reconnect the results of the jobs still out are looked up
-again (a notice lost in an outage costs a few seconds, not the batch). Outputs are
-written as a local batch writes them (same paths, atomic), rows filled from the worker's
-report. Interrupted, the jobs stay queued; a rerun collects what is done meanwhile.
+again (a notice lost in an outage costs a few seconds, not the batch). Every
+``lost_check_s`` each job still out is looked for in the stream (waiting, or held by a
+worker that has not acked it): one neither there nor stored is lost and submitted again.
+No result at all for ``collect_timeout_s`` (no worker running, every worker stuck) ends
+the collection: the articles still out are this batch's failures (exit 1), their jobs stay
+queued and a rerun collects them. Outputs are written as a local batch writes them (same
+paths, atomic), rows filled from the worker's report. Interrupted, the jobs stay queued; a
+rerun collects what is done meanwhile.
 """
 
 from __future__ import annotations
@@ -64,6 +72,8 @@ class Submitter:
         telemetry: Telemetry | None = None,
         progress: Progress | None = None,
         recheck_s: float = 5.0,
+        lost_check_s: float = 30.0,
+        collect_timeout_s: float = 3600.0,
     ) -> None:
         self.store = store
         self.opts = opts
@@ -71,10 +81,14 @@ class Submitter:
         self.telemetry = telemetry
         self.progress = progress or (lambda _what, _n: None)
         self.recheck_s = recheck_s
+        self.lost_check_s = lost_check_s
+        self.collect_timeout_s = collect_timeout_s
         self._out: dict[str, list[_Article]] = {}  # job id -> the articles waiting on it
         self._arrived: set[str] = set()
         self._wake = asyncio.Event()
         self.submitted = self.duplicates = self.collected_at_once = 0
+        self.resubmitted = 0  # jobs found neither stored nor queued, published again
+        self.timed_out = 0  # articles given up at collect_timeout_s
 
     def _emit(self, name: str, fields: Mapping[str, Any]) -> None:
         if self.telemetry is not None:
@@ -99,6 +113,7 @@ class Submitter:
                 url=self.store.where,
                 submitted=self.submitted,
                 duplicates=self.duplicates,
+                resubmitted=self.resubmitted,
                 done_already=self.collected_at_once,
             )
             await self._collect()
@@ -145,18 +160,18 @@ class Submitter:
             return
         self._out[job] = [article]
         found = await self.store.result(job)
-        retry_of: int | None = None
+        again = False
         if found is not None:
-            result, revision = found
+            result, _revision = found
             if result.done and not self.opts.force:
                 self.collected_at_once += 1
                 await self._finish(job, result)
                 return
             await self.store.forget(job)
-            retry_of = revision
-        await self._publish(job, article, text, retry_of)
+            again = True
+        await self._publish(job, article, text, again)
 
-    async def _publish(self, job: str, article: _Article, text: str, retry_of: int | None) -> None:
+    async def _publish(self, job: str, article: _Article, text: str, again: bool) -> None:
         if self.store.fits(text):
             msg = JobMessage(job, str(article.rel), self.job_opts, text=text)
         else:  # over the payload limit: the text goes to the object store
@@ -164,22 +179,56 @@ class Submitter:
             await self.store.put_text(name, text)
             msg = JobMessage(job, str(article.rel), self.job_opts, text_object=name)
         headers = {
-            "Nats-Msg-Id": message_id(job, retry_of),
+            "Nats-Msg-Id": message_id(job, again),
             JOB: job,
             CORRELATION: correlation_id.get() or "",
         }
         data = msg.encode()
-        js = self.store.js
-        ack = await self.store.call(lambda: js.publish(SUBJECT, data, headers=headers), "submit")
-        if ack.duplicate:
-            self.duplicates += 1
-        else:
+        js, subject = self.store.js, f"{SUBJECT}.{job}"
+        ack = await self.store.call(lambda: js.publish(subject, data, headers=headers), "submit")
+        if not ack.duplicate:
             self.submitted += 1
+        elif not again and await self._lost(job):  # acked long ago, its result gone since
+            self.resubmitted += 1
+            await self._publish(job, article, text, True)
+        else:
+            self.duplicates += 1
+
+    async def _lost(self, job: str) -> bool:
+        """Neither in the stream nor stored: no worker will ever run it. (In that order: a
+        worker stores the result before it acks, so a job gone from the stream has its
+        result stored, unless it was lost.)"""
+        return not await self.store.queued(job) and await self.store.result(job) is None
+
+    async def _resubmit(self, job: str) -> None:
+        """Publish a lost job again (its text read again from the first article's file)."""
+        article = self._out[job][0]
+        try:
+            text = read_article(article.src)
+        except ArticleError as exc:
+            text, error = "", str(exc)
+        else:
+            error = "" if job_id(text, self.job_opts) == job else "changed during the batch"
+        if error:
+            for a in self._out.pop(job):
+                a.report.status, a.report.error = "error", error
+                self.progress("article", 1)
+            return
+        log.warning(
+            "a job was neither stored nor queued (its result purged or lost?); submitting it again",
+            job=job,
+            article=str(article.rel),
+        )
+        self.resubmitted += 1
+        await self._publish(job, article, text, True)
 
     async def _collect(self) -> None:
         """Until every job is in: look up those announced, and all of them every
-        ``recheck_s`` and after a reconnect."""
+        ``recheck_s`` and after a reconnect; every ``lost_check_s`` resubmit the lost
+        ones; give up on the rest after ``collect_timeout_s`` without any result."""
         recheck = True  # once at the start: results stored while we were publishing
+        clock = asyncio.get_running_loop().time
+        progress_at = lost_at = clock()
         while self._out:
             if recheck:
                 jobs = list(self._out)
@@ -190,7 +239,17 @@ class Submitter:
                 found = await self.store.result(job)
                 if found is not None:
                     await self._finish(job, found[0])
+                    progress_at = clock()
+            if clock() - lost_at >= self.lost_check_s:
+                lost_at = clock()
+                for job in list(self._out):
+                    if job in self._out and await self._lost(job):
+                        await self._resubmit(job)
             if not self._out:
+                return
+            idle = clock() - progress_at
+            if idle >= self.collect_timeout_s:
+                self._give_up()
                 return
             self._wake.clear()
             if self._arrived:
@@ -201,7 +260,7 @@ class Submitter:
             try:
                 done, _ = await asyncio.wait(
                     (waiter, reconnect),
-                    timeout=self.recheck_s,
+                    timeout=min(self.recheck_s, self.collect_timeout_s - idle),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
@@ -210,13 +269,44 @@ class Submitter:
             recheck = reconnect in done or not done
             self.store.reconnected.clear()
 
+    def _give_up(self) -> None:
+        """``collect_timeout_s`` without a result: what is still out is this batch's
+        failure; the jobs stay queued and a rerun collects them."""
+        log.warning(
+            f"no result for {self.collect_timeout_s:g} s (collect_timeout_s); "
+            f"{sum(len(a) for a in self._out.values())} articles not collected: are workers "
+            "running ('familiar worker --nats URL')? their jobs stay queued: rerun to "
+            "collect them"
+        )
+        for job, articles in list(self._out.items()):
+            for a in articles:
+                a.report.status = "failed"
+                a.report.error = (
+                    f"no result within collect_timeout_s ({self.collect_timeout_s:g} s);"
+                    " the job stays queued: rerun to collect it"
+                )
+                self.timed_out += 1
+                self.progress("article", 1)
+                self._emit(
+                    "article.finished",
+                    {"article": str(a.rel), "status": "failed", "job": job, "chunks": 0},
+                )
+        self._out.clear()
+
     async def _finish(self, job: str, result: JobResult) -> None:
         """Write the job's output for every article waiting on it; fill their rows."""
         articles = self._out.pop(job, [])
-        output = await self.store.output(result) if articles else None
+        altered = ""
+        try:
+            output = await self.store.output(result) if articles else None
+        except ValueError as exc:  # altered on the bus: never written; asked again next run
+            output, altered = None, str(exc)
+            await self.store.forget(job)
         for a in articles:
             result.fill(a.report)
-            if output is not None:
+            if altered:
+                a.report.status, a.report.error = "error", f"{altered}: rerun to ask again"
+            elif output is not None:
                 out = output_path(
                     a.src,
                     a.rel,
@@ -254,6 +344,7 @@ async def submit_batch(
     *,
     progress: Progress | None = None,
     wait_s: float = 60.0,
+    collect_timeout_s: float = 3600.0,
 ) -> list[ArticleReport]:
     """The batch through the queue at ``url``: one correlation id, telemetry, the store."""
     from familiar.context import bound_correlation_id, new_correlation_id
@@ -261,5 +352,11 @@ async def submit_batch(
     with bound_correlation_id(new_correlation_id()):
         telemetry = Telemetry(home)
         async with telemetry, QueueStore(url, wait_s=wait_s, name="familiar submit") as store:
-            submitter = Submitter(store, opts, telemetry=telemetry, progress=progress)
+            submitter = Submitter(
+                store,
+                opts,
+                telemetry=telemetry,
+                progress=progress,
+                collect_timeout_s=collect_timeout_s,
+            )
             return await submitter.run(files, reports)

@@ -44,7 +44,7 @@ from nats.js import api
 from familiar.context import bound_correlation_id, new_correlation_id
 from familiar.dispatch import Pool
 from familiar.errors import LedgerUnavailable, QueueUnavailable
-from familiar.queue.jobs import JobMessage, JobResult
+from familiar.queue.jobs import JobMessage, JobResult, job_id
 from familiar.queue.kvcache import KvChunkCache
 from familiar.queue.store import CONSUMER, CORRELATION, STREAM, TRANSIENT, QueueStore
 from familiar.telemetry import Telemetry
@@ -60,6 +60,20 @@ class WorkerSettings:
     max_deliver: int = 4
     jobs_at_once: int | None = None  # default: 2 x seats, at least 4
     fetch_wait_s: float = 2.0  # how long one fetch waits for a job
+
+
+class _Altered(Exception):
+    """A job whose text does not hash to its id: not what its submitter asked for."""
+
+
+def _check_cancelled() -> None:
+    """Raise ``CancelledError`` if this task was asked to stop. On Python 3.11 a
+    cancellation that arrives as an inner ``asyncio.wait_for`` (nats-py's fetch) completes
+    is lost; a loop around it would run on for good (a worker that ignored SIGTERM for 13
+    minutes while its server was away)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class Worker:
@@ -126,9 +140,11 @@ class Worker:
         async with asyncio.TaskGroup() as tg:
             try:
                 while True:
+                    _check_cancelled()
                     await free.acquire()
                     try:
                         msgs = await psub.fetch(1, timeout=self.settings.fetch_wait_s)
+                        _check_cancelled()  # a cancel that the fetch's wait_for swallowed
                     except TRANSIENT as exc:
                         free.release()
                         if not isinstance(exc, TimeoutError):
@@ -177,6 +193,11 @@ class Worker:
                 await asyncio.wait_for(msg.nak(delay=self.settings.fetch_wait_s + 1), 2)
             log.info("job handed back", job=job.job, deliveries=deliveries)
             raise
+        except _Altered:  # not the job its id names: dropped, the real one still runs
+            status = "altered"
+            log.warning("a job whose text does not match its id (altered on the bus?); dropped")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(msg.term(), 2)
         except (LedgerUnavailable, QueueUnavailable) as exc:  # ours, not the job's
             status = "unavailable"
             log.warning("job left for later", job=job.job, error=str(exc))
@@ -233,7 +254,7 @@ class Worker:
 
     async def _translate(
         self, job: JobMessage, deliveries: int
-    ) -> JobResult | LedgerUnavailable | QueueUnavailable:
+    ) -> JobResult | LedgerUnavailable | QueueUnavailable | _Altered:
         """The result, or the outage that kept the job from running (to raise)."""
         try:
             text = job.text
@@ -249,6 +270,8 @@ class Worker:
                 worker=self.identity,
                 deliveries=deliveries,
             )
+        if job_id(text, job.options) != job.job:  # the id is the hash of text and options
+            return _Altered(job.job)
         translator = Translator(
             self.pools, job.options.batch_options(), self.cache, telemetry=self.telemetry
         )

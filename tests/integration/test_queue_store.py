@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from familiar.cli import main
 from familiar.queue.jobs import JobResult
 from familiar.queue.kvcache import KvChunkCache
@@ -38,10 +40,15 @@ async def test_results_inline_and_over_the_limit_and_forgotten(nats_server: Nats
         await store.put_result("j2", JobResult.of(ArticleReport(path="", status="ok"), big_text))
         found = await store.result("j2")
         assert found is not None
-        assert found[0].output is None and found[0].output_object == "result.j2"
+        name = found[0].output_object  # named by its digest, which the result's mac covers
+        assert found[0].output is None and name is not None and name.startswith("result.j2.")
         assert await store.output(found[0]) == big_text
         obs = await store.js.object_store(OBJECTS)
-        assert (await obs.get("result.j2")).data == big_text.encode()
+        assert (await obs.get(name)).data == big_text.encode()
+        await obs.put(name, b"altered")  # a bus writer rewrites the object
+        with pytest.raises(ValueError, match="does not match its digest"):
+            await store.output(found[0])
+        await obs.put(name, big_text.encode())
         await store.forget("j1")
         assert await store.result("j1") is None
     # the buckets and stream outlive the connection, and a restart of the server

@@ -26,7 +26,15 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["NatsServer", "bump_counter", "free_port", "nats_server", "worker_main"]
+__all__ = [
+    "NatsServer",
+    "bump_counter",
+    "free_port",
+    "make_certs",
+    "nats_server",
+    "queue_doc_config",
+    "worker_main",
+]
 
 
 def free_port() -> int:
@@ -52,16 +60,30 @@ def server_binary() -> str:
 class NatsServer:
     """``nats-server -js`` on ``127.0.0.1:<port>`` with its store in ``store``."""
 
-    def __init__(self, store: Path, port: int | None = None, *, jetstream: bool = True) -> None:
+    def __init__(
+        self,
+        store: Path,
+        port: int | None = None,
+        *,
+        jetstream: bool = True,
+        config: str | None = None,
+        scheme: str = "nats",
+    ) -> None:
         self.store = store
         self.jetstream = jetstream
         self.port = port or free_port()
         self.log = store.with_name(store.name + ".log")
+        self.config = config  # nats-server config text (auth, TLS); -a/-p/-sd/-js win
+        self.scheme = scheme
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def url_as(self, userinfo: str) -> str:
+        """The URL with credentials: ``user:password`` or a token."""
+        return f"{self.scheme}://{userinfo}@127.0.0.1:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -73,6 +95,10 @@ class NatsServer:
             raise RuntimeError("nats-server already running")
         self.store.mkdir(parents=True, exist_ok=True)
         args = [server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)]
+        if self.config is not None:
+            conf = self.store.with_name(self.store.name + ".conf")
+            conf.write_text(self.config)
+            args += ["-c", str(conf)]
         with self.log.open("ab") as log:
             self._proc = subprocess.Popen(
                 [*args, *(["-js"] if self.jetstream else [])], stdout=log, stderr=subprocess.STDOUT
@@ -120,6 +146,44 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         server.stop()
 
 
+# -- auth and TLS ------------------------------------------------------------------------
+
+
+def queue_doc_config() -> str:
+    """The nats-server config docs/QUEUE.md ships (the block after its ``familiar-conf``
+    marker): the tests run the server with exactly what the docs tell operators to use."""
+    doc = (Path(__file__).parents[2] / "docs" / "QUEUE.md").read_text("utf-8")
+    after = doc.split("<!-- familiar-conf -->", 1)[1]
+    return after.split("```", 2)[1].removeprefix("conf\n")
+
+
+def make_certs(where: Path) -> dict[str, Path]:
+    """A test CA, a server certificate for 127.0.0.1/localhost and a client certificate,
+    made with the ``openssl`` command (EC P-256, valid two days)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("the openssl command is needed to make the TLS test certificates")
+    where.mkdir(parents=True, exist_ok=True)
+    ext = where / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, cwd=where)
+
+    run(
+        "req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=ca"
+    )
+    for name in ("server", "client"):
+        run("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        sign = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2"]
+        run(
+            "x509", "-req", "-in", f"{name}.csr", *sign, "-out", f"{name}.pem", "-extfile", str(ext)
+        )
+    names = ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
+    return {n.replace(".", "_"): where / n for n in names}
+
+
 # -- the worker of the multi-process tests ------------------------------------------------
 
 
@@ -160,3 +224,28 @@ def worker_main(url: str, dep_id: str, cap: int, cycles: int, counter: str) -> N
     cycles, take one seat, print ``held`` and hold it until killed."""
     asyncio.run(_cycle(url, dep_id, cap, cycles, Path(counter)))
     print("done", flush=True)
+
+
+# -- a holder of one request, for the seat-lost tests -----------------------------------
+
+
+async def _one_request(nats_url: str, llm_url: str, cap: int, ttl: float, home: str) -> None:
+    from familiar.fleet import Fleet
+    from familiar.ledger.nats import NatsLedger
+    from familiar.slots import Slot
+
+    slot = Slot(
+        name="t", url=(llm_url,), model="general-llm", runtime="vllm", parallel=cap, timeout_s=300
+    )
+    ledger = NatsLedger(nats_url, ttl_s=ttl, wait_s=60)
+    async with Fleet({"t": slot}, home=Path(home), ledger=ledger) as fleet:
+        client = fleet["t"]
+        print("asking", flush=True)
+        await client.chat([{"role": "user", "content": "hello there"}], max_tokens=16)
+        print(f"done seats_lost={client.seats_lost} ledger={ledger.seats_lost}", flush=True)
+
+
+def request_main(nats_url: str, llm_url: str, cap: int, ttl: float, home: str) -> None:
+    """One chat request on a NATS-ledger seat of a ``cap``-seat deployment, then print
+    ``done seats_lost=N``."""
+    asyncio.run(_one_request(nats_url, llm_url, cap, ttl, home))
