@@ -372,3 +372,36 @@ async def test_a_job_whose_text_does_not_match_its_id_is_dropped_untranslated(
             assert await store.result(real) is None  # nothing stored under the real id
         assert srv.stats["requests"] == 0, err
         assert "does not match its id" in err
+
+
+async def test_an_nkey_seed_file_logs_in_and_a_wrong_seed_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nacl.signing
+    import nkeys
+
+    from familiar.errors import QueueSetupError
+
+    def user_seed(path: Path) -> str:
+        raw = bytes(nacl.signing.SigningKey.generate())
+        seed = nkeys.encode_seed(raw, nkeys.PREFIX_BYTE_USER)
+        path.write_bytes(seed + b"\n")
+        return nkeys.from_seed(seed).public_key.decode()
+
+    public = user_seed(tmp_path / "user.nk")
+    user_seed(tmp_path / "other.nk")
+    server = NatsServer(
+        tmp_path / "nats-nk", config=f'authorization {{ users: [ {{ nkey: "{public}" }} ] }}\n'
+    )
+    server.start()
+    try:
+        monkeypatch.setenv("FAMILIAR_NATS_NKEY", str(tmp_path / "user.nk"))
+        async with QueueStore(server.url) as store:
+            await store.put_result("j", JobResult({"status": "ok"}, "x"))
+            assert await store.result("j") is not None
+        monkeypatch.setenv("FAMILIAR_NATS_NKEY", str(tmp_path / "other.nk"))
+        with pytest.raises(QueueSetupError, match="refused familiar's credentials"):
+            async with QueueStore(server.url, wait_s=10):
+                pass
+    finally:
+        server.stop()
