@@ -1,4 +1,4 @@
-"""Batches at scale on one host: memory, one long article, identical chunks.
+"""Batches at scale on one host: memory, one long article, identical chunks, big articles.
 
 1. Peak RSS of ``familiar translate`` (a real process, ``os.wait4``) over 1,000 / 5,000
    / 20,000 generated articles of about 9 KB each against the fake translator (its own
@@ -6,9 +6,14 @@
 2. One long article (``--chunks`` chunks) on 4 seats at ``--long-latency`` per request:
    the batch's wall time vs the serial time (chunks x latency). Target: < 0.5x.
 3. Ten copies of one article at once: requests made vs chunks (each distinct chunk once).
+4. One article of 1 / 5 / 50 MB (``--single``; about 530 chunks per MB) vs the same
+   Markdown as ~9 KB articles, same seats and latency as 1.: chunks/s, requests/s and
+   peak RSS. Target: time and memory linear in the article's size (a 50 MB article at
+   the requests/s of the small articles, peak RSS < 500 MB).
 
     python benchmarks/batch_scale.py [--sizes 1000,5000,20000] [--seats 16]
-        [--latency 0.005] [--chunks 37] [--long-latency 0.3]
+        [--latency 0.005] [--chunks 37] [--long-latency 0.3] [--single 1,5,50]
+        [--only memory,long,copies,single]
 """
 
 from __future__ import annotations
@@ -157,11 +162,68 @@ def copies(args: argparse.Namespace, tmp: Path) -> None:
     )
 
 
+def big_article(mb: float) -> str:
+    """About ``mb`` MB of Japanese Markdown in one article: a heading every 20 paragraphs,
+    no paragraph a copy of another (so no chunk is served by another's answer)."""
+    parts = ["---\ntitle: 長い記事\n---\n\n# 長い記事"]
+    size, i = 0, 0
+    while size < mb * 1e6:
+        if i % 20 == 0:
+            parts.append(f"## 節{i // 20}")
+        picks = [SENTENCES[(i * 5 + k * 3 + i // 12) % len(SENTENCES)] for k in range(6)]
+        parts.append(f"段落{i}です。" + "".join(picks).format(n=0, i=i))
+        size += len(parts[-1].encode()) + 2
+        i += 1
+    return "\n\n".join(parts) + "\n"
+
+
+def single(args: argparse.Namespace, tmp: Path) -> None:
+    rows = []
+    with spawn_fake_server(latency_s=args.latency, reply_mode="identity") as srv:
+        for mb in args.single:
+            for kind in ("one article", "small articles"):
+                root = tmp / f"single-{mb}-{kind[0]}"
+                workspace(root, srv.url, args.seats)
+                src = root / "src"
+                src.mkdir()
+                if kind == "one article":
+                    (src / "big.md").write_text(big_article(mb), encoding="utf-8")
+                else:
+                    total, n = 0, 0
+                    while total < mb * 1e6:
+                        text = article(n)
+                        (src / f"a{n:06}.md").write_text(text, encoding="utf-8")
+                        total, n = total + len(text.encode()), n + 1
+                before = srv.stats()["requests"]
+                wall, rss, report = run_batch(root)
+                asked = srv.stats()["requests"] - before
+                chunks = sum(int(str(r["chunks"])) for r in report)
+                rows.append(
+                    [mb, kind, len(report), chunks, asked, wall, chunks / wall, asked / wall, rss]
+                )
+    print(
+        f"\n4. one big article vs the same MB as small articles: {args.seats} seats,"
+        f" {args.latency * 1000:.0f} ms per request (wall: the whole process)"
+    )
+    heads = ["MB", "as", "articles", "chunks", "requests", "wall s", "chunks/s", "requests/s"]
+    print(_common.table([*heads, "peak RSS MB"], rows))
+
+
+SECTIONS = {"memory": memory, "long": long_article, "copies": copies, "single": single}
+
+
+def _sections(value: str) -> list[str]:
+    names = value.split(",")
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"no section {unknown[0]!r}: one of {', '.join(SECTIONS)}")
+    return names
+
+
 def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        memory(args, Path(tmp))
-        long_article(args, Path(tmp))
-        copies(args, Path(tmp))
+        for name in args.only:
+            SECTIONS[name](args, Path(tmp))
 
 
 if __name__ == "__main__":
@@ -173,4 +235,8 @@ if __name__ == "__main__":
     p.add_argument("--latency", type=float, default=0.005)
     p.add_argument("--chunks", type=int, default=37)
     p.add_argument("--long-latency", type=float, default=0.3)
+    p.add_argument(
+        "--single", type=lambda s: [float(x) for x in s.split(",")], default=[1.0, 5.0, 50.0]
+    )
+    p.add_argument("--only", type=_sections, default=list(SECTIONS))
     main(p.parse_args())

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -109,6 +109,9 @@ class Translator:
         seats = sum(p.seats for p in self.pools)
         #: articles read, parsed and translated at once (the rest wait on disk)
         self.articles_at_once = articles_at_once or max(4, 2 * seats)
+        #: chunks of the batch under way at once (cache look-up, board, seat): the rest wait
+        self.chunks_at_once = max(16, 4 * seats)
+        self._under_way = asyncio.Semaphore(self.chunks_at_once)
         self._asked: dict[str, asyncio.Future[ChunkOutcome]] = {}
         self.opts = opts
         self.cache = cache
@@ -303,10 +306,8 @@ class Translator:
             if first.ok:
                 translations[0] = first.text
                 anchor = ((chunks[0].text, first.text),)
-            jobs = [Job(ch, source_lang, anchor) for ch in chunks[1:]]
-            for index, outcome in await self._all(dispatcher, n, rel, report, jobs):
-                if outcome.ok:
-                    translations[index] = outcome.text
+            jobs = (Job(ch, source_lang, anchor) for ch in chunks[1:])
+            await self._all(dispatcher, n, rel, report, jobs, translations)
         report.failed_chunks.sort()
         return md.assemble(chunking, translations)
 
@@ -316,18 +317,29 @@ class Translator:
         n: int,
         rel: Path,
         report: ArticleReport,
-        jobs: Sequence[Job],
-    ) -> list[tuple[int, ChunkOutcome]]:
-        """Every job at once (the board and the seats pace them); a backend that gives up
-        on one fails the article (its siblings are cancelled)."""
+        jobs: Iterable[Job],
+        translations: dict[int, str],
+    ) -> None:
+        """Every job, each translation into ``translations``; a backend that gives up on
+        one fails the article (its siblings are cancelled). At most ``chunks_at_once``
+        chunks of the batch are under way at a time (a task each): enough to keep every
+        seat and the board full, and a 30,000-chunk article holds 30,000 tasks no more."""
+
+        async def one(job: Job) -> None:
+            try:
+                outcome = await self._chunk(dispatcher, n, rel, report, job)
+                if outcome.ok:
+                    translations[job.chunk.index] = outcome.text
+            finally:
+                self._under_way.release()
+
         try:
             async with asyncio.TaskGroup() as tg:
-                tasks = [
-                    tg.create_task(self._chunk(dispatcher, n, rel, report, job)) for job in jobs
-                ]
+                for job in jobs:
+                    await self._under_way.acquire()
+                    tg.create_task(one(job))
         except ExceptionGroup as group:
             raise _one_failure(group) from None
-        return [(job.chunk.index, t.result()) for job, t in zip(jobs, tasks, strict=True)]
 
     async def _chunk(
         self,
