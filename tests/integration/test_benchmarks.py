@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY: dict[str, list[str]] = {
     "batch_scale": [
         "--sizes", "20", "--seats", "4", "--chunks", "5", "--long-latency", "0.01",
-        "--single", "0.05",
+        "--single", "0.02",
     ],
     "bench_overhead": ["--requests", "20", "--concurrency", "4", "--rounds", "1"],
     "faults": ["--faults", "2"],
@@ -33,7 +33,7 @@ TINY: dict[str, list[str]] = {
     "stream": ["--answers", "8", "--tokens", "10", "--concurrency", "4", "--rounds", "1"],
     "telemetry": ["--calls", "20", "--concurrency", "4", "--rounds", "1"],
     "translate": ["--articles", "2", "--seats", "2", "--latency", "0.01"],
-    "work_queue": ["--long", "2", "--tiny", "3", "--seats", "2"],
+    "work_queue": ["--long", "0", "--tiny", "3", "--seats", "2"],
 }  # fmt: skip
 
 
