@@ -12,7 +12,7 @@
    the requests/s of the small articles, peak RSS < 500 MB).
 
     python benchmarks/batch_scale.py [--sizes 1000,5000,20000] [--seats 16]
-        [--latency 0.005] [--chunks 37] [--long-latency 0.3] [--single 1,5,50]
+        [--latency 0.005] [--chunks 37] [--long-latency 0.3] [--single 1,5,50] [--no-small]
         [--only memory,long,copies,single]
 """
 
@@ -69,6 +69,13 @@ def workspace(root: Path, url: str, seats: int) -> None:
 
 def run_batch(root: Path, *extra: str) -> tuple[float, float, list[dict[str, object]]]:
     """Wall seconds, peak RSS in MB, and the JSON report of one ``familiar translate``."""
+    wall, rss, _cpu, rows = run_batch_cpu(root, *extra)
+    return wall, rss, rows
+
+
+def run_batch_cpu(root: Path, *extra: str) -> tuple[float, float, float, list[dict[str, object]]]:
+    """Wall seconds, peak RSS in MB, CPU seconds (user + system: what the process did,
+    whatever else the host runs) and the JSON report of one ``familiar translate``."""
     env = {
         **os.environ,
         "FAMILIAR_HOME": str(root / ".home"),
@@ -88,7 +95,7 @@ def run_batch(root: Path, *extra: str) -> tuple[float, float, list[dict[str, obj
         rows = json.loads(out.read() or b"[]")
     if proc.returncode != 0:
         raise SystemExit(f"familiar translate exited {proc.returncode} in {root}")
-    return wall, usage.ru_maxrss / 1024, rows
+    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, rows
 
 
 def memory(args: argparse.Namespace, tmp: Path) -> None:
@@ -181,7 +188,7 @@ def single(args: argparse.Namespace, tmp: Path) -> None:
     rows = []
     with spawn_fake_server(latency_s=args.latency, reply_mode="identity") as srv:
         for mb in args.single:
-            for kind in ("one article", "small articles"):
+            for kind in ("one article", "small articles")[: 2 if args.small else 1]:
                 root = tmp / f"single-{mb}-{kind[0]}"
                 workspace(root, srv.url, args.seats)
                 src = root / "src"
@@ -195,18 +202,18 @@ def single(args: argparse.Namespace, tmp: Path) -> None:
                         (src / f"a{n:06}.md").write_text(text, encoding="utf-8")
                         total, n = total + len(text.encode()), n + 1
                 before = srv.stats()["requests"]
-                wall, rss, report = run_batch(root)
+                wall, rss, cpu, report = run_batch_cpu(root)
                 asked = srv.stats()["requests"] - before
                 chunks = sum(int(str(r["chunks"])) for r in report)
-                rows.append(
-                    [mb, kind, len(report), chunks, asked, wall, chunks / wall, asked / wall, rss]
-                )
+                rate = [chunks / wall, asked / wall, cpu / max(chunks, 1) * 1000]
+                rows.append([mb, kind, len(report), chunks, asked, wall, *rate, rss])
     print(
         f"\n4. one big article vs the same MB as small articles: {args.seats} seats,"
-        f" {args.latency * 1000:.0f} ms per request (wall: the whole process)"
+        f" {args.latency * 1000:.0f} ms per request (wall and CPU: the whole process;"
+        " CPU ms/chunk holds still when the host is busy, the rates do not)"
     )
     heads = ["MB", "as", "articles", "chunks", "requests", "wall s", "chunks/s", "requests/s"]
-    print(_common.table([*heads, "peak RSS MB"], rows))
+    print(_common.table([*heads, "CPU ms/chunk", "peak RSS MB"], rows))
 
 
 SECTIONS = {"memory": memory, "long": long_article, "copies": copies, "single": single}
@@ -237,6 +244,12 @@ if __name__ == "__main__":
     p.add_argument("--long-latency", type=float, default=0.3)
     p.add_argument(
         "--single", type=lambda s: [float(x) for x in s.split(",")], default=[1.0, 5.0, 50.0]
+    )
+    p.add_argument(
+        "--small",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="4. also as small articles (--no-small: the big articles only)",
     )
     p.add_argument("--only", type=_sections, default=list(SECTIONS))
     main(p.parse_args())
