@@ -5,9 +5,10 @@ Memory follows the work in flight, not the batch: the list of files is known up 
 number of articles (``articles_at_once``, enough to keep every seat busy) are read,
 parsed and translated at once; a finished article leaves memory.
 
-Within an article, the first chunk is asked alone; every other chunk then goes out at
-once (the dispatcher's bounded board and the seats pace them) with the first chunk and
-its translation as context (the *anchor*: title and lead, which fix names and terms for
+Within an article, the first chunk is asked alone; every other chunk then goes out
+(at most ``chunks_at_once`` of the batch under way, so a 30,000-chunk article is not
+30,000 tasks; the dispatcher's bounded board and the seats pace them) with the first
+chunk and its translation as context (the *anchor*: title and lead, which fix names and terms for
 the rest). The anchor, unlike "the previous chunk's translation", does not make chunk
 ``i`` wait for chunk ``i-1``, so one long article keeps every seat busy; the cost is
 that a chunk no longer sees its immediate predecessor's translation. Identical chunks
