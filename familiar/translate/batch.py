@@ -335,18 +335,18 @@ class Translator:
         seat and the board full, and a 30,000-chunk article holds 30,000 tasks no more."""
 
         async def one(job: Job) -> None:
-            try:
-                outcome = await self._chunk(dispatcher, n, rel, report, job)
-                if outcome.ok:
-                    translations[job.chunk.index] = outcome.text
-            finally:
-                self._under_way.release()
+            outcome = await self._chunk(dispatcher, n, rel, report, job)
+            if outcome.ok:
+                translations[job.chunk.index] = outcome.text
+
+        def release(_task: object) -> None:  # also for a task cancelled before it ran
+            self._under_way.release()
 
         try:
             async with asyncio.TaskGroup() as tg:
                 for job in jobs:
                     await self._under_way.acquire()
-                    tg.create_task(one(job))
+                    tg.create_task(one(job)).add_done_callback(release)
         except ExceptionGroup as group:
             raise _one_failure(group) from None
 

@@ -15,14 +15,18 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import pytest
+
 from familiar.backend import SlotClient
 from familiar.dispatch import Pool, WorkBoard, WorkItem
+from familiar.errors import BackendHTTPError
 from familiar.lang import detect_lang
 from familiar.slots import Slot
 from familiar.translate import markdown as md
-from familiar.translate.batch import BatchOptions, Translator
+from familiar.translate.batch import BatchOptions, ChunkOutcome, Job, Translator
 from familiar.translate.cache import ChunkCache
 from familiar.translate.files import discover
+from familiar.translate.report import ArticleReport
 from tests.support.fake_openai import FakeOpenAIServer
 
 
@@ -123,3 +127,34 @@ def test_a_long_list_is_chunked_in_time_proportional_to_its_size() -> None:
     assert len(chunking) > 400
     assert md.assemble(chunking, {}) == text
     assert took < 20, took  # every cut checked against every span: minutes
+
+
+async def test_a_failed_article_gives_back_every_chunk_place(tmp_path: Path) -> None:
+    """A chunk task cancelled before it ran still frees its place: else every failed
+    article would leak places until the batch stood still."""
+    cache = ChunkCache(tmp_path / "cache.sqlite")
+    try:
+        opts = BatchOptions(to="en", out_dir=tmp_path / "out")
+        pool = Pool(
+            "translator", "translator", 4, SlotClient(Slot(name="t", url="http://x", model="m"))
+        )
+        translator = Translator([pool], opts, cache)
+        chunking = md.chunk(md.parse(long_article(400)), 24)
+        jobs = [Job(ch, "ja", ()) for ch in chunking]
+
+        async def chunk(*args: object) -> ChunkOutcome:
+            job = args[-1]
+            assert isinstance(job, Job)
+            await asyncio.sleep(0)
+            if job.chunk.index == 150:
+                raise BackendHTTPError("t", 500, "gave up")
+            return ChunkOutcome("x", ok=True)
+
+        translator._chunk = chunk  # type: ignore[method-assign,assignment]
+        for _ in range(3):
+            report = ArticleReport(path="a.md")
+            with pytest.raises(BackendHTTPError):
+                await translator._all(None, 0, Path("a.md"), report, jobs, {})  # type: ignore[arg-type]
+            assert translator._under_way._value == translator.chunks_at_once
+    finally:
+        cache.close()
