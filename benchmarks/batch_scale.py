@@ -1,4 +1,4 @@
-"""Batches at scale on one host: memory, one long article, identical chunks.
+"""Batches at scale on one host: memory, one long article, identical chunks, big articles.
 
 1. Peak RSS of ``familiar translate`` (a real process, ``os.wait4``) over 1,000 / 5,000
    / 20,000 generated articles of about 9 KB each against the fake translator (its own
@@ -6,9 +6,14 @@
 2. One long article (``--chunks`` chunks) on 4 seats at ``--long-latency`` per request:
    the batch's wall time vs the serial time (chunks x latency). Target: < 0.5x.
 3. Ten copies of one article at once: requests made vs chunks (each distinct chunk once).
+4. One article of 1 / 5 / 50 MB (``--single``; about 530 chunks per MB) vs the same
+   Markdown as ~9 KB articles, same seats and latency as 1.: chunks/s, requests/s and
+   peak RSS. Target: time and memory linear in the article's size (a 50 MB article at
+   the requests/s of the small articles, peak RSS < 500 MB).
 
     python benchmarks/batch_scale.py [--sizes 1000,5000,20000] [--seats 16]
-        [--latency 0.005] [--chunks 37] [--long-latency 0.3]
+        [--latency 0.005] [--chunks 37] [--long-latency 0.3] [--single 1,5,50] [--no-small]
+        [--only memory,long,copies,single]
 """
 
 from __future__ import annotations
@@ -64,6 +69,13 @@ def workspace(root: Path, url: str, seats: int) -> None:
 
 def run_batch(root: Path, *extra: str) -> tuple[float, float, list[dict[str, object]]]:
     """Wall seconds, peak RSS in MB, and the JSON report of one ``familiar translate``."""
+    wall, rss, _cpu, rows = run_batch_cpu(root, *extra)
+    return wall, rss, rows
+
+
+def run_batch_cpu(root: Path, *extra: str) -> tuple[float, float, float, list[dict[str, object]]]:
+    """Wall seconds, peak RSS in MB, CPU seconds (user + system: what the process did,
+    whatever else the host runs) and the JSON report of one ``familiar translate``."""
     env = {
         **os.environ,
         "FAMILIAR_HOME": str(root / ".home"),
@@ -83,7 +95,7 @@ def run_batch(root: Path, *extra: str) -> tuple[float, float, list[dict[str, obj
         rows = json.loads(out.read() or b"[]")
     if proc.returncode != 0:
         raise SystemExit(f"familiar translate exited {proc.returncode} in {root}")
-    return wall, usage.ru_maxrss / 1024, rows
+    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, rows
 
 
 def memory(args: argparse.Namespace, tmp: Path) -> None:
@@ -157,11 +169,68 @@ def copies(args: argparse.Namespace, tmp: Path) -> None:
     )
 
 
+def big_article(mb: float) -> str:
+    """About ``mb`` MB of Japanese Markdown in one article: a heading every 20 paragraphs,
+    no paragraph a copy of another (so no chunk is served by another's answer)."""
+    parts = ["---\ntitle: 長い記事\n---\n\n# 長い記事"]
+    size, i = 0, 0
+    while size < mb * 1e6:
+        if i % 20 == 0:
+            parts.append(f"## 節{i // 20}")
+        picks = [SENTENCES[(i * 5 + k * 3 + i // 12) % len(SENTENCES)] for k in range(6)]
+        parts.append(f"段落{i}です。" + "".join(picks).format(n=0, i=i))
+        size += len(parts[-1].encode()) + 2
+        i += 1
+    return "\n\n".join(parts) + "\n"
+
+
+def single(args: argparse.Namespace, tmp: Path) -> None:
+    rows = []
+    with spawn_fake_server(latency_s=args.latency, reply_mode="identity") as srv:
+        for mb in args.single:
+            for kind in ("one article", "small articles")[: 2 if args.small else 1]:
+                root = tmp / f"single-{mb}-{kind[0]}"
+                workspace(root, srv.url, args.seats)
+                src = root / "src"
+                src.mkdir()
+                if kind == "one article":
+                    (src / "big.md").write_text(big_article(mb), encoding="utf-8")
+                else:
+                    total, n = 0, 0
+                    while total < mb * 1e6:
+                        text = article(n)
+                        (src / f"a{n:06}.md").write_text(text, encoding="utf-8")
+                        total, n = total + len(text.encode()), n + 1
+                before = srv.stats()["requests"]
+                wall, rss, cpu, report = run_batch_cpu(root)
+                asked = srv.stats()["requests"] - before
+                chunks = sum(int(str(r["chunks"])) for r in report)
+                rate = [chunks / wall, asked / wall, cpu / max(chunks, 1) * 1000]
+                rows.append([mb, kind, len(report), chunks, asked, wall, *rate, rss])
+    print(
+        f"\n4. one big article vs the same MB as small articles: {args.seats} seats,"
+        f" {args.latency * 1000:.0f} ms per request (wall and CPU: the whole process;"
+        " CPU ms/chunk holds still when the host is busy, the rates do not)"
+    )
+    heads = ["MB", "as", "articles", "chunks", "requests", "wall s", "chunks/s", "requests/s"]
+    print(_common.table([*heads, "CPU ms/chunk", "peak RSS MB"], rows))
+
+
+SECTIONS = {"memory": memory, "long": long_article, "copies": copies, "single": single}
+
+
+def _sections(value: str) -> list[str]:
+    names = value.split(",")
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"no section {unknown[0]!r}: one of {', '.join(SECTIONS)}")
+    return names
+
+
 def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        memory(args, Path(tmp))
-        long_article(args, Path(tmp))
-        copies(args, Path(tmp))
+        for name in args.only:
+            SECTIONS[name](args, Path(tmp))
 
 
 if __name__ == "__main__":
@@ -173,4 +242,14 @@ if __name__ == "__main__":
     p.add_argument("--latency", type=float, default=0.005)
     p.add_argument("--chunks", type=int, default=37)
     p.add_argument("--long-latency", type=float, default=0.3)
+    p.add_argument(
+        "--single", type=lambda s: [float(x) for x in s.split(",")], default=[1.0, 5.0, 50.0]
+    )
+    p.add_argument(
+        "--small",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="4. also as small articles (--no-small: the big articles only)",
+    )
+    p.add_argument("--only", type=_sections, default=list(SECTIONS))
     main(p.parse_args())

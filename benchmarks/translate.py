@@ -25,8 +25,9 @@ from familiar.backend import SlotClient
 from familiar.dispatch import Pool
 from familiar.slots import Slot
 from familiar.translate import markdown as md
-from familiar.translate.batch import BatchOptions, Translator, discover
+from familiar.translate.batch import BatchOptions, Translator
 from familiar.translate.cache import ChunkCache
+from familiar.translate.files import discover
 from familiar.translate.formats import build_request
 from tests.support.fake_openai import spawn_fake_server
 

@@ -13,7 +13,7 @@ Two batches: ``long`` (articles of many long paragraphs: the workers' CPU is the
 bottleneck, so two workers should beat one) and ``tiny`` (one-line articles: the
 difference to ``local`` per article is the queue's overhead per job).
 
-    python benchmarks/work_queue.py [--long 32] [--tiny 200] [--seats 8]
+    python benchmarks/work_queue.py [--long 32] [--tiny 200] [--seats 8]  (0: leave it out)
 """
 
 from __future__ import annotations
@@ -132,6 +132,8 @@ def main() -> None:
         root = Path(tmp)
         ws = workspace(root / "ws", fake.url, args.seats)
         for kind, n in (("long", args.long), ("tiny", args.tiny)):
+            if not n:  # --long 0 / --tiny 0: that batch is left out
+                continue
             src = ws / f"src-{kind}"
             write_batch(src, kind, n)
             local = run_local(ws, src, f"{kind}-local")

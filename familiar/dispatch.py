@@ -108,7 +108,14 @@ class DispatcherStatistics:
 
 
 class WorkBoard(Generic[P]):
-    """A bounded, closable set of per-role FIFO queues with work stealing."""
+    """A bounded, closable set of per-role FIFO queues with work stealing.
+
+    Every operation costs the same however many tasks wait on it: a ``put`` waiting for
+    room waits on its own future, in a FIFO line, and a ``take`` wakes only the first
+    of them (a condition's ``notify_all`` woke every waiting ``put`` on every take: one
+    32,000-chunk article made each item cost 32,000 wake-ups). Only the workers waiting
+    in ``take`` (one per seat) are all woken when work arrives, as routing needs.
+    """
 
     def __init__(self, maxsize: int) -> None:
         if maxsize < 1:
@@ -118,7 +125,8 @@ class WorkBoard(Generic[P]):
         self._idle: dict[str, int] = {}  # workers of each role waiting in take()
         self._size = 0
         self._closed = False
-        self._cond = asyncio.Condition()
+        self._putters: deque[asyncio.Future[None]] = deque()  # waiting for room, in order
+        self._takers: list[asyncio.Future[None]] = []  # workers waiting for work
 
     def __len__(self) -> int:
         return self._size
@@ -140,13 +148,22 @@ class WorkBoard(Generic[P]):
         )
 
     async def put(self, item: WorkItem[P]) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self._closed or self._size < self.maxsize)
-            if self._closed:
-                raise BoardClosed("the work board is closed")
-            self._queues.setdefault(item.role, deque()).append(item)
-            self._size += 1
-            self._cond.notify_all()
+        while not self._closed and self._size >= self.maxsize:
+            room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._putters.append(room)
+            try:
+                await room
+            except BaseException:
+                if room.cancelled():
+                    pass  # left in line, skipped by _wake_putter (no O(n) removal)
+                else:
+                    self._wake_putter()  # woken, then cancelled: the room goes to the next
+                raise
+        if self._closed:
+            raise BoardClosed("the work board is closed")
+        self._queues.setdefault(item.role, deque()).append(item)
+        self._size += 1
+        self._wake_takers()
 
     async def take(self, roles: Sequence[str]) -> WorkItem[P] | None:
         """The next item for a worker of ``roles[0]``; None once closed and drained.
@@ -157,27 +174,49 @@ class WorkBoard(Generic[P]):
         pool idles while interchangeable work waits.
         """
         own, others = roles[0], roles[1:]
-        async with self._cond:
-            self._idle[own] = self._idle.get(own, 0) + 1
-            try:
-                while True:
-                    for role in (own, *others):
-                        queue = self._queues.get(role)
-                        if queue and (role == own or not self._idle.get(role)):
-                            self._size -= 1
-                            self._cond.notify_all()
-                            return queue.popleft()
-                    if self._closed:
-                        return None
-                    await self._cond.wait()
-            finally:
-                self._idle[own] -= 1
-                self._cond.notify_all()  # a thief may now take work this worker left
+        self._idle[own] = self._idle.get(own, 0) + 1
+        try:
+            while True:
+                for role in (own, *others):
+                    queue = self._queues.get(role)
+                    if queue and (role == own or not self._idle.get(role)):
+                        self._size -= 1
+                        self._wake_putter()
+                        return queue.popleft()
+                if self._closed:
+                    return None
+                work: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._takers.append(work)
+                try:
+                    await work
+                finally:
+                    if work in self._takers:  # one per worker: a short list
+                        self._takers.remove(work)
+        finally:
+            self._idle[own] -= 1
+            if not self._idle[own] and self._queues.get(own):
+                self._wake_takers()  # a thief may now take the work this role left
 
     async def close(self) -> None:
-        async with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self._closed = True
+        self._wake_takers()
+        while self._putters:
+            room = self._putters.popleft()
+            if not room.done():
+                room.set_result(None)
+
+    def _wake_putter(self) -> None:
+        """Room for one more: wake the first ``put`` still waiting."""
+        while self._putters:
+            room = self._putters.popleft()
+            if not room.done():
+                room.set_result(None)
+                return
+
+    def _wake_takers(self) -> None:
+        for work in self._takers:
+            if not work.done():
+                work.set_result(None)
 
 
 class PoolState:

@@ -5,9 +5,10 @@ Memory follows the work in flight, not the batch: the list of files is known up 
 number of articles (``articles_at_once``, enough to keep every seat busy) are read,
 parsed and translated at once; a finished article leaves memory.
 
-Within an article, the first chunk is asked alone; every other chunk then goes out at
-once (the dispatcher's bounded board and the seats pace them) with the first chunk and
-its translation as context (the *anchor*: title and lead, which fix names and terms for
+Within an article, the first chunk is asked alone; every other chunk then goes out
+(at most ``chunks_at_once`` of the batch under way, so a 30,000-chunk article is not
+30,000 tasks; the dispatcher's bounded board and the seats pace them) with the first
+chunk and its translation as context (the *anchor*: title and lead, which fix names and terms for
 the rest). The anchor, unlike "the previous chunk's translation", does not make chunk
 ``i`` wait for chunk ``i-1``, so one long article keeps every seat busy; the cost is
 that a chunk no longer sees its immediate predecessor's translation. Identical chunks
@@ -30,7 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -109,6 +111,9 @@ class Translator:
         seats = sum(p.seats for p in self.pools)
         #: articles read, parsed and translated at once (the rest wait on disk)
         self.articles_at_once = articles_at_once or max(4, 2 * seats)
+        #: chunks of the batch under way at once (cache look-up, board, seat): the rest wait
+        self.chunks_at_once = max(16, 4 * seats)
+        self._under_way = asyncio.Semaphore(self.chunks_at_once)
         self._asked: dict[str, asyncio.Future[ChunkOutcome]] = {}
         self.opts = opts
         self.cache = cache
@@ -192,7 +197,9 @@ class Translator:
             done: list[str | None] = [None]
 
             async def work() -> None:
-                done[0] = await self._translate_text(dispatcher, 0, text, rel, report)
+                prepared = self._prepare(text, report)
+                if prepared is not None:
+                    done[0] = await self._translate_chunks(dispatcher, 0, *prepared, rel, report)
                 if done[0] is not None:
                     report.status = "failed" if report.failed_chunks else "ok"
 
@@ -261,9 +268,12 @@ class Translator:
         rel: Path,
         report: ArticleReport,
     ) -> None:
-        translated = await self._translate_text(dispatcher, n, read_article(src), rel, report)
-        if translated is None:
+        # the text is let go once chunked (a 50 MB article: 35 to 200 MB of str)
+        prepared = self._prepare(read_article(src), report)
+        if prepared is None:
             return
+        translated = await self._translate_chunks(dispatcher, n, *prepared, rel, report)
+        del prepared  # the chunks are let go before the write (which encodes a copy)
         out = output_path(
             src, rel, to=self.opts.to, out_dir=self.opts.out_dir, in_place=self.opts.in_place
         )
@@ -271,15 +281,9 @@ class Translator:
         report.out = str(out)
         report.status = "failed" if report.failed_chunks else "ok"
 
-    async def _translate_text(
-        self,
-        dispatcher: Dispatcher[Job, ChunkOutcome],
-        n: int,
-        text: str,
-        rel: Path,
-        report: ArticleReport,
-    ) -> str | None:
-        """The article's translation; None when it is already in the target language."""
+    def _prepare(self, text: str, report: ArticleReport) -> tuple[md.Chunking, str] | None:
+        """The article's chunks and source language; None when it is already in the
+        target language (``report`` says so)."""
         source_lang = self.opts.source_lang
         if source_lang == "auto":
             source_lang = detect_lang(text)
@@ -288,10 +292,18 @@ class Translator:
             report.status = "skipped"
             report.error = f"already in {self.opts.to}"
             return None
-        article = md.parse(text)
-        chunking = md.chunk(article, self.opts.chunk_tokens)
-        del text, article
-        chunks = chunking
+        return md.chunk(md.parse(text), self.opts.chunk_tokens), source_lang
+
+    async def _translate_chunks(
+        self,
+        dispatcher: Dispatcher[Job, ChunkOutcome],
+        n: int,
+        chunks: md.Chunking,
+        source_lang: str,
+        rel: Path,
+        report: ArticleReport,
+    ) -> str:
+        """The article's translation."""
         report.chunks = len(chunks)
         self.progress("chunks-total", len(chunks))
         translations: dict[int, str] = {}
@@ -301,12 +313,10 @@ class Translator:
             if first.ok:
                 translations[0] = first.text
                 anchor = ((chunks[0].text, first.text),)
-            jobs = [Job(ch, source_lang, anchor) for ch in chunks[1:]]
-            for index, outcome in await self._all(dispatcher, n, rel, report, jobs):
-                if outcome.ok:
-                    translations[index] = outcome.text
+            jobs = (Job(ch, source_lang, anchor) for ch in islice(chunks, 1, None))
+            await self._all(dispatcher, n, rel, report, jobs, translations)
         report.failed_chunks.sort()
-        return md.assemble(chunking, translations)
+        return md.assemble(chunks, translations)
 
     async def _all(
         self,
@@ -314,18 +324,29 @@ class Translator:
         n: int,
         rel: Path,
         report: ArticleReport,
-        jobs: Sequence[Job],
-    ) -> list[tuple[int, ChunkOutcome]]:
-        """Every job at once (the board and the seats pace them); a backend that gives up
-        on one fails the article (its siblings are cancelled)."""
+        jobs: Iterable[Job],
+        translations: dict[int, str],
+    ) -> None:
+        """Every job, each translation into ``translations``; a backend that gives up on
+        one fails the article (its siblings are cancelled). At most ``chunks_at_once``
+        chunks of the batch are under way at a time (a task each): enough to keep every
+        seat and the board full, and a 30,000-chunk article holds 30,000 tasks no more."""
+
+        async def one(job: Job) -> None:
+            outcome = await self._chunk(dispatcher, n, rel, report, job)
+            if outcome.ok:
+                translations[job.chunk.index] = outcome.text
+
+        def release(_task: object) -> None:  # also for a task cancelled before it ran
+            self._under_way.release()
+
         try:
             async with asyncio.TaskGroup() as tg:
-                tasks = [
-                    tg.create_task(self._chunk(dispatcher, n, rel, report, job)) for job in jobs
-                ]
+                for job in jobs:
+                    await self._under_way.acquire()
+                    tg.create_task(one(job)).add_done_callback(release)
         except ExceptionGroup as group:
             raise _one_failure(group) from None
-        return [(job.chunk.index, t.result()) for job, t in zip(jobs, tasks, strict=True)]
 
     async def _chunk(
         self,

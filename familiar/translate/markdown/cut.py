@@ -298,12 +298,16 @@ def _best_cut(text: str, delims: tuple[str, str]) -> tuple[int, int] | None:
     link = re.compile(r"\[[^\[\]\n]*\](?:" + tok_re(delims).pattern + ")?")
     spans += [m.span() for m in link.finditer(text)]
 
+    inner = bytearray(n + 1)  # inner[k]: k lies strictly inside a span (O(1) to ask)
+    for a, b in spans:
+        inner[a + 1 : b] = b"\x01" * max(b - a - 1, 0)
+
     def widen(i: int, j: int) -> tuple[int, int] | None:
         while i > 0 and text[i - 1] in " \t\n":
             i -= 1
         while j < n and text[j] in " \t\n":
             j += 1
-        inside = any(a < i < b or a < j < b for a, b in spans)
+        inside = inner[i] or inner[j]
         return None if inside or i == 0 or j == n else (i, j)
 
     fallback: tuple[int, int] | None = None
