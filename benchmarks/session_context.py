@@ -75,13 +75,14 @@ def main() -> None:
     print(
         f"context: {len(paths)} files, {total:,} bytes; {n} subtasks, {args.files_each} files each"
     )
-    head = ("requests built with", "bytes/request (mean)", "shared prefix", "share")
-    print(f"{head[0]:<28} {head[1]:>21} {head[2]:>14} {head[3]:>7}")
+    rows: list[list[object]] = []
     for label, own in (("each subtask's own files", True), ("every context file", False)):
         texts = requests(plan, ctx, own)
         mean = sum(len(t.encode()) for t in texts) / len(texts)
         shared = len(texts[0][: common_prefix(texts)].encode())
-        print(f"{label:<28} {mean:>21,.0f} {shared:>14,} {shared / mean:>7.0%}")
+        rows.append([label, f"{mean:,.0f}", f"{shared:,}", f"{shared / mean:.0%}"])
+    head = ["requests built with", "bytes/request (mean)", "shared prefix", "share"]
+    print(_common.table(head, rows))
 
 
 if __name__ == "__main__":
