@@ -83,7 +83,10 @@ async def direct(url: str, texts: list[str], conc: int) -> tuple[float, int]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as tmp, spawn_fake_server(latency_s=args.latency) as srv:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        spawn_fake_server(latency_s=args.latency, reply_mode="identity") as srv,
+    ):
         root = Path(tmp)
         (root / "src").mkdir()
         for n in range(args.articles):
