@@ -23,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import _common  # puts the repo on sys.path
+
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.nats import NatsServer
 
@@ -35,7 +37,12 @@ async def holder(url: str, llm: str, ttl: float, home: Path) -> asyncio.subproce
     return await asyncio.create_subprocess_exec(
         sys.executable,
         *("-c", code, url, llm, str(ttl), str(home)),
-        env={**os.environ, "FAMILIAR_TELEMETRY": "off", "FAMILIAR_LEDGER_DIR": str(home)},
+        env={
+            **os.environ,
+            "FAMILIAR_TELEMETRY": "off",
+            "FAMILIAR_LEDGER_DIR": str(home),
+            "PYTHONPATH": str(_common.REPO),  # the holders import tests.support from anywhere
+        },
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )

@@ -34,7 +34,7 @@ TINY: dict[str, list[str]] = {
     "telemetry": ["--calls", "20", "--concurrency", "4", "--rounds", "1"],
     "translate": ["--articles", "2", "--seats", "2", "--latency", "0.01"],
     "work_queue": ["--long", "0", "--tiny", "3", "--seats", "2"],
-    "seat_pause": ["--ttl", "1", "--pause", "0.3"],
+    "seat_pause": ["--ttl", "2", "--pause", "0.5"],
     "session_context": ["--tiny"],
     "mcp_overhead": ["--tiny"],
     "batch_jsonl": ["--tiny"],
