@@ -194,6 +194,31 @@ def build(where: Where) -> MCPServer[Any]:
         )
 
     @app.tool()
+    async def translate(
+        paths: Annotated[
+            list[str],
+            Field(
+                description="Markdown files or directories (relative to the workspace)",
+                min_length=1,
+            ),
+        ],
+        to: Annotated[str, Field(description="target language: 'en' or 'ja'")],
+        ctx: Context,
+        out: Annotated[
+            str | None,
+            Field(description="output directory (default: translated-<to>); never a source"),
+        ] = None,
+        source: Annotated[str, Field(description="'auto', 'en' or 'ja'")] = "auto",
+    ) -> dict[str, Any]:
+        """Translate Markdown articles (Japanese <-> English) with the translator role,
+        as `familiar translate` does: code, URLs, link targets and structure kept byte
+        for byte, chunks cached, sources never overwritten. Returns the per-article
+        report (status, chunks, output path, error) and the exit code (0 all ok)."""
+        return await guarded(
+            tools.translate(where, paths, to, out=out, source=source, progress=reporter(ctx))
+        )
+
+    @app.tool()
     async def session(
         id: Annotated[str, Field(description="a session id, a unique prefix, or 'last'")],
     ) -> dict[str, Any]:

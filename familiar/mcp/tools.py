@@ -354,3 +354,66 @@ def session(where: Where, sid: str) -> dict[str, Any]:
         "result": _cut(final.read_text(encoding="utf-8"), final) if final.exists() else None,
         "directory": str(directory),
     }
+
+
+async def translate(
+    where: Where,
+    paths: Sequence[str],
+    to: str,
+    *,
+    out: str | None = None,
+    source: str = "auto",
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """A translation batch exactly as ``familiar translate`` runs it (the same safety
+    rules: never over a source), in its own process so its output stays off this
+    server's stdout; cancelled with the call (its seats come back when it ends)."""
+    import sys
+
+    if not paths:
+        raise ConfigError("give at least one path")
+    if to not in ("en", "ja") or source not in ("auto", "en", "ja"):
+        raise ConfigError("to must be 'en' or 'ja'; source 'auto', 'en' or 'ja'")
+    workspace = where.workspace or find_workspace(None)
+    argv = [sys.executable, "-m", "familiar", "translate", *paths, "--to", to, "--json"]
+    argv += ["--from", source, "--workspace", str(workspace)]
+    if out:
+        argv += ["--out", out]
+    if where.slots is not None:
+        argv += ["--slots", str(where.slots)]
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=workspace,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    started = time.monotonic()
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            if progress is not None:
+                await progress(0, None, f"translating: {round(time.monotonic() - started)} s")
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            ticker = tg.create_task(beat())
+            stdout, stderr = await proc.communicate()
+            ticker.cancel()
+    except BaseException:
+        if proc.returncode is None:
+            proc.terminate()  # SIGTERM: the batch stops within a second, seats freed
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+        raise
+    errors = stderr.decode("utf-8", "replace").strip().splitlines()
+    if proc.returncode == 2:
+        raise ConfigError(errors[-1].removeprefix("familiar: error: ") if errors else "usage error")
+    try:
+        report = json.loads(stdout.decode("utf-8"))
+    except ValueError:
+        raise FamiliarError(errors[-1] if errors else "translate printed no report") from None
+    return {"exit_code": proc.returncode, "report": report, "warnings": errors[-20:]}

@@ -19,7 +19,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from familiar.cli import main
 from tests.support.fake_openai import FakeOpenAIServer
-from tests.support.scripts import PLAN, SessionScript
+from tests.support.scripts import ARTICLE, PLAN, SessionScript, echo_translated
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,7 +58,14 @@ def data(result: Any) -> Any:
 async def test_tools_are_listed_with_schemas(tmp_path: Path, fake: FakeOpenAIServer) -> None:
     async with client(tmp_path) as s:
         listed = {t.name: t for t in (await s.list_tools()).tools}
-    assert set(listed) == {"fleet_status", "ask", "ask_many", "run_session", "session"}
+    assert set(listed) == {
+        "fleet_status",
+        "ask",
+        "ask_many",
+        "run_session",
+        "translate",
+        "session",
+    }
     ask_many = listed["ask_many"].input_schema
     assert ask_many["required"] == ["prompts"]
     assert ask_many["properties"]["prompts"]["type"] == "array"
@@ -165,3 +172,28 @@ def test_print_config_names_this_workspace(
     assert str(tmp_path) in out
     entry = json.loads(out[out.index("{") :])
     assert entry["mcpServers"]["familiar"]["args"][:2] == ["-m", "familiar"]
+
+
+async def test_translate_runs_a_batch_with_the_cli_rules(
+    tmp_path: Path, fake: FakeOpenAIServer
+) -> None:
+    with (tmp_path / "slots.toml").open("a") as fh:
+        fh.write(
+            f'[slots.translator]\nurl = "{fake.url}"\nmodel = "t"\nruntime = "vllm"\n'
+            "parallel = 2\ntimeout_s = 10\n"
+        )
+    (tmp_path / "CLAUDE.md").write_text("familiar: grandpa x naughty x translator\n")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.md").write_text(ARTICLE, encoding="utf-8")
+    fake.handler = echo_translated
+    async with client(tmp_path) as s:
+        out = data(await s.call_tool("translate", {"paths": ["src"], "to": "en", "out": "en"}))
+        over = await s.call_tool("translate", {"paths": ["src"], "to": "en", "out": "src"})
+        bad = await s.call_tool("translate", {"paths": ["src"], "to": "fr"})
+    assert out["exit_code"] == 0
+    rows = out["report"]["articles"] if isinstance(out["report"], dict) else out["report"]
+    assert [r["status"] for r in rows] == ["ok"]
+    assert (tmp_path / "en" / "a.md").is_file()
+    assert over.is_error  # never over a source
+    assert (tmp_path / "src" / "a.md").read_text(encoding="utf-8") == ARTICLE
+    assert bad.is_error and "'en' or 'ja'" in bad.content[0].text
