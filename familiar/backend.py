@@ -2,8 +2,8 @@
 
 One client per slot. Per request attempt it takes a seat (the slot's ``parallel``
 cap, shared by all replicas), passes the request-rate throttle, picks the replica
-with the fewest outstanding requests (skipping replicas cooling down after a
-failure), streams the answer so time to first token is measured, and reports an
+(the one the request's affinity key prefers unless it is too busy, else the fewest
+outstanding requests; replicas cooling down after a failure skipped), streams the answer so time to first token is measured, and reports an
 :class:`CallEvent` to every hook. Failed attempts (connect errors, timeouts, 429,
 5xx, malformed answers) are retried by tenacity with exponential backoff and
 jitter, honouring ``Retry-After``; the seat is given back while waiting.
@@ -58,6 +58,8 @@ class CallResult:
     replica: str
     slot: str
     model: str
+    #: prompt tokens the server served from its prefix cache (None: it did not say)
+    cached_tokens: int | None = None
 
     def json(self) -> Any:
         """The text parsed as JSON (for schema-constrained calls)."""
@@ -93,6 +95,8 @@ class CallEvent:
     stream: bool = True
     response_id: str | None = None
     response_model: str | None = None
+    #: prompt tokens the server served from its prefix cache (None: it did not say)
+    cached_tokens: int | None = None
 
 
 Hook = Callable[[CallEvent], None]
@@ -286,6 +290,7 @@ class SlotClient:
             replica=replica.label,
             slot=self.slot.name,
             model=self.slot.model,
+            cached_tokens=acc.cached_tokens,
         )
 
     def _backoff(self, attempt: int, exc: BaseException | None) -> float:
@@ -392,6 +397,7 @@ class SlotClient:
             stream=self.stream,
             response_id=acc.response_id,
             response_model=acc.response_model,
+            cached_tokens=acc.cached_tokens,
         )
         for hook in self.hooks:
             try:

@@ -246,6 +246,8 @@ def test_list_sessions_shows_unreadable_sessions_instead_of_failing(tmp_path: Pa
         "duration_s": 2.3,
         "task": "Write a guide to the Frobnicator",
         "error": None,
+        "prompt_tokens": None,
+        "cached_tokens": None,
     }
     assert rows["s-bad"].status == "unreadable" and "corrupt" in (rows["s-bad"].error or "")
     assert [r.id for r in list_sessions(tmp_path)] == ["s-bad", "s-good"]
