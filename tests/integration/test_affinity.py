@@ -1,0 +1,146 @@
+"""Cache-aware replica choice through real fake servers on loopback: a session's requests stay
+on one replica of a slot, a replica that dies moves only its sessions, and the cached prompt
+tokens the servers report reach CallResult, CallEvent and the llm.call event."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import pytest
+
+from familiar.backend import CallEvent, SlotClient
+from familiar.context import bound_affinity, bound_correlation_id
+from familiar.slots import Slot
+from familiar.telemetry import llm_call_fields
+from familiar.wire import RetryPolicy
+from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.prefix_cache import PrefixCacheConfig
+
+PREFIX = " ".join(f"shared{i}" for i in range(64))
+
+
+async def no_sleep(_s: float) -> None:
+    return None
+
+
+@asynccontextmanager
+async def replicas(n: int, **cache: object) -> AsyncIterator[list[FakeOpenAIServer]]:
+    async with AsyncExitStack() as stack:
+        servers = []
+        for _ in range(n):
+            config = PrefixCacheConfig(block=4, **cache)  # type: ignore[arg-type]
+            servers.append(await stack.enter_async_context(FakeOpenAIServer(prefix_cache=config)))
+        yield servers
+
+
+def client(servers: list[FakeOpenAIServer], affinity: str = "session", **kw: object) -> SlotClient:
+    slot = Slot(
+        name="w",
+        url=[s.url for s in servers],
+        model="fake-model",
+        parallel=8,
+        affinity=affinity,  # type: ignore[arg-type]
+    )
+    return SlotClient(slot, retry=RetryPolicy(attempts=4, sleep=no_sleep), **kw)  # type: ignore[arg-type]
+
+
+async def session(c: SlotClient, cid: str, n: int) -> None:
+    with bound_correlation_id(cid):
+        for i in range(n):
+            system = f"{cid} {PREFIX}"  # a session's own prefix
+            await c.chat(
+                [{"role": "system", "content": system}, {"role": "user", "content": f"t{i}"}]
+            )
+
+
+def homes(servers: list[FakeOpenAIServer]) -> dict[str, set[int]]:
+    """Correlation id -> the servers (by index) that got its requests."""
+    out: dict[str, set[int]] = defaultdict(set)
+    for i, srv in enumerate(servers):
+        for r in srv.requests:
+            out[r["headers"]["x-correlation-id"]].add(i)
+    return out
+
+
+async def test_affinity_keeps_each_sessions_requests_on_one_replica() -> None:
+    async with replicas(2) as servers:
+        async with client(servers) as c:
+            for k in range(8):
+                await session(c, f"s{k}", 6)
+        seen = homes(servers)
+        assert len(seen) == 8 and all(len(where) == 1 for where in seen.values()), seen
+        assert sum(s.stats["requests"] for s in servers) == 48
+        # the cache served every request of a session but its first
+        cached = sum(s.prefix_cache.cached_tokens for s in servers if s.prefix_cache)
+        assert cached == 8 * 5 * 64
+
+
+async def test_without_affinity_a_session_is_spread_over_the_replicas() -> None:
+    async with replicas(2) as servers:
+        async with client(servers, affinity="none") as c:
+            for k in range(4):
+                await session(c, f"s{k}", 6)
+        assert all(where == {0, 1} for where in homes(servers).values())
+
+
+async def test_an_explicit_affinity_key_wins_over_the_correlation_id() -> None:
+    async with replicas(3) as servers:
+        async with client(servers) as c:
+            with bound_affinity("article-1"):
+                for k in range(6):
+                    await session(c, f"s{k}", 2)
+        used = {i for where in homes(servers).values() for i in where}
+        assert len(used) == 1
+
+
+async def test_a_dead_replica_moves_only_its_sessions() -> None:
+    async with replicas(3) as servers:
+        async with client(servers) as c:
+            ids = [f"s{k}" for k in range(16)]
+            for cid in ids:
+                await session(c, cid, 2)
+            before = {cid: next(iter(w)) for cid, w in homes(servers).items()}
+            dead = Counter(before.values()).most_common(1)[0][0]
+            await servers[dead].stop()
+            for srv in servers:
+                srv.reset()
+            for cid in ids:
+                await session(c, cid, 3)
+        after = homes([s for s in servers])
+        for cid in ids:
+            where = after[cid] - {dead}
+            assert len(where) == 1, (cid, after[cid])
+            if before[cid] != dead:
+                assert after[cid] == {before[cid]}, cid  # untouched: not even tried elsewhere
+            else:
+                assert where != {dead}
+        moved = [cid for cid in ids if before[cid] == dead]
+        assert moved and len(moved) < len(ids)
+
+
+@pytest.mark.parametrize("style", ["openai", "llama"])
+@pytest.mark.parametrize("stream", [True, False])
+async def test_cached_tokens_reach_the_result_the_event_and_telemetry(
+    style: str, stream: bool
+) -> None:
+    events: list[CallEvent] = []
+    async with replicas(1, style=style) as servers:
+        async with client(servers, hooks=[events.append], stream=stream) as c:
+            messages = [{"role": "system", "content": PREFIX}, {"role": "user", "content": "a b"}]
+            with bound_correlation_id("c1"):
+                first = await c.chat(messages)
+                second = await c.chat(messages)
+    assert first.cached_tokens == 0 and first.prompt_tokens == 66
+    assert second.cached_tokens == 64 and second.prompt_tokens == 66
+    assert [e.cached_tokens for e in events] == [0, 64]
+    assert llm_call_fields(events[1])["gen_ai.usage.cache_read.input_tokens"] == 64
+
+
+async def test_a_server_that_reports_no_cache_leaves_cached_tokens_unknown() -> None:
+    async with FakeOpenAIServer() as srv:
+        slot = Slot(name="w", url=srv.url, model="fake-model", parallel=1)
+        async with SlotClient(slot) as c:
+            result = await c.chat([{"role": "user", "content": "hello"}])
+    assert result.cached_tokens is None and result.prompt_tokens == 1
