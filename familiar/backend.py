@@ -3,8 +3,9 @@
 One client per slot. Per request attempt it takes a seat (the slot's ``parallel``
 cap, shared by all replicas), passes the request-rate throttle, picks the replica
 (the one the request's affinity key prefers unless it is too busy, else the fewest
-outstanding requests; replicas cooling down after a failure skipped), streams the answer so time to first token is measured, and reports an
-:class:`CallEvent` to every hook. Failed attempts (connect errors, timeouts, 429,
+outstanding requests; replicas cooling down after a failure skipped), streams the
+answer so time to first token is measured, and reports a :class:`CallEvent` to
+every hook. Failed attempts (connect errors, timeouts, 429,
 5xx, malformed answers) are retried by tenacity with exponential backoff and
 jitter, honouring ``Retry-After``; the seat is given back while waiting.
 """
