@@ -4,9 +4,12 @@ tokens the servers report reach CallResult, CallEvent and the llm.call event."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +20,7 @@ from familiar.telemetry import llm_call_fields
 from familiar.wire import RetryPolicy
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.prefix_cache import PrefixCacheConfig
+from tests.support.scripts import articles, echo_translated, report, translate
 
 PREFIX = " ".join(f"shared{i}" for i in range(64))
 
@@ -144,3 +148,33 @@ async def test_a_server_that_reports_no_cache_leaves_cached_tokens_unknown() -> 
         async with SlotClient(slot) as c:
             result = await c.chat([{"role": "user", "content": "hello"}])
     assert result.cached_tokens is None and result.prompt_tokens == 1
+
+
+async def test_a_batch_keeps_each_articles_chunks_on_one_replica(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with FakeOpenAIServer() as a, FakeOpenAIServer() as b:
+        for srv in (a, b):
+            srv.handler = echo_translated
+            srv.configure(latency_s=0.01)
+        urls = ", ".join(f'"{s.url}"' for s in (a, b))
+        (tmp_path / "slots.toml").write_text(
+            f'[slots.translator]\nurl = [{urls}]\nmodel = "general-llm"\nruntime = "vllm"\n'
+            "parallel = 2\ntimeout_s = 5\n"
+            f'[slots.naughty]\nurl = "{a.url}"\nmodel = "m"\nparallel = 1\n'
+        )
+        (tmp_path / "CLAUDE.md").write_text("familiar: naughty x translator\n")
+        src = articles(tmp_path, 16)
+        out = tmp_path / "out"
+        assert await translate(tmp_path, str(src), "--out", str(out), "--json") == 0
+        assert {r["status"] for r in report(capsys)} == {"ok"}
+        where: dict[str, set[str]] = defaultdict(set)
+        for srv in (a, b):
+            for r in srv.requests:
+                marks = set(re.findall(r"緑茶(\d+)", json.dumps(r["body"], ensure_ascii=False)))
+                assert len(marks) == 1, marks  # every request names its article (anchor)
+                where[marks.pop()].add(srv.url)
+        assert len(where) == 16
+        assert all(len(urls) == 1 for urls in where.values()), where
+        # keyed by article, not by the batch: a batch is not all on one replica
+        assert a.stats["requests"] and b.stats["requests"]
