@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,11 +38,13 @@ from familiar.reading import Answer, Kind, check_finished, read_stream, read_who
 from familiar.replicas import Replica, ReplicaSet
 from familiar.seats import Seats
 from familiar.slots import Slot
+from familiar.warm import WarmGate
 from familiar.wire import HTTP, RetryPolicy, map_errors, retryable
 
 log = structlog.get_logger("familiar.backend")
 
 Message = Mapping[str, Any]
+OnFirst = Callable[[], None] | None
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,7 @@ class SlotClient:
         self.replica_set = ReplicaSet(
             replicas, cooldown_s=self.retry.cooldown_s, affinity=slot.affinity != "none"
         )
+        self.warm_gate = WarmGate() if slot.warm else None
 
     def __repr__(self) -> str:  # never shows a key
         return (
@@ -208,9 +212,26 @@ class SlotClient:
         cap = self.slot.max_tokens
         if cap is not None:
             body["max_tokens"] = min(int(body.get("max_tokens") or cap), cap)
+        gate = self.warm_gate
+        key = gate.key(current_affinity(), body) if gate is not None else None
+        if gate is None or key is None:
+            return await self._attempts(kind, body, role, None)
+        warmer = await gate.enter(key)  # warm, then fan out (familiar/warm.py)
+        if warmer is None:
+            return await self._attempts(kind, body, role, None)
+        try:
+            return await self._attempts(
+                kind, body, role, functools.partial(gate.warmed, key, warmer)
+            )
+        finally:
+            gate.leave(key, warmer)
+
+    async def _attempts(
+        self, kind: Kind, body: dict[str, Any], role: str | None, on_first: OnFirst
+    ) -> CallResult:
         first_wait: list[float] = []
         try:  # the fast path: most calls succeed on the first attempt, no retry machinery
-            return await self._attempt(kind, body, role, 1, first_wait)
+            return await self._attempt(kind, body, role, 1, first_wait, on_first)
         except BackendError as exc:
             if self.retry.attempts <= 1 or not retryable(exc):
                 raise
@@ -230,22 +251,34 @@ class SlotClient:
         async for attempt in retrying:
             with attempt:
                 n = attempt.retry_state.attempt_number + 1
-                return await self._attempt(kind, body, role, n, first_wait)
+                return await self._attempt(kind, body, role, n, first_wait, on_first)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def _attempt(
-        self, kind: Kind, body: dict[str, Any], role: str | None, n: int, first_wait: list[float]
+        self,
+        kind: Kind,
+        body: dict[str, Any],
+        role: str | None,
+        n: int,
+        first_wait: list[float],
+        on_first: OnFirst = None,
     ) -> CallResult:
         """One attempt; a request cancelled because its seat was lost asks for a seat
         again (``seat_lost`` is not the backend's failure: not an attempt, no cool-down)."""
         while True:
             try:
-                return await self._attempt_on_seat(kind, body, role, n, first_wait)
+                return await self._attempt_on_seat(kind, body, role, n, first_wait, on_first)
             except SeatLost:
                 self.seats_lost += 1
 
     async def _attempt_on_seat(
-        self, kind: Kind, body: dict[str, Any], role: str | None, n: int, first_wait: list[float]
+        self,
+        kind: Kind,
+        body: dict[str, Any],
+        role: str | None,
+        n: int,
+        first_wait: list[float],
+        on_first: OnFirst = None,
     ) -> CallResult:
         queued = time.monotonic()
         async with self.seats.hold() as held:
@@ -261,7 +294,7 @@ class SlotClient:
             replica = self.replica_set.pick(current_affinity())
             replica.outstanding += 1
             start = time.monotonic()
-            acc = Answer()
+            acc = Answer(on_first=on_first)
             error: BackendError | None = None
             cancelled = False
             try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,6 +35,7 @@ class Answer:
     choices: int = 0  # chunks (or answers) that carried at least one choice
     response_id: str | None = None  # the server's id of the answer
     response_model: str | None = None  # the model the server says answered
+    on_first: Callable[[], None] | None = None  # called at the first piece of text
 
 
 async def read_stream(
@@ -84,6 +85,8 @@ async def read_stream(
             if piece:
                 if acc.ttft_s is None:
                     acc.ttft_s = time.monotonic() - start
+                    if acc.on_first is not None:
+                        acc.on_first()
                 acc.text.append(piece)
             finish = choice.get("finish_reason")
             if finish is not None:
@@ -128,6 +131,8 @@ async def read_whole(
         text = (choice.message.content if kind == "chat" else choice.text) or ""
         if text:
             acc.text.append(text)
+            if acc.on_first is not None:
+                acc.on_first()
         acc.finish_reason = choice.finish_reason
     if resp.usage is not None:
         acc.prompt_tokens = resp.usage.prompt_tokens
