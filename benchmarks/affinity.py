@@ -9,7 +9,8 @@ SlotClient is driven directly.
   once (its correlation id is the affinity key) sharing a ``--prefix``-token prefix, each with
   its own ``--suffix`` tokens. With ``warm`` (the slot option, familiar/warm.py), a group's
   first request goes alone and the rest follow at its first token. Reported: the share of
-  prompt tokens served from cache, TTFT p50/p99 (from the group's start: waits for a seat or for the warm-up count), makespan.
+  prompt tokens served from cache, TTFT p50/p99 (from the group's start: waits for a seat or
+  for the warm-up count), makespan.
 * uniform: the same groups without a shared prefix (every prompt its own): what affinity costs
   in balance (the goal: makespan within 3% of least outstanding).
 * dead: 16 sessions of 2 requests, one replica stopped, 3 requests each again: how many
