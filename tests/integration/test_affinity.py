@@ -4,6 +4,7 @@ tokens the servers report reach CallResult, CallEvent and the llm.call event."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections import Counter, defaultdict
@@ -15,6 +16,7 @@ import pytest
 
 from familiar.backend import CallEvent, SlotClient
 from familiar.context import bound_affinity, bound_correlation_id
+from familiar.errors import BackendHTTPError
 from familiar.slots import Slot
 from familiar.telemetry import llm_call_fields
 from familiar.wire import RetryPolicy
@@ -39,13 +41,16 @@ async def replicas(n: int, **cache: object) -> AsyncIterator[list[FakeOpenAIServ
         yield servers
 
 
-def client(servers: list[FakeOpenAIServer], affinity: str = "session", **kw: object) -> SlotClient:
+def client(
+    servers: list[FakeOpenAIServer], affinity: str = "session", warm: bool = True, **kw: object
+) -> SlotClient:
     slot = Slot(
         name="w",
         url=[s.url for s in servers],
         model="fake-model",
         parallel=8,
         affinity=affinity,  # type: ignore[arg-type]
+        warm=warm,
     )
     return SlotClient(slot, retry=RetryPolicy(attempts=4, sleep=no_sleep), **kw)  # type: ignore[arg-type]
 
@@ -178,3 +183,45 @@ async def test_a_batch_keeps_each_articles_chunks_on_one_replica(
         assert all(len(urls) == 1 for urls in where.values()), where
         # keyed by article, not by the batch: a batch is not all on one replica
         assert a.stats["requests"] and b.stats["requests"]
+
+
+WARM_PREFIX = " ".join(f"context{i}" for i in range(300))  # ~2,700 characters
+
+
+async def fan_out(c: SlotClient, n: int, prefix: str = WARM_PREFIX) -> list[int | None]:
+    async def one(i: int) -> int | None:
+        messages = [
+            {"role": "system", "content": prefix},
+            {"role": "user", "content": f"subtask {i}"},
+        ]
+        return (await c.chat(messages)).cached_tokens
+
+    with bound_correlation_id("session-w"):
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+@pytest.mark.parametrize("warm", [True, False])
+async def test_warm_then_fan_out_lets_the_rest_find_the_prefix_cached(warm: bool) -> None:
+    async with replicas(1, prefill_s_per_token=2e-4) as servers:
+        async with client(servers, warm=warm) as c:
+            cached = await fan_out(c, 5)
+    if warm:
+        assert sorted(cached) == [0, 300, 300, 300, 300]
+        assert c.warm_gate is not None and c.warm_gate.held == 4
+    else:  # they start together and each computes the prefix
+        assert cached == [0] * 5 and servers[0].stats["max_in_flight"] == 5
+
+
+async def test_a_warmer_that_fails_does_not_hold_the_others() -> None:
+    async with replicas(1, prefill_s_per_token=1e-4) as servers:
+        servers[0].add_faults([{"kind": "status", "status": 400}])  # not retried
+        async with client(servers) as c:
+            with pytest.raises(BackendHTTPError):
+                await fan_out(c, 1)
+            cached = await fan_out(c, 4)
+            assert sorted(cached) == [0, 300, 300, 300]
+            servers[0].add_faults([{"kind": "status", "status": 503}])  # retried
+            other = WARM_PREFIX.replace("context", "other")
+            # the warmer's retry is still the warm-up: the others wait and find it cached
+            assert sorted(await fan_out(c, 3, other)) == [0, 300, 300]
+        assert servers[0].stats["requests"] == 1 + 4 + 4
