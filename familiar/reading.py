@@ -151,7 +151,8 @@ def read_cached(acc: Answer, usage: Any, timings: Any) -> None:
     """The prompt tokens served from the server's prefix cache: ``usage.
     prompt_tokens_details.cached_tokens`` (vLLM, SGLang, OpenAI, newer llama-server),
     else llama-server's ``timings``: ``cache_n`` cached, ``prompt_n`` computed (their sum
-    is the prompt when the usage gave none). A value that is not a count is ignored."""
+    is the prompt when the usage gave none). A value that is not a count, or more than the
+    prompt, is ignored."""
     details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
     cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
     if cached is None and isinstance(timings, dict):
@@ -159,8 +160,8 @@ def read_cached(acc: Answer, usage: Any, timings: Any) -> None:
         computed = _count(timings.get("prompt_n"))
         if cached is not None and computed is not None and acc.prompt_tokens is None:
             acc.prompt_tokens = cached + computed
-    if cached is not None:
-        acc.cached_tokens = cached
+    if cached is not None and (acc.prompt_tokens is None or cached <= acc.prompt_tokens):
+        acc.cached_tokens = cached  # more cached than prompt tokens: not believed
 
 
 def check_finished(acc: Answer, slot: str, replica: str) -> None:

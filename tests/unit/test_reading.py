@@ -107,6 +107,7 @@ async def test_the_body_goes_out_as_given() -> None:
         ({"prompt_tokens": 9, "prompt_tokens_details": {"cached_tokens": "8"}}, None, None, 9),
         ({"prompt_tokens": 9}, {"cache_n": 2.5, "prompt_n": 3}, None, 9),
         ({"prompt_tokens": 9}, "cache_n", None, 9),
+        ({"prompt_tokens": 9, "prompt_tokens_details": {"cached_tokens": 10}}, None, None, 9),
     ],
 )
 async def test_cached_prompt_tokens_are_read_from_usage_or_llama_timings(
