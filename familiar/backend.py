@@ -220,11 +220,14 @@ class SlotClient:
         if warmer is None:
             return await self._attempts(kind, body, role, None)
         try:
-            return await self._attempts(
+            result = await self._attempts(
                 kind, body, role, functools.partial(gate.warmed, key, warmer)
             )
-        finally:
-            gate.leave(key, warmer)
+        except BaseException:
+            gate.leave(key, warmer)  # no first token: the next one warms
+            raise
+        gate.warmed(key, warmer)  # an answer without text (tool calls) warmed it too
+        return result
 
     async def _attempts(
         self, kind: Kind, body: dict[str, Any], role: str | None, on_first: OnFirst
