@@ -244,7 +244,14 @@ async def main_async(args: argparse.Namespace) -> None:
     print(table(["replicas", "policy", "TTFT p50 s", "makespan s"], uniform))
     print("\na replica dies (4 replicas, affinity)")
     dead = [await dead_replica(shape, concurrent) for concurrent in (False, True)]
-    head = ["sessions run", "sessions", "on the dead one", "moved elsewhere", "only those", "split (escape)"]
+    head = [
+        "sessions run",
+        "sessions",
+        "on the dead one",
+        "moved elsewhere",
+        "only those",
+        "split (escape)",
+    ]
     print(table(head, dead))
 
 

@@ -44,7 +44,17 @@ from familiar.wire import HTTP, RetryPolicy, map_errors, retryable
 log = structlog.get_logger("familiar.backend")
 
 Message = Mapping[str, Any]
-OnFirst = Callable[[], None] | None
+
+
+@dataclass(frozen=True)
+class _Prefix:
+    """What the warm gate said of a request's prompt prefix."""
+
+    cached: bool = False  # warmed before: the replica its key prefers has it cached
+    on_first: Callable[[], None] | None = None  # this request warms it: call at first token
+
+
+_COLD = _Prefix()
 
 
 @dataclass(frozen=True)
@@ -163,7 +173,11 @@ class SlotClient:
             for url in slot.url
         ]
         self.replica_set = ReplicaSet(
-            replicas, cooldown_s=self.retry.cooldown_s, affinity=slot.affinity != "none"
+            replicas,
+            cooldown_s=self.retry.cooldown_s,
+            affinity=slot.affinity != "none",
+            # a prefix known cached stays home until its replica has a fair share more
+            balance_abs_cached=max(2, slot.parallel // len(replicas)),
         )
         self.warm_gate = WarmGate() if slot.warm else None
 
@@ -215,14 +229,13 @@ class SlotClient:
         gate = self.warm_gate
         key = gate.key(current_affinity(), body) if gate is not None else None
         if gate is None or key is None:
-            return await self._attempts(kind, body, role, None)
+            return await self._attempts(kind, body, role, _COLD)
         warmer = await gate.enter(key)  # warm, then fan out (familiar/warm.py)
         if warmer is None:
-            return await self._attempts(kind, body, role, None)
+            return await self._attempts(kind, body, role, _Prefix(cached=True))
         try:
-            result = await self._attempts(
-                kind, body, role, functools.partial(gate.warmed, key, warmer)
-            )
+            first = functools.partial(gate.warmed, key, warmer)
+            result = await self._attempts(kind, body, role, _Prefix(on_first=first))
         except BaseException:
             gate.leave(key, warmer)  # no first token: the next one warms
             raise
@@ -230,11 +243,11 @@ class SlotClient:
         return result
 
     async def _attempts(
-        self, kind: Kind, body: dict[str, Any], role: str | None, on_first: OnFirst
+        self, kind: Kind, body: dict[str, Any], role: str | None, prefix: _Prefix
     ) -> CallResult:
         first_wait: list[float] = []
         try:  # the fast path: most calls succeed on the first attempt, no retry machinery
-            return await self._attempt(kind, body, role, 1, first_wait, on_first)
+            return await self._attempt(kind, body, role, 1, first_wait, prefix)
         except BackendError as exc:
             if self.retry.attempts <= 1 or not retryable(exc):
                 raise
@@ -254,7 +267,7 @@ class SlotClient:
         async for attempt in retrying:
             with attempt:
                 n = attempt.retry_state.attempt_number + 1
-                return await self._attempt(kind, body, role, n, first_wait, on_first)
+                return await self._attempt(kind, body, role, n, first_wait, prefix)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def _attempt(
@@ -264,13 +277,13 @@ class SlotClient:
         role: str | None,
         n: int,
         first_wait: list[float],
-        on_first: OnFirst = None,
+        prefix: _Prefix = _COLD,
     ) -> CallResult:
         """One attempt; a request cancelled because its seat was lost asks for a seat
         again (``seat_lost`` is not the backend's failure: not an attempt, no cool-down)."""
         while True:
             try:
-                return await self._attempt_on_seat(kind, body, role, n, first_wait, on_first)
+                return await self._attempt_on_seat(kind, body, role, n, first_wait, prefix)
             except SeatLost:
                 self.seats_lost += 1
 
@@ -281,7 +294,7 @@ class SlotClient:
         role: str | None,
         n: int,
         first_wait: list[float],
-        on_first: OnFirst = None,
+        prefix: _Prefix = _COLD,
     ) -> CallResult:
         queued = time.monotonic()
         async with self.seats.hold() as held:
@@ -294,10 +307,10 @@ class SlotClient:
             waits = (queue_wait - held.ledger_wait_s, held.ledger_wait_s)
             if not first_wait:
                 first_wait.append(queue_wait)
-            replica = self.replica_set.pick(current_affinity())
+            replica = self.replica_set.pick(current_affinity(), cached=prefix.cached)
             replica.outstanding += 1
             start = time.monotonic()
-            acc = Answer(on_first=on_first)
+            acc = Answer(on_first=prefix.on_first)
             error: BackendError | None = None
             cancelled = False
             try:
