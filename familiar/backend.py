@@ -2,9 +2,10 @@
 
 One client per slot. Per request attempt it takes a seat (the slot's ``parallel``
 cap, shared by all replicas), passes the request-rate throttle, picks the replica
-with the fewest outstanding requests (skipping replicas cooling down after a
-failure), streams the answer so time to first token is measured, and reports an
-:class:`CallEvent` to every hook. Failed attempts (connect errors, timeouts, 429,
+(the one the request's affinity key prefers unless it is too busy, else the fewest
+outstanding requests; replicas cooling down after a failure skipped), streams the
+answer so time to first token is measured, and reports a :class:`CallEvent` to
+every hook. Failed attempts (connect errors, timeouts, 429,
 5xx, malformed answers) are retried by tenacity with exponential backoff and
 jitter, honouring ``Retry-After``; the seat is given back while waiting.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,11 +38,23 @@ from familiar.reading import Answer, Kind, check_finished, read_stream, read_who
 from familiar.replicas import Replica, ReplicaSet
 from familiar.seats import Seats
 from familiar.slots import Slot
+from familiar.warm import WarmGate
 from familiar.wire import HTTP, RetryPolicy, map_errors, retryable
 
 log = structlog.get_logger("familiar.backend")
 
 Message = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class _Prefix:
+    """What the warm gate said of a request's prompt prefix."""
+
+    cached: bool = False  # warmed before: the replica its key prefers has it cached
+    on_first: Callable[[], None] | None = None  # this request warms it: call at first token
+
+
+_COLD = _Prefix()
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,8 @@ class CallResult:
     replica: str
     slot: str
     model: str
+    #: prompt tokens the server served from its prefix cache (None: it did not say)
+    cached_tokens: int | None = None
 
     def json(self) -> Any:
         """The text parsed as JSON (for schema-constrained calls)."""
@@ -93,6 +109,8 @@ class CallEvent:
     stream: bool = True
     response_id: str | None = None
     response_model: str | None = None
+    #: prompt tokens the server served from its prefix cache (None: it did not say)
+    cached_tokens: int | None = None
 
 
 Hook = Callable[[CallEvent], None]
@@ -155,8 +173,13 @@ class SlotClient:
             for url in slot.url
         ]
         self.replica_set = ReplicaSet(
-            replicas, cooldown_s=self.retry.cooldown_s, affinity=slot.affinity != "none"
+            replicas,
+            cooldown_s=self.retry.cooldown_s,
+            affinity=slot.affinity != "none",
+            # a prefix known cached stays home until its replica has a fair share more
+            balance_abs_cached=max(2, slot.parallel // len(replicas)),
         )
+        self.warm_gate = WarmGate() if slot.warm else None
 
     def __repr__(self) -> str:  # never shows a key
         return (
@@ -203,9 +226,28 @@ class SlotClient:
         cap = self.slot.max_tokens
         if cap is not None:
             body["max_tokens"] = min(int(body.get("max_tokens") or cap), cap)
+        gate = self.warm_gate
+        key = gate.key(current_affinity(), body) if gate is not None else None
+        if gate is None or key is None:
+            return await self._attempts(kind, body, role, _COLD)
+        warmer = await gate.enter(key)  # warm, then fan out (familiar/warm.py)
+        if warmer is None:
+            return await self._attempts(kind, body, role, _Prefix(cached=True))
+        try:
+            first = functools.partial(gate.warmed, key, warmer)
+            result = await self._attempts(kind, body, role, _Prefix(on_first=first))
+        except BaseException:
+            gate.leave(key, warmer)  # no first token: the next one warms
+            raise
+        gate.warmed(key, warmer)  # an answer without text (tool calls) warmed it too
+        return result
+
+    async def _attempts(
+        self, kind: Kind, body: dict[str, Any], role: str | None, prefix: _Prefix
+    ) -> CallResult:
         first_wait: list[float] = []
         try:  # the fast path: most calls succeed on the first attempt, no retry machinery
-            return await self._attempt(kind, body, role, 1, first_wait)
+            return await self._attempt(kind, body, role, 1, first_wait, prefix)
         except BackendError as exc:
             if self.retry.attempts <= 1 or not retryable(exc):
                 raise
@@ -225,22 +267,34 @@ class SlotClient:
         async for attempt in retrying:
             with attempt:
                 n = attempt.retry_state.attempt_number + 1
-                return await self._attempt(kind, body, role, n, first_wait)
+                return await self._attempt(kind, body, role, n, first_wait, prefix)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def _attempt(
-        self, kind: Kind, body: dict[str, Any], role: str | None, n: int, first_wait: list[float]
+        self,
+        kind: Kind,
+        body: dict[str, Any],
+        role: str | None,
+        n: int,
+        first_wait: list[float],
+        prefix: _Prefix = _COLD,
     ) -> CallResult:
         """One attempt; a request cancelled because its seat was lost asks for a seat
         again (``seat_lost`` is not the backend's failure: not an attempt, no cool-down)."""
         while True:
             try:
-                return await self._attempt_on_seat(kind, body, role, n, first_wait)
+                return await self._attempt_on_seat(kind, body, role, n, first_wait, prefix)
             except SeatLost:
                 self.seats_lost += 1
 
     async def _attempt_on_seat(
-        self, kind: Kind, body: dict[str, Any], role: str | None, n: int, first_wait: list[float]
+        self,
+        kind: Kind,
+        body: dict[str, Any],
+        role: str | None,
+        n: int,
+        first_wait: list[float],
+        prefix: _Prefix = _COLD,
     ) -> CallResult:
         queued = time.monotonic()
         async with self.seats.hold() as held:
@@ -253,10 +307,10 @@ class SlotClient:
             waits = (queue_wait - held.ledger_wait_s, held.ledger_wait_s)
             if not first_wait:
                 first_wait.append(queue_wait)
-            replica = self.replica_set.pick(current_affinity())
+            replica = self.replica_set.pick(current_affinity(), cached=prefix.cached)
             replica.outstanding += 1
             start = time.monotonic()
-            acc = Answer()
+            acc = Answer(on_first=prefix.on_first)
             error: BackendError | None = None
             cancelled = False
             try:
@@ -286,6 +340,7 @@ class SlotClient:
             replica=replica.label,
             slot=self.slot.name,
             model=self.slot.model,
+            cached_tokens=acc.cached_tokens,
         )
 
     def _backoff(self, attempt: int, exc: BaseException | None) -> float:
@@ -392,6 +447,7 @@ class SlotClient:
             stream=self.stream,
             response_id=acc.response_id,
             response_model=acc.response_model,
+            cached_tokens=acc.cached_tokens,
         )
         for hook in self.hooks:
             try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,11 +28,14 @@ class Answer:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    #: prompt tokens the server served from its prefix cache (None: it did not say)
+    cached_tokens: int | None = None
     ttft_s: float | None = None
     chunks: int = 0
     choices: int = 0  # chunks (or answers) that carried at least one choice
     response_id: str | None = None  # the server's id of the answer
     response_model: str | None = None  # the model the server says answered
+    on_first: Callable[[], None] | None = None  # called at the first piece of text
 
 
 async def read_stream(
@@ -71,6 +74,8 @@ async def read_stream(
             if usage:
                 acc.prompt_tokens = usage.get("prompt_tokens")
                 acc.completion_tokens = usage.get("completion_tokens")
+            if usage or "timings" in chunk:
+                read_cached(acc, usage, chunk.get("timings"))
             choices = chunk.get("choices")
             if not choices:
                 continue
@@ -80,6 +85,8 @@ async def read_stream(
             if piece:
                 if acc.ttft_s is None:
                     acc.ttft_s = time.monotonic() - start
+                    if acc.on_first is not None:
+                        acc.on_first()
                 acc.text.append(piece)
             finish = choice.get("finish_reason")
             if finish is not None:
@@ -124,10 +131,37 @@ async def read_whole(
         text = (choice.message.content if kind == "chat" else choice.text) or ""
         if text:
             acc.text.append(text)
+            if acc.on_first is not None:
+                acc.on_first()
         acc.finish_reason = choice.finish_reason
     if resp.usage is not None:
         acc.prompt_tokens = resp.usage.prompt_tokens
         acc.completion_tokens = resp.usage.completion_tokens
+    extra = getattr(resp, "model_extra", None) or {}
+    usage = resp.usage.model_dump() if resp.usage is not None else None
+    read_cached(acc, usage, extra.get("timings"))
+
+
+def _count(value: Any) -> int | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return value if ok else None
+
+
+def read_cached(acc: Answer, usage: Any, timings: Any) -> None:
+    """The prompt tokens served from the server's prefix cache: ``usage.
+    prompt_tokens_details.cached_tokens`` (vLLM, SGLang, OpenAI, newer llama-server),
+    else llama-server's ``timings``: ``cache_n`` cached, ``prompt_n`` computed (their sum
+    is the prompt when the usage gave none). A value that is not a count, or more than the
+    prompt, is ignored."""
+    details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
+    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
+    if cached is None and isinstance(timings, dict):
+        cached = _count(timings.get("cache_n"))
+        computed = _count(timings.get("prompt_n"))
+        if cached is not None and computed is not None and acc.prompt_tokens is None:
+            acc.prompt_tokens = cached + computed
+    if cached is not None and (acc.prompt_tokens is None or cached <= acc.prompt_tokens):
+        acc.cached_tokens = cached  # more cached than prompt tokens: not believed
 
 
 def check_finished(acc: Answer, slot: str, replica: str) -> None:

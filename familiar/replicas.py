@@ -68,6 +68,7 @@ class ReplicaSet:
         affinity: bool = True,
         balance_abs: int = 2,
         balance_rel: float = 1.5,
+        balance_abs_cached: int | None = None,
     ) -> None:
         if not replicas:
             raise ValueError("a replica set needs at least one replica")
@@ -76,12 +77,16 @@ class ReplicaSet:
         self.affinity = affinity
         self.balance_abs = balance_abs
         self.balance_rel = balance_rel
+        #: the absolute threshold for a request whose prefix is known to be cached at home
+        #: (what it saves, a prefill, outweighs a few requests' imbalance)
+        self.balance_abs_cached = balance_abs if balance_abs_cached is None else balance_abs_cached
         self._clock = clock
         self._rr = 0
 
-    def pick(self, key: str | None = None) -> Replica:
+    def pick(self, key: str | None = None, *, cached: bool = False) -> Replica:
         """The replica for the next request (its ``outstanding`` is not changed here):
-        the one ``key`` hashes to unless it is too busy, else the least loaded."""
+        the one ``key`` hashes to unless it is too busy (``cached``: the request's prefix is
+        known to be there, ``balance_abs_cached`` applies), else the least loaded."""
         now = self._clock()
         ready = [r for r in self.replicas if not r.cooling(now)]
         if not ready:  # everyone is cooling down: probe the one that recovers first
@@ -90,7 +95,8 @@ class ReplicaSet:
         if key is not None and self.affinity and len(ready) > 1:
             home = max(ready, key=lambda r: _weight(key, r.url))
             busier = home.outstanding - low
-            if busier <= self.balance_abs or home.outstanding <= low * self.balance_rel:
+            limit = self.balance_abs_cached if cached else self.balance_abs
+            if busier <= limit or home.outstanding <= low * self.balance_rel:
                 return home
         best = [r for r in ready if r.outstanding == low]
         self._rr += 1

@@ -63,6 +63,9 @@ class Slot(BaseModel):
     #: whose prefix cache serves what they share, unless it is much busier than the rest;
     #: "none": least outstanding requests only
     affinity: Literal["session", "none"] = "session"
+    #: warm, then fan out: of requests that share a long prompt prefix (and affinity key)
+    #: and start together, the first goes alone until its first token (familiar/warm.py)
+    warm: bool = True
     #: prompt format for translation on this slot (default: plamo for PLaMo, else chat;
     #: ``fewshot`` suits base models that are not instruction-tuned)
     translate_format: Literal["plamo", "chat", "fewshot"] | None = None

@@ -70,6 +70,7 @@ class Calls:
         self.requests = 0  # every answer asked for in this run, and its tokens
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.cached_tokens = 0  # prompt tokens the servers said came from their cache
 
     def client(self, role: str) -> SlotClient:
         return self.fleet[self.cfg.slots_for(role)[0].name]
@@ -109,6 +110,7 @@ class Calls:
         self.requests += 1
         self.prompt_tokens += result.prompt_tokens or 0
         self.completion_tokens += result.completion_tokens or 0
+        self.cached_tokens += result.cached_tokens or 0
         return result
 
     async def plan(

@@ -63,10 +63,12 @@ class SessionOutcome:
         """One line for the end of a run: status, wall time, requests, tokens, where."""
         t = self.totals or {}
         where = self.directory / "final.md"
+        cached = t.get("cached_tokens") or 0
         return (
             f"session {self.id} {self.status} in {t.get('seconds', 0):.1f} s:"
-            f" {t.get('requests', 0)} request(s), {t.get('prompt_tokens', 0):,} tokens in,"
-            f" {t.get('completion_tokens', 0):,} out; result in {where}"
+            f" {t.get('requests', 0)} request(s), {t.get('prompt_tokens', 0):,} tokens in"
+            + (f" ({cached:,} from the servers' cache)," if cached else ",")
+            + f" {t.get('completion_tokens', 0):,} out; result in {where}"
         )
 
 
@@ -221,6 +223,7 @@ class Session:
             "requests": self.calls.requests,
             "prompt_tokens": self.calls.prompt_tokens,
             "completion_tokens": self.calls.completion_tokens,
+            "cached_tokens": self.calls.cached_tokens,
             "seconds": round(time.monotonic() - self._t0, 2),
         }
 

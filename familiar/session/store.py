@@ -119,6 +119,9 @@ class SessionRow(BaseModel):
     duration_s: float | None
     task: str
     error: str | None
+    #: this run's prompt tokens and those the servers served from their prefix cache
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
 
 
 def _count(value: object) -> bool:
@@ -436,7 +439,16 @@ def _row(directory: Path) -> SessionRow:
         duration_s=None if started is None or finished is None else round(finished - started, 1),
         task=" ".join(task.split()),
         error=reason if st.status in ("failed", "interrupted") else None,
+        prompt_tokens=_total(st, "prompt_tokens"),
+        cached_tokens=_total(st, "cached_tokens"),
     )
+
+
+def _total(st: SessionState, key: str) -> int | None:
+    """A count from ``session.json``'s ``totals`` (None: absent or not a count)."""
+    totals = getattr(st, "totals", None)
+    value = totals.get(key) if isinstance(totals, dict) else None
+    return value if _count(value) else None
 
 
 def _mtime(path: Path) -> float:

@@ -134,6 +134,7 @@ def llm_call_fields(e: CallEvent) -> dict[str, Any]:
         "ledger_wait_ms": round(e.ledger_wait_s * 1000, 2),
         "gen_ai.usage.input_tokens": e.prompt_tokens,
         "gen_ai.usage.output_tokens": e.completion_tokens,
+        "gen_ai.usage.cache_read.input_tokens": e.cached_tokens,
         "gen_ai.response.finish_reasons": [e.finish_reason] if e.finish_reason else [],
         "attempt": e.attempt,
         "seats_in_use": e.seats_in_use,

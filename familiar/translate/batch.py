@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import structlog
 
 from familiar.backend import SlotClient
+from familiar.context import bound_affinity
 from familiar.dispatch import Dispatcher, Pool, WorkItem
 from familiar.errors import ArticleError, BackendError, FamiliarError, LedgerUnavailable
 from familiar.lang import detect_lang
@@ -447,7 +448,8 @@ class Translator:
     # -- one chunk on a translator seat ---------------------------------------------------
 
     async def _handle(self, item: WorkItem[Job], pool: Pool) -> ChunkOutcome:
-        return await self.chunks.translate(pool.client, item.payload)
+        with bound_affinity(item.id.rpartition("#")[0]):  # an article's chunks share the anchor
+            return await self.chunks.translate(pool.client, item.payload)
 
 
 def _retrieve(fut: asyncio.Future[ChunkOutcome]) -> None:

@@ -38,6 +38,7 @@ TINY: dict[str, list[str]] = {
     "session_context": ["--tiny"],
     "mcp_overhead": ["--tiny"],
     "batch_jsonl": ["--tiny"],
+    "affinity": ["--tiny"],
 }  # fmt: skip
 
 

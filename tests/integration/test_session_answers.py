@@ -12,6 +12,7 @@ import pytest
 
 from familiar.cli import main
 from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.prefix_cache import PrefixCache, PrefixCacheConfig
 from tests.support.scripts import write_fleet
 
 PLAN = {
@@ -218,6 +219,7 @@ async def test_a_run_ends_with_a_closing_line_and_sessions_lists_and_shows_it(
     isolated_env: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    cache = fleet["naughty"].prefix_cache = PrefixCache(PrefixCacheConfig(block=4))
     fleet["grandpa"].add_replies([json.dumps(PLAN), merged("Set it up, then use it.")])
     fleet["naughty"].add_replies([work("Plug the frob in."), work("Press the frob.")])
     assert await run(tmp_path) == 0
@@ -227,6 +229,12 @@ async def test_a_run_ends_with_a_closing_line_and_sessions_lists_and_shows_it(
     assert "4 request(s)" in err[-1] and "tokens in" in err[-1] and str(d / "final.md") in err[-1]
     totals = json.loads((d / "session.json").read_text())["totals"]
     assert totals["requests"] == 4
+    # the second worker found the first one's prefix (role prompt, goal, decisions) cached
+    assert totals["cached_tokens"] == cache.cached_tokens > 0
+    assert f"({cache.cached_tokens:,} from the servers' cache)" in err[-1]
+    assert main(["sessions", "--workspace", str(tmp_path), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["cached_tokens"] == cache.cached_tokens and row["prompt_tokens"] > 0
     # -q: nothing but errors
     fleet["grandpa"].add_replies([json.dumps(PLAN), merged("Again.")])
     fleet["naughty"].add_replies([work("One."), work("Two.")])

@@ -82,6 +82,12 @@ or ``--capacity``/``--token-delay``/``--fill-max-tokens``; faults are served at 
 the limit. :attr:`FakeOpenAIServer.queue_stats` (``GET /_admin/queue``) counts ``running``,
 ``queued`` and their maxima; :meth:`~FakeOpenAIServer.reset` restores the initial limit.
 
+Prefix cache (for affinity benchmarks): ``prefix_cache=PrefixCacheConfig(...)`` gives the server
+a prefix cache of its own with a prefill cost (time per uncached prompt token, one server's
+prefills sharing its compute) and reports the cached prompt tokens of each answer, as
+``usage.prompt_tokens_details.cached_tokens`` or llama-server's ``timings.cache_n``/``prompt_n``
+(see tests/support/prefix_cache.py; :attr:`FakeOpenAIServer.prefix_cache` has its counts).
+
 Stats: ``requests`` (completion requests received), ``in_flight``, ``max_in_flight``,
 ``completed`` (completion requests answered successfully with a full, well-formed 200 response,
 scripted ``reply`` and finished ``trickle`` faults included; ``cut``, ``empty`` and
@@ -113,6 +119,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tests.support.loopback import LoopbackServer
+from tests.support.prefix_cache import PrefixCache, PrefixCacheConfig
 
 if TYPE_CHECKING:
     import httpx
@@ -568,8 +575,13 @@ class FakeOpenAIServer(LoopbackServer):
         capacity: int = 0,
         token_delay_s: float = 0.0,
         fill_max_tokens: bool = False,
+        prefix_cache: PrefixCacheConfig | None = None,
     ) -> None:
         super().__init__(host=host, port=port)
+        #: a per-server prefix cache with a prefill cost (None: prompts cost nothing, and
+        #: answers say nothing of cached tokens); see tests/support/prefix_cache.py
+        self.prefix_cache = PrefixCache(prefix_cache) if prefix_cache is not None else None
+        self._cached: dict[int, int] = {}  # id(request body) -> its cached prompt tokens
         _check_capacity(capacity, token_delay_s, fill_max_tokens)
         self._default_limit = (capacity, float(token_delay_s), fill_max_tokens)
         self._gate = _Gate(capacity)
@@ -732,6 +744,8 @@ class FakeOpenAIServer(LoopbackServer):
         self.set_capacity(capacity, token_delay_s=token_delay_s, fill_max_tokens=fill_max_tokens)
         self._gate.max_running = self._gate.running
         self._gate.max_queued = self._gate.queued
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
 
     # ------------------------------------------------------------------ admin handlers
 
@@ -914,6 +928,9 @@ class FakeOpenAIServer(LoopbackServer):
             if self._fill_max_tokens and (filled := _filled(text, body)) is not None:
                 text, finish_reason = filled, "length"
             async with self._gate:
+                if self.prefix_cache is not None:
+                    words = self._prompt_words(body, api)
+                    self._cached[id(body)] = await self.prefix_cache.prefill(words)
                 if body.get("stream"):
                     ok = await self._send_stream(conn, req, body, api, text, finish_reason)
                 else:
@@ -928,6 +945,7 @@ class FakeOpenAIServer(LoopbackServer):
             raise
         finally:
             self._in_flight -= 1
+            self._cached.pop(id(body), None)
 
     def _default_text(self, body: dict[str, Any], api: str) -> str:
         if self.handler is not None:  # a reply that is a function of the request
@@ -958,6 +976,30 @@ class FakeOpenAIServer(LoopbackServer):
         if identity:
             return source
         return "echo: " + source[:ECHO_MAX_CHARS]
+
+    @staticmethod
+    def _prompt_words(body: dict[str, Any], api: str) -> list[str]:
+        """The prompt's tokens for the prefix cache (as many as ``_prompt_tokens`` counts)."""
+        words: list[str] = []
+        if api == _CHAT:
+            messages = body.get("messages")
+            for message in messages if isinstance(messages, list) else ():
+                if isinstance(message, dict):
+                    words += _content_text(message.get("content")).split()
+        else:
+            prompt = body.get("prompt")
+            for p in [prompt] if isinstance(prompt, str) else prompt or ():
+                if isinstance(p, str):
+                    words += p.split()
+        return words
+
+    def _cache_extra(self, body: dict[str, Any], api: str) -> dict[str, Any]:
+        """llama-server style ``timings`` for an answer's last chunk (else nothing)."""
+        cached = self._cached.get(id(body))
+        cache = self.prefix_cache
+        if cached is None or cache is None or cache.config.style != "llama":
+            return {}
+        return cache.report(self._prompt_tokens(body, api), cached)
 
     @staticmethod
     def _prompt_tokens(body: dict[str, Any], api: str) -> int:
@@ -1078,13 +1120,18 @@ class FakeOpenAIServer(LoopbackServer):
         self._disconnects += 1
         return False
 
-    def _usage(self, body: dict[str, Any], api: str, completion_tokens: int) -> dict[str, int]:
+    def _usage(self, body: dict[str, Any], api: str, completion_tokens: int) -> dict[str, Any]:
         prompt_tokens = self._prompt_tokens(body, api)
-        return {
+        usage: dict[str, Any] = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         }
+        cached = self._cached.get(id(body))
+        cache = self.prefix_cache
+        if cached is not None and cache is not None and cache.config.style == "openai":
+            usage.update(cache.report(prompt_tokens, cached))
+        return usage
 
     def _full_bytes(
         self,
@@ -1112,6 +1159,7 @@ class FakeOpenAIServer(LoopbackServer):
                     }
                 ],
                 "usage": usage,
+                **self._cache_extra(body, api),
             }
         else:
             payload = {
@@ -1123,6 +1171,7 @@ class FakeOpenAIServer(LoopbackServer):
                     {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
                 ],
                 "usage": usage,
+                **self._cache_extra(body, api),
             }
         return _response_bytes(200, _dumps(payload), keep_alive=req.keep_alive)
 
@@ -1208,7 +1257,12 @@ class FakeOpenAIServer(LoopbackServer):
         if _wants_usage(body):
             tail.append(
                 _sse_chunk(
-                    {**base, "choices": [], "usage": self._usage(body, api, completion_tokens)}
+                    {
+                        **base,
+                        "choices": [],
+                        "usage": self._usage(body, api, completion_tokens),
+                        **self._cache_extra(body, api),
+                    }
                 )
             )
         tail.append(_SSE_DONE_AND_END)

@@ -92,3 +92,32 @@ async def test_the_body_goes_out_as_given() -> None:
             "stop": ["\n"],
         }
     ]
+
+
+@pytest.mark.parametrize(
+    ("usage", "timings", "cached", "prompt"),
+    [
+        ({"prompt_tokens": 9, "prompt_tokens_details": {"cached_tokens": 8}}, None, 8, 9),
+        ({"prompt_tokens": 9, "prompt_tokens_details": None}, None, None, 9),
+        ({"prompt_tokens": 9}, {"cache_n": 6, "prompt_n": 3}, 6, 9),
+        (None, {"cache_n": 6, "prompt_n": 3}, 6, 9),  # llama-server without usage
+        ({"prompt_tokens": 9, "prompt_tokens_details": {"cached_tokens": 5}}, {"cache_n": 6}, 5, 9),
+        ({"prompt_tokens": 9, "prompt_tokens_details": {"cached_tokens": -1}}, None, None, 9),
+        ({"prompt_tokens": 9, "prompt_tokens_details": {"cached_tokens": True}}, None, None, 9),
+        ({"prompt_tokens": 9, "prompt_tokens_details": {"cached_tokens": "8"}}, None, None, 9),
+        ({"prompt_tokens": 9}, {"cache_n": 2.5, "prompt_n": 3}, None, 9),
+        ({"prompt_tokens": 9}, "cache_n", None, 9),
+        ({"prompt_tokens": 9, "prompt_tokens_details": {"cached_tokens": 10}}, None, None, 9),
+    ],
+)
+async def test_cached_prompt_tokens_are_read_from_usage_or_llama_timings(
+    usage: Any, timings: Any, cached: int | None, prompt: int
+) -> None:
+    last: dict[str, Any] = {"choices": []}
+    if usage is not None:
+        last["usage"] = {"completion_tokens": 1, **usage}
+    if timings is not None:
+        last["timings"] = timings
+    async with client(sse(delta("Hi"), delta(None, "stop"), last)) as c:
+        result = await c.chat([{"role": "user", "content": "x"}])
+    assert result.cached_tokens == cached and result.prompt_tokens == prompt

@@ -134,3 +134,14 @@ def test_without_a_key_or_with_affinity_off_it_is_least_outstanding() -> None:
     rs2 = _set(2)
     rs2.replicas[1].outstanding = 1
     assert rs2.pick(None) is rs2.replicas[0]
+
+
+def test_a_prefix_known_cached_tolerates_more_imbalance_before_leaving_home() -> None:
+    reps = [Replica(url=f"http://r{i}/v1", label=f"http://r{i}/v1") for i in range(2)]
+    rs = ReplicaSet(reps, clock=Clock(), balance_abs=2, balance_rel=1.0, balance_abs_cached=6)
+    home = rs.pick("session-1")
+    home.outstanding = 5  # the other has none
+    assert rs.pick("session-1") is not home  # cold: too busy, least outstanding instead
+    assert rs.pick("session-1", cached=True) is home  # its prefix is there: worth the wait
+    home.outstanding = 7
+    assert rs.pick("session-1", cached=True) is not home

@@ -246,6 +246,8 @@ def test_list_sessions_shows_unreadable_sessions_instead_of_failing(tmp_path: Pa
         "duration_s": 2.3,
         "task": "Write a guide to the Frobnicator",
         "error": None,
+        "prompt_tokens": None,
+        "cached_tokens": None,
     }
     assert rows["s-bad"].status == "unreadable" and "corrupt" in (rows["s-bad"].error or "")
     assert [r.id for r in list_sessions(tmp_path)] == ["s-bad", "s-good"]
@@ -260,3 +262,16 @@ def test_create_session_dir_writes_the_task_and_config_once(tmp_path: Path) -> N
     assert written(d / "config.json")["roles"] == "naughty x translator"
     with pytest.raises(StateError, match="cannot create a session"):
         create_session_dir(cfg, "Do the thing", "s-new")
+
+
+def test_list_sessions_shows_the_runs_prompt_and_cached_tokens(tmp_path: Path) -> None:
+    good, odd = store(tmp_path, "s-good"), store(tmp_path, "s-odd")
+    state = good.open_state(**current())
+    state.record(status="done", totals={"prompt_tokens": 900, "cached_tokens": 600})
+    good.save_state(state)
+    state = odd.open_state(**current())
+    state.record(status="done", totals={"prompt_tokens": "many", "cached_tokens": -1})
+    odd.save_state(state)
+    rows = {r.id: r for r in list_sessions(tmp_path)}
+    assert (rows["s-good"].prompt_tokens, rows["s-good"].cached_tokens) == (900, 600)
+    assert (rows["s-odd"].prompt_tokens, rows["s-odd"].cached_tokens) == (None, None)
