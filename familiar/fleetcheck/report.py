@@ -74,7 +74,15 @@ def bench_text(run: Mapping[str, Any], levels: Sequence[Level]) -> str:
         for lv in sorted(levels, key=lambda lv: lv.concurrency)
     ]
     names = ("TTFT ms", "TPOT ms", "ITL ms", "E2E ms")
-    body = table(headers, rows, [(5 + 3 * g, 7 + 3 * g, name) for g, name in enumerate(names)])
+    ordered = sorted(levels, key=lambda lv: lv.concurrency)
+    if any(lv.runs_tok_per_s for lv in ordered):  # --repeat: each level's spread
+        headers.insert(5, "spread")
+        for row, lv in zip(rows, ordered, strict=True):
+            row.insert(5, f"±{lv.spread / 2:.1f}")
+        groups = [(6 + 3 * g, 8 + 3 * g, name) for g, name in enumerate(names)]
+    else:
+        groups = [(5 + 3 * g, 7 + 3 * g, name) for g, name in enumerate(names)]
+    body = table(headers, rows, groups)
     knee = run.get("knee") or {}
     lines = [
         f"bench {run.get('slot')}: {run.get('model')} ({run.get('runtime')}"
@@ -92,9 +100,20 @@ def bench_text(run: Mapping[str, Any], levels: Sequence[Level]) -> str:
         f" {knee.get('peak_concurrency')}; the knee is the smallest concurrency reaching"
         f" {round(100 * float(knee.get('share_of_peak', 0.9)))}% of it)"
     )
+    server = run.get("server") or {}
+    capacity = server.get("server_parallel") if isinstance(server, dict) else None
+    if knee.get("capped_at_server_parallel") is not None:
+        lines.append(
+            f"capped at {capacity}: the server itself runs {capacity} requests at once"
+            f" (throughput alone pointed higher; past {capacity} requests only queue in it)"
+        )
+    elif capacity is not None:
+        lines.append(f"the server itself runs {capacity} requests at once")
+    if knee.get("noise_warning"):
+        lines.append(f"warning: {knee['noise_warning']}")
     if knee.get("ttft_p99_climbs_at") is not None:
         lines.append(f"TTFT p99 climbs from concurrency {knee['ttft_p99_climbs_at']} on")
-    if not knee.get("saturated", True):
+    if not knee.get("saturated", True) and knee.get("capped_at_server_parallel") is None:
         lines.append(
             "throughput was still rising at the highest concurrency tested: sweep higher"
             " (--concurrency) to find the real knee"

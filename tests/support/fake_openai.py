@@ -568,8 +568,11 @@ class FakeOpenAIServer(LoopbackServer):
         capacity: int = 0,
         token_delay_s: float = 0.0,
         fill_max_tokens: bool = False,
+        report_slots: int | None = None,
     ) -> None:
         super().__init__(host=host, port=port)
+        #: answer GET /props with this ``total_slots``, as llama-server does (None: 404)
+        self.report_slots = report_slots
         _check_capacity(capacity, token_delay_s, fill_max_tokens)
         self._default_limit = (capacity, float(token_delay_s), fill_max_tokens)
         self._gate = _Gate(capacity)
@@ -828,6 +831,9 @@ class FakeOpenAIServer(LoopbackServer):
                     ],
                 }
             )
+            writer.write(_response_bytes(200, body, keep_alive=keep))
+        elif req.method == "GET" and path == "/props" and self.report_slots is not None:
+            body = _dumps({"total_slots": self.report_slots, "build_info": "b0-fake"})
             writer.write(_response_bytes(200, body, keep_alive=keep))
         elif path.startswith("/_admin/"):
             writer.write(self._admin(req))
