@@ -192,8 +192,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.apply:
         _check_applicable(cfg, args.slot)
         _check_shared(cfg, args.slot, args.yes)
-    if args.plot is not None and not args.plot.parent.is_dir():
-        raise ConfigError(f"--plot: directory {args.plot.parent} does not exist")
+    if args.plot is not None:
+        from familiar.fleetcheck.plot import require
+
+        if not args.plot.parent.is_dir():
+            raise ConfigError(f"--plot: directory {args.plot.parent} does not exist")
+        require()
     run = signals.run(
         run_bench(
             cfg.slots,
@@ -217,7 +221,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from familiar.store import write_bytes_atomic
 
         title = f"{run.slot}: {run.model} ({run.runtime})"
-        write_bytes_atomic(args.plot, chart(run.levels, suggested=run.knee.suggested, title=title))
+        capacity = run.server.get("server_parallel")
+        png = chart(
+            run.levels,
+            suggested=run.knee.suggested,
+            title=title,
+            server_parallel=capacity if isinstance(capacity, int) else None,
+        )
+        write_bytes_atomic(args.plot, png)
         _stderr(f"bench: chart written to {args.plot}")
     if args.apply and run.knee.suggested is not None:
         data["applied"] = _apply(cfg, args.slot, run.knee.suggested)

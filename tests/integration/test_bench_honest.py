@@ -144,3 +144,27 @@ async def test_compare_refuses_different_settings_and_list_shows_runs(
     code, rows, _ = await bench(capsys, "--list", "--workspace", ws, "--json")
     assert [r["id"] for r in rows] == sorted(runs)
     assert {r["output_tokens"] for r in rows} == {4, 8}
+
+
+async def test_plot_marks_the_server_and_the_knee_or_hints_at_the_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    chart = tmp_path / "chart.png"
+    async with FakeOpenAIServer(
+        capacity=4, token_delay_s=0.03, fill_max_tokens=True, report_slots=2
+    ) as srv:
+        ws = workspace(tmp_path, srv.url)
+        argv = ["naughty", "--workspace", ws, "--concurrency", "1,2,4", *SMALL, "--plot"]
+        code, _, err = await bench(capsys, *argv, str(chart))
+        assert code == 0, err
+        sent = srv.stats["requests"]
+        monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+        code2, _, err2 = await bench(capsys, *argv, str(tmp_path / "other.png"))
+        assert srv.stats["requests"] == sent  # refused before any request
+    assert f"chart written to {chart}" in err
+    with Image.open(chart) as image:
+        assert image.format == "PNG" and image.size == (960, 540)
+    assert code2 == 2 and err2.count("\n") == 1 and "pip install 'familiar[plot]'" in err2
+    assert not (tmp_path / "other.png").exists()
