@@ -11,7 +11,7 @@ from typing import Any
 
 from familiar import signals
 from familiar.config import Config, load_config
-from familiar.context import bound_correlation_id, new_correlation_id
+from familiar.context import bound_correlation_id, correlation_id, new_correlation_id
 from familiar.errors import ConfigError, StateError
 
 
@@ -143,14 +143,16 @@ def cmd_translate(args: argparse.Namespace) -> int:
     reports = [ArticleReport(path=str(f)) for f, _ in files]
     errors = [ArticleReport(path=m, status="error", error="no such file") for m in missing]
     errors += [ArticleReport(path=str(f), status="error", error=why) for f, why in problems]
+    batch_id = new_correlation_id()  # the batch's, in its report and its telemetry
     if not files:  # nothing to translate: the error rows are the report
-        print_report(errors, as_json=args.json)
+        print_report(errors, as_json=args.json, correlation_id=batch_id)
         return 1
     try:
-        if args.nats:
-            signals.run(_run_queue(cfg, opts, files, reports, args.nats))
-        else:
-            signals.run(_run(cfg, fleet_settings, opts, files, reports))
+        with bound_correlation_id(batch_id):
+            if args.nats:
+                signals.run(_run_queue(cfg, opts, files, reports, args.nats))
+            else:
+                signals.run(_run(cfg, fleet_settings, opts, files, reports))
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM (Terminated)
         # the interpreter's last garbage collection walks every object the batch made
         # (0.3-0.7 s measured): exempt them, so an interrupted batch ends within a second
@@ -160,7 +162,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         # the report always prints once the batch ran, even interrupted (statuses say so)
         if not reports or any(r.status != "pending" for r in reports):
             reports += errors
-            print_report(reports, as_json=args.json)
+            print_report(reports, as_json=args.json, correlation_id=batch_id)
     return 0 if all(r.status in ("ok", "skipped") for r in reports) else 1
 
 
@@ -177,7 +179,7 @@ async def _run(
     slots = {s.name: s for s in cfg.slots_for("translator")}
     ledger = make_ledger(settings)
     _check_home(cfg.home)
-    with bound_correlation_id(new_correlation_id()):
+    with bound_correlation_id(correlation_id.get() or new_correlation_id()):
         telemetry = Telemetry(cfg.home)
         async with (
             telemetry,

@@ -349,7 +349,8 @@ async def submit_batch(
     """The batch through the queue at ``url``: one correlation id, telemetry, the store."""
     from familiar.context import bound_correlation_id, new_correlation_id
 
-    with bound_correlation_id(new_correlation_id()):
+    # the caller's batch id when it bound one (translate prints it in its report)
+    with bound_correlation_id(correlation_id.get() or new_correlation_id()):
         telemetry = Telemetry(home)
         async with telemetry, QueueStore(url, wait_s=wait_s, name="familiar submit") as store:
             submitter = Submitter(
