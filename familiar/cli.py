@@ -374,18 +374,22 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    from rich.console import Console
-    from rich.table import Table
+    from familiar.listing import print_table
 
-    console = Console()
-    console.print(f"[bold]roles[/]: {info['roles']}  [dim](from {info['source']})[/]")
-    console.print(f"[dim]workspace {info['workspace']}; slots {info['slots_file']}[/]")
-    table = Table("role", "slot", "url", "model", "runtime", "parallel")
-    for r in info["assignments"]:
-        table.add_row(
-            r["role"], r["slot"], ", ".join(r["url"]), r["model"], r["runtime"], str(r["parallel"])
-        )
-    console.print(table)
+    rows = info["assignments"]
+    slots = {r["slot"] for r in rows}
+    print(f"roles: {info['roles']} (from {info['source']})")
+    print(f"workspace: {info['workspace']}")
+    print(f"slots: {info['slots_file']}")
+    print_table(
+        ("role", "slot", "url", "model", "runtime", "parallel"),
+        [
+            (r["role"], r["slot"], ", ".join(r["url"]), r["model"], r["runtime"], r["parallel"])
+            for r in rows
+        ],
+        totals=f"{len(rows)} role(s) on {len(slots)} slot(s)",
+        fold=(2, 3),
+    )
     return 0
 
 

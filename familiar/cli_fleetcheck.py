@@ -150,10 +150,31 @@ async def _health(
                     down = sum(1 for r in report.rows if not r.ok)
                     verdict = "all healthy" if report.ok else f"{down} down"
                     print(f"== {time.strftime('%Y-%m-%d %H:%M:%S')}  {verdict}")
-                print(health_text(report.rows, report.ledger), flush=True)
+                _print_health(report, health_text)
             if watch is None:
                 return last[0]
             await asyncio.sleep(watch)
+
+
+def _print_health(report: Any, health_text: Callable[..., str]) -> None:
+    """Fixed columns of whole values in a pipe or a log; on a terminal a table whose URL
+    and notes wrap to its width (never cut)."""
+    from familiar.fleetcheck.report import HEALTH_HEADERS, health_rows, health_totals
+    from familiar.listing import is_terminal, print_table
+
+    if not is_terminal(sys.stdout):
+        print(health_text(report.rows, report.ledger), flush=True)
+        return
+    rows, notes = health_rows(report.rows)
+    print_table(HEALTH_HEADERS, rows, fold=(1,))
+    ledger = report.ledger
+    if ledger.get("error"):
+        notes.append(
+            f"seat ledger ({ledger.get('kind')}, {ledger.get('where')}): {ledger['error']}"
+        )
+    for note in [*notes, health_totals(report.rows)]:
+        print(note)  # a terminal wraps a long line; nothing is cut
+    sys.stdout.flush()
 
 
 # -- bench -------------------------------------------------------------------------------

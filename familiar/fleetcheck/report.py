@@ -88,6 +88,7 @@ def bench_text(run: Mapping[str, Any], levels: Sequence[Level]) -> str:
         f"bench {run.get('slot')}: {run.get('model')} ({run.get('runtime')}"
         f"{_version(run)}) at {', '.join(run.get('url') or [])}",
         body,
+        _bench_totals(run, ordered),
         "",
     ]
     suggested = run.get("suggested_parallel")
@@ -119,6 +120,18 @@ def bench_text(run: Mapping[str, Any], levels: Sequence[Level]) -> str:
             " (--concurrency) to find the real knee"
         )
     return "\n".join(lines)
+
+
+def _bench_totals(run: Mapping[str, Any], levels: Sequence[Level]) -> str:
+    requests = sum(lv.requests for lv in levels)
+    failed = sum(lv.failed for lv in levels)
+    tokens = sum(lv.output_tokens for lv in levels)
+    took = run.get("duration_s")
+    wall = f" in {float(took):.1f} s" if isinstance(took, int | float) else ""
+    return (
+        f"{len(levels)} level(s), {requests} measured request(s), {failed} failed,"
+        f" {tokens} output tokens{wall}"
+    )
 
 
 def _version(run: Mapping[str, Any]) -> str:
@@ -183,19 +196,13 @@ def _describe(run: Mapping[str, Any]) -> str:
     )
 
 
-def health_text(rows: Sequence[ReplicaHealth], ledger: Mapping[str, Any]) -> str:
-    """One line per replica, then its problems and warnings, then the ledger's state."""
-    headers = [
-        "slot",
-        "url",
-        "ok",
-        "model",
-        "health",
-        "probe ms",
-        "server/parallel",
-        "run/wait",
-        "seats",
-    ]
+HEALTH_HEADERS = (
+    "slot", "url", "ok", "model", "health", "probe ms", "server/parallel", "run/wait", "seats",
+)  # fmt: skip
+
+
+def health_rows(rows: Sequence[ReplicaHealth]) -> tuple[list[list[str]], list[str]]:
+    """The table rows (one per replica) and the notes (problems, warnings) under it."""
     table_rows = []
     notes: list[str] = []
     for r in rows:
@@ -218,10 +225,24 @@ def health_text(rows: Sequence[ReplicaHealth], ledger: Mapping[str, Any]) -> str
             note = f"{r.slot}: warning: {w}"
             if note not in notes:
                 notes.append(note)
-    out = [table(headers, table_rows)]
+    return table_rows, notes
+
+
+def health_totals(rows: Sequence[ReplicaHealth]) -> str:
+    down = sum(1 for r in rows if not r.ok)
+    slots = len({r.slot for r in rows})
+    return f"{len(rows)} replica(s) of {slots} slot(s): {len(rows) - down} ok, {down} down"
+
+
+def health_text(rows: Sequence[ReplicaHealth], ledger: Mapping[str, Any]) -> str:
+    """One line per replica, then its problems and warnings, the ledger's state, and the
+    totals line. Whole values, fixed columns."""
+    table_rows, notes = health_rows(rows)
+    out = [table(HEALTH_HEADERS, table_rows)]
     out.extend(notes)
     if ledger.get("error"):
         out.append(f"seat ledger ({ledger.get('kind')}, {ledger.get('where')}): {ledger['error']}")
+    out.append(health_totals(rows))
     return "\n".join(out)
 
 
