@@ -38,6 +38,7 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ("FAMILIAR_HOME", "state: sessions, caches, telemetry spill (default <workspace>/.familiar)"),
     ("FAMILIAR_SLOTS", "slots file when --slots is not given (default <workspace>/slots.toml)"),
     ("FAMILIAR_TELEMETRY", "off (or 0, false, no): no telemetry sent, no spill file"),
+    ("FAMILIAR_HEARTBEAT_S", "seconds between progress heartbeats without a terminal (30)"),
     ("FAMILIAR_TELEMETRY_URL", "where events go (default http://127.0.0.1:8687/telemetry)"),
     ("FAMILIAR_LEDGER_DIR", "the host seat ledger's directory (default $XDG_RUNTIME_DIR/familiar)"),
     ("FAMILIAR_NATS_URL", "share seats through NATS JetStream instead of the host ledger"),

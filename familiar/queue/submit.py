@@ -108,6 +108,7 @@ class Submitter:
         try:
             for (src, rel), report in zip(files, reports, strict=True):
                 await self._submit(_Article(src, rel, report))
+            self.progress("queued", len(self._out))
             log.info(
                 "batch queued",
                 url=self.store.where,
@@ -170,6 +171,7 @@ class Submitter:
             await self.store.forget(job)
             again = True
         await self._publish(job, article, text, again)
+        self.progress("submitted", 1)
 
     async def _publish(self, job: str, article: _Article, text: str, again: bool) -> None:
         if self.store.fits(text):

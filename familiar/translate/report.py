@@ -133,6 +133,7 @@ def print_report(
     correlation_id: str | None = None,
     terminal: bool | None = None,
     width: int | None = None,
+    quiet: bool = False,
 ) -> None:
     """The report: JSON, a folding table on a terminal, or whole tab-separated lines
     (the plain lines, unchanged; the totals line then goes to stderr)."""
@@ -149,7 +150,8 @@ def print_report(
         for text in plain_lines(reports):
             print(text, file=out)
         out.flush()
-        print(f"familiar: {line}", file=sys.stderr, flush=True)
+        if not quiet:  # -q: stderr holds errors only
+            print(f"familiar: {line}", file=sys.stderr, flush=True)
         return
     colour = {"ok": "green", "skipped": "yellow"}
     print_table(
