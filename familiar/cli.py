@@ -175,7 +175,18 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from familiar.cli_local import local_command
     from familiar.roles import PRESETS
 
     parser = _Parser(
@@ -229,7 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
                 "--threads",
                 type=_positive,
                 default=None,
-                help="CPU threads (default: all usable CPUs; fewer on a busy host)",
+                help="CPU threads (default: 1 on a host of 2 or fewer CPUs, where more"
+                " collapse when another process is busy; else all usable CPUs)",
+            )
+            p.add_argument(
+                "--cache-ram",
+                type=_non_negative,
+                default=None,
+                metavar="MIB",
+                help="llama-server's host prompt cache in MiB (default 256; 0: none)",
             )
         if name == "logs":
             p.add_argument("-n", "--lines", type=int, default=50, help="lines (default 50)")
@@ -239,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help='print the status as JSON on stdout ({"running": false} when stopped)',
             )
-        p.set_defaults(func=_local_cmd(name))
+        p.set_defaults(func=local_command(name))
 
     from familiar.cli_batch import add_batch_command
     from familiar.cli_fleet import add_fleet_command
@@ -413,54 +432,3 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
         print(f"familiar: warning: {warning}", file=sys.stderr)
     print(f"ok: {cfg.role_config.canonical()} ({len(cfg.active_slots)} slot(s), {cfg.slots_file})")
     return 0
-
-
-# -- local ------------------------------------------------------------------------------
-
-
-def _local_cmd(action: str) -> Command:
-    def run(args: argparse.Namespace) -> int:
-        from familiar import signals
-        from familiar.config import find_workspace, state_home
-        from familiar.local import LocalServer
-
-        home = state_home(find_workspace(args.workspace))
-        server = LocalServer(
-            home, seats=getattr(args, "seats", 4), threads=getattr(args, "threads", None)
-        )
-        if action == "up":
-            info = signals.run(server.ensure_running())
-            print(
-                f"llama-server up at {info.address} (model {info.model_name}, "
-                f"{info.seats} seats, pid {info.pid})"
-            )
-        elif action == "down":
-            stopped = signals.run(server.stop())
-            print("stopped" if stopped else "not running")
-        elif action == "status":
-            st = server.status()
-            as_json = getattr(args, "json", False)
-            if st is None:
-                print(json.dumps({"running": False}) if as_json else "not running")
-                return 1
-            if as_json:
-                print(
-                    json.dumps(
-                        {
-                            "running": True,
-                            "address": st.address,
-                            "model": st.model_name,
-                            "model_path": str(st.model),
-                            "seats": st.seats,
-                            "pid": st.pid,
-                        }
-                    )
-                )
-            else:
-                print(f"{st.address}  model {st.model_name}  seats {st.seats}  pid {st.pid}")
-        else:
-            for line in server.log_tail(args.lines):
-                print(line)
-        return 0
-
-    return run
