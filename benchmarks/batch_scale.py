@@ -80,7 +80,7 @@ def run_batch(root: Path, *extra: str) -> tuple[float, float, list[dict[str, obj
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - start
         out.seek(0)
-        rows = json.loads(out.read() or b"[]")
+        rows = json.loads(out.read() or b"{}").get("articles", [])  # --json version 2
     if proc.returncode != 0:
         raise SystemExit(f"familiar translate exited {proc.returncode} in {root}")
     return wall, usage.ru_maxrss / 1024, rows
