@@ -345,7 +345,12 @@ def _list(args: argparse.Namespace) -> int:
         for r in runs
     ]
     print(table(headers, rows))
-    print(f"{len(runs)} saved run{'s' if len(runs) != 1 else ''} in {saved.bench_dir(home)}")
+    skipped = len(saved.saved_ids(home)) - len(runs)
+    unreadable = f" ({skipped} unreadable file(s) skipped)" if skipped else ""
+    print(
+        f"{len(runs)} saved run{'s' if len(runs) != 1 else ''} in"
+        f" {saved.bench_dir(home)}{unreadable}"
+    )
     return 0
 
 

@@ -138,9 +138,12 @@ async def test_compare_refuses_different_settings_and_list_shows_runs(
     code, text, err = await bench(capsys, "--compare", *runs, "--workspace", ws, "--yes")
     assert code == 0 and "x = B / A" in text
     assert "warning: comparing runs of different settings (output_tokens 4 vs 8)" in err
+    (tmp_path / "home" / "bench" / "broken.json").write_text("{not json")
     code, listing, _ = await bench(capsys, "--list", "--workspace", ws)
     assert code == 0
     assert all(run in listing for run in runs) and "2 saved runs in" in listing
+    assert "(1 unreadable file(s) skipped)" in listing
+    (tmp_path / "home" / "bench" / "broken.json").unlink()
     code, rows, _ = await bench(capsys, "--list", "--workspace", ws, "--json")
     assert [r["id"] for r in rows] == sorted(runs)
     assert {r["output_tokens"] for r in rows} == {4, 8}
