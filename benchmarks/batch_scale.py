@@ -92,7 +92,7 @@ def run_batch_cpu(root: Path, *extra: str) -> tuple[float, float, float, list[di
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - start
         out.seek(0)
-        rows = json.loads(out.read() or b"[]")
+        rows = json.loads(out.read() or b"{}").get("articles", [])  # --json version 2
     if proc.returncode != 0:
         raise SystemExit(f"familiar translate exited {proc.returncode} in {root}")
     return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, rows

@@ -122,7 +122,7 @@ async def translate_case(src: Path, fault: dict[str, Any], n: int, dead: bool) -
             requests = srv.stats["requests"]
         ok = flagged = wrong = 0
         try:
-            rows = {Path(r["path"]).name: r for r in json.loads(text)}
+            rows = {Path(r["path"]).name: r for r in json.loads(text)["articles"]}
         except ValueError:
             rows = {}
         for name, source in texts.items():

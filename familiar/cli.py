@@ -38,6 +38,7 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ("FAMILIAR_HOME", "state: sessions, caches, telemetry spill (default <workspace>/.familiar)"),
     ("FAMILIAR_SLOTS", "slots file when --slots is not given (default <workspace>/slots.toml)"),
     ("FAMILIAR_TELEMETRY", "off (or 0, false, no): no telemetry sent, no spill file"),
+    ("FAMILIAR_HEARTBEAT_S", "seconds between progress heartbeats without a terminal (30)"),
     ("FAMILIAR_TELEMETRY_URL", "where events go (default http://127.0.0.1:8687/telemetry)"),
     ("FAMILIAR_LEDGER_DIR", "the host seat ledger's directory (default $XDG_RUNTIME_DIR/familiar)"),
     ("FAMILIAR_NATS_URL", "share seats through NATS JetStream instead of the host ledger"),
@@ -174,7 +175,18 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from familiar.cli_local import local_command
     from familiar.roles import PRESETS
 
     parser = _Parser(
@@ -228,7 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
                 "--threads",
                 type=_positive,
                 default=None,
-                help="CPU threads (default: all usable CPUs; fewer on a busy host)",
+                help="CPU threads (default: 1 on a host of 2 or fewer CPUs, where more"
+                " collapse when another process is busy; else all usable CPUs)",
+            )
+            p.add_argument(
+                "--cache-ram",
+                type=_non_negative,
+                default=None,
+                metavar="MIB",
+                help="llama-server's host prompt cache in MiB (default 256; 0: none)",
             )
         if name == "logs":
             p.add_argument("-n", "--lines", type=int, default=50, help="lines (default 50)")
@@ -238,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help='print the status as JSON on stdout ({"running": false} when stopped)',
             )
-        p.set_defaults(func=_local_cmd(name))
+        p.set_defaults(func=local_command(name))
 
     from familiar.cli_batch import add_batch_command
     from familiar.cli_fleet import add_fleet_command
@@ -374,18 +394,22 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    from rich.console import Console
-    from rich.table import Table
+    from familiar.listing import print_table
 
-    console = Console()
-    console.print(f"[bold]roles[/]: {info['roles']}  [dim](from {info['source']})[/]")
-    console.print(f"[dim]workspace {info['workspace']}; slots {info['slots_file']}[/]")
-    table = Table("role", "slot", "url", "model", "runtime", "parallel")
-    for r in info["assignments"]:
-        table.add_row(
-            r["role"], r["slot"], ", ".join(r["url"]), r["model"], r["runtime"], str(r["parallel"])
-        )
-    console.print(table)
+    rows = info["assignments"]
+    slots = {r["slot"] for r in rows}
+    print(f"roles: {info['roles']} (from {info['source']})")
+    print(f"workspace: {info['workspace']}")
+    print(f"slots: {info['slots_file']}")
+    print_table(
+        ("role", "slot", "url", "model", "runtime", "parallel"),
+        [
+            (r["role"], r["slot"], ", ".join(r["url"]), r["model"], r["runtime"], r["parallel"])
+            for r in rows
+        ],
+        totals=f"{len(rows)} role(s) on {len(slots)} slot(s)",
+        fold=(2, 3),
+    )
     return 0
 
 
@@ -408,54 +432,3 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
         print(f"familiar: warning: {warning}", file=sys.stderr)
     print(f"ok: {cfg.role_config.canonical()} ({len(cfg.active_slots)} slot(s), {cfg.slots_file})")
     return 0
-
-
-# -- local ------------------------------------------------------------------------------
-
-
-def _local_cmd(action: str) -> Command:
-    def run(args: argparse.Namespace) -> int:
-        from familiar import signals
-        from familiar.config import find_workspace, state_home
-        from familiar.local import LocalServer
-
-        home = state_home(find_workspace(args.workspace))
-        server = LocalServer(
-            home, seats=getattr(args, "seats", 4), threads=getattr(args, "threads", None)
-        )
-        if action == "up":
-            info = signals.run(server.ensure_running())
-            print(
-                f"llama-server up at {info.address} (model {info.model_name}, "
-                f"{info.seats} seats, pid {info.pid})"
-            )
-        elif action == "down":
-            stopped = signals.run(server.stop())
-            print("stopped" if stopped else "not running")
-        elif action == "status":
-            st = server.status()
-            as_json = getattr(args, "json", False)
-            if st is None:
-                print(json.dumps({"running": False}) if as_json else "not running")
-                return 1
-            if as_json:
-                print(
-                    json.dumps(
-                        {
-                            "running": True,
-                            "address": st.address,
-                            "model": st.model_name,
-                            "model_path": str(st.model),
-                            "seats": st.seats,
-                            "pid": st.pid,
-                        }
-                    )
-                )
-            else:
-                print(f"{st.address}  model {st.model_name}  seats {st.seats}  pid {st.pid}")
-        else:
-            for line in server.log_tail(args.lines):
-                print(line)
-        return 0
-
-    return run

@@ -65,6 +65,12 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             print(f"  seat {seat}: {h.host} pid {h.pid} ({h.kind}, {held}) {h.command}")
         for h in v.waiting:
             print(f"  waiting: {h.host} pid {h.pid} ({h.kind}) {h.command}")
+    in_use = sum(v.in_use for v in views)
+    waiting = sum(len(v.waiting) for v in views)
+    print(
+        f"{len(views)} deployment(s): {in_use} seat(s) in use of"
+        f" {sum(v.effective_cap for v in views)}, {waiting} process(es) waiting"
+    )
     sys.stdout.flush()
     return 0
 

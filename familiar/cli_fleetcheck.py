@@ -69,8 +69,24 @@ def add_fleetcheck_commands(sub: Any, common: Common) -> None:
     )
     b.add_argument("--plot", type=Path, metavar="FILE.png", help="draw tok/s and p99 TTFT")
     b.add_argument("--save", action="store_true", help="keep the run in FAMILIAR_HOME/bench")
+    b.add_argument(
+        "--repeat",
+        metavar="N",
+        help="run every level N times: the spread is shown, and a warning when the knee"
+        " is within it (default 1)",
+    )
+    b.add_argument(
+        "--no-warmup", action="store_true", help="no unmeasured warm-up request before a level"
+    )
     b.add_argument("--apply", action="store_true", help="write the suggested parallel")
+    b.add_argument(
+        "--yes",
+        action="store_true",
+        help="--apply even when other slots share the deployment; --compare runs of"
+        " different settings",
+    )
     b.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two saved runs (file or id)")
+    b.add_argument("--list", action="store_true", help="list the saved runs (bench --save)")
     b.set_defaults(func=cmd_bench)
 
 
@@ -134,16 +150,39 @@ async def _health(
                     down = sum(1 for r in report.rows if not r.ok)
                     verdict = "all healthy" if report.ok else f"{down} down"
                     print(f"== {time.strftime('%Y-%m-%d %H:%M:%S')}  {verdict}")
-                print(health_text(report.rows, report.ledger), flush=True)
+                _print_health(report, health_text)
             if watch is None:
                 return last[0]
             await asyncio.sleep(watch)
+
+
+def _print_health(report: Any, health_text: Callable[..., str]) -> None:
+    """Fixed columns of whole values in a pipe or a log; on a terminal a table whose URL
+    and notes wrap to its width (never cut)."""
+    from familiar.fleetcheck.report import HEALTH_HEADERS, health_rows, health_totals
+    from familiar.listing import is_terminal, print_table
+
+    if not is_terminal(sys.stdout):
+        print(health_text(report.rows, report.ledger), flush=True)
+        return
+    rows, notes = health_rows(report.rows)
+    print_table(HEALTH_HEADERS, rows, fold=(1,))
+    ledger = report.ledger
+    if ledger.get("error"):
+        notes.append(
+            f"seat ledger ({ledger.get('kind')}, {ledger.get('where')}): {ledger['error']}"
+        )
+    for note in [*notes, health_totals(report.rows)]:
+        print(note)  # a terminal wraps a long line; nothing is cut
+    sys.stdout.flush()
 
 
 # -- bench -------------------------------------------------------------------------------
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.list:
+        return _list(args)
     if args.compare:
         return _compare(args)
     from familiar.fleetcheck.bench import parse_levels, run_bench
@@ -164,6 +203,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         output_tokens=_number("--output-tokens", args.output_tokens) or 128,
         prompts=load_prompts(args.prompts) if args.prompts is not None else None,
         requests=requests,
+        repeat=_number("--repeat", args.repeat) or 1,
+        warmup=not args.no_warmup,
     )
     cfg = load_config(workspace=args.workspace, slots=args.slots)
     if args.slot not in cfg.slots:
@@ -171,8 +212,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown slot {args.slot!r} ({cfg.slots_file} defines: {known})")
     if args.apply:
         _check_applicable(cfg, args.slot)
-    if args.plot is not None and not args.plot.parent.is_dir():
-        raise ConfigError(f"--plot: directory {args.plot.parent} does not exist")
+        _check_shared(cfg, args.slot, args.yes)
+    if args.plot is not None:
+        from familiar.fleetcheck.plot import require
+
+        if not args.plot.parent.is_dir():
+            raise ConfigError(f"--plot: directory {args.plot.parent} does not exist")
+        require()
     run = signals.run(
         run_bench(
             cfg.slots,
@@ -196,7 +242,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from familiar.store import write_bytes_atomic
 
         title = f"{run.slot}: {run.model} ({run.runtime})"
-        write_bytes_atomic(args.plot, chart(run.levels, suggested=run.knee.suggested, title=title))
+        capacity = run.server.get("server_parallel")
+        png = chart(
+            run.levels,
+            suggested=run.knee.suggested,
+            title=title,
+            server_parallel=capacity if isinstance(capacity, int) else None,
+        )
+        write_bytes_atomic(args.plot, png)
         _stderr(f"bench: chart written to {args.plot}")
     if args.apply and run.knee.suggested is not None:
         data["applied"] = _apply(cfg, args.slot, run.knee.suggested)
@@ -236,6 +289,75 @@ def _check_applicable(cfg: Config, slot: str) -> None:
     set_parallel(_read(path), slot, cfg.slots[slot].parallel, source=str(path))
 
 
+def sharing(cfg: Config, slot: str) -> list[str]:
+    """The other slots of the file on the same deployment as ``slot``."""
+    mine = cfg.slots[slot]
+    return sorted(
+        name
+        for name, other in cfg.slots.items()
+        if name != slot and not other.embedded and other.deployment == mine.deployment
+    )
+
+
+def _check_shared(cfg: Config, slot: str, yes: bool) -> None:
+    """--apply on a deployment other slots share: say which, change only with --yes."""
+    others = sharing(cfg, slot)
+    if not others:
+        return
+    names = ", ".join(others)
+    if not yes:
+        raise ConfigError(
+            f"--apply: slot {slot!r} shares its deployment with {names}: the deployment's"
+            " seats are the largest parallel of them, and the new value changes what they"
+            " all get; add --yes to write it anyway"
+        )
+    _stderr(f"bench: --apply --yes: slot {slot!r} shares its deployment with {names}")
+
+
+def _list(args: argparse.Namespace) -> int:
+    from familiar.fleetcheck import saved
+    from familiar.fleetcheck.report import table
+
+    extra = [n for n, v in (("SLOT", args.slot), ("--compare", args.compare)) if v]
+    if extra:
+        raise ConfigError(f"--list takes no {', '.join(extra)}")
+    home = state_home(find_workspace(args.workspace))
+    runs = saved.summaries(home)
+    if args.json:
+        print(json.dumps(runs, indent=2))
+        return 0
+    if not runs:
+        print(f"no saved bench runs in {saved.bench_dir(home)} (bench SLOT --save keeps one)")
+        return 0
+    headers = ["id", "slot", "model", "started", "levels", "in/out tok", "repeat", "suggested"]
+    rows = [
+        [
+            r["id"],
+            str(r["slot"]),
+            str(r["model"]),
+            str(r["started_at"]),
+            str(r["levels"]),
+            f"{_dash(r['input_tokens'])}/{_dash(r['output_tokens'])}",
+            str(r["repeat"]),
+            f"{_dash(r['suggested_parallel'])}"
+            + (f" (server {r['server_parallel']})" if r["server_parallel"] else ""),
+        ]
+        for r in runs
+    ]
+    print(table(headers, rows))
+    skipped = len(saved.saved_ids(home)) - len(runs)
+    unreadable = f" ({skipped} unreadable file(s) skipped)" if skipped else ""
+    print(
+        f"{len(runs)} saved run{'s' if len(runs) != 1 else ''} in"
+        f" {saved.bench_dir(home)}{unreadable}"
+    )
+    return 0
+
+
+def _dash(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
 def _read(path: Path) -> str:
     return path.read_bytes().decode("utf-8")  # bytes: CRLF stays CRLF
 
@@ -266,6 +388,7 @@ def _compare(args: argparse.Namespace) -> int:
             ("--output-tokens", args.output_tokens),
             ("--prompts", args.prompts),
             ("--plot", args.plot),
+            ("--repeat", args.repeat),
         )
         if value is not None
     ] + [name for name, on in (("--save", args.save), ("--apply", args.apply)) if on]
@@ -274,6 +397,15 @@ def _compare(args: argparse.Namespace) -> int:
     home = state_home(find_workspace(args.workspace))
     a, b = (saved.load(home, ref) for ref in args.compare)
     la, lb = saved.levels(a), saved.levels(b)
+    differ = saved.different_settings(a, b)
+    if differ:
+        what = "; ".join(differ)
+        if not args.yes:
+            raise ConfigError(
+                f"--compare: the runs were measured with different settings ({what}):"
+                " their figures are not comparable; add --yes to compare anyway"
+            )
+        _stderr(f"bench: warning: comparing runs of different settings ({what})")
     if args.json:
         print(json.dumps(_compare_json(a, la, b, lb), indent=2))
     else:

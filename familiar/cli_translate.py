@@ -11,8 +11,9 @@ from typing import Any
 
 from familiar import signals
 from familiar.config import Config, load_config
-from familiar.context import bound_correlation_id, new_correlation_id
+from familiar.context import bound_correlation_id, correlation_id, new_correlation_id
 from familiar.errors import ConfigError, StateError
+from familiar.logs import set_details_log
 
 
 def add_translate_command(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -122,6 +123,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     from familiar.translate.report import ArticleReport, print_report
 
     cfg = load_config(args.workspace, args.slots, args.roles)
+    set_details_log(cfg.home / "logs" / "details.jsonl")  # long log lines: whole there
     if not cfg.role_config.has("translator"):
         raise ConfigError(
             f"the translator role is not active in {cfg.role_config.canonical()!r}"
@@ -143,14 +145,19 @@ def cmd_translate(args: argparse.Namespace) -> int:
     reports = [ArticleReport(path=str(f)) for f, _ in files]
     errors = [ArticleReport(path=m, status="error", error="no such file") for m in missing]
     errors += [ArticleReport(path=str(f), status="error", error=why) for f, why in problems]
+    from familiar.progress import heartbeat_seconds
+
+    heartbeat_seconds()  # a bad FAMILIAR_HEARTBEAT_S: exit 2 before anything runs
+    batch_id = new_correlation_id()  # the batch's, in its report and its telemetry
     if not files:  # nothing to translate: the error rows are the report
-        print_report(errors, as_json=args.json)
+        print_report(errors, as_json=args.json, correlation_id=batch_id, quiet=_quiet(args))
         return 1
     try:
-        if args.nats:
-            signals.run(_run_queue(cfg, opts, files, reports, args.nats))
-        else:
-            signals.run(_run(cfg, fleet_settings, opts, files, reports))
+        with bound_correlation_id(batch_id):
+            if args.nats:
+                signals.run(_run_queue(cfg, opts, files, reports, args.nats, _quiet(args)))
+            else:
+                signals.run(_run(cfg, fleet_settings, opts, files, reports, _quiet(args)))
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM (Terminated)
         # the interpreter's last garbage collection walks every object the batch made
         # (0.3-0.7 s measured): exempt them, so an interrupted batch ends within a second
@@ -160,12 +167,17 @@ def cmd_translate(args: argparse.Namespace) -> int:
         # the report always prints once the batch ran, even interrupted (statuses say so)
         if not reports or any(r.status != "pending" for r in reports):
             reports += errors
-            print_report(reports, as_json=args.json)
+            print_report(reports, as_json=args.json, correlation_id=batch_id, quiet=_quiet(args))
     return 0 if all(r.status in ("ok", "skipped") for r in reports) else 1
 
 
 async def _run(
-    cfg: Config, settings: Any, opts: Any, files: list[tuple[Path, Path]], reports: list[Any]
+    cfg: Config,
+    settings: Any,
+    opts: Any,
+    files: list[tuple[Path, Path]],
+    reports: list[Any],
+    quiet: bool = False,
 ) -> list[Any]:
     from familiar.dispatch import Pool
     from familiar.fleet import Fleet
@@ -177,7 +189,7 @@ async def _run(
     slots = {s.name: s for s in cfg.slots_for("translator")}
     ledger = make_ledger(settings)
     _check_home(cfg.home)
-    with bound_correlation_id(new_correlation_id()):
+    with bound_correlation_id(correlation_id.get() or new_correlation_id()):
         telemetry = Telemetry(cfg.home)
         async with (
             telemetry,
@@ -193,7 +205,7 @@ async def _run(
             cache = ChunkCache(cfg.home / "cache" / "chunks.sqlite", warn=_warn)
             try:
                 pools = [Pool("translator", n, fleet[n].seats.total, fleet[n]) for n in slots]
-                with _progress(len(files)) as progress:
+                with _progress(reports, quiet) as progress:
                     translator = Translator(
                         pools, opts, cache, telemetry=telemetry, progress=progress
                     )
@@ -203,13 +215,18 @@ async def _run(
 
 
 async def _run_queue(
-    cfg: Config, opts: Any, files: list[tuple[Path, Path]], reports: list[Any], url: str
+    cfg: Config,
+    opts: Any,
+    files: list[tuple[Path, Path]],
+    reports: list[Any],
+    url: str,
+    quiet: bool = False,
 ) -> list[Any]:
     from familiar.cli_worker import check_nats_url
     from familiar.queue.submit import submit_batch
 
     url = check_nats_url(url)
-    with _progress(len(files)) as progress:
+    with _progress(reports, quiet) as progress:
         return await submit_batch(
             url,
             cfg.home,
@@ -241,16 +258,31 @@ def _warn(message: str) -> None:
     print(f"familiar: warning: {message}", file=sys.stderr)
 
 
-class _progress:
-    """A rich progress bar on a terminal (articles, chunks, tokens/s); silent otherwise."""
+def _quiet(args: argparse.Namespace) -> bool:
+    """-q anywhere on the command line (before or after the command)."""
+    return any(v for k, v in vars(args).items() if k.split("_")[0] == "quiet")
 
-    def __init__(self, articles: int) -> None:
-        self.articles = articles
-        self.live = sys.stderr.isatty()
+
+class _progress:
+    """A rich progress bar on a terminal (articles, chunks, tokens/s); plain lines
+    otherwise (``familiar.progress``: one per finished article, a heartbeat); nothing
+    with -q."""
+
+    def __init__(self, reports: list[Any], quiet: bool = False) -> None:
+        self.reports = reports
+        self.articles = len(reports)
+        self.live = sys.stderr.isatty() and not quiet
+        self.quiet = quiet
+        self.plain: Any = None
 
     def __enter__(self) -> Callable[[str, int], None]:
-        if not self.live:
+        if self.quiet:
             return lambda _what, _n: None
+        if not self.live:
+            from familiar.progress import PlainProgress
+
+            self.plain = PlainProgress(self.reports).__enter__()
+            return self.plain  # type: ignore[no-any-return]
         import time
 
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -283,5 +315,7 @@ class _progress:
         return update
 
     def __exit__(self, *exc: object) -> None:
+        if self.plain is not None:
+            self.plain.__exit__(*exc)
         if self.live:
             self.bar.__exit__(None, None, None)

@@ -10,6 +10,7 @@ from typing import Any
 from familiar import signals
 from familiar.config import Config, load_config
 from familiar.errors import ConfigError
+from familiar.logs import set_details_log
 
 #: SIGTERM or Ctrl-C ends a worker within this long whatever its connections are doing
 #: (a job it could not hand back is redelivered after the consumer's ack_wait)
@@ -92,6 +93,7 @@ def check_nats_url(url: str) -> str:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     cfg = load_config(args.workspace, args.slots, args.roles)
+    set_details_log(cfg.home / "logs" / "details.jsonl")  # long log lines: whole there
     if not cfg.role_config.has("translator"):
         raise ConfigError(
             f"the translator role is not active in {cfg.role_config.canonical()!r}"
@@ -132,11 +134,25 @@ async def _run(cfg: Config, url: str, args: argparse.Namespace) -> None:
         ):
             pools = [Pool("translator", n, fleet[n].seats.total, fleet[n]) for n in slots]
             worker = Worker(
-                store, pools, KvChunkCache(store, local), settings=settings, telemetry=telemetry
+                store,
+                pools,
+                KvChunkCache(store, local),
+                settings=settings,
+                telemetry=telemetry,
+                announce=None if _quiet(args) else _announce,
             )
             await worker.run()
     finally:
         local.close()
+
+
+def _quiet(args: argparse.Namespace) -> bool:
+    """-q anywhere on the command line (before or after the command)."""
+    return any(v for k, v in vars(args).items() if k.split("_")[0] == "quiet")
+
+
+def _announce(line: str) -> None:
+    print(f"familiar: {line}", file=sys.stderr, flush=True)
 
 
 def _warn(message: str) -> None:

@@ -63,6 +63,8 @@ class LocalInfo:
     ctx_size: int
     log_path: Path
     started_at: float
+    threads: int = 0  # 0: not recorded (a server started by an older familiar)
+    cache_ram_mib: int | None = None
 
     @property
     def address(self) -> str:
@@ -71,6 +73,41 @@ class LocalInfo:
     @property
     def base_url(self) -> str:
         return f"http://{self.address}/v1"
+
+
+#: llama-server's host prompt cache (``--cache-ram``, MiB): its default of 8 GiB let the
+#: server grow from 1.2 to 3.6 GB in 45 minutes; bounded here (not measured: a guess sized
+#: for a 270M model's prompts, ``familiar local up --cache-ram MIB`` to change it)
+DEFAULT_CACHE_RAM_MIB = 256
+
+
+def default_threads(cpus: int | None = None) -> int:
+    """Threads for a shared host: 1 on 2 or fewer CPUs (2 threads on 2 cores collapsed
+    from 54 to ~1 tokens/s when another process kept one core busy; 1 thread kept ~40,
+    issue 27), else every usable CPU. Not measured beyond that one host."""
+    n = cpus if cpus is not None else len(os.sched_getaffinity(0))
+    return 1 if n <= 2 else n
+
+
+def local_dir(home: Path) -> Path:
+    """Where the embedded server's state lives: ``FAMILIAR_HOME/local`` when FAMILIAR_HOME
+    is set (an explicit scope), else one place per user whatever the workspace:
+    ``$XDG_STATE_HOME/familiar/local`` (default ``~/.local/state/familiar/local``)."""
+    if os.environ.get("FAMILIAR_HOME"):
+        return Path(home) / "local"
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base).expanduser() / "familiar" / "local"
+
+
+def rss_bytes(pid: int) -> int | None:
+    """The resident memory of ``pid`` (``/proc/PID/status`` VmRSS), None when unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _import(name: str) -> Any:
@@ -280,25 +317,31 @@ class LocalServer:
     def __init__(
         self, home: Path, *, seats: int = 4, ctx_per_seat: int = 8192,
         port: int | None = None, startup_timeout_s: float = 120.0, threads: int | None = None,
+        cache_ram_mib: int = DEFAULT_CACHE_RAM_MIB,
     ) -> None:  # fmt: skip
         if seats < 1 or ctx_per_seat < 64 or not (port is None or 0 < port < 65536):
             raise LocalSetupError(f"bad local server settings: {seats=} {ctx_per_seat=} {port=}")
-        self.dir = Path(home) / "local"
+        self.dir = local_dir(Path(home))
         self.state_path = self.dir / "server.json"
         self.log_path = self.dir / "llama-server.log"
         self.seats = seats
         self.ctx_size = seats * ctx_per_seat
         self.port = port
         self.startup_timeout_s = startup_timeout_s
-        # All CPUs is fastest (2 cores: ~100 tokens/s over 4 seats, 1 thread ~50), but
-        # llama.cpp's thread barriers collapse (~10x) if another process keeps a CPU busy.
-        self.threads = threads or len(os.sched_getaffinity(0))
+        # All CPUs is fastest on an idle host (2 cores: ~100 tokens/s over 4 seats, 1 thread
+        # ~50), but llama.cpp's thread barriers collapse (~10x) if another process keeps a
+        # CPU busy: see default_threads.
+        self.threads = threads or default_threads()
+        if cache_ram_mib < 0:
+            raise LocalSetupError(f"bad local server settings: {cache_ram_mib=}")
+        self.cache_ram_mib = cache_ram_mib
 
     def command(self, binary: Path, model: Path, port: int) -> list[str]:
         return [
             str(binary), "-m", str(model), "--host", HOST, "--port", str(port),
             "--parallel", str(self.seats), "--ctx-size", str(self.ctx_size),
-            "--threads", str(self.threads), "--cont-batching", "--jinja", "--metrics", "--slots",
+            "--threads", str(self.threads), "--cache-ram", str(self.cache_ram_mib),
+            "--cont-batching", "--jinja", "--metrics", "--slots",
             "--alias", MODEL_NAME, "--no-webui", "--cors-origins", "localhost",
         ]  # fmt: skip
 
@@ -412,6 +455,7 @@ class LocalServer:
         info = LocalInfo(
             pid=proc.pid, port=port, model=str(model), seats=self.seats,
             ctx_size=self.ctx_size, log_path=self.log_path, started_at=started_at,
+            threads=self.threads, cache_ram_mib=self.cache_ram_mib,
         )  # fmt: skip
         if not ephemeral:
             state = {**asdict(info), "log_path": str(self.log_path)}

@@ -11,6 +11,7 @@ import os
 import re
 import sys
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from familiar.context import correlation_id
@@ -129,6 +130,48 @@ def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
     return event
 
 
+#: a console log line longer than this is folded (the whole event goes to the details log)
+FOLD_AT = 300
+#: where folded events are written whole (JSON lines); set by :func:`set_details_log`
+_DETAILS: list[Path] = []
+
+
+def set_details_log(path: Path | None) -> None:
+    """Where :func:`_fold` writes long events whole (``FAMILIAR_HOME/logs/details.jsonl``,
+    set when a command's configuration is loaded); None: nowhere (nothing is folded)."""
+    _DETAILS[:] = [] if path is None else [path]
+
+
+def _shorten(value: Any, limit: int = 80) -> Any:
+    text = value if isinstance(value, str) else repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _fold(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A console event longer than :data:`FOLD_AT` becomes one short line: its fields
+    shortened, and ``details=`` the file where the whole event (JSON) was appended. When
+    it cannot be written there, the event stays whole: nothing is lost."""
+    if not _DETAILS or len(repr(dict(event))) <= FOLD_AT:
+        return event
+    import json
+
+    path = _DETAILS[0]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(dict(event), default=repr, ensure_ascii=False) + "\n")
+    except OSError:
+        return event
+    keep = {"event", "level", "timestamp", "correlation_id"}
+    for key, value in list(event.items()):
+        if key not in keep:
+            event[key] = _shorten(value, 40)
+    event["event"] = _shorten(event.get("event", ""), 120)
+    event["details"] = str(path)
+    return event
+
+
 def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
     """A logger on whatever ``sys.stderr`` is now (tests and tools swap it)."""
     import structlog
@@ -185,6 +228,7 @@ def configure(level: str | None = None, json: bool | None = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,
+            *(() if as_json else (_fold,)),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

@@ -11,6 +11,7 @@ started for the bench (and stopped after) when it is not already up.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import secrets
 import time
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from familiar.fleetcheck.knee import Knee, find_knee
+from familiar.fleetcheck.knee import Knee, cap_to_server, find_knee, noise
 from familiar.fleetcheck.probe import Prober
 from familiar.fleetcheck.results import Level
 from familiar.fleetcheck.sweep import Sweep, Target, Workload
@@ -73,6 +74,14 @@ class BenchRun:
             "suggested_parallel": self.knee.suggested,
             "knee": self.knee.to_json(),
         }
+
+
+def honest_knee(levels: Sequence[Level], server_parallel: Any) -> Knee:
+    """The knee, with its noise warning, capped to the server's own capacity."""
+    knee = find_knee(levels)
+    spreads = {lv.concurrency: lv.spread for lv in levels if lv.runs_tok_per_s}
+    knee = dataclasses.replace(knee, noise=noise(levels, knee, spreads))
+    return cap_to_server(knee, server_parallel if isinstance(server_parallel, int) else None)
 
 
 def default_levels(parallel: int) -> list[int]:
@@ -214,7 +223,7 @@ async def run_bench(
         server=server,
         settings={**workload.settings(), "concurrency": levels, "replicas": len(slot.url)},
         levels=tuple(measured),
-        knee=find_knee(measured),
+        knee=honest_knee(measured, server.get("server_parallel")),
         started_at=started,
         duration_s=time.time() - started,
     )

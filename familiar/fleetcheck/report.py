@@ -74,12 +74,21 @@ def bench_text(run: Mapping[str, Any], levels: Sequence[Level]) -> str:
         for lv in sorted(levels, key=lambda lv: lv.concurrency)
     ]
     names = ("TTFT ms", "TPOT ms", "ITL ms", "E2E ms")
-    body = table(headers, rows, [(5 + 3 * g, 7 + 3 * g, name) for g, name in enumerate(names)])
+    ordered = sorted(levels, key=lambda lv: lv.concurrency)
+    if any(lv.runs_tok_per_s for lv in ordered):  # --repeat: each level's spread
+        headers.insert(5, "spread")
+        for row, lv in zip(rows, ordered, strict=True):
+            row.insert(5, f"±{lv.spread / 2:.1f}")
+        groups = [(6 + 3 * g, 8 + 3 * g, name) for g, name in enumerate(names)]
+    else:
+        groups = [(5 + 3 * g, 7 + 3 * g, name) for g, name in enumerate(names)]
+    body = table(headers, rows, groups)
     knee = run.get("knee") or {}
     lines = [
         f"bench {run.get('slot')}: {run.get('model')} ({run.get('runtime')}"
         f"{_version(run)}) at {', '.join(run.get('url') or [])}",
         body,
+        _bench_totals(run, ordered),
         "",
     ]
     suggested = run.get("suggested_parallel")
@@ -92,14 +101,37 @@ def bench_text(run: Mapping[str, Any], levels: Sequence[Level]) -> str:
         f" {knee.get('peak_concurrency')}; the knee is the smallest concurrency reaching"
         f" {round(100 * float(knee.get('share_of_peak', 0.9)))}% of it)"
     )
+    server = run.get("server") or {}
+    capacity = server.get("server_parallel") if isinstance(server, dict) else None
+    if knee.get("capped_at_server_parallel") is not None:
+        lines.append(
+            f"capped at {capacity}: the server itself runs {capacity} requests at once"
+            f" (throughput alone pointed higher; past {capacity} requests only queue in it)"
+        )
+    elif capacity is not None:
+        lines.append(f"the server itself runs {capacity} requests at once")
+    if knee.get("noise_warning"):
+        lines.append(f"warning: {knee['noise_warning']}")
     if knee.get("ttft_p99_climbs_at") is not None:
         lines.append(f"TTFT p99 climbs from concurrency {knee['ttft_p99_climbs_at']} on")
-    if not knee.get("saturated", True):
+    if not knee.get("saturated", True) and knee.get("capped_at_server_parallel") is None:
         lines.append(
             "throughput was still rising at the highest concurrency tested: sweep higher"
             " (--concurrency) to find the real knee"
         )
     return "\n".join(lines)
+
+
+def _bench_totals(run: Mapping[str, Any], levels: Sequence[Level]) -> str:
+    requests = sum(lv.requests for lv in levels)
+    failed = sum(lv.failed for lv in levels)
+    tokens = sum(lv.output_tokens for lv in levels)
+    took = run.get("duration_s")
+    wall = f" in {float(took):.1f} s" if isinstance(took, int | float) else ""
+    return (
+        f"{len(levels)} level(s), {requests} measured request(s), {failed} failed,"
+        f" {tokens} output tokens{wall}"
+    )
 
 
 def _version(run: Mapping[str, Any]) -> str:
@@ -164,19 +196,13 @@ def _describe(run: Mapping[str, Any]) -> str:
     )
 
 
-def health_text(rows: Sequence[ReplicaHealth], ledger: Mapping[str, Any]) -> str:
-    """One line per replica, then its problems and warnings, then the ledger's state."""
-    headers = [
-        "slot",
-        "url",
-        "ok",
-        "model",
-        "health",
-        "probe ms",
-        "server/parallel",
-        "run/wait",
-        "seats",
-    ]
+HEALTH_HEADERS = (
+    "slot", "url", "ok", "model", "health", "probe ms", "server/parallel", "run/wait", "seats",
+)  # fmt: skip
+
+
+def health_rows(rows: Sequence[ReplicaHealth]) -> tuple[list[list[str]], list[str]]:
+    """The table rows (one per replica) and the notes (problems, warnings) under it."""
     table_rows = []
     notes: list[str] = []
     for r in rows:
@@ -199,10 +225,24 @@ def health_text(rows: Sequence[ReplicaHealth], ledger: Mapping[str, Any]) -> str
             note = f"{r.slot}: warning: {w}"
             if note not in notes:
                 notes.append(note)
-    out = [table(headers, table_rows)]
+    return table_rows, notes
+
+
+def health_totals(rows: Sequence[ReplicaHealth]) -> str:
+    down = sum(1 for r in rows if not r.ok)
+    slots = len({r.slot for r in rows})
+    return f"{len(rows)} replica(s) of {slots} slot(s): {len(rows) - down} ok, {down} down"
+
+
+def health_text(rows: Sequence[ReplicaHealth], ledger: Mapping[str, Any]) -> str:
+    """One line per replica, then its problems and warnings, the ledger's state, and the
+    totals line. Whole values, fixed columns."""
+    table_rows, notes = health_rows(rows)
+    out = [table(HEALTH_HEADERS, table_rows)]
     out.extend(notes)
     if ledger.get("error"):
         out.append(f"seat ledger ({ledger.get('kind')}, {ledger.get('where')}): {ledger['error']}")
+    out.append(health_totals(rows))
     return "\n".join(out)
 
 

@@ -60,6 +60,13 @@ class Level:
     input_tokens_mean: float | None = None
     errors: Mapping[str, int] = field(default_factory=dict)
     reconnects: int = 0
+    #: output tok/s of each ``--repeat`` run of this level (empty: one run)
+    runs_tok_per_s: tuple[float, ...] = ()
+
+    @property
+    def spread(self) -> float:
+        """max - min output tok/s over the repeated runs (0 with one run)."""
+        return max(self.runs_tok_per_s) - min(self.runs_tok_per_s) if self.runs_tok_per_s else 0.0
 
     @property
     def requests(self) -> int:
@@ -96,6 +103,7 @@ class Level:
             "e2e_ms": self.e2e.to_json(),
             "errors": dict(self.errors),
             "reconnects": self.reconnects,
+            "runs_output_tok_per_s": [round(x, 2) for x in self.runs_tok_per_s],
         }
 
     @classmethod
@@ -123,13 +131,20 @@ class Level:
                 else float(data["input_tokens_mean"]),
                 errors={str(k): int(v) for k, v in dict(errors).items()},
                 reconnects=int(data.get("reconnects", 0)),
+                runs_tok_per_s=tuple(float(x) for x in data.get("runs_output_tok_per_s") or ()),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a bench level: {exc}") from None
 
 
-def summarize(concurrency: int, samples: Sequence[Sample], duration_s: float) -> Level:
-    """Aggregate the samples of one level (``duration_s``: its wall time)."""
+def summarize(
+    concurrency: int,
+    samples: Sequence[Sample],
+    duration_s: float,
+    runs_tok_per_s: Sequence[float] = (),
+) -> Level:
+    """Aggregate the samples of one level (``duration_s``: its wall time, summed over
+    repeated runs; ``runs_tok_per_s``: each run's throughput when it was repeated)."""
     good = [s for s in samples if s.ok]
     prompts = [s.prompt_tokens for s in good if s.prompt_tokens is not None]
     errors = Counter(s.error or "unknown error" for s in samples if not s.ok)
@@ -146,4 +161,5 @@ def summarize(concurrency: int, samples: Sequence[Sample], duration_s: float) ->
         input_tokens_mean=sum(prompts) / len(prompts) if prompts else None,
         errors=dict(errors.most_common()),
         reconnects=sum(1 for s in samples if s.reconnected),
+        runs_tok_per_s=tuple(runs_tok_per_s),
     )

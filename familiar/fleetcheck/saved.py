@@ -56,3 +56,52 @@ def levels(data: dict[str, Any], source: object = "bench run") -> list[Level]:
         return [Level.from_json(item) for item in raw]
     except ValueError as exc:
         raise StateError(f"{source}: not a bench run ({exc})") from None
+
+
+#: workload settings two runs must share for their figures to compare
+COMPARABLE = ("input_tokens", "prompts", "output_tokens", "requests_per_level")
+
+
+def different_settings(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """``"name A vs B"`` for every workload setting the two runs do not share."""
+    sa, sb = a.get("settings") or {}, b.get("settings") or {}
+    return [
+        f"{key} {sa.get(key)} vs {sb.get(key)}"
+        for key in COMPARABLE
+        if isinstance(sa, dict) and isinstance(sb, dict) and sa.get(key) != sb.get(key)
+    ]
+
+
+def summaries(home: Path) -> list[dict[str, Any]]:
+    """One line of facts per saved run, oldest first (unreadable files are skipped)."""
+    out = []
+    for run_id in saved_ids(home):
+        try:
+            data = read_record(bench_dir(home) / f"{run_id}.json", "bench run")
+        except (ConfigError, StateError):
+            continue
+        settings = _object(data.get("settings"))
+        server = _object(data.get("server"))
+        raw = data.get("levels")
+        out.append(
+            {
+                "id": run_id,
+                "slot": data.get("slot"),
+                "model": data.get("model"),
+                "started_at": data.get("started_at"),
+                "levels": ",".join(str(lv.get("concurrency")) for lv in raw if isinstance(lv, dict))
+                if isinstance(raw, list)
+                else "",
+                "input_tokens": settings.get("input_tokens"),
+                "output_tokens": settings.get("output_tokens"),
+                "repeat": settings.get("repeat", 1),
+                "suggested_parallel": data.get("suggested_parallel"),
+                "server_parallel": server.get("server_parallel"),
+                "file": str(bench_dir(home) / f"{run_id}.json"),
+            }
+        )
+    return out
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}

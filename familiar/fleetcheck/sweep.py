@@ -56,6 +56,10 @@ class Workload:
     prompts: tuple[str, ...] | None = None
     requests: int | None = None
     seed: int = 0
+    #: runs of every level (their samples pooled; the spread of their throughput kept)
+    repeat: int = 1
+    #: one unmeasured request before every level (caches, connections, lazy loading)
+    warmup: bool = True
 
     def requests_at(self, concurrency: int) -> int:
         if self.requests is not None:
@@ -86,6 +90,8 @@ class Workload:
             "prompts": len(self.prompts) if self.prompts else None,
             "output_tokens": self.output_tokens,
             "requests_per_level": self.requests,
+            "repeat": self.repeat,
+            "warmup": self.warmup,
         }
 
 
@@ -130,7 +136,42 @@ class Sweep:
         return out
 
     async def level(self, client: Any, concurrency: int) -> Level:
-        """One level: ``workload.requests_at(concurrency)`` requests, that many in flight."""
+        """One level: a warm-up request (not measured), then ``workload.repeat`` runs of
+        ``workload.requests_at(concurrency)`` requests, that many in flight."""
+        if self.workload.warmup:
+            await self._warmup(client)
+        samples: list[Sample] = []
+        duration = 0.0
+        runs: list[float] = []
+        repeat = self.workload.repeat
+        for r in range(repeat):
+            got, took = await self._run_once(client, concurrency, r, repeat)
+            samples.extend(got)
+            duration += took
+            if repeat > 1:
+                runs.append(sum(s.output_tokens for s in got if s.ok) / took if took > 0 else 0.0)
+        level = summarize(concurrency, samples, duration, runs)
+        self._progress(_done_line(level))
+        return level
+
+    async def _warmup(self, client: Any) -> None:
+        index = self._next
+        self._next += 1
+        url = self.target.urls[index % len(self.target.urls)].rstrip("/") + "/chat/completions"
+        sample = await measure(
+            client,
+            url,
+            self.workload.body(self.target, index),
+            headers=self.target.headers(self.run_id),
+            timeout_s=self.target.timeout_s,
+            clock=self._clock,
+        )
+        if not sample.ok:
+            self._progress(f"warm-up request failed ({sample.error}); measuring anyway")
+
+    async def _run_once(
+        self, client: Any, concurrency: int, run: int, repeat: int
+    ) -> tuple[list[Sample], float]:
         n = self.workload.requests_at(concurrency)
         first = self._next
         self._next += n
@@ -138,7 +179,8 @@ class Sweep:
         samples: list[Sample] = []
         headers = self.target.headers(self.run_id)
         urls = [u.rstrip("/") + "/chat/completions" for u in self.target.urls]
-        self._progress(f"concurrency {concurrency}: {n} requests ...")
+        of = f" (run {run + 1} of {repeat})" if repeat > 1 else ""
+        self._progress(f"concurrency {concurrency}: {n} requests{of} ...")
         start = last_note = self._clock()
 
         async def worker() -> None:
@@ -164,9 +206,7 @@ class Sweep:
         async with asyncio.TaskGroup() as group:
             for _ in range(min(concurrency, n)):
                 group.create_task(worker())
-        level = summarize(concurrency, samples, self._clock() - start)
-        self._progress(_done_line(level))
-        return level
+        return samples, self._clock() - start
 
 
 def _done_line(lv: Level) -> str:
@@ -174,6 +214,8 @@ def _done_line(lv: Level) -> str:
     failed = f", {lv.failed} failed" if lv.failed else ""
     first_error = next(iter(lv.errors), None)
     why = f" ({first_error})" if first_error else ""
+    if lv.runs_tok_per_s:
+        why += f", runs {min(lv.runs_tok_per_s):.1f} .. {max(lv.runs_tok_per_s):.1f} tok/s"
     return (
         f"  {lv.ok} ok{failed}{why}: {lv.output_tok_per_s:.1f} output tok/s,"
         f" {lv.req_per_s:.2f} req/s, TTFT p99 {ttft}, {lv.duration_s:.1f} s"

@@ -108,6 +108,7 @@ class Submitter:
         try:
             for (src, rel), report in zip(files, reports, strict=True):
                 await self._submit(_Article(src, rel, report))
+            self.progress("queued", len(self._out))
             log.info(
                 "batch queued",
                 url=self.store.where,
@@ -170,6 +171,7 @@ class Submitter:
             await self.store.forget(job)
             again = True
         await self._publish(job, article, text, again)
+        self.progress("submitted", 1)
 
     async def _publish(self, job: str, article: _Article, text: str, again: bool) -> None:
         if self.store.fits(text):
@@ -349,7 +351,8 @@ async def submit_batch(
     """The batch through the queue at ``url``: one correlation id, telemetry, the store."""
     from familiar.context import bound_correlation_id, new_correlation_id
 
-    with bound_correlation_id(new_correlation_id()):
+    # the caller's batch id when it bound one (translate prints it in its report)
+    with bound_correlation_id(correlation_id.get() or new_correlation_id()):
         telemetry = Telemetry(home)
         async with telemetry, QueueStore(url, wait_s=wait_s, name="familiar submit") as store:
             submitter = Submitter(

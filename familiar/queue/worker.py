@@ -32,7 +32,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,7 +87,10 @@ class Worker:
         *,
         settings: WorkerSettings | None = None,
         telemetry: Telemetry | None = None,
+        announce: Callable[[str], None] | None = None,
     ) -> None:
+        #: one line for a person: ready, then one per job (``familiar worker`` prints them)
+        self.announce = announce or (lambda _line: None)
         self.store = store
         self.pools = list(pools)
         self.cache = cache
@@ -136,6 +139,10 @@ class Worker:
             ack_wait_s=self.ack_wait_s,
             max_deliver=self.max_deliver,
         )
+        self.announce(
+            f"worker ready on {self.store.where}: {self.jobs_at_once} jobs at once,"
+            f" ack wait {self.ack_wait_s:g} s, max deliver {self.max_deliver}"
+        )
         free = asyncio.Semaphore(self.jobs_at_once)
         async with asyncio.TaskGroup() as tg:
             try:
@@ -179,11 +186,13 @@ class Worker:
             return
         t0 = time.monotonic()
         status = "interrupted"
+        error: str | None = None
         try:
             result = await self._result(msg, job, deliveries)
             if result is not None:
                 await self.store.put_result(job.job, result)
                 status = result.status
+                error = result.report.get("error")
             else:
                 status = "duplicate"
             await msg.ack_sync(timeout=self.store.op_timeout)
@@ -211,6 +220,8 @@ class Worker:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(msg.nak(delay=self.ack_wait_s), 2)
         finally:
+            took = time.monotonic() - t0
+            self.announce(_job_line(job.rel, status, deliveries, took, error))
             self._emit(
                 "queue.job",
                 {
@@ -286,3 +297,24 @@ class Worker:
             report.error = f"internal error: {type(exc).__name__}: {exc}"
             output = None
         return JobResult.of(report, output, worker=self.identity, deliveries=deliveries)
+
+
+#: what a job's status means to a person reading ``familiar worker``'s lines
+_SAID = {
+    "ok": "done",
+    "duplicate": "done already (a redelivered job whose result is stored)",
+    "interrupted": "handed back (stopping): another worker takes it",
+    "altered": "dropped: its text does not match its id",
+    "unavailable": "left for later: the queue or the ledger is away",
+    "error": "left for later: the server refused something",
+}
+
+
+def _job_line(article: str, status: str, deliveries: int, took: float, error: str | None) -> str:
+    said = _SAID.get(status, status)
+    again = f", delivery {deliveries}: redelivered" if deliveries > 1 else ""
+    why = ""
+    if error:
+        first = " ".join(str(error).split())
+        why = f": {first[:119]}…" if len(first) > 120 else f": {first}"
+    return f"job {article}: {said} ({took:.1f} s{again}){why}"

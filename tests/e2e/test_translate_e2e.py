@@ -8,12 +8,12 @@ source kept, the output written, and a second run served from the cache.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from familiar.cli import main
+from tests.support.scripts import report_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -59,7 +59,7 @@ def test_translate_small_article_on_embedded_gemma(
         "--json",
     ]
     code = main(argv)
-    rows = json.loads(capsys.readouterr().out)
+    rows = report_rows(capsys.readouterr().out)
     (row,) = rows
     assert code == (0 if row["status"] == "ok" else 1)
     assert row["status"] in ("ok", "failed") and row["source_lang"] == "ja"
@@ -71,6 +71,6 @@ def test_translate_small_article_on_embedded_gemma(
     assert row["chunks"] >= 2 and len(row["failed_chunks"]) < row["chunks"]
     # the second run asks the model nothing and writes the same bytes
     assert main(argv) == code
-    again = json.loads(capsys.readouterr().out)[0]
+    again = report_rows(capsys.readouterr().out)[0]
     assert again["from_cache"] >= row["chunks"] - len(row["failed_chunks"]), (row, again)
     assert (out / "tea.md").read_text(encoding="utf-8") == text

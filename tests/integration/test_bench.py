@@ -95,7 +95,7 @@ async def test_the_knee_is_found_at_the_server_capacity(
     assert data["knee"]["ttft_p99_climbs_at"] in (2, 4, 8)
     assert abs(levels[0]["tpot_ms"]["mean"] - 75) < 35
     assert queue["max_running"] == 4 and queue["max_queued"] == 4
-    assert len(bodies) == 20
+    assert len(bodies) == 24  # 20 measured, one warm-up before each of the 4 levels
     assert all(b["stream_options"] == {"include_usage": True} and b["ignore_eos"] for b in bodies)
     assert "holding all 2 seats until the bench ends" in err
     assert "concurrency 8: 8 requests ..." in err and "concurrency 1: 4 requests ..." in err
@@ -109,6 +109,7 @@ async def test_failures_are_counted_and_their_level_is_not_a_knee(
         code, data, err = await bench(
             capsys, "naughty", "--workspace", workspace(tmp_path, srv.url),
             "--concurrency", "1,2", "--requests", "8", "--output-tokens", "3", "--json",
+            "--no-warmup",
         )  # fmt: skip
     assert code == 0, err
     first, second = data["levels"]
@@ -193,7 +194,8 @@ async def test_prompts_file_is_cycled(tmp_path: Path, capsys: pytest.CaptureFixt
         )  # fmt: skip
         asked = [r["body"]["messages"][0]["content"] for r in srv.requests]
     assert code == 0, err
-    assert sorted(asked) == ["summarise that"] * 2 + ["translate this"] * 2
+    assert asked[0] == "translate this"  # the warm-up
+    assert sorted(asked[1:]) == ["summarise that"] * 2 + ["translate this"] * 2
     assert data["settings"]["prompts"] == 2 and data["settings"]["input_tokens"] is None
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from familiar.cli import main
 from tests.support.fake_openai import FakeOpenAIServer
-from tests.support.scripts import write_fleet
+from tests.support.scripts import report_rows, write_fleet
 
 KEY = "zq-7f3c9e2b8a41d6e5-secret"  # no sk- prefix: masked because it is the configured key
 
@@ -122,7 +122,7 @@ async def test_translate_recovers_each_transient_fault_with_one_more_request(
     server.add_faults([fault])
     out = tmp_path / "out"
     assert await translate(tmp_path, str(tmp_path / "a.md"), "--out", str(out), "--json") == 0
-    (row,) = json.loads(capsys.readouterr().out)
+    (row,) = report_rows(capsys.readouterr().out)
     assert row["status"] == "ok" and not row["failed_chunks"]
     assert (out / "a.md").read_bytes() == ARTICLE.encode()  # identity: every byte back
     assert server.stats["requests"] == row["chunks"] + 1
@@ -147,7 +147,7 @@ async def test_translate_never_keeps_a_persistently_bad_answer(
     server.add_faults([fault] * 400)
     out = tmp_path / "out"
     assert await translate(tmp_path, str(tmp_path / "a.md"), "--out", str(out), "--json") == 1
-    (row,) = json.loads(capsys.readouterr().out)
+    (row,) = report_rows(capsys.readouterr().out)
     assert row["status"] == "failed" and "BackendProtocolError" not in (row["out"] or "")
     assert not (out / "a.md").exists()  # nothing passed off as a translation
     assert cached_rows(isolated_env) == []  # and nothing cached for the rerun to serve
@@ -160,7 +160,7 @@ async def test_translate_dead_replica_fails_over(
     article_workspace(tmp_path, slots_toml([dead, server.url], parallel=2))
     out = tmp_path / "out"
     assert await translate(tmp_path, str(tmp_path / "a.md"), "--out", str(out), "--json") == 0
-    (row,) = json.loads(capsys.readouterr().out)
+    (row,) = report_rows(capsys.readouterr().out)
     assert row["status"] == "ok" and (out / "a.md").read_bytes() == ARTICLE.encode()
 
 
@@ -174,7 +174,7 @@ async def test_translate_echoed_key_is_masked_everywhere(
     server.add_faults([{"kind": "echo_key"}])
     assert await translate(tmp_path, str(tmp_path / "a.md"), "--out", "o", "--json") == 1
     cap = capsys.readouterr()
-    (row,) = json.loads(cap.out)
+    (row,) = report_rows(cap.out)
     assert row["status"] == "failed" and "401" in row["error"]
     assert server.requests[0]["headers"]["authorization"] == f"Bearer {KEY}"  # it was sent
     assert KEY not in cap.out + cap.err

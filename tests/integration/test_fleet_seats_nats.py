@@ -5,7 +5,6 @@ real nats-server, started here on a free loopback port."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -17,7 +16,7 @@ from familiar.ledger.nats import NatsLedger
 from tests.support import nats as nats_support
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.nats import NatsServer, free_port
-from tests.support.scripts import ARTICLE
+from tests.support.scripts import ARTICLE, report_rows
 
 MODEL = "general-llm"
 nats_server = nats_support.nats_server  # the fixture
@@ -157,6 +156,6 @@ async def test_nats_gone_for_good_mid_run_fails_the_batch_within_its_deadline(
         assert "Traceback" not in err
         last = err.strip().splitlines()[-1]
         assert last.startswith("familiar: error:") and nats_server.url in last, err
-        rows = json.loads(out)  # the report still prints: nothing is silently lost
+        rows = report_rows(out)  # the report still prints: nothing is silently lost
         assert {r["status"] for r in rows} <= {"ok", "error", "interrupted"}
         assert any(r["status"] != "ok" for r in rows)

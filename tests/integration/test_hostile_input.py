@@ -32,7 +32,7 @@ from tests.support.hostile import (
     sources,
     workspace,
 )
-from tests.support.scripts import ARTICLE
+from tests.support.scripts import ARTICLE, report_rows
 
 # -- issue 20.1: discovery takes regular files only ---------------------------------------
 
@@ -155,7 +155,7 @@ async def test_sigterm_and_ctrl_c_end_a_batch_within_a_second(
     no_traceback(err.decode())
     assert proc.returncode == expected, err
     assert took < 1.0, took
-    statuses = {r["status"] for r in json.loads(out)}
+    statuses = {r["status"] for r in report_rows(out)}
     assert statuses <= {"interrupted", "pending"} and "interrupted" in statuses
 
 
@@ -183,7 +183,7 @@ async def test_a_cache_table_without_its_output_column_is_set_aside(tmp_path: Pa
         no_traceback(err)
         assert code == 0, err
         assert len(cache_warnings(err)) == 1 and "set aside" in err
-        assert {r["status"] for r in json.loads(out)} == {"ok"}
+        assert {r["status"] for r in report_rows(out)} == {"ok"}
         asked = srv.stats["requests"]
         code, _, err, _ = await batch(ws)  # the fresh cache serves the rerun
         assert code == 0 and not cache_warnings(err) and srv.stats["requests"] == asked
@@ -200,7 +200,7 @@ async def test_a_cache_path_that_is_a_directory_runs_without_a_cache(tmp_path: P
     assert code == 0, err
     (line,) = cache_warnings(err)
     assert "is a directory" in line and "going on without it" in line
-    assert {r["status"] for r in json.loads(out)} == {"ok"}
+    assert {r["status"] for r in report_rows(out)} == {"ok"}
     assert cache_path(ws).is_dir()  # the user's directory is left alone
 
 
@@ -220,7 +220,7 @@ async def test_a_cache_locked_too_long_runs_without_a_cache(tmp_path: Path) -> N
     assert code == 0, err
     (line,) = cache_warnings(err)
     assert "locked" in line
-    assert {r["status"] for r in json.loads(out)} == {"ok"}
+    assert {r["status"] for r in report_rows(out)} == {"ok"}
     assert took < 20
 
 
@@ -237,7 +237,7 @@ async def test_a_read_only_cache_directory_runs_without_a_cache(tmp_path: Path) 
     no_traceback(err)
     assert code == 0, err
     assert len(cache_warnings(err)) == 1
-    assert {r["status"] for r in json.loads(out)} == {"ok"}
+    assert {r["status"] for r in report_rows(out)} == {"ok"}
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o002, 0o664), (0o000, 0o666), (0o077, 0o600)])
@@ -266,7 +266,7 @@ async def test_a_retry_after_past_the_bound_is_one_warning_and_a_failed_attempt(
     lines = [line for line in err.splitlines() if "Retry-After" in line]
     assert len(lines) == 1 and "3600s" in lines[0] and "max_retry_after_s=120" in lines[0]
     assert took < 30  # not an hour, not even 120 s
-    assert {r["status"] for r in json.loads(out)} == {"failed"}
+    assert {r["status"] for r in report_rows(out)} == {"failed"}
 
 
 async def test_a_retry_after_within_the_bound_is_waited_and_shown(tmp_path: Path) -> None:
@@ -278,7 +278,7 @@ async def test_a_retry_after_within_the_bound_is_waited_and_shown(tmp_path: Path
     assert code == 0, err
     (line,) = [line for line in err.splitlines() if "Retry-After" in line]
     assert "waiting 2s as the server asked" in line
-    assert took >= 2 and {r["status"] for r in json.loads(out)} == {"ok"}
+    assert took >= 2 and {r["status"] for r in report_rows(out)} == {"ok"}
 
 
 # -- issue 20.9: a usage error creates nothing under FAMILIAR_HOME ------------------------

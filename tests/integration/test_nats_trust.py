@@ -5,7 +5,6 @@ the fleet key set, lost jobs, and workers that stop whatever their connection do
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -27,6 +26,7 @@ from tests.integration.test_queue import assert_identical, finish, sources, unti
 from tests.support import nats as nats_support
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.nats import NatsServer, make_certs, queue_doc_config
+from tests.support.scripts import report_rows
 
 nats_server = nats_support.nats_server  # the fixture
 Proc = asyncio.subprocess.Process
@@ -272,7 +272,7 @@ async def test_results_purged_after_a_finished_batch_are_translated_again(
         await stop_worker(work)
         assert code == 0, err  # was: waits forever (the republish a "duplicate")
         assert_identical(ws, src)
-        assert all(r["status"] == "ok" for r in json.loads(out))
+        assert all(r["status"] == "ok" for r in report_rows(out))
         print(f"rerun after purge: exit {code}, {took:.2f} s")
         assert took < 30, took
 
@@ -291,7 +291,7 @@ async def test_with_no_worker_the_batch_ends_at_collect_timeout_and_a_rerun_coll
         )
         assert code == 1, err
         assert time.monotonic() - started < 30
-        rows = json.loads(out)
+        rows = report_rows(out)
         assert [r["status"] for r in rows] == ["failed", "failed"]
         assert "collect_timeout_s" in rows[0]["error"]
         assert not (ws / "out").exists() or not list((ws / "out").rglob("*.md"))

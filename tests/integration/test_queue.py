@@ -5,7 +5,6 @@ output must equal its source byte for byte)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -16,7 +15,7 @@ from tests.support import nats as nats_support
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.fake_vector import FakeVector
 from tests.support.nats import NatsServer
-from tests.support.scripts import ARTICLE
+from tests.support.scripts import ARTICLE, report_rows
 
 nats_server = nats_support.nats_server  # the fixture
 MODEL = "general-llm"
@@ -125,7 +124,7 @@ async def test_two_workers_translate_a_batch_byte_for_byte(
         try:
             code, out, err = await finish(await submit(ws, nats_server.url))
             assert code == 0, err
-            rows = json.loads(out)
+            rows = report_rows(out)
             assert len(rows) == 8 and {r["status"] for r in rows} == {"ok"}, rows
             assert all(r["out"] and r["chunks"] > 0 for r in rows)
             assert_identical(ws, src)
@@ -142,7 +141,7 @@ async def test_two_workers_translate_a_batch_byte_for_byte(
         (ws / "out").rename(ws / "out-1")
         code, out, err = await finish(await submit(ws, nats_server.url))
         assert code == 0, err
-        assert {r["status"] for r in json.loads(out)} == {"ok"}
+        assert {r["status"] for r in report_rows(out)} == {"ok"}
         assert_identical(ws, src)
         assert srv.stats["requests"] == asked
 
@@ -185,7 +184,7 @@ async def test_a_sigkilled_workers_jobs_go_to_the_other_worker_without_asking_tw
         finally:
             code_b, err_b = await stop(b)
         assert code_b == 143, err_b
-        rows = json.loads(out)
+        rows = report_rows(out)
         assert len(rows) == 6 and {r["status"] for r in rows} == {"ok"}, rows
         assert_identical(ws, src)
         chunks = sum(r["chunks"] for r in rows)
@@ -213,7 +212,7 @@ async def test_a_killed_submitter_reruns_and_collects_what_is_done(
         finally:
             for w in workers:
                 assert (await stop(w))[0] == 143
-        rows = json.loads(out)
+        rows = report_rows(out)
         assert len(rows) == 8 and {r["status"] for r in rows} == {"ok"}, rows
         assert_identical(ws, src)
         assert srv.stats["requests"] == sum(r["chunks"] for r in rows)  # none asked twice
@@ -240,7 +239,7 @@ async def test_nats_restarted_mid_batch_loses_and_duplicates_nothing(
             for w in workers:
                 code_w, err_w = await stop(w)
                 assert code_w == 143, err_w
-        rows = json.loads(out)
+        rows = report_rows(out)
         assert len(rows) == 8 and {r["status"] for r in rows} == {"ok"}, rows
         assert_identical(ws, src)
         chunks = sum(r["chunks"] for r in rows)
@@ -293,14 +292,14 @@ async def test_a_poison_job_becomes_that_articles_failure(
         try:
             code, out, err = await finish(sub, 60)
             assert code == 1, err
-            (row,) = json.loads(out)
+            (row,) = report_rows(out)
             assert row["status"] == "failed" and "gave up after 1 deliveries" in row["error"]
             assert row["out"] is None and not (ws / "out").exists()
             assert fast.stats["requests"] == 0  # the last delivery is not run again
             # a rerun asks again (a new message id: the duplicate window does not apply)
             code, out, err = await finish(await submit(ws, nats_server.url), 60)
             assert code == 0, err
-            assert [r["status"] for r in json.loads(out)] == ["ok"]
+            assert [r["status"] for r in report_rows(out)] == ["ok"]
             assert_identical(ws, src)
         finally:
             await stop(b)

@@ -16,7 +16,7 @@ import pytest
 from familiar.cli import main
 from familiar.translate.cache import ChunkCache
 from tests.support.fake_openai import FakeOpenAIServer
-from tests.support.scripts import ARTICLE, articles, echo_translated, report, translate
+from tests.support.scripts import ARTICLE, articles, echo_translated, report, report_rows, translate
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -216,7 +216,7 @@ def test_killed_batch_resumes_with_only_missing_chunks(tmp_path: Path, isolated_
             )
             out, _ = await resumed.communicate()
             assert resumed.returncode == 0
-            rows = json.loads(out)
+            rows = report_rows(out)
             total = sum(r["chunks"] for r in rows)
             assert cached < total  # the kill really came mid-batch
             assert sum(r["from_cache"] for r in rows) == cached

@@ -3,7 +3,6 @@ they are served, and a corrupt cache file set aside without failing the batch.""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 
 from familiar.translate.cache import TABLE
 from tests.support.fake_openai import FakeOpenAIServer
-from tests.support.scripts import articles, translate
+from tests.support.scripts import articles, report_rows, translate
 
 
 def sql(db: Path, statement: str) -> list[tuple[object, ...]]:
@@ -34,7 +33,7 @@ async def run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Run:
     src = tmp_path / "src"
     assert await translate(tmp_path, str(src), "--out", str(tmp_path / "o"), "--json") == 0
     captured = capsys.readouterr()
-    rows = json.loads(captured.out)
+    rows = report_rows(captured.out)
     return Run(
         sum(int(r["chunks"]) for r in rows),
         sum(int(r["from_cache"]) for r in rows),

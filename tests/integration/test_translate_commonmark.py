@@ -5,7 +5,6 @@ parser (markdown-it-py), not by familiar's own helpers."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 
 from tests.support.commonmark import TRANSLATORS, Example, compare, examples, parser
 from tests.support.fake_openai import FakeOpenAIServer
-from tests.support.scripts import translate
+from tests.support.scripts import report_rows, translate
 
 EXAMPLES = examples()
 
@@ -39,7 +38,7 @@ async def run_spec(
         (src / f"ex{ex.number:03d}.md").write_text(ex.markdown, encoding="utf-8", newline="")
     srv.handler = handler
     await translate(tmp_path, str(src), "--from", "ja", "--out", str(out), "--json")
-    rows = {Path(str(r["path"])).name: r for r in json.loads(capsys.readouterr().out)}
+    rows = {Path(str(r["path"])).name: r for r in report_rows(capsys.readouterr().out)}
     result = {}
     for ex in cases:
         name = f"ex{ex.number:03d}.md"

@@ -3,14 +3,13 @@ once, and only a bounded number of articles are in memory at once."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from familiar.translate import batch
 from tests.support.fake_openai import FakeOpenAIServer
-from tests.support.scripts import ARTICLE, report, translate
+from tests.support.scripts import ARTICLE, report, report_rows, translate
 
 
 def long_article(paragraphs: int) -> str:
@@ -107,6 +106,6 @@ async def test_only_a_bounded_number_of_articles_are_in_memory(
         for i in range(40):
             (src / f"a{i:02}.md").write_text(ARTICLE.replace("緑茶", f"緑茶{i}"), "utf-8")
         assert await translate(tmp_path, str(src), "--out", str(tmp_path / "o"), "--json") == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = report_rows(capsys.readouterr().out)
     assert len(rows) == 40 and {r["status"] for r in rows} == {"ok"}
     assert peak == 4  # max(4, 2 x 2 seats): not 40

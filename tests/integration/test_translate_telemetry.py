@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sqlite3
@@ -19,7 +18,7 @@ import pytest
 from familiar.translate import markdown as md
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.fake_vector import FakeVector
-from tests.support.scripts import REPO, articles, echo_translated, report, translate
+from tests.support.scripts import REPO, articles, echo_translated, report, report_rows, translate
 
 FINAL = {"ok", "failed", "error", "skipped", "interrupted"}
 
@@ -138,7 +137,7 @@ def test_an_interrupted_batch_says_so(
             out, err = await asyncio.wait_for(proc.communicate(), 20)
             assert proc.returncode == 130, err.decode()
             assert "familiar: interrupted" in err.decode()
-            rows = json.loads(out)  # the partial report, valid JSON
+            rows = report_rows(out)  # the partial report, valid JSON
             statuses = [r["status"] for r in rows]
             assert len(rows) == 6 and set(statuses) <= FINAL and "interrupted" in statuses
             await vector.wait_for_events(1)

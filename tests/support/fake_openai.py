@@ -576,12 +576,15 @@ class FakeOpenAIServer(LoopbackServer):
         token_delay_s: float = 0.0,
         fill_max_tokens: bool = False,
         prefix_cache: PrefixCacheConfig | None = None,
+        report_slots: int | None = None,
     ) -> None:
         super().__init__(host=host, port=port)
         #: a per-server prefix cache with a prefill cost (None: prompts cost nothing, and
         #: answers say nothing of cached tokens); see tests/support/prefix_cache.py
         self.prefix_cache = PrefixCache(prefix_cache) if prefix_cache is not None else None
         self._cached: dict[int, int] = {}  # id(request body) -> its cached prompt tokens
+        #: answer GET /props with this ``total_slots``, as llama-server does (None: 404)
+        self.report_slots = report_slots
         _check_capacity(capacity, token_delay_s, fill_max_tokens)
         self._default_limit = (capacity, float(token_delay_s), fill_max_tokens)
         self._gate = _Gate(capacity)
@@ -842,6 +845,9 @@ class FakeOpenAIServer(LoopbackServer):
                     ],
                 }
             )
+            writer.write(_response_bytes(200, body, keep_alive=keep))
+        elif req.method == "GET" and path == "/props" and self.report_slots is not None:
+            body = _dumps({"total_slots": self.report_slots, "build_info": "b0-fake"})
             writer.write(_response_bytes(200, body, keep_alive=keep))
         elif path.startswith("/_admin/"):
             writer.write(self._admin(req))

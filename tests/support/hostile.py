@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import json
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tests.support.scripts import ARTICLE
+from tests.support.scripts import ARTICLE, report_rows
 
 REPO = Path(__file__).resolve().parents[2]
 NOBODY = 65534
@@ -90,7 +89,7 @@ async def cli(
 
 
 def rows(stdout: str) -> dict[str, dict[str, object]]:
-    return {Path(str(r["path"])).name: r for r in json.loads(stdout)}
+    return {Path(str(r["path"])).name: r for r in report_rows(stdout)}
 
 
 def no_traceback(err: str) -> None:

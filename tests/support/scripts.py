@@ -178,5 +178,15 @@ async def translate(tmp_path: Path, *args: str) -> int:
 
 
 def report(capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
-    data: list[dict[str, object]] = json.loads(capsys.readouterr().out)
-    return data
+    return report_rows(capsys.readouterr().out)
+
+
+def report_rows(stdout: str) -> list[dict[str, Any]]:
+    """The article rows of ``translate --json`` (version 2: an object with the batch's
+    correlation id, its totals and the rows under ``articles``)."""
+    data = json.loads(stdout)
+    assert isinstance(data, dict) and data["version"] == 2, data
+    assert isinstance(data["correlation_id"], str) and len(data["correlation_id"]) == 32
+    rows: list[dict[str, Any]] = data["articles"]
+    assert data["totals"]["articles"] == len(rows)
+    return rows
