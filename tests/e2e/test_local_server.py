@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -33,13 +34,22 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(home: Path) -> Iterator[LocalInfo]:
+    # FAMILIAR_HOME scopes the embedded server to ``home`` (without it, the server is the
+    # user's own one, under ~/.local/state): set here, as the per-test fixture runs later
+    before = os.environ.get("FAMILIAR_HOME")
+    os.environ["FAMILIAR_HOME"] = str(home)
     started = time.monotonic()
-    info = asyncio.run(LocalServer(home).ensure_running())
-    print(f"\nllama-server ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
     try:
+        info = asyncio.run(LocalServer(home).ensure_running())
+        print(f"\nllama-server ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
         yield info
     finally:
+        os.environ["FAMILIAR_HOME"] = str(home)
         asyncio.run(LocalServer(home).stop())
+        if before is None:
+            os.environ.pop("FAMILIAR_HOME", None)
+        else:
+            os.environ["FAMILIAR_HOME"] = before
 
 
 async def _post(info: LocalInfo, path: str, body: dict[str, Any]) -> dict[str, Any]:
