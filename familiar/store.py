@@ -12,6 +12,7 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,9 @@ def current_umask() -> int:
     return old
 
 
-def write_bytes_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
+def write_bytes_atomic(
+    path: Path, data: bytes | Iterable[bytes], *, mode: int | None = None
+) -> None:
     """Write ``data`` to ``path`` via a temp file in the same directory, then rename.
 
     ``mode`` sets the file's permission bits; by default an existing file keeps its
@@ -49,7 +52,10 @@ def write_bytes_atomic(path: Path, data: bytes, *, mode: int | None = None) -> N
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            if isinstance(data, bytes):
+                fh.write(data)
+            else:
+                fh.writelines(data)  # pieces: a big text is never encoded whole
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
@@ -74,8 +80,15 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+_PIECE = 1 << 20  # characters encoded at a time when a text is written
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
+    if len(text) <= _PIECE:
+        write_bytes_atomic(path, text.encode("utf-8"))
+        return
+    pieces = (text[i : i + _PIECE].encode("utf-8") for i in range(0, len(text), _PIECE))
+    write_bytes_atomic(path, pieces)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
