@@ -116,6 +116,11 @@ class CallEvent:
 Hook = Callable[[CallEvent], None]
 
 
+#: seats lost in a row by one attempt before it fails (a bus writer purging seats over
+#: and over must not keep a request asking for ever)
+MAX_SEATS_LOST = 8
+
+
 class SlotClient:
     """Talks to one slot: seats, throttle, retries, replica choice, streaming."""
 
@@ -281,11 +286,14 @@ class SlotClient:
     ) -> CallResult:
         """One attempt; a request cancelled because its seat was lost asks for a seat
         again (``seat_lost`` is not the backend's failure: not an attempt, no cool-down)."""
-        while True:
+        for lost in range(MAX_SEATS_LOST + 1):
             try:
                 return await self._attempt_on_seat(kind, body, role, n, first_wait, prefix)
             except SeatLost:
                 self.seats_lost += 1
+                if lost == MAX_SEATS_LOST:  # someone keeps taking our seats: no endless loop
+                    raise
+        raise AssertionError("unreachable")
 
     async def _attempt_on_seat(
         self,
