@@ -54,6 +54,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
         raise ConfigError("--errors and --out name the same file")
     cfg = load_config(args.workspace, args.slots, None)
     total = check_input(src)
+    from familiar.batch.run import check_outputs
+
+    check_outputs(args.out, args.errors)  # before any server is asked
     opts = BatchOptions(src, args.out, args.errors, args.role, args.slot, args.force)
     cid, counts = signals.run(run_batch(cfg, opts, total, progress_printer(total)))
     report = {"correlation_id": cid, **counts.summary(), "out": str(args.out)}

@@ -242,11 +242,20 @@ class BatchRun:
         return self.counts
 
 
+def check_outputs(out: Path, errors: Path | None) -> None:
+    """Results files that can be written: regular files (or new) in existing directories."""
+    for p in (out, errors):
+        if p is None:
+            continue
+        if p.exists() and not p.is_file():  # a directory, a FIFO (would block), a device
+            raise ConfigError(f"{p} is not a regular file: results go to a file")
+        if not p.parent.is_dir():
+            raise ConfigError(f"{p}: the directory {p.parent} does not exist")
+
+
 def prepare_output(out: Path, errors: Path | None, *, force: bool) -> set[str]:
     """The ids already answered (a resume), or none with ``force`` (files emptied)."""
-    for p in (out, errors):
-        if p is not None and p.is_dir():
-            raise ConfigError(f"{p} is a directory, not a results file")
+    check_outputs(out, errors)
     if force:
         for p in (out, errors):
             if p is not None and p.exists():

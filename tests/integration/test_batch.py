@@ -225,6 +225,9 @@ async def test_force_asks_everything_again(tmp_path: Path, fake: FakeOpenAIServe
         (["req.jsonl", "--out", "r.jsonl", "--role", "grandpa"], "not active"),
         (["req.jsonl", "--out", "r.jsonl", "--slot", "nope"], "unknown slot"),
         (["empty.jsonl", "--out", "r.jsonl"], "no request lines"),
+        (["req.jsonl", "--out", "nodir/r.jsonl"], "does not exist"),
+        (["req.jsonl", "--out", "fifo"], "not a regular file"),
+        (["req.jsonl", "--out", "r.jsonl", "--errors", "fifo"], "not a regular file"),
     ],
 )
 async def test_usage_mistakes_are_one_line_exit_2(
@@ -236,6 +239,7 @@ async def test_usage_mistakes_are_one_line_exit_2(
 ) -> None:
     write(tmp_path / "req.jsonl", [chat("a", "x")])
     (tmp_path / "empty.jsonl").write_text("\n\n")
+    os.mkfifo(tmp_path / "fifo")  # opening it would block for ever
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
