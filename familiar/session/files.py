@@ -280,7 +280,7 @@ def plan_apply(
             except (OSError, UnicodeDecodeError) as exc:
                 raise ConfigError(f"--apply: cannot read {target}: {exc}") from None
             existing.append(f.path)
-            if not os.access(target, os.W_OK):
+            if not target.stat().st_mode & 0o222:  # no write bit (root too: by mode)
                 readonly.append(f.path)
         else:
             current.append((f, None))
