@@ -220,15 +220,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _task_after_context(args: argparse.Namespace) -> None:
     """``familiar run --context a.py "Add parse_iso"``: --context takes every word after
-    it, the task too; a last word that is no path is the task."""
+    it, the task too; a last value that is no path and holds a space (a sentence, not a
+    mistyped path) is the task."""
     if args.task or args.task_file or args.resume or not args.context:
         return
     last = args.context[-1]
-    if (
-        not Path(last).exists()
-        and not set("*?[") & set(last)
-        and (" " in last or len(args.context) > 1)
-    ):
+    if not Path(last).exists() and not set("*?[") & set(last) and " " in last.strip():
         args.task = args.context.pop()
 
 

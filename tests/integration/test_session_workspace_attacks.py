@@ -286,6 +286,11 @@ async def test_context_before_the_task_and_an_unwritable_out_found_first(
     argv = ["run", "--workspace", str(ws), "--context", str(ws / "a.py"), "Add parse_iso"]
     assert await asyncio.to_thread(main, argv) == 0
     assert (the_session(isolated_env) / "task.md").read_text() == "Add parse_iso"
+    # a mistyped path is never taken for the task
+    argv = ["run", "--workspace", str(ws), "--context", str(ws / "a.py"), str(ws / "typo.py")]
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, argv) == 2
+    assert "no task given" in capsys.readouterr().err
     (ws / "afile").write_text("x")
     assert await run(ws, "--out", str(ws / "afile" / "out")) == 2
     assert "not a directory" in capsys.readouterr().err
