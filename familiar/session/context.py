@@ -176,11 +176,7 @@ class _Found:
 
 
 def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.relative_to(root)
-    except ValueError:
-        return False
-    return True
+    return path.is_relative_to(root)
 
 
 def _ignore_spec(directory: Path) -> _Spec | None:

@@ -63,11 +63,7 @@ class FilesPolicy:
 
 
 def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.relative_to(root)
-    except ValueError:
-        return False
-    return True
+    return path.is_relative_to(root)
 
 
 def normalise(raw: str) -> str:
