@@ -20,6 +20,7 @@ Kind = Literal["chat", "completion"]
 URLS: dict[str, Kind] = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 #: body keys familiar sets itself (the slot's model; streaming is how familiar reads)
 _OWN = ("model", "stream", "stream_options")
+MAX_TOKENS = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -65,17 +66,48 @@ def line_id(n: int) -> str:
     return f"line-{n}"
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (out of range)")
+
+
+def _loads(raw: bytes | str) -> Any:
+    """A line as JSON: UTF-8 only, no NaN/Infinity; ValueError saying why not (a line
+    nested too deep to decode is not JSON either)."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError:
+        raise ValueError("it is not UTF-8") from None
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("it is nested too deeply") from None
+
+
+def _messages_problem(messages: Any) -> str | None:
+    if not isinstance(messages, list) or not messages:
+        return "a chat request needs messages"
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            return "every message needs a role"
+        if not isinstance(m.get("content"), str | list):
+            return "every message needs content (a string or a list of parts)"
+    return None
+
+
 def parse(n: int, raw: bytes | str) -> Request | LineError:
     """One input line (``n`` is 1-based) as a request, or why it cannot be one."""
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = _loads(raw)
+    except ValueError as exc:
         return LineError(n, line_id(n), "invalid_json", f"line {n} is not JSON: {exc}")
     if not isinstance(data, dict):
         return LineError(n, line_id(n), "invalid_request", f"line {n} is not a JSON object")
     cid = data.get("custom_id")
     if not isinstance(cid, str) or not cid:
-        return LineError(n, line_id(n), "invalid_request", f"line {n} has no custom_id")
+        why = (
+            "has no custom_id" if cid is None or cid == "" else "has a custom_id that is no string"
+        )
+        return LineError(n, line_id(n), "invalid_request", f"line {n} {why}")
     url = data.get("url")
     if url not in URLS:
         return LineError(
@@ -88,8 +120,14 @@ def parse(n: int, raw: bytes | str) -> Request | LineError:
     if not isinstance(body, dict):
         return LineError(n, cid, "invalid_request", "body must be a JSON object")
     kind = URLS[url]
-    if kind == "chat" and not (isinstance(body.get("messages"), list) and body["messages"]):
-        return LineError(n, cid, "invalid_request", "a chat request needs messages")
+    problem = _messages_problem(body.get("messages")) if kind == "chat" else None
+    if problem is not None:
+        return LineError(n, cid, "invalid_request", problem)
+    limit = body.get("max_tokens")
+    if limit is not None and (
+        not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_TOKENS
+    ):
+        return LineError(n, cid, "invalid_request", f"max_tokens must be 1..{MAX_TOKENS:,}")
     if kind == "completion" and not isinstance(body.get("prompt"), str):
         return LineError(n, cid, "invalid_request", "a completion request needs a prompt string")
     if body.get("n", 1) != 1:
@@ -100,8 +138,8 @@ def parse(n: int, raw: bytes | str) -> Request | LineError:
 def custom_id_of(raw: bytes | str) -> str | None:
     """The custom id of a line, if it has one (for the up-front duplicate check)."""
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        data = _loads(raw)
+    except ValueError:
         return None
     cid = data.get("custom_id") if isinstance(data, dict) else None
     return cid if isinstance(cid, str) and cid else None
@@ -171,8 +209,8 @@ def done_id(raw: bytes) -> tuple[str, bool] | None:
     """A result line read back for a resume: its custom id and whether it succeeded
     (None: not a result line familiar wrote)."""
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        data = _loads(raw)
+    except ValueError:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("custom_id"), str):
         return None

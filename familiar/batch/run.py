@@ -29,6 +29,7 @@ from familiar.batch.lines import (
     custom_id_of,
     done_id,
     error_line,
+    line_id,
     ok_line,
     parse,
 )
@@ -75,12 +76,14 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
 def check_input(path: Path) -> int:
     """Count the requests and refuse duplicate custom ids (ConfigError, nothing sent)."""
     seen: dict[str, int] = {}
+    unnamed: list[int] = []  # lines without an id of their own: named line-<n> in results
     count = 0
     try:
         for n, raw in _lines(path):
             count += 1
             cid = custom_id_of(raw)
             if cid is None:
+                unnamed.append(n)
                 continue
             if cid in seen:
                 raise ConfigError(
@@ -92,6 +95,12 @@ def check_input(path: Path) -> int:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     if count == 0:
         raise ConfigError(f"{path} holds no request lines")
+    for n in unnamed:
+        if line_id(n) in seen:
+            raise ConfigError(
+                f"{path}: line {seen[line_id(n)]} uses the custom_id {line_id(n)!r}, the name"
+                f" familiar gives bad line {n}; rename it (nothing was sent)"
+            )
     return count
 
 

@@ -167,6 +167,13 @@ async def ask(
         raise ConfigError(f"at most {MAX_PROMPTS} prompts per call, got {len(prompts)}")
     if max_tokens is not None and max_tokens < 1:
         raise ConfigError("max_tokens must be a positive number")
+    if json_schema is not None:
+        import jsonschema
+
+        try:
+            jsonschema.validators.validator_for(json_schema).check_schema(dict(json_schema))
+        except jsonschema.SchemaError as exc:
+            raise ConfigError(f"json_schema is not a valid JSON Schema: {exc.message}") from None
     cfg = where.config()
     name = _slot_for(cfg, role, slot)
     client = await where.fleets.client(cfg, name)
@@ -374,7 +381,13 @@ async def translate(
         raise ConfigError("give at least one path")
     if to not in ("en", "ja") or source not in ("auto", "en", "ja"):
         raise ConfigError("to must be 'en' or 'ja'; source 'auto', 'en' or 'ja'")
-    workspace = where.workspace or find_workspace(None)
+    workspace = (where.workspace or find_workspace(None)).resolve()
+    for given in (*paths, *([out] if out else [])):
+        # an agent names paths in the user's workspace: never read or write outside it
+        # (links followed: a link out of the workspace is outside too)
+        where_to = (workspace / given).resolve()
+        if not where_to.is_relative_to(workspace):
+            raise ConfigError(f"{given} is outside the workspace {workspace}")
     argv = [sys.executable, "-m", "familiar", "translate", *paths, "--to", to, "--json"]
     argv += ["--from", source, "--workspace", str(workspace)]
     if out:

@@ -98,8 +98,8 @@ async def test_bad_lines_and_unknown_models_are_their_own_error_lines(
         chat("good", "hello"),
         "{not json",
         {"custom_id": "nourl", "method": "POST", "url": "/v1/embeddings", "body": {}},
-        {**chat("who", "hi"), "body": {"model": "gpt-9", "messages": [{"role": "user"}]}},
-        {**chat("two", "hi"), "body": {"model": "naughty", "n": 2, "messages": [{}]}},
+        {**chat("who", "hi"), "body": {**chat("who", "hi")["body"], "model": "gpt-9"}},
+        {**chat("two", "hi"), "body": {**chat("two", "hi")["body"], "n": 2}},
         {
             "custom_id": "plain",
             "method": "POST",
@@ -248,4 +248,43 @@ async def test_usage_mistakes_are_one_line_exit_2(
         os.chdir(cwd)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0]
+    assert fake.stats["requests"] == 0
+
+
+async def test_hostile_lines_are_their_own_error_lines_never_sent(
+    tmp_path: Path, fake: FakeOpenAIServer
+) -> None:
+    deep = json.dumps(chat("deep", "x"))[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    lines: list[Any] = [
+        chat("good", "hello"),
+        deep,
+        {**chat("strs", "x"), "body": {"model": "naughty", "messages": ["hello"]}},
+        {**chat("noc", "x"), "body": {"model": "naughty", "messages": [{"role": "user"}]}},
+        chat("neg", "x", max_tokens=-5),
+        chat("huge", "x", max_tokens=10**30),
+        json.dumps(chat("nan", "x"))[:-2] + ', "max_tokens": NaN}}',
+        {**chat("x", "x"), "custom_id": 5},
+    ]
+    src = write(tmp_path / "req.jsonl", lines)
+    with src.open("ab") as fh:
+        fh.write(b'\xff\xfe{"custom_id": "bom"}\n')
+    out = tmp_path / "res.jsonl"
+    assert await batch(tmp_path, str(src), "--out", str(out)) == 1
+    got = results(out)
+    assert got["good"]["error"] is None and fake.stats["requests"] == 1  # only it was sent
+    codes = {k: v["error"]["code"] for k, v in got.items() if v["error"]}
+    assert codes["line-2"] == "invalid_json" and "nested" in got["line-2"]["error"]["message"]
+    for cid in ("strs", "noc", "neg", "huge"):
+        assert codes[cid] == "invalid_request", cid
+    assert codes["line-7"] == "invalid_json"  # NaN is not JSON
+    assert "no string" in got["line-8"]["error"]["message"]
+    assert "not UTF-8" in got["line-9"]["error"]["message"]
+
+
+async def test_a_real_id_that_names_a_bad_line_is_refused_up_front(
+    tmp_path: Path, fake: FakeOpenAIServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = write(tmp_path / "req.jsonl", ["garbage", chat("line-1", "x")])
+    assert await batch(tmp_path, str(src), "--out", str(tmp_path / "r.jsonl")) == 2
+    assert "the name familiar gives bad line 1" in capsys.readouterr().err
     assert fake.stats["requests"] == 0

@@ -190,6 +190,17 @@ async def test_translate_runs_a_batch_with_the_cli_rules(
         out = data(await s.call_tool("translate", {"paths": ["src"], "to": "en", "out": "en"}))
         over = await s.call_tool("translate", {"paths": ["src"], "to": "en", "out": "src"})
         bad = await s.call_tool("translate", {"paths": ["src"], "to": "fr"})
+        (tmp_path.parent / "outside.md").write_text(ARTICLE, encoding="utf-8")
+        (tmp_path / "src" / "link.md").symlink_to(tmp_path.parent / "outside.md")
+        escapes = [
+            await s.call_tool(
+                "translate", {"paths": [str(tmp_path.parent / "outside.md")], "to": "en"}
+            ),
+            await s.call_tool("translate", {"paths": ["../outside.md"], "to": "en"}),
+            await s.call_tool("translate", {"paths": ["src/link.md"], "to": "en"}),
+            await s.call_tool("translate", {"paths": ["src/a.md"], "to": "en", "out": "../esc"}),
+        ]
+        schema = await s.call_tool("ask", {"prompt": "hi", "json_schema": {"type": 5}})
     assert out["exit_code"] == 0
     rows = out["report"]["articles"] if isinstance(out["report"], dict) else out["report"]
     assert [r["status"] for r in rows] == ["ok"]
@@ -197,3 +208,6 @@ async def test_translate_runs_a_batch_with_the_cli_rules(
     assert over.is_error  # never over a source
     assert (tmp_path / "src" / "a.md").read_text(encoding="utf-8") == ARTICLE
     assert bad.is_error and "'en' or 'ja'" in bad.content[0].text
+    assert all(e.is_error and "outside the workspace" in e.content[0].text for e in escapes)
+    assert not (tmp_path.parent / "esc").exists()
+    assert schema.is_error and "not a valid JSON Schema" in schema.content[0].text
