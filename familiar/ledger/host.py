@@ -62,17 +62,17 @@ from familiar.ledger.host_files import (
 from familiar.ledger.host_locks import (
     OFD_GETLK,
     OFD_SETLK,
-    first_free,
     first_lock,
+    locks,
     try_lock,
     unlock,
 )
+from familiar.ledger.policy import Waiter, choose, effective_cap
 
 _BASE: dict[Kind, int] = {"interactive": 1 << 61, "batch": 1 << 62}
 _SPAN = 1 << 60
 _TICKETS = (_BASE["interactive"], _BASE["batch"] + _SPAN)  # [start, end) of all tickets
 _BELL = "\0familiar-ledger-"
-_PATIENCE_S = 2.0  # a free seat left this long by the waiter ahead goes to the next
 _CAPS_EVERY_S = 1.0  # how often the caps other processes use are read again
 
 
@@ -224,7 +224,7 @@ class HostSeats(DeploymentSeats):
         self._closed = False
         self._idle_since: float | None = None  # a seat seen free while others were ahead
         self._caps_at = -1.0
-        self._strictest = cap
+        self._others_caps: list[int] = []
         self._cap_fd = self._advertise_cap()
 
     def _write_meta(self) -> None:
@@ -284,36 +284,52 @@ class HostSeats(DeploymentSeats):
             self._ring_others()
 
     def _take(self, kind: Kind) -> int | None:
-        """A free seat for ``kind`` if it is this process's turn, else None. A waiter
-        ahead that leaves a seat free for ``_PATIENCE_S`` (stopped with Ctrl-Z, its event
-        loop blocked) loses its turn: seats never sit idle behind it."""
-        n = min(self.usable(kind), self._effective_cap(kind))
-        if self._others_ahead(kind):
-            free = first_free(self._fd, n, self._held)
-            now = time.monotonic()
-            if free is None:
-                self._idle_since = None
+        """A free seat for ``kind`` if the policy gives this process one now, else None
+        (``policy.choose``: ticket order, sessions first, reserve, the strictest live cap,
+        patience with a waiter ahead that leaves a seat free)."""
+        for _ in range(self.cap + 1):  # a seat taken between the look and the lock: again
+            turn = choose(
+                self.cap,
+                self.reserve,
+                self._free(),
+                self._queue(kind),
+                kind,
+                live_caps=self._live_caps(),
+                idle_since=self._idle_since,
+                now=time.monotonic(),
+            )
+            self._idle_since = turn.idle_since
+            seat = turn.seat
+            if seat is None:
                 return None
-            if self._idle_since is None:
-                self._idle_since = now
-            if now - self._idle_since < _PATIENCE_S:
-                return None
-        self._idle_since = None
-        # interactive work tries the reserved (top) seats first, leaving the rest to batches
-        order = range(n - 1, -1, -1) if kind == "interactive" else range(n)
-        for seat in order:
-            if seat not in self._held and try_lock(self._fd, seat):
-                self._held.add(seat)
-                record = self._ledger.holder
-                data = Holder(record.host, record.pid, record.command, kind, time.time()).to_json()
-                with contextlib.suppress(OSError):
-                    os.pwrite(
-                        self._records,
-                        data.ljust(RECORD - 1)[: RECORD - 1] + b"\n",
-                        seat * RECORD,
-                    )
-                return seat
+            if seat in self._held or not try_lock(self._fd, seat):
+                continue
+            self._held.add(seat)
+            record = self._ledger.holder
+            data = Holder(record.host, record.pid, record.command, kind, time.time()).to_json()
+            with contextlib.suppress(OSError):
+                os.pwrite(
+                    self._records, data.ljust(RECORD - 1)[: RECORD - 1] + b"\n", seat * RECORD
+                )
+            return seat
         return None
+
+    def _free(self) -> list[int]:
+        """The seats no process holds (other processes' locks, and this one's)."""
+        taken = set(locks(self._fd, 0, self.cap)) | self._held
+        return [seat for seat in range(self.cap) if seat not in taken]
+
+    def _queue(self, kind: Kind) -> list[Waiter]:
+        """The waiting processes in ticket order: the others' tickets (locks this open
+        file does not hold) and this process's ticket for ``kind``, if it has one."""
+        tickets = [
+            (at, Waiter("interactive" if at < _BASE["batch"] else "batch"))
+            for at in locks(self._fd, *_TICKETS)
+        ]
+        mine = self._tickets.get(kind)
+        if mine is not None:
+            tickets.append((mine, Waiter(kind, True)))
+        return [waiter for _at, waiter in sorted(tickets, key=lambda t: t[0])]
 
     def _advertise_cap(self) -> int | None:
         """``caps/<token>``: this process's cap, locked while it runs (for the others)."""
@@ -328,22 +344,22 @@ class HostSeats(DeploymentSeats):
         try_lock(fd, 0)
         return fd
 
-    def _effective_cap(self, kind: Kind) -> int:
-        """The strictest cap any live process uses for this deployment (processes whose
-        slots files disagree on ``parallel``): read at most once a second."""
+    def _live_caps(self) -> list[int]:
+        """The caps the other live processes use for this deployment (their slots files
+        may disagree on ``parallel``): read at most once a second."""
         now = time.monotonic()
         if now - self._caps_at < _CAPS_EVERY_S:
-            return self._strictest
+            return self._others_caps
         self._caps_at = now
-        strictest = self.cap
         folder = self._dir / "caps"
+        caps = []
         for name in listdir(folder):
-            if name == self._ledger.token:
-                continue
-            other = live_cap(folder / name)
-            if other is not None and other < strictest:
-                strictest = other
-        if strictest < self._strictest and strictest < self.cap:
+            if name != self._ledger.token:
+                other = live_cap(folder / name)
+                if other is not None:
+                    caps.append(other)
+        strictest = effective_cap(self.cap, caps)
+        if strictest < effective_cap(self.cap, self._others_caps):
             import structlog  # only now: `familiar --help` never loads the logger
 
             structlog.get_logger("familiar.ledger").warning(
@@ -353,19 +369,8 @@ class HostSeats(DeploymentSeats):
                 parallel=strictest,
                 ours=self.cap,
             )
-        self._strictest = strictest
-        return strictest
-
-    def _others_ahead(self, kind: Kind) -> bool:
-        mine = self._tickets.get(kind)
-        base = _BASE[kind]
-        end = mine if mine is not None else base + _SPAN
-        if first_lock(self._fd, base, end) is not None:
-            return True
-        if kind == "batch":  # waiting interactive work goes first
-            inter = _BASE["interactive"]
-            return first_lock(self._fd, inter, inter + _SPAN) is not None
-        return False
+        self._others_caps = caps
+        return caps
 
     # -- waiting -------------------------------------------------------------------------
 

@@ -9,56 +9,53 @@ import contextlib
 import json
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Protocol
 
 import structlog
 from nats.js.kv import KeyValue
 
-from familiar.ledger.base import (
-    DeploymentSeats,
-    Holder,
-    Kind,
-    Lease,
-    wait_event,
-)
-from familiar.ledger.nats_rules import choose_seat
+from familiar.ledger.base import DeploymentSeats, Holder, Kind, Lease, wait_event
+from familiar.ledger.nats_held import UNKNOWN, HeldSeat, HeldSeats
+from familiar.ledger.nats_kv import KeyWrongLastRevisionError, TtlKeyValue
+from familiar.ledger.nats_trust import FleetKey
+from familiar.ledger.policy import PATIENCE_S, Waiter, choose
 
-if TYPE_CHECKING:
-    from familiar.ledger.nats import NatsLedger
+__all__ = ["NatsSeats", "SeatsHost"]
 
 log = structlog.get_logger("familiar.ledger")
-_UNKNOWN = Holder("?", 0, "?")
 
 
-class _Conflict(Exception):
-    """A conditional write found another last revision (``actual``, when the server says;
-    ``holder``, when it is known who holds the key now)."""
+class SeatsHost(Protocol):
+    """What one deployment's seats use of their ledger (``NatsLedger``), and no more."""
 
-    def __init__(self, actual: int | None, holder: Holder | None = None) -> None:
-        self.actual = actual
-        self.holder = holder
-
-
-def _future() -> asyncio.Future[None]:
-    return asyncio.get_running_loop().create_future()
-
-
-@dataclass(eq=False)
-class _Held:
-    seats: _Seats
-    seat: int
-    rev: int
-    value: bytes
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    lost: bool = False
-    released: bool = False
-    #: resolved when the seat is found expired and taken: its request is cancelled
-    lost_future: asyncio.Future[None] = field(default_factory=_future)
+    ttl_s: float
+    wait_s: float
+    nonce: str
+    key: FleetKey
+    holder: Holder
+    kv: TtlKeyValue
+    held: HeldSeats
 
     @property
-    def key(self) -> str:
-        return f"{self.seats.id}.s.{self.seat}"
+    def connected(self) -> bool: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
+
+    def outage_since(self, failing_since: float | None) -> float | None: ...
+
+    def grace_left(self) -> float: ...
+
+    def warn_outage(self, error: str) -> None: ...
+
+    def clear_warning(self) -> None: ...
+
+    def unavailable(self, error: str) -> Exception: ...
+
+    def reachable(self) -> bool: ...
+
+    def opened(self) -> bool: ...
 
 
 @dataclass(eq=False)
@@ -68,15 +65,16 @@ class _Req:
     since: float  # monotonic
 
 
-class _Seats(DeploymentSeats):
+class NatsSeats(DeploymentSeats):
     """One deployment: a mirror of its keys, a FIFO of local acquirers and their pump."""
 
-    def __init__(self, ledger: NatsLedger, dep_id: str, label: str, cap: int, reserve: int):
+    def __init__(self, host: SeatsHost, dep_id: str, label: str, cap: int, reserve: int):
         super().__init__(dep_id, label, cap, reserve)
-        self._ledger = ledger
+        self._host = host
         self._queue: deque[_Req] = deque()
         self._mirror: dict[int, tuple[int, Holder | None]] = {}  # seat -> (rev, holder|free)
         self._waiters: dict[str, tuple[int, Kind]] = {}  # other ledgers: (ticket, kind)
+        self._caps: dict[str, int] = {}  # other ledgers: the cap (parallel) each one uses
         self._synced = False
         self._wake = asyncio.Event()
         self._wlock = asyncio.Lock()  # our waiter key's writes
@@ -86,14 +84,17 @@ class _Seats(DeploymentSeats):
         self._wsince = 0.0  # when this process joined the queue (wall clock)
         self._tried: dict[int, int] = {}  # seat -> mirror revision a take failed at
         self._touched: dict[str, tuple[float, int]] = {}  # "s.3"/"w.x" -> (last seen, rev)
+        self._idle_since: float | None = None  # a seat left free by the waiters ahead
         self._failing_since: float | None = None
         self._error = ""
-        self._wkey = f"{dep_id}.w.{ledger.nonce}"
+        self._wkey = f"{dep_id}.w.{host.nonce}"
+        self._ckey = f"{dep_id}.c.{host.nonce}"
+        self._crev = 0  # last revision of our cap key
         self.pump: asyncio.Task[None] | None = None
         self.watch: asyncio.Task[None] | None = None
 
     async def acquire(self, kind: Kind) -> Lease:
-        self._ledger.start_seats(self)
+        self.start()
         req = _Req(kind, asyncio.get_running_loop().create_future(), time.monotonic())
         self._queue.append(req)
         self._wake.set()
@@ -108,10 +109,32 @@ class _Seats(DeploymentSeats):
             raise
 
     async def release(self, lease: Lease) -> None:
-        await self._ledger._release(lease)
+        if isinstance(lease.token, HeldSeat):
+            await self._host.held.release(lease.token, reachable=self._host.reachable())
 
     def lost(self, lease: Lease) -> asyncio.Future[None] | None:
-        return lease.token.lost_future if isinstance(lease.token, _Held) else None
+        return lease.token.lost_future if isinstance(lease.token, HeldSeat) else None
+
+    def start(self) -> None:
+        """Start the watcher and the pump (once)."""
+        if not self._host.opened():
+            raise RuntimeError("the NATS ledger is not open")
+        if self.pump is None:
+            self.watch = self._host.spawn(self.watch_loop())
+            self.pump = self._host.spawn(self.pump_loop())
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def resync(self) -> None:
+        """The connection came back: the mirror is rebuilt before the next take."""
+        self._synced = False
+        self._wake.set()
+
+    @property
+    def live_caps(self) -> list[int]:
+        """The caps the other live processes use for this deployment."""
+        return list(self._caps.values())
 
     # -- the mirror -------------------------------------------------------------------
 
@@ -130,15 +153,23 @@ class _Seats(DeploymentSeats):
             self._touched[rest] = (time.monotonic(), entry.revision or 0)
         else:
             self._touched.pop(rest, None)
-        check = self._ledger.key.check
+        check = self._host.key.check
         if what == "s" and name.isdigit():
             holder = None
             if live:  # a record failing the key check still fills its seat, unbelieved
                 data = check("seat", entry.key, entry.value or b"")
-                holder = Holder.from_json(data or b"") or _UNKNOWN
+                holder = Holder.from_json(data or b"") or UNKNOWN
             self._mine(entry, live, holder)
             self.seen(int(name), entry.revision or 0, holder)
-        elif what == "w" and name != self._ledger.nonce:
+        elif what == "c" and name != self._host.nonce:
+            cap = _cap_of(check("cap", entry.key, entry.value or b"") if live else None)
+            if self._caps.get(name) != cap:
+                if cap is None:
+                    self._caps.pop(name, None)
+                else:
+                    self._caps[name] = cap
+                self._wake.set()
+        elif what == "w" and name != self._host.nonce:
             data = check("waiter", entry.key, entry.value or b"") if live else None
             if data is None:  # gone, or not a familiar's (a forged ticket jumps no queue)
                 if self._waiters.pop(name, None) is not None:
@@ -158,21 +189,20 @@ class _Seats(DeploymentSeats):
         """A change to a seat this process holds, not made by it: taken by another (lost:
         its request is cancelled now), or deleted, purged or expired (re-taken at once,
         unless another process is quicker)."""
-        ledger = self._ledger
-        held = ledger._held.get(entry.key)
+        held = self._host.held.get(entry.key)
         if held is None or held.lost or held.released or (entry.revision or 0) <= held.rev:
             return
         if live and entry.value != held.value:
-            ledger.lose(held, holder)
+            self._host.held.lose(held, holder)
         elif not live:
-            ledger.renew_now(held)
+            self._host.held.renew_now(held)
 
     async def watch_loop(self) -> None:
         """Keep the mirror; restarted (and rebuilt from a snapshot) after each reconnect."""
         while True:
             self._synced = False
             try:
-                watcher = await self._ledger.kv.watch(f"{self.id}.>")
+                watcher = await self._host.kv.kv.watch(f"{self.id}.>")
             except Exception as exc:
                 log.debug("ledger watch failed", deployment=self.id, error=repr(exc))
                 self._error = str(exc) or type(exc).__name__
@@ -180,7 +210,7 @@ class _Seats(DeploymentSeats):
                 self._wake.set()
                 await asyncio.sleep(0.5)
                 continue
-            self._mirror, self._waiters, self._touched = {}, {}, {}
+            self._mirror, self._waiters, self._touched, self._caps = {}, {}, {}, {}
             self._failing_since = None
             try:
                 async for entry in watcher:
@@ -193,11 +223,38 @@ class _Seats(DeploymentSeats):
                 with contextlib.suppress(Exception):
                     await watcher.stop()  # type: ignore[no-untyped-call]
 
+    # -- what this process tells the others -----------------------------------------
+
+    async def announce(self) -> None:
+        """The deployment's meta (for ``fleet``) and this process's cap (for the
+        strictest-cap rule), before its first take; the cap key is renewed with the
+        seats and purged on the way out."""
+        host = self._host
+        meta = {"label": self.label, "cap": self.cap, "reserve": self.reserve}
+        data = host.key.seal("meta", f"{self.id}.meta", json.dumps(meta).encode())
+        try:
+            await host.kv.put(f"{self.id}.meta", data, ttl=False)
+        except Exception as exc:
+            log.debug("ledger meta not written", deployment=self.id, error=repr(exc))
+        await self.renew_cap()
+
+    async def renew_cap(self) -> None:
+        value = self._host.key.seal("cap", self._ckey, json.dumps({"cap": self.cap}).encode())
+        with contextlib.suppress(Exception):
+            self._crev = await self._host.kv.put(self._ckey, value)
+
+    async def goodbye(self) -> None:
+        """Leave the queue and take this process's cap away (never raises)."""
+        await self.leave()
+        if self._crev:
+            with contextlib.suppress(Exception):
+                await self._host.kv.purge(self._ckey, self._crev)
+
     # -- the pump: hands seats to local acquirers, first come first served ------------
 
     async def pump_loop(self) -> None:
-        ledger = self._ledger
-        await ledger.put_meta(self)
+        ledger = self._host
+        await self.announce()
         while True:
             self._wake.clear()
             while self._queue and self._queue[0].future.done():
@@ -220,7 +277,8 @@ class _Seats(DeploymentSeats):
                 try:
                     progressed = await self._step()
                     if self._failing_since is not None:  # that outage is over
-                        self._failing_since, ledger.warned = None, False
+                        self._failing_since = None
+                        ledger.clear_warning()
                     if progressed:
                         continue
                 except Exception as exc:  # a timeout, JetStream gone: an outage, retried
@@ -228,12 +286,15 @@ class _Seats(DeploymentSeats):
                     self._error = str(exc) or type(exc).__name__
                     self._failing_since = self._failing_since or time.monotonic()
                     timeout = min(timeout, 1.0)
+            if self._idle_since is not None:  # the patience with the waiters ahead
+                left = self._idle_since + PATIENCE_S - time.monotonic()
+                timeout = min(timeout, max(0.01, left))
             if not await wait_event(self._wake, timeout):
                 self._tried.clear()
 
     def _fail_overdue(self, outage: float) -> float:
         """Fail the acquirers that waited ``wait_s`` during this outage; the next deadline."""
-        ledger, now = self._ledger, time.monotonic()
+        ledger, now = self._host, time.monotonic()
         ledger.warn_outage(self._error)
         nearest = ledger.ttl_s
         for req in list(self._queue):
@@ -251,15 +312,17 @@ class _Seats(DeploymentSeats):
         but a server that crashed and came back can keep them for good (seen with
         nats-server 2.15 after a SIGKILL), which would leave seats held and waiters queued
         by processes long gone. True when it purged something."""
-        stale = time.monotonic() - 3 * self._ledger.ttl_s
-        mine = {f"s.{h.seat}" for h in self._ledger.held_by(self)} | {f"w.{self._ledger.nonce}"}
+        host = self._host
+        stale = time.monotonic() - 3 * host.ttl_s
+        mine = {f"s.{h.seat}" for h in host.held.of(self.id)}
+        mine |= {f"w.{host.nonce}", f"c.{host.nonce}"}
         purged = False
         for name, (seen, rev) in list(self._touched.items()):
             if seen > stale or name in mine:
                 continue
             self._touched.pop(name, None)
             with contextlib.suppress(Exception):
-                await self._ledger.purge(f"{self.id}.{name}", rev)
+                await host.kv.purge(f"{self.id}.{name}", rev)
                 purged = True
                 log.warning(
                     "freed a seat-ledger key nobody renewed (its holder is gone; the server"
@@ -281,18 +344,28 @@ class _Seats(DeploymentSeats):
             if self._mirror.get(s, (0, None))[1] is None
             and self._tried.get(s) != self._mirror.get(s, (0, None))[0]
         ]
-        queue = [(kind, False, t) for t, kind in self._waiters.values()]
+        queue = [(t, Waiter(kind)) for t, kind in self._waiters.values()]
         if self._ticket is not None:
-            queue.append((mine, True, self._ticket))
-        queue.sort(key=lambda q: q[2])
-        seat = choose_seat(self.cap, self.reserve, free, [(k, me) for k, me, _ in queue], mine)
+            queue.append((self._ticket, Waiter(mine, True)))
+        queue.sort(key=lambda q: q[0])
+        turn = choose(
+            self.cap,
+            self.reserve,
+            free,
+            [w for _t, w in queue],
+            mine,
+            live_caps=self._caps.values(),
+            idle_since=self._idle_since,
+            now=time.monotonic(),
+        )
+        self._idle_since, seat = turn.idle_since, turn.seat
         if seat is None:
             if self._ticket is None or mine != self._wkind:  # join, or say what we wait for
                 await self._waiter_write(mine, self._ticket)
                 return True
             return False
         rev = self._mirror.get(seat, (0, None))[0]
-        held = await self._ledger.take(self, seat, rev, mine)
+        held = await self._host.held.take(self.id, self.label, seat, rev, mine, self.seen)
         if held is None:
             self._tried[seat] = rev
             return True
@@ -300,7 +373,7 @@ class _Seats(DeploymentSeats):
         ready.sort(key=lambda r: r.kind != mine)  # sessions first, else first come
         taker = next(iter(ready), None)
         if taker is None:  # cancelled meanwhile
-            await self._ledger.drop(held)
+            await self._host.held.drop(held)
             return True
         self._queue.remove(taker)
         taker.future.set_result(Lease(seat, held))
@@ -312,7 +385,7 @@ class _Seats(DeploymentSeats):
         """Join the queue or take a new ticket (a write without one, ``ticket=None``)."""
         async with self._wlock:
             self._wsince = self._wsince if ticket else time.time()
-            record = asdict(replace(self._ledger.holder, kind=kind, since=self._wsince))
+            record = asdict(replace(self._host.holder, kind=kind, since=self._wsince))
             await self._write_waiter({**record, "ticket": ticket} if ticket else record)
             self._ticket, self._wkind = ticket or self._wrev, kind
 
@@ -321,24 +394,38 @@ class _Seats(DeploymentSeats):
             if self._ticket is not None:
                 self._ticket = None
                 with contextlib.suppress(Exception):
-                    self._wrev = await self._ledger.purge(self._wkey, self._wrev)
+                    self._wrev = await self._host.kv.purge(self._wkey, self._wrev)
 
     async def renew_ticket(self) -> None:
         async with self._wlock:
             if self._ticket is not None:
-                holder = replace(self._ledger.holder, kind=self._wkind, since=self._wsince)
+                holder = replace(self._host.holder, kind=self._wkind, since=self._wsince)
                 record = asdict(holder)
                 with contextlib.suppress(Exception):
                     await self._write_waiter({**record, "ticket": self._ticket})
 
     async def _write_waiter(self, record: dict[str, Any]) -> None:
-        value = self._ledger.key.seal("waiter", self._wkey, json.dumps(record).encode())
+        value = self._host.key.seal("waiter", self._wkey, json.dumps(record).encode())
         try:
-            self._wrev = await self._ledger.write(self._wkey, value, self._wrev)
-        except _Conflict as exc:  # our own key changed (expired while cut off): rewrite it
+            self._wrev = await self._host.kv.update(self._wkey, value, self._wrev)
+        except KeyWrongLastRevisionError as exc:  # ours changed (expired while cut off)
             if exc.actual is None:
                 raise
-            self._wrev = await self._ledger.write(self._wkey, value, exc.actual)
+            self._wrev = await self._host.kv.update(self._wkey, value, exc.actual)
 
-    def waiting(self) -> list[_Req]:
-        return list(self._queue)
+    def fail_all(self, error: Exception) -> None:
+        """The ledger closes: every acquirer still waiting fails with ``error``."""
+        for req in self._queue:
+            if not req.future.done():
+                req.future.set_exception(error)
+
+
+def _cap_of(data: bytes | None) -> int | None:
+    """The cap in another process's ``c.<ledger>`` record (``None``: gone or not ours)."""
+    if data is None:
+        return None
+    try:
+        cap = int(json.loads(data)["cap"])
+    except (ValueError, TypeError, KeyError, OverflowError):
+        return None
+    return cap if 1 <= cap <= 4096 else None
