@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import socket
@@ -51,13 +50,16 @@ from familiar.ledger.base import (
     Ledger,
     this_process,
 )
+from familiar.ledger.host_caps import HostCaps, write_meta
 from familiar.ledger.host_files import (
     RECORD,
+    TICKETS,
     default_dir,
-    listdir,
-    live_cap,
+    free_seats,
     live_waiters,
     read_view,
+    ticket,
+    ticket_queue,
 )
 from familiar.ledger.host_locks import (
     OFD_GETLK,
@@ -67,13 +69,9 @@ from familiar.ledger.host_locks import (
     try_lock,
     unlock,
 )
-from familiar.ledger.policy import Waiter, choose, effective_cap
+from familiar.ledger.policy import Waiter, choose
 
-_BASE: dict[Kind, int] = {"interactive": 1 << 61, "batch": 1 << 62}
-_SPAN = 1 << 60
-_TICKETS = (_BASE["interactive"], _BASE["batch"] + _SPAN)  # [start, end) of all tickets
 _BELL = "\0familiar-ledger-"
-_CAPS_EVERY_S = 1.0  # how often the caps other processes use are read again
 
 
 # -- the ledger ---------------------------------------------------------------------------
@@ -215,7 +213,7 @@ class HostSeats(DeploymentSeats):
             self._records = os.open(self._dir / "holders", flags, 0o600)
         except OSError as exc:
             raise LedgerSetupError(f"seat ledger {self._dir}: {exc.strerror}") from None
-        self._write_meta()
+        write_meta(self._dir, label, cap, reserve)
         self._held: set[int] = set()
         self._waiters: deque[tuple[Kind, asyncio.Future[int]]] = deque()
         self._tickets: dict[Kind, int] = {}
@@ -223,26 +221,7 @@ class HostSeats(DeploymentSeats):
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._idle_since: float | None = None  # a seat seen free while others were ahead
-        self._caps_at = -1.0
-        self._others_caps: list[int] = []
-        self._cap_fd = self._advertise_cap()
-
-    def _write_meta(self) -> None:
-        data = json.dumps({"label": self.label, "cap": self.cap, "reserve": self.reserve})
-        path = self._dir / "meta.json"
-        try:
-            if path.read_text(encoding="utf-8") == data:
-                return
-        except (OSError, UnicodeDecodeError):
-            pass
-        tmp = self._dir / f".meta.{os.getpid()}.{secrets.token_hex(4)}"
-        try:
-            tmp.write_text(data, encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise LedgerSetupError(f"seat ledger {self._dir}: {exc.strerror}") from None
+        self._caps = HostCaps(self._dir, ledger.token, cap, label)
 
     @property
     def held(self) -> int:
@@ -294,7 +273,7 @@ class HostSeats(DeploymentSeats):
                 self._free(),
                 self._queue(kind),
                 kind,
-                live_caps=self._live_caps(),
+                live_caps=self._caps.others(),
                 idle_since=self._idle_since,
                 now=time.monotonic(),
             )
@@ -316,61 +295,12 @@ class HostSeats(DeploymentSeats):
 
     def _free(self) -> list[int]:
         """The seats no process holds (other processes' locks, and this one's)."""
-        taken = set(locks(self._fd, 0, self.cap)) | self._held
-        return [seat for seat in range(self.cap) if seat not in taken]
+        return free_seats(self.cap, set(locks(self._fd, 0, self.cap)) | self._held)
 
     def _queue(self, kind: Kind) -> list[Waiter]:
         """The waiting processes in ticket order: the others' tickets (locks this open
         file does not hold) and this process's ticket for ``kind``, if it has one."""
-        tickets = [
-            (at, Waiter("interactive" if at < _BASE["batch"] else "batch"))
-            for at in locks(self._fd, *_TICKETS)
-        ]
-        mine = self._tickets.get(kind)
-        if mine is not None:
-            tickets.append((mine, Waiter(kind, True)))
-        return [waiter for _at, waiter in sorted(tickets, key=lambda t: t[0])]
-
-    def _advertise_cap(self) -> int | None:
-        """``caps/<token>``: this process's cap, locked while it runs (for the others)."""
-        try:
-            (self._dir / "caps").mkdir(mode=0o700, exist_ok=True)
-            path = self._dir / "caps" / self._ledger.token
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError:
-            return None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(self.cap).encode(), 0)
-        try_lock(fd, 0)
-        return fd
-
-    def _live_caps(self) -> list[int]:
-        """The caps the other live processes use for this deployment (their slots files
-        may disagree on ``parallel``): read at most once a second."""
-        now = time.monotonic()
-        if now - self._caps_at < _CAPS_EVERY_S:
-            return self._others_caps
-        self._caps_at = now
-        folder = self._dir / "caps"
-        caps = []
-        for name in listdir(folder):
-            if name != self._ledger.token:
-                other = live_cap(folder / name)
-                if other is not None:
-                    caps.append(other)
-        strictest = effective_cap(self.cap, caps)
-        if strictest < effective_cap(self.cap, self._others_caps):
-            import structlog  # only now: `familiar --help` never loads the logger
-
-            structlog.get_logger("familiar.ledger").warning(
-                "another familiar process uses a smaller parallel for this deployment;"
-                " the strictest applies",
-                deployment=self.label,
-                parallel=strictest,
-                ours=self.cap,
-            )
-        self._others_caps = caps
-        return caps
+        return ticket_queue(locks(self._fd, *TICKETS), self._tickets.get(kind), kind)
 
     # -- waiting -------------------------------------------------------------------------
 
@@ -415,7 +345,7 @@ class HostSeats(DeploymentSeats):
         fresh = False
         for kind in kinds:
             if kind not in self._tickets:
-                at = _BASE[kind] + time.monotonic_ns()
+                at = ticket(kind, time.monotonic_ns())
                 while not try_lock(self._fd, at):
                     at += 1
                 self._tickets[kind] = at
@@ -465,7 +395,7 @@ class HostSeats(DeploymentSeats):
 
     def _ring_others(self) -> None:
         """Wake the other waiting processes (cheap when there are none)."""
-        if first_lock(self._fd, *_TICKETS) is None:
+        if first_lock(self._fd, *TICKETS) is None:
             return
         mine = self._ledger.token
         folder = self._dir / "waiters"
@@ -487,11 +417,7 @@ class HostSeats(DeploymentSeats):
         self._closed = True
         self._held.clear()
         self._tickets.clear()
-        if self._cap_fd is not None:
-            with contextlib.suppress(OSError):
-                (self._dir / "caps" / self._ledger.token).unlink()
-            with contextlib.suppress(OSError):
-                os.close(self._cap_fd)
+        self._caps.close()
         for fd in (self._fd, self._records):
             with contextlib.suppress(OSError):
                 os.close(fd)  # the kernel drops every lock of this open file

@@ -5,6 +5,8 @@ Keys of the KV bucket (``familiar_seats``; history 1, file storage, per-message 
     <dep>.meta        {"label", "cap", "reserve"}: written once per process, for ``fleet``
     <dep>.s.<i>       seat i held: the holder's JSON, TTL ``ttl_s``
     <dep>.w.<ledger>  this ledger is waiting: the holder's JSON + its ``ticket``, TTL ``ttl_s``
+    <dep>.c.<ledger>  the cap (``parallel``) this ledger uses, TTL ``ttl_s``: the
+                      strictest live one applies (processes whose slots files disagree)
 
 A seat is taken with a conditional write (expected last revision of the key: 0, or the
 revision of its delete/expiry marker) and given back with a conditional purge, so two
@@ -18,8 +20,9 @@ mirror of its seats and waiters, and wakes its acquirers when a seat is freed, p
 expires (a re-check every ``ttl_s`` is only a safety net). Fairness: a process that
 cannot take a seat at once writes a waiter key; its ticket is the stream sequence of
 that write, so every host orders the queue the same way whatever its clock says.
-``choose_seat`` (pure, as the host ledger's rules: sessions first, interactive work
-from the top seats, batch work below the reserve) hands the free seats out in ticket
+the seat policy (``ledger/policy.py``, the host ledger's too: the strictest live cap,
+sessions first, interactive work from the top seats, batch work below the reserve,
+patience with a waiter ahead that leaves a seat free) hands the free seats out in ticket
 order, and a process only tries the seat its own turn gives it; after it gets one it
 re-enters the queue with a new ticket, so processes take turns. Within a process,
 acquirers are served first come, first served (interactive ones first).
@@ -205,7 +208,7 @@ class NatsLedger(Ledger):
                 continue
             renewals = [self.held.renew_all()]
             for dep in self._deps.values():
-                renewals += [dep.renew_ticket(), dep.renew_cap()]
+                renewals.append(dep.renew())
             await asyncio.gather(*renewals)
             if resync:
                 resync = False

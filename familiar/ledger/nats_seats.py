@@ -1,26 +1,27 @@
-"""One deployment's seats in the NATS ledger (see ``familiar.ledger.nats``): a mirror of
-its keys kept by a KV watcher, a FIFO of this process's acquirers, and the pump that
-takes seats in turn."""
+"""One deployment's seats in the NATS ledger (see ``familiar.ledger.nats``): the mirror
+of its keys kept by a KV watcher (``nats_keys.Mirror``), a FIFO of this process's
+acquirers, and the pump that asks the seat policy (``policy.choose``) and takes the seat
+its turn gives it. What it uses of the ledger is ``SeatsHost``, and no more."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import deque
 from collections.abc import Coroutine
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
 from nats.js.kv import KeyValue
 
 from familiar.ledger.base import DeploymentSeats, Holder, Kind, Lease, wait_event
-from familiar.ledger.nats_held import UNKNOWN, HeldSeat, HeldSeats
-from familiar.ledger.nats_kv import KeyWrongLastRevisionError, TtlKeyValue
+from familiar.ledger.nats_held import HeldSeat, HeldSeats
+from familiar.ledger.nats_keys import Mirror, Presence
+from familiar.ledger.nats_kv import TtlKeyValue
 from familiar.ledger.nats_trust import FleetKey
-from familiar.ledger.policy import PATIENCE_S, Waiter, choose
+from familiar.ledger.policy import PATIENCE_S, choose
 
 __all__ = ["NatsSeats", "SeatsHost"]
 
@@ -71,25 +72,16 @@ class NatsSeats(DeploymentSeats):
     def __init__(self, host: SeatsHost, dep_id: str, label: str, cap: int, reserve: int):
         super().__init__(dep_id, label, cap, reserve)
         self._host = host
-        self._queue: deque[_Req] = deque()
-        self._mirror: dict[int, tuple[int, Holder | None]] = {}  # seat -> (rev, holder|free)
-        self._waiters: dict[str, tuple[int, Kind]] = {}  # other ledgers: (ticket, kind)
-        self._caps: dict[str, int] = {}  # other ledgers: the cap (parallel) each one uses
-        self._synced = False
         self._wake = asyncio.Event()
-        self._wlock = asyncio.Lock()  # our waiter key's writes
-        self._ticket: int | None = None
-        self._wrev = 0  # last revision of our waiter key
-        self._wkind: Kind = "interactive"
-        self._wsince = 0.0  # when this process joined the queue (wall clock)
+        self._queue: deque[_Req] = deque()
+        self._mirror = Mirror(host.nonce, host.key, self._wake.set, self._mine)
+        meta = {"id": dep_id, "label": label, "cap": cap, "reserve": reserve}
+        self._me = Presence(host.kv, host.key, host.holder, host.nonce, meta)
+        self._synced = False
         self._tried: dict[int, int] = {}  # seat -> mirror revision a take failed at
-        self._touched: dict[str, tuple[float, int]] = {}  # "s.3"/"w.x" -> (last seen, rev)
         self._idle_since: float | None = None  # a seat left free by the waiters ahead
         self._failing_since: float | None = None
         self._error = ""
-        self._wkey = f"{dep_id}.w.{host.nonce}"
-        self._ckey = f"{dep_id}.c.{host.nonce}"
-        self._crev = 0  # last revision of our cap key
         self.pump: asyncio.Task[None] | None = None
         self.watch: asyncio.Task[None] | None = None
 
@@ -134,56 +126,20 @@ class NatsSeats(DeploymentSeats):
     @property
     def live_caps(self) -> list[int]:
         """The caps the other live processes use for this deployment."""
-        return list(self._caps.values())
+        return list(self._mirror.caps.values())
 
-    # -- the mirror -------------------------------------------------------------------
+    async def renew(self) -> None:
+        """Renew this process's waiter key and cap key (the held seats renew apart)."""
+        if self.pump is not None:  # this process uses the deployment: it said its cap
+            await asyncio.gather(self._me.renew_ticket(), self._me.renew_cap())
+
+    async def goodbye(self) -> None:
+        await self._me.goodbye()
+
+    # -- the mirror ---------------------------------------------------------------
 
     def seen(self, seat: int, rev: int, holder: Holder | None) -> None:
-        old_rev, old = self._mirror.get(seat, (0, None))
-        if rev > old_rev:
-            self._mirror[seat] = (rev, holder)
-            if (old is None) != (holder is None):
-                self._wake.set()
-
-    def _apply(self, entry: KeyValue.Entry) -> None:
-        _dep, _, rest = entry.key.partition(".")
-        what, _, name = rest.partition(".")
-        live = entry.operation is None
-        if live:
-            self._touched[rest] = (time.monotonic(), entry.revision or 0)
-        else:
-            self._touched.pop(rest, None)
-        check = self._host.key.check
-        if what == "s" and name.isdigit():
-            holder = None
-            if live:  # a record failing the key check still fills its seat, unbelieved
-                data = check("seat", entry.key, entry.value or b"")
-                holder = Holder.from_json(data or b"") or UNKNOWN
-            self._mine(entry, live, holder)
-            self.seen(int(name), entry.revision or 0, holder)
-        elif what == "c" and name != self._host.nonce:
-            cap = _cap_of(check("cap", entry.key, entry.value or b"") if live else None)
-            if self._caps.get(name) != cap:
-                if cap is None:
-                    self._caps.pop(name, None)
-                else:
-                    self._caps[name] = cap
-                self._wake.set()
-        elif what == "w" and name != self._host.nonce:
-            data = check("waiter", entry.key, entry.value or b"") if live else None
-            if data is None:  # gone, or not a familiar's (a forged ticket jumps no queue)
-                if self._waiters.pop(name, None) is not None:
-                    self._wake.set()
-                return
-            try:
-                obj = json.loads(data)
-                ticket = int(obj.get("ticket") or entry.revision or 0)
-                kind: Kind = "batch" if obj.get("kind") == "batch" else "interactive"
-            except (ValueError, TypeError, AttributeError, OverflowError):
-                return
-            if self._waiters.get(name) != (ticket, kind):
-                self._waiters[name] = (ticket, kind)
-                self._wake.set()
+        self._mirror.seen(seat, rev, holder)
 
     def _mine(self, entry: KeyValue.Entry, live: bool, holder: Holder | None) -> None:
         """A change to a seat this process holds, not made by it: taken by another (lost:
@@ -210,7 +166,7 @@ class NatsSeats(DeploymentSeats):
                 self._wake.set()
                 await asyncio.sleep(0.5)
                 continue
-            self._mirror, self._waiters, self._touched, self._caps = {}, {}, {}, {}
+            self._mirror.reset()
             self._failing_since = None
             try:
                 async for entry in watcher:
@@ -218,50 +174,23 @@ class NatsSeats(DeploymentSeats):
                         self._synced = True
                         self._wake.set()
                     else:
-                        self._apply(entry)
+                        self._mirror.apply(entry)
             finally:
                 with contextlib.suppress(Exception):
                     await watcher.stop()  # type: ignore[no-untyped-call]
-
-    # -- what this process tells the others -----------------------------------------
-
-    async def announce(self) -> None:
-        """The deployment's meta (for ``fleet``) and this process's cap (for the
-        strictest-cap rule), before its first take; the cap key is renewed with the
-        seats and purged on the way out."""
-        host = self._host
-        meta = {"label": self.label, "cap": self.cap, "reserve": self.reserve}
-        data = host.key.seal("meta", f"{self.id}.meta", json.dumps(meta).encode())
-        try:
-            await host.kv.put(f"{self.id}.meta", data, ttl=False)
-        except Exception as exc:
-            log.debug("ledger meta not written", deployment=self.id, error=repr(exc))
-        await self.renew_cap()
-
-    async def renew_cap(self) -> None:
-        value = self._host.key.seal("cap", self._ckey, json.dumps({"cap": self.cap}).encode())
-        with contextlib.suppress(Exception):
-            self._crev = await self._host.kv.put(self._ckey, value)
-
-    async def goodbye(self) -> None:
-        """Leave the queue and take this process's cap away (never raises)."""
-        await self.leave()
-        if self._crev:
-            with contextlib.suppress(Exception):
-                await self._host.kv.purge(self._ckey, self._crev)
 
     # -- the pump: hands seats to local acquirers, first come first served ------------
 
     async def pump_loop(self) -> None:
         ledger = self._host
-        await self.announce()
+        await self._me.announce()
         while True:
             self._wake.clear()
             while self._queue and self._queue[0].future.done():
                 self._queue.popleft()
             if not self._queue:
-                if self._ticket is not None:
-                    await self.leave()
+                if self._me.ticket is not None:
+                    await self._me.leave()
                 else:
                     await self._wake.wait()
                 continue
@@ -317,10 +246,11 @@ class NatsSeats(DeploymentSeats):
         mine = {f"s.{h.seat}" for h in host.held.of(self.id)}
         mine |= {f"w.{host.nonce}", f"c.{host.nonce}"}
         purged = False
-        for name, (seen, rev) in list(self._touched.items()):
+        touched = self._mirror.touched
+        for name, (seen, rev) in list(touched.items()):
             if seen > stale or name in mine:
                 continue
-            self._touched.pop(name, None)
+            touched.pop(name, None)
             with contextlib.suppress(Exception):
                 await host.kv.purge(f"{self.id}.{name}", rev)
                 purged = True
@@ -338,33 +268,23 @@ class NatsSeats(DeploymentSeats):
             return True
         reqs = [r for r in self._queue if not r.future.done()]
         mine: Kind = "interactive" if any(r.kind == "interactive" for r in reqs) else "batch"
-        free = [
-            s
-            for s in range(self.cap)
-            if self._mirror.get(s, (0, None))[1] is None
-            and self._tried.get(s) != self._mirror.get(s, (0, None))[0]
-        ]
-        queue = [(t, Waiter(kind)) for t, kind in self._waiters.values()]
-        if self._ticket is not None:
-            queue.append((self._ticket, Waiter(mine, True)))
-        queue.sort(key=lambda q: q[0])
         turn = choose(
             self.cap,
             self.reserve,
-            free,
-            [w for _t, w in queue],
+            self._mirror.free(self.cap, self._tried),
+            self._mirror.line(self._me.ticket, mine),
             mine,
-            live_caps=self._caps.values(),
+            live_caps=self._mirror.caps.values(),
             idle_since=self._idle_since,
             now=time.monotonic(),
         )
         self._idle_since, seat = turn.idle_since, turn.seat
         if seat is None:
-            if self._ticket is None or mine != self._wkind:  # join, or say what we wait for
-                await self._waiter_write(mine, self._ticket)
+            if self._me.ticket is None or mine != self._me.kind:  # join, or say what we want
+                await self._me.join(mine, self._me.ticket)
                 return True
             return False
-        rev = self._mirror.get(seat, (0, None))[0]
+        rev = self._mirror.rev(seat)
         held = await self._host.held.take(self.id, self.label, seat, rev, mine, self.seen)
         if held is None:
             self._tried[seat] = rev
@@ -377,55 +297,12 @@ class NatsSeats(DeploymentSeats):
             return True
         self._queue.remove(taker)
         taker.future.set_result(Lease(seat, held))
-        if self._ticket is not None and len(reqs) > 1:
-            await self._waiter_write(mine, None)  # a new ticket: the back of the queue
+        if self._me.ticket is not None and len(reqs) > 1:
+            await self._me.join(mine, None)  # a new ticket: the back of the queue
         return True
-
-    async def _waiter_write(self, kind: Kind, ticket: int | None) -> None:
-        """Join the queue or take a new ticket (a write without one, ``ticket=None``)."""
-        async with self._wlock:
-            self._wsince = self._wsince if ticket else time.time()
-            record = asdict(replace(self._host.holder, kind=kind, since=self._wsince))
-            await self._write_waiter({**record, "ticket": ticket} if ticket else record)
-            self._ticket, self._wkind = ticket or self._wrev, kind
-
-    async def leave(self) -> None:
-        async with self._wlock:
-            if self._ticket is not None:
-                self._ticket = None
-                with contextlib.suppress(Exception):
-                    self._wrev = await self._host.kv.purge(self._wkey, self._wrev)
-
-    async def renew_ticket(self) -> None:
-        async with self._wlock:
-            if self._ticket is not None:
-                holder = replace(self._host.holder, kind=self._wkind, since=self._wsince)
-                record = asdict(holder)
-                with contextlib.suppress(Exception):
-                    await self._write_waiter({**record, "ticket": self._ticket})
-
-    async def _write_waiter(self, record: dict[str, Any]) -> None:
-        value = self._host.key.seal("waiter", self._wkey, json.dumps(record).encode())
-        try:
-            self._wrev = await self._host.kv.update(self._wkey, value, self._wrev)
-        except KeyWrongLastRevisionError as exc:  # ours changed (expired while cut off)
-            if exc.actual is None:
-                raise
-            self._wrev = await self._host.kv.update(self._wkey, value, exc.actual)
 
     def fail_all(self, error: Exception) -> None:
         """The ledger closes: every acquirer still waiting fails with ``error``."""
         for req in self._queue:
             if not req.future.done():
                 req.future.set_exception(error)
-
-
-def _cap_of(data: bytes | None) -> int | None:
-    """The cap in another process's ``c.<ledger>`` record (``None``: gone or not ours)."""
-    if data is None:
-        return None
-    try:
-        cap = int(json.loads(data)["cap"])
-    except (ValueError, TypeError, KeyError, OverflowError):
-        return None
-    return cap if 1 <= cap <= 4096 else None
