@@ -83,13 +83,13 @@ async def test_three_batches_share_one_cap_and_take_turns(tmp_path: Path) -> Non
 async def test_two_processes_whose_parallel_disagree_hold_the_smaller_cap(tmp_path: Path) -> None:
     """Slots files that say parallel = 2 and parallel = 4 for one deployment: while both
     processes run, never more than 2 requests in flight (the strictest live cap)."""
-    async with FakeOpenAIServer(latency_s=0.05, reply_mode="identity") as srv:
-        narrow = await translate(workspace(tmp_path / "n", srv.url, parallel=2, articles=12))
+    async with FakeOpenAIServer(latency_s=0.3, reply_mode="identity") as srv:
+        narrow = await translate(workspace(tmp_path / "n", srv.url, parallel=2, articles=16))
         deadline = time.monotonic() + 30
         while srv.stats["requests"] < 1:  # the narrow process has said its cap
             assert time.monotonic() < deadline and narrow.returncode is None
             await asyncio.sleep(0.02)
-        wide = await translate(workspace(tmp_path / "w", srv.url, parallel=4, articles=3))
+        wide = await translate(workspace(tmp_path / "w", srv.url, parallel=4, articles=2))
         code, text = await finish(wide)
         assert code == 0, text
         assert narrow.returncode is None  # both ran the whole time the wide one did

@@ -78,14 +78,14 @@ async def test_two_processes_whose_parallel_disagree_hold_the_smaller_cap_throug
 ) -> None:
     """Slots files that say parallel = 2 and parallel = 4 for one deployment, processes
     with nothing in common but the NATS ledger: never more than 2 requests in flight."""
-    async with FakeOpenAIServer(latency_s=0.05, reply_mode="identity") as srv:
-        ws = workspace(tmp_path / "n", srv.url, parallel=2, articles=12)
+    async with FakeOpenAIServer(latency_s=0.3, reply_mode="identity") as srv:
+        ws = workspace(tmp_path / "n", srv.url, parallel=2, articles=16)
         narrow = await translate(ws, nats_server.url)
         deadline = time.monotonic() + 30
         while srv.stats["requests"] < 1:  # the narrow process has said its cap
             assert time.monotonic() < deadline and narrow.returncode is None
             await asyncio.sleep(0.02)
-        ws = workspace(tmp_path / "w", srv.url, parallel=4, articles=3)
+        ws = workspace(tmp_path / "w", srv.url, parallel=4, articles=2)
         wide = await translate(ws, nats_server.url)
         code, _out, err = await finish(wide)
         assert code == 0, err
