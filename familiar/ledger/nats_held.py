@@ -173,3 +173,55 @@ class HeldSeats:
             task.cancel()
         if self._drops:
             await asyncio.wait(list(self._drops), timeout=5)
+
+
+class Spares:
+    """Seats this process just released while it may want them again at once: still held
+    (and renewed) for a moment, handed to its next acquirer without a round trip when the
+    seat policy gives this process the turn, else given back (a conditional purge).
+
+    A spare never breaks a cap (its key is held all along); another process waiting for
+    a seat gets it as soon as its waiter key shows in the mirror (the policy's turn) or
+    after ``LINGER_S`` at most, whichever comes first."""
+
+    LINGER_S = 0.005
+
+    def __init__(
+        self,
+        held: HeldSeats,
+        reachable: Callable[[], bool],
+        spawn: Callable[[Coroutine[Any, Any, None]], object],
+    ) -> None:
+        self._held, self._reachable, self._spawn = held, reachable, spawn
+        self._spare: dict[int, HeldSeat] = {}
+        self._since = 0.0
+
+    def _prune(self) -> None:
+        for seat, h in list(self._spare.items()):
+            if h.lost or h.released:
+                del self._spare[seat]
+
+    def __bool__(self) -> bool:
+        self._prune()
+        return bool(self._spare)
+
+    def add(self, held: HeldSeat) -> None:
+        if not self._spare:
+            self._since = time.monotonic()
+        self._spare[held.seat] = held
+
+    def seats(self) -> list[int]:
+        self._prune()
+        return sorted(self._spare)
+
+    def pop(self, seat: int) -> HeldSeat | None:
+        return self._spare.pop(seat, None)
+
+    def linger_left(self) -> float:
+        return self._since + self.LINGER_S - time.monotonic()
+
+    def give_back(self) -> None:
+        """Release every spare (in the background: never blocks the caller)."""
+        spares, self._spare = list(self._spare.values()), {}
+        for h in spares:
+            self._spawn(self._held.release(h, reachable=self._reachable()))

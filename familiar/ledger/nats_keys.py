@@ -75,8 +75,10 @@ class Mirror:
     """Every key of one deployment as its watcher last said; ``wake`` on any change that
     can give a seat, ``mine`` on a change to a seat key (which this process may hold)."""
 
-    def __init__(self, nonce: str, key: FleetKey, wake: Callable[[], None], mine: Mine) -> None:
-        self._nonce, self._key, self._wake, self._mine = nonce, key, wake, mine
+    def __init__(
+        self, dep_id: str, nonce: str, key: FleetKey, wake: Callable[[], None], mine: Mine
+    ) -> None:
+        self._dep, self._nonce, self._key, self._wake, self._mine = dep_id, nonce, key, wake, mine
         self.seats: dict[int, tuple[int, Holder | None]] = {}  # seat -> (rev, holder|free)
         self.waiters: dict[str, tuple[int, Kind]] = {}  # other ledgers: (ticket, kind)
         self.caps: dict[str, int] = {}  # other ledgers: the cap (parallel) each one uses
@@ -129,6 +131,30 @@ class Mirror:
             self._waiter(
                 entry, name, check("waiter", entry.key, entry.value or b"") if live else None
             )
+
+    async def sweep(self, kv: TtlKeyValue, stale_s: float, keep: set[str], label: str) -> bool:
+        """Purge keys nobody renewed for ``stale_s`` (three TTLs) but this process's own
+        (``keep``: its seats) and the meta: the server should have expired them, but a
+        server that crashed and came back can keep them for good (seen with nats-server
+        2.15 after a SIGKILL), which would leave seats held and waiters queued by
+        processes long gone. True when it purged something."""
+        stale = time.monotonic() - stale_s
+        keep = keep | {f"w.{self._nonce}", f"c.{self._nonce}"}
+        purged = False
+        for name, (seen, rev) in list(self.touched.items()):
+            if seen > stale or name in keep:
+                continue
+            self.touched.pop(name, None)
+            with contextlib.suppress(Exception):
+                await kv.purge(f"{self._dep}.{name}", rev)
+                purged = True
+                log.warning(
+                    "freed a seat-ledger key nobody renewed (its holder is gone; the server"
+                    " kept it past its TTL)",
+                    deployment=label,
+                    key=name,
+                )
+        return purged
 
     def _waiter(self, entry: KeyValue.Entry, name: str, data: bytes | None) -> None:
         if data is None:  # gone, or not a familiar's (a forged ticket jumps no queue)

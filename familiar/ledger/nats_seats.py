@@ -17,11 +17,11 @@ import structlog
 from nats.js.kv import KeyValue
 
 from familiar.ledger.base import DeploymentSeats, Holder, Kind, Lease, wait_event
-from familiar.ledger.nats_held import HeldSeat, HeldSeats
+from familiar.ledger.nats_held import HeldSeat, HeldSeats, Spares
 from familiar.ledger.nats_keys import Mirror, Presence
 from familiar.ledger.nats_kv import TtlKeyValue
 from familiar.ledger.nats_trust import FleetKey
-from familiar.ledger.policy import PATIENCE_S, choose
+from familiar.ledger.policy import PATIENCE_S, Turn, choose
 
 __all__ = ["NatsSeats", "SeatsHost"]
 
@@ -59,6 +59,20 @@ class SeatsHost(Protocol):
     def opened(self) -> bool: ...
 
 
+def fail_overdue(queue: deque[_Req], outage: float, host: SeatsHost, error: str) -> float:
+    """Fail the acquirers that waited ``wait_s`` during this outage; the next deadline."""
+    now, nearest = time.monotonic(), host.ttl_s
+    for req in list(queue):
+        left = max(req.since, outage) + host.wait_s - now
+        if left <= 0:
+            queue.remove(req)
+            if not req.future.done():
+                req.future.set_exception(host.unavailable(error))
+        else:
+            nearest = min(nearest, left)
+    return nearest
+
+
 @dataclass(eq=False)
 class _Req:
     kind: Kind
@@ -74,9 +88,10 @@ class NatsSeats(DeploymentSeats):
         self._host = host
         self._wake = asyncio.Event()
         self._queue: deque[_Req] = deque()
-        self._mirror = Mirror(host.nonce, host.key, self._wake.set, self._mine)
+        self._mirror = Mirror(dep_id, host.nonce, host.key, self._wake.set, self._mine)
         meta = {"id": dep_id, "label": label, "cap": cap, "reserve": reserve}
         self._me = Presence(host.kv, host.key, host.holder, host.nonce, meta)
+        self._spares = Spares(host.held, host.reachable, host.spawn)
         self._synced = False
         self._tried: dict[int, int] = {}  # seat -> mirror revision a take failed at
         self._idle_since: float | None = None  # a seat left free by the waiters ahead
@@ -101,8 +116,15 @@ class NatsSeats(DeploymentSeats):
             raise
 
     async def release(self, lease: Lease) -> None:
-        if isinstance(lease.token, HeldSeat):
-            await self._host.held.release(lease.token, reachable=self._host.reachable())
+        held = lease.token
+        if not isinstance(held, HeldSeat):
+            return
+        reachable = self._host.reachable()
+        if held.lost or held.released or not reachable or self.pump is None:
+            await self._host.held.release(held, reachable=reachable)
+            return
+        self._spares.add(held)  # the pump gives it to the next acquirer, or back
+        self._wake.set()
 
     def lost(self, lease: Lease) -> asyncio.Future[None] | None:
         return lease.token.lost_future if isinstance(lease.token, HeldSeat) else None
@@ -189,6 +211,12 @@ class NatsSeats(DeploymentSeats):
             while self._queue and self._queue[0].future.done():
                 self._queue.popleft()
             if not self._queue:
+                if self._spares:  # released just now: this process may want it again
+                    left = self._spares.linger_left()
+                    if left > 0 and not self._mirror.waiters and ledger.connected:
+                        await wait_event(self._wake, left)
+                        continue
+                    self._spares.give_back()
                 if self._me.ticket is not None:
                     await self._me.leave()
                 else:
@@ -197,9 +225,10 @@ class NatsSeats(DeploymentSeats):
             timeout = ledger.ttl_s  # the safety net: nothing is lost if a wake-up is
             outage = ledger.outage_since(self._failing_since)
             if outage is not None:
-                timeout = self._fail_overdue(outage)
+                ledger.warn_outage(self._error)
+                timeout = fail_overdue(self._queue, outage, ledger, self._error)
             if not self._queue or not ledger.connected:
-                pass
+                self._spares.give_back()
             elif not self._synced or ledger.grace_left() > 0:
                 timeout = min(timeout, max(0.05, ledger.grace_left()))
             else:
@@ -221,84 +250,77 @@ class NatsSeats(DeploymentSeats):
             if not await wait_event(self._wake, timeout):
                 self._tried.clear()
 
-    def _fail_overdue(self, outage: float) -> float:
-        """Fail the acquirers that waited ``wait_s`` during this outage; the next deadline."""
-        ledger, now = self._host, time.monotonic()
-        ledger.warn_outage(self._error)
-        nearest = ledger.ttl_s
-        for req in list(self._queue):
-            left = max(req.since, outage) + ledger.wait_s - now
-            if left <= 0:
-                self._queue.remove(req)
-                if not req.future.done():
-                    req.future.set_exception(ledger.unavailable(self._error))
-            else:
-                nearest = min(nearest, left)
-        return nearest
-
-    async def _sweep(self) -> bool:
-        """Purge keys nobody renewed for three TTLs: the server should have expired them,
-        but a server that crashed and came back can keep them for good (seen with
-        nats-server 2.15 after a SIGKILL), which would leave seats held and waiters queued
-        by processes long gone. True when it purged something."""
-        host = self._host
-        stale = time.monotonic() - 3 * host.ttl_s
-        mine = {f"s.{h.seat}" for h in host.held.of(self.id)}
-        mine |= {f"w.{host.nonce}", f"c.{host.nonce}"}
-        purged = False
-        touched = self._mirror.touched
-        for name, (seen, rev) in list(touched.items()):
-            if seen > stale or name in mine:
-                continue
-            touched.pop(name, None)
-            with contextlib.suppress(Exception):
-                await host.kv.purge(f"{self.id}.{name}", rev)
-                purged = True
-                log.warning(
-                    "freed a seat-ledger key nobody renewed (its holder is gone; the server"
-                    " kept it past its TTL)",
-                    deployment=self.label,
-                    key=name,
-                )
-        return purged
-
     async def _step(self) -> bool:
-        """One try at a seat; ``True`` when something changed (look again at once)."""
-        if await self._sweep():
+        """One try at seats; ``True`` when something changed (look again at once)."""
+        host = self._host
+        keep = {f"s.{h.seat}" for h in host.held.of(self.id)}
+        if await self._mirror.sweep(host.kv, 3 * host.ttl_s, keep, self.label):
             return True
         reqs = [r for r in self._queue if not r.future.done()]
         mine: Kind = "interactive" if any(r.kind == "interactive" for r in reqs) else "batch"
-        turn = choose(
-            self.cap,
-            self.reserve,
-            self._mirror.free(self.cap, self._tried),
-            self._mirror.line(self._me.ticket, mine),
-            mine,
-            live_caps=self._mirror.caps.values(),
-            idle_since=self._idle_since,
-            now=time.monotonic(),
-        )
+        spares = self._spares.seats()
+        free = self._mirror.free(self.cap, self._tried) + spares
+        turn = self._turn(free, mine, self._idle_since)
         self._idle_since, seat = turn.idle_since, turn.seat
         if seat is None:
+            self._spares.give_back()  # the others' turn (or no seat this process may use)
             if self._me.ticket is None or mine != self._me.kind:  # join, or say what we want
                 await self._me.join(mine, self._me.ticket)
                 return True
             return False
-        rev = self._mirror.rev(seat)
-        held = await self._host.held.take(self.id, self.label, seat, rev, mine, self.seen)
-        if held is None:
-            self._tried[seat] = rev
-            return True
-        ready = [r for r in self._queue if not r.future.done() and self.usable(r.kind) > seat]
-        ready.sort(key=lambda r: r.kind != mine)  # sessions first, else first come
-        taker = next(iter(ready), None)
-        if taker is None:  # cancelled meanwhile
-            await self._host.held.drop(held)
-            return True
-        self._queue.remove(taker)
-        taker.future.set_result(Lease(seat, held))
-        if self._me.ticket is not None and len(reqs) > 1:
+        seats = [seat]
+        while len(seats) < len(reqs) and not self._mirror.waiters:  # nobody else waits
+            more = self._turn([s for s in free if s not in seats], mine, None).seat
+            if more is None:
+                break
+            seats.append(more)
+        given = False
+        for seat in [s for s in seats if s in spares]:  # no round trip: still held
+            spare = self._spares.pop(seat)
+            if spare is not None:
+                given |= self._give(spare, mine)
+        taking = [s for s in seats if s not in spares]
+        revs = [self._mirror.rev(s) for s in taking]
+        take = self._host.held.take
+        got = await asyncio.gather(
+            *(
+                take(self.id, self.label, s, rev, mine, self.seen)
+                for s, rev in zip(taking, revs, strict=True)
+            )
+        )  # each conditional write is itself the grant
+        for s, rev, held in zip(taking, revs, got, strict=True):
+            if held is None:
+                self._tried[s] = rev
+            else:
+                given |= self._give(held, mine)
+        if any(not r.future.done() for r in self._queue):
+            self._spares.give_back()  # what is left over, no waiting acquirer may use
+        if given and self._me.ticket is not None and len(reqs) > 1:
             await self._me.join(mine, None)  # a new ticket: the back of the queue
+        return True
+
+    def _turn(self, free: list[int], mine: Kind, idle_since: float | None) -> Turn:
+        return choose(
+            self.cap,
+            self.reserve,
+            free,
+            self._mirror.line(self._me.ticket, mine),
+            mine,
+            live_caps=self._mirror.caps.values(),
+            idle_since=idle_since,
+            now=time.monotonic(),
+        )
+
+    def _give(self, held: HeldSeat, mine: Kind) -> bool:
+        """Hand ``held`` to the first acquirer that may use it (sessions first); kept as a
+        spare when there is none (cancelled meanwhile)."""
+        ready = [r for r in self._queue if not r.future.done() and self.usable(r.kind) > held.seat]
+        ready.sort(key=lambda r: r.kind != mine)  # sessions first, else first come
+        if not ready:
+            self._spares.add(held)
+            return False
+        self._queue.remove(ready[0])
+        ready[0].future.set_result(Lease(held.seat, held))
         return True
 
     def fail_all(self, error: Exception) -> None:
