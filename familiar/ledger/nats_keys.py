@@ -22,7 +22,7 @@ import structlog
 from nats.js.kv import KeyValue
 
 from familiar.ledger.base import Holder, Kind
-from familiar.ledger.nats_held import UNKNOWN
+from familiar.ledger.nats_held import UNKNOWN, HeldSeats
 from familiar.ledger.nats_kv import KeyWrongLastRevisionError, TtlKeyValue
 from familiar.ledger.nats_trust import FleetKey
 from familiar.ledger.policy import Waiter
@@ -30,9 +30,6 @@ from familiar.ledger.policy import Waiter
 __all__ = ["Mirror", "Presence", "free_in", "waiting_line"]
 
 log = structlog.get_logger("familiar.ledger")
-
-#: told of a change to a seat key this process may hold: (entry, live, holder)
-Mine = Callable[[KeyValue.Entry, bool, Holder | None], None]
 
 
 def free_in(
@@ -73,12 +70,13 @@ def _cap_of(data: bytes | None) -> int | None:
 
 class Mirror:
     """Every key of one deployment as its watcher last said; ``wake`` on any change that
-    can give a seat, ``mine`` on a change to a seat key (which this process may hold)."""
+    can give a seat; a change to a seat this process holds goes to ``held`` (lost, or
+    re-taken after an expiry)."""
 
     def __init__(
-        self, dep_id: str, nonce: str, key: FleetKey, wake: Callable[[], None], mine: Mine
+        self, dep_id: str, nonce: str, key: FleetKey, wake: Callable[[], None], held: HeldSeats
     ) -> None:
-        self._dep, self._nonce, self._key, self._wake, self._mine = dep_id, nonce, key, wake, mine
+        self._dep, self._nonce, self._key, self._wake, self._held = dep_id, nonce, key, wake, held
         self.seats: dict[int, tuple[int, Holder | None]] = {}  # seat -> (rev, holder|free)
         self.waiters: dict[str, tuple[int, Kind]] = {}  # other ledgers: (ticket, kind)
         self.caps: dict[str, int] = {}  # other ledgers: the cap (parallel) each one uses
@@ -131,6 +129,18 @@ class Mirror:
             self._waiter(
                 entry, name, check("waiter", entry.key, entry.value or b"") if live else None
             )
+
+    def _mine(self, entry: KeyValue.Entry, live: bool, holder: Holder | None) -> None:
+        """A change to a seat this process holds, not made by it: taken by another (lost:
+        its request is cancelled now), or deleted, purged or expired (re-taken at once,
+        unless another process is quicker)."""
+        held = self._held.get(entry.key)
+        if held is None or held.lost or held.released or (entry.revision or 0) <= held.rev:
+            return
+        if live and entry.value != held.value:
+            self._held.lose(held, holder)
+        elif not live:
+            self._held.renew_now(held)
 
     async def sweep(self, kv: TtlKeyValue, stale_s: float, keep: set[str], label: str) -> bool:
         """Purge keys nobody renewed for ``stale_s`` (three TTLs) but this process's own

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
-from nats.js.kv import KeyValue
 
 from familiar.ledger.base import DeploymentSeats, Holder, Kind, Lease, wait_event
 from familiar.ledger.nats_held import HeldSeat, HeldSeats, Spares
@@ -88,7 +87,7 @@ class NatsSeats(DeploymentSeats):
         self._host = host
         self._wake = asyncio.Event()
         self._queue: deque[_Req] = deque()
-        self._mirror = Mirror(dep_id, host.nonce, host.key, self._wake.set, self._mine)
+        self._mirror = Mirror(dep_id, host.nonce, host.key, self._wake.set, host.held)
         meta = {"id": dep_id, "label": label, "cap": cap, "reserve": reserve}
         self._me = Presence(host.kv, host.key, host.holder, host.nonce, meta)
         self._spares = Spares(host.held, host.reachable, host.spawn)
@@ -124,7 +123,17 @@ class NatsSeats(DeploymentSeats):
             await self._host.held.release(held, reachable=reachable)
             return
         self._spares.add(held)  # the pump gives it to the next acquirer, or back
+        if self._mirror.waiters and not self._mine_next():
+            self._spares.give_back()  # another process's turn: at once, not after the pump
         self._wake.set()
+
+    def _mine_next(self) -> bool:
+        """Whether the policy gives one of the spares to this process's waiting acquirers."""
+        reqs = [r for r in self._queue if not r.future.done()]
+        if not reqs:
+            return False
+        mine: Kind = "interactive" if any(r.kind == "interactive" for r in reqs) else "batch"
+        return self._turn(self._spares.seats(), mine, None).seat is not None
 
     def lost(self, lease: Lease) -> asyncio.Future[None] | None:
         return lease.token.lost_future if isinstance(lease.token, HeldSeat) else None
@@ -162,18 +171,6 @@ class NatsSeats(DeploymentSeats):
 
     def seen(self, seat: int, rev: int, holder: Holder | None) -> None:
         self._mirror.seen(seat, rev, holder)
-
-    def _mine(self, entry: KeyValue.Entry, live: bool, holder: Holder | None) -> None:
-        """A change to a seat this process holds, not made by it: taken by another (lost:
-        its request is cancelled now), or deleted, purged or expired (re-taken at once,
-        unless another process is quicker)."""
-        held = self._host.held.get(entry.key)
-        if held is None or held.lost or held.released or (entry.revision or 0) <= held.rev:
-            return
-        if live and entry.value != held.value:
-            self._host.held.lose(held, holder)
-        elif not live:
-            self._host.held.renew_now(held)
 
     async def watch_loop(self) -> None:
         """Keep the mirror; restarted (and rebuilt from a snapshot) after each reconnect."""
