@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from familiar import signals
-from familiar.config import Config, load_config
+from familiar.config import load_config
 from familiar.context import bound_correlation_id, new_correlation_id
-from familiar.errors import ConfigError
 from familiar.logs import set_details_log
 
 
@@ -77,11 +76,15 @@ def add_translate_command(sub: Any, common: Callable[[argparse.ArgumentParser], 
     p.set_defaults(func=cmd_translate)
 
 
-def _options(args: argparse.Namespace, cfg: Config) -> Any:
-    from familiar.translate.service import batch_options
+def cmd_translate(args: argparse.Namespace) -> int:
+    from familiar.translate.report import print_report
+    from familiar.translate.service import prepare_batch, submit_to_queue, translate_files
 
-    return batch_options(
+    cfg = load_config(args.workspace, args.slots, args.roles)
+    set_details_log(cfg.home / "logs" / "details.jsonl")  # long log lines: whole there
+    batch = prepare_batch(
         cfg,
+        args.paths,
         to=args.to,
         source=args.source,
         fmt=args.format,
@@ -91,44 +94,21 @@ def _options(args: argparse.Namespace, cfg: Config) -> Any:
         chunk_tokens=args.chunk_tokens,
         glossary=args.glossary,
     )
-
-
-def cmd_translate(args: argparse.Namespace) -> int:
-    from familiar.translate.files import check_targets, default_out_dir, discover
-    from familiar.translate.report import ArticleReport, print_report
-    from familiar.translate.service import submit_to_queue, translate_files, translator_slots
-
-    cfg = load_config(args.workspace, args.slots, args.roles)
-    set_details_log(cfg.home / "logs" / "details.jsonl")  # long log lines: whole there
-    translator_slots(cfg)  # no translator role, or a bad key: exit 2 before anything runs
-    # a path that is not there is its row; a dangling symlink or a loop is discovery's
-    missing = [str(p) for p in args.paths if not p.exists() and not p.is_symlink()]
-    opts = _options(args, cfg)
-    fleet_settings = cfg.fleet.resolved()  # a bad FAMILIAR_NATS_URL: exit 2, nothing made
-    roots = [p for p in args.paths if p.exists() or p.is_symlink()]
-    problems: list[tuple[Path, str]] = []
-    # a default output tree inside an input directory is never taken as input
-    files = discover(roots, skip=() if args.out else (default_out_dir(args.to),), problems=problems)
-    if not files and not missing and not problems:
-        raise ConfigError("no Markdown files found under the given paths")
-    check_targets(roots, files, to=opts.to, out_dir=opts.out_dir, in_place=opts.in_place)
-    reports = [ArticleReport(path=str(f)) for f, _ in files]
-    errors = [ArticleReport(path=m, status="error", error="no such file") for m in missing]
-    errors += [ArticleReport(path=str(f), status="error", error=why) for f, why in problems]
-    from familiar.progress import heartbeat_seconds
-
-    heartbeat_seconds()  # a bad FAMILIAR_HEARTBEAT_S: exit 2 before anything runs
+    reports, errors = batch.reports, batch.errors
     batch_id = new_correlation_id()  # the batch's, in its report and its telemetry
-    if not files:  # nothing to translate: the error rows are the report
+    if not batch.files:  # nothing to translate: the error rows are the report
         print_report(errors, as_json=args.json, correlation_id=batch_id, quiet=_quiet(args))
         return 1
+    progress = _progress_factory(reports, _quiet(args))
     try:
         with bound_correlation_id(batch_id):
-            progress = _progress_factory(reports, _quiet(args))
             if args.nats:
-                signals.run(submit_to_queue(cfg, args.nats, opts, files, reports, progress))
+                work = submit_to_queue(cfg, args.nats, batch.opts, batch.files, reports, progress)
             else:
-                signals.run(translate_files(cfg, fleet_settings, opts, files, reports, progress))
+                work = translate_files(
+                    cfg, batch.settings, batch.opts, batch.files, reports, progress
+                )
+            signals.run(work)
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM (Terminated)
         # the interpreter's last garbage collection walks every object the batch made
         # (0.3-0.7 s measured): exempt them, so an interrupted batch ends within a second

@@ -162,6 +162,8 @@ RUNTIMES: Mapping[str, RuntimeInfo] = MappingProxyType(
 )
 #: a slot that names no runtime
 DEFAULT = "openai"
+#: what serves an ``embedded`` slot: llama-server (``familiar.local``)
+EMBEDDED_RUNTIME = "llama.cpp"
 
 
 def runtime(name: str) -> RuntimeInfo | None:

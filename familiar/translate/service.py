@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import (
     AbstractAsyncContextManager,
     AbstractContextManager,
@@ -114,6 +114,67 @@ def _glossary(path: Path) -> dict[str, str]:
         if reason is not None:
             raise ConfigError(f"--glossary {path}: {reason}")
     return load_glossary(path)
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch checked before any server is asked: its options, the ledger settings, the
+    articles (source, output), a pending report row per article, and the error rows of
+    paths that cannot be translated (reported with the rest)."""
+
+    opts: BatchOptions
+    settings: FleetSettings
+    files: list[tuple[Path, Path]]
+    reports: list[ArticleReport]
+    errors: list[ArticleReport]
+
+
+def prepare_batch(
+    cfg: Config,
+    paths: Sequence[Path],
+    *,
+    to: str,
+    source: str = "auto",
+    fmt: FormatName | None = None,
+    out_dir: Path | None = None,
+    in_place: bool = False,
+    force: bool = False,
+    chunk_tokens: int | None = None,
+    glossary: Path | None = None,
+) -> PreparedBatch:
+    """Everything checked (roles, keys, options, the ledger's URL, the articles and their
+    outputs: an output on a source is exit 2) before anything is made or asked."""
+    from familiar.progress import heartbeat_seconds
+    from familiar.translate.files import check_targets, default_out_dir, discover
+    from familiar.translate.report import ArticleReport
+
+    translator_slots(cfg)  # no translator role, or a bad key: exit 2 before anything runs
+    # a path that is not there is its row; a dangling symlink or a loop is discovery's
+    missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
+    opts = batch_options(
+        cfg,
+        to=to,
+        source=source,
+        fmt=fmt,
+        out_dir=out_dir,
+        in_place=in_place,
+        force=force,
+        chunk_tokens=chunk_tokens,
+        glossary=glossary,
+    )
+    settings = cfg.fleet.resolved()  # a bad FAMILIAR_NATS_URL: exit 2, nothing made
+    roots = [p for p in paths if p.exists() or p.is_symlink()]
+    problems: list[tuple[Path, str]] = []
+    # a default output tree inside an input directory is never taken as input
+    files = discover(roots, skip=() if out_dir else (default_out_dir(to),), problems=problems)
+    if not files and not missing and not problems:
+        raise ConfigError("no Markdown files found under the given paths")
+    check_targets(roots, files, to=opts.to, out_dir=opts.out_dir, in_place=opts.in_place)
+    reports = [ArticleReport(path=str(f)) for f, _ in files]
+    errors = [ArticleReport(path=m, status="error", error="no such file") for m in missing]
+    errors += [ArticleReport(path=str(f), status="error", error=why) for f, why in problems]
+    heartbeat_seconds()  # a bad FAMILIAR_HEARTBEAT_S: exit 2 before anything runs
+    return PreparedBatch(opts, settings, files, reports, errors)
 
 
 def check_nats_url(url: str) -> str:
