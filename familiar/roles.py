@@ -150,10 +150,12 @@ def _tokenize(text: str) -> list[tuple[bool, str]]:
     return tokens
 
 
-def _check_layout(tokens: list[tuple[bool, str]], source: str) -> list[str]:
+def _check_layout(
+    tokens: list[tuple[bool, str]], source: str, kinds: Mapping[str, Kind]
+) -> list[str]:
     """Enforce ``term (separator term)*``; return the terms."""
     if not tokens:
-        raise RoleStringError(f"empty role string; {_help(SHIPPED_KINDS)}")
+        raise RoleStringError(f"empty role string; {_help(kinds)}")
     terms: list[str] = []
     for i, (is_sep, tok) in enumerate(tokens):
         prev_sep, prev = tokens[i - 1] if i else (True, "")
@@ -247,7 +249,7 @@ def parse_role_string(text: str, kinds: Mapping[str, Kind] | None = None) -> Rol
     kinds = SHIPPED_KINDS if kinds is None else MappingProxyType(dict(kinds))
     source = text.strip()
     expanded = PRESETS.get(source.lower(), source)
-    terms = _check_layout(_tokenize(expanded), source)
+    terms = _check_layout(_tokenize(expanded), source, kinds)
     assignments = [_parse_term(tok, pos, source, kinds) for pos, tok in enumerate(terms, 1)]
     _check_semantics(assignments, source, kinds)
     return RoleConfig(source=source, assignments=tuple(assignments), kinds=kinds)
