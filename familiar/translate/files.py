@@ -218,8 +218,9 @@ def read_article(path: Path) -> str:
         raise ArticleError(f"not UTF-8{hint}") from None
 
 
-def write_article(path: Path, text: str) -> None:
-    """Write a translation atomically, or ArticleError naming the path."""
+def write_article(path: Path, text: str | Iterable[str]) -> None:
+    """Write a translation (or its pieces, in order) atomically, or ArticleError naming
+    the path."""
     try:
         write_text_atomic(path, text)
     except OSError as exc:
