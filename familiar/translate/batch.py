@@ -43,6 +43,7 @@ from familiar.context import bound_affinity
 from familiar.dispatch import Dispatcher, Pool, WorkItem
 from familiar.errors import ArticleError, BackendError, FamiliarError, LedgerUnavailable
 from familiar.lang import detect_lang
+from familiar.roles import TRANSLATOR
 from familiar.telemetry import Telemetry
 from familiar.translate import markdown as md
 from familiar.translate.cache import CachedChunk, ChunkCache
@@ -418,7 +419,7 @@ class Translator:
         fut.add_done_callback(_retrieve)
         self._asked[key] = fut
         try:
-            result = await (await dispatcher.submit(WorkItem(item_id, "translator", job)))
+            result = await (await dispatcher.submit(WorkItem(item_id, TRANSLATOR, job)))
             if result.error is not None:
                 raise result.error
             assert result.value is not None
