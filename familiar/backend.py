@@ -26,6 +26,7 @@ import structlog
 from asyncio_throttle.throttler import Throttler
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from familiar.config.slots import Slot
 from familiar.context import correlation_id, current_affinity
 from familiar.errors import (
     BackendError,
@@ -37,7 +38,6 @@ from familiar.logs import redact_url, register_secret, register_url_secrets
 from familiar.reading import Answer, Kind, check_finished, read_stream, read_whole
 from familiar.replicas import Replica, ReplicaSet
 from familiar.seats import Seats
-from familiar.slots import Slot
 from familiar.warm import WarmGate
 from familiar.wire import HTTP, RetryPolicy, map_errors, retryable
 

@@ -18,13 +18,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from familiar.backend import Hook, RetryPolicy, SlotClient
+from familiar.config.slots import Slot
 from familiar.dispatch import Pool
 from familiar.ledger import Kind, Ledger, deployment_id, deployment_label, make_ledger
 from familiar.seats import Seats
-from familiar.slots import Slot
 
 if TYPE_CHECKING:
-    from familiar.config import Config
+    from familiar.config.workspace import Config
 
 Deployment = tuple[tuple[str, ...], str]
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
+from familiar.config.roles import PLANNER, TRANSLATOR, WORKER
 from familiar.errors import ConfigError
-from familiar.roles import PLANNER, TRANSLATOR, WORKER
 
 if TYPE_CHECKING:
-    from familiar.config import Config
+    from familiar.config.workspace import Config
     from familiar.plan import Difficulty
 
 

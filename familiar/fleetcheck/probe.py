@@ -16,10 +16,10 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from familiar.config.runtimes import RUNTIMES
+from familiar.config.slots import Slot
 from familiar.fleetcheck import runtime as rt
 from familiar.logs import mask, redact_url
-from familiar.runtimes import RUNTIMES
-from familiar.slots import Slot
 from familiar.wire import HTTP
 
 
@@ -188,7 +188,7 @@ class Prober:
             row.problems.append(f"GET {path}: HTTP {status}")
 
     async def _capacity(self, row: ReplicaHealth, root: str, headers: dict[str, str]) -> None:
-        """Version, capacity and load where the runtime says them (``familiar.runtimes``);
+        """Version, capacity and load where the runtime says them (``familiar.config.runtimes``);
         a document read for one is not asked for again."""
         info = RUNTIMES.get(row.runtime)
         if info is None:

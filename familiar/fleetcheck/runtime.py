@@ -1,5 +1,5 @@
 """Pure: reading what a runtime says about itself (root URL, Prometheus text, capacity,
-version; where each is comes from ``familiar.runtimes``), and the warnings when the
+version; where each is comes from ``familiar.config.runtimes``), and the warnings when the
 server's capacity disagrees with the configured ``parallel``."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from familiar.runtimes import (
+from familiar.config.runtimes import (
     RUNTIMES,
     root_url,
     slots_from_props,

@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from familiar.config.runtimes import RUNTIMES
 from familiar.fleetcheck.prompts import synthetic_prompt
 from familiar.fleetcheck.request import Clock, measure
 from familiar.fleetcheck.results import Level, Sample, summarize
-from familiar.runtimes import RUNTIMES
 from familiar.wire import HTTP
 
 Progress = Callable[[str], None]

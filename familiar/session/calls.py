@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from familiar.backend import CallResult, SlotClient
-from familiar.config import Config
+from familiar.config.workspace import Config
 from familiar.errors import PlanInvalid
 from familiar.fleet import Fleet
 from familiar.plan import (

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from familiar.config import Config
+from familiar.config.workspace import Config
 from familiar.dispatch import Dispatcher, ItemResult, Pool, WorkItem
 from familiar.errors import AnswerRejected, ConfigError, SessionFailed
 from familiar.fleet import Fleet

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from familiar.config import Config, find_workspace, load_config, state_home
+from familiar.config.workspace import Config, find_workspace, load_config, state_home
 from familiar.context import bound_correlation_id, new_correlation_id
 from familiar.errors import ConfigError, StateError
 from familiar.lang import detect_lang

@@ -1,5 +1,5 @@
 """How many tokens a slot's model takes in one request, asked of the server itself where
-its runtime says (``familiar.runtimes``: llama.cpp ``/props`` ``n_ctx``, the context of one
+its runtime says (``familiar.config.runtimes``: llama.cpp ``/props`` ``n_ctx``, the context of one
 slot; vLLM and SGLang ``/v1/models`` ``max_model_len``). Other runtimes do not say; the
 caller then assumes :data:`ASSUMED` and says so."""
 
@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import Sequence
 
 from familiar.backend import SlotClient
-from familiar.runtimes import RUNTIMES, root_url
+from familiar.config.runtimes import RUNTIMES, root_url
 from familiar.wire import HTTP
 
 ASSUMED = 8192

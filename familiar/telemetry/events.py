@@ -18,14 +18,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from familiar.backend import CallEvent
+from familiar.config.runtimes import RUNTIMES, provider_name
 from familiar.context import correlation_id, current_span
 from familiar.logs import mask, mask_any
-from familiar.runtimes import RUNTIMES, provider_name
 
 SERVICE = "familiar"
 _HOST = socket.gethostname()
 
-#: slot runtime -> ``gen_ai.provider.name`` (``familiar.runtimes``: ``openai`` is the
+#: slot runtime -> ``gen_ai.provider.name`` (``familiar.config.runtimes``: ``openai`` is the
 #: convention's well-known value; the self-hosted servers get their own name, no dots)
 PROVIDERS: Mapping[str, str] = MappingProxyType({n: r.provider for n, r in RUNTIMES.items()})
 _DEFAULT_PORTS = {"http": 80, "https": 443}

@@ -39,11 +39,11 @@ from typing import Any, Protocol
 import structlog
 
 from familiar.backend import SlotClient
+from familiar.config.roles import TRANSLATOR
 from familiar.context import bound_affinity
 from familiar.dispatch import Dispatcher, Pool, WorkItem
 from familiar.errors import ArticleError, BackendError, FamiliarError, LedgerUnavailable
 from familiar.lang import detect_lang
-from familiar.roles import TRANSLATOR
 from familiar.telemetry import Telemetry
 from familiar.translate import markdown as md
 from familiar.translate.cache import CachedChunk, ChunkCache

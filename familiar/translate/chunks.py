@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from familiar.backend import CallResult, SlotClient
-from familiar.roles import TRANSLATOR
+from familiar.config.roles import TRANSLATOR
 from familiar.translate import markdown as md
 from familiar.translate.cache import cache_key
 from familiar.translate.formats import (

@@ -24,16 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from familiar.config.roles import TRANSLATOR
 from familiar.context import bound_correlation_id, correlation_id, new_correlation_id
 from familiar.errors import ConfigError, StateError
-from familiar.roles import TRANSLATOR
 
 if TYPE_CHECKING:
-    from familiar.config import Config
+    from familiar.config.slots import Slot
+    from familiar.config.workspace import Config
     from familiar.dispatch import Pool
     from familiar.fleet import Fleet
     from familiar.ledger import FleetSettings
-    from familiar.slots import Slot
     from familiar.telemetry import Telemetry
     from familiar.translate.cache import ChunkCache
     from familiar.translate.chunks import BatchOptions

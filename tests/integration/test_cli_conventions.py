@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import familiar
-from familiar.cli import main
+from familiar.cli.main import main
 from tests.support.fake_vector import FakeVector
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,11 +69,11 @@ def test_import_familiar_loads_none_of_the_heavy_packages() -> None:
 
 
 def test_version_loads_none_of_the_heavy_packages() -> None:
-    assert imported_by("from familiar.cli import main; main(['--version'])") == []
+    assert imported_by("from familiar.cli.main import main; main(['--version'])") == []
 
 
 def test_help_does_not_load_the_http_stack_or_the_logger() -> None:
-    loaded = imported_by("from familiar.cli import main; main(['--help'])")
+    loaded = imported_by("from familiar.cli.main import main; main(['--help'])")
     assert not {"openai", "httpx", "httpx2", "structlog", "rich", "tenacity"} & set(loaded)
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from familiar.backend import SlotClient
+from familiar.config.slots import Slot
 from familiar.errors import BackendProtocolError
-from familiar.slots import Slot
 from familiar.wire import HTTP, RetryPolicy
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from familiar import routing
-from familiar.config import load_config, load_roles, role_kinds, role_names
+from familiar.config.roles import PRESETS, SHIPPED_KINDS, parse_role_string
+from familiar.config.workspace import load_config, load_roles, role_kinds, role_names
 from familiar.errors import RoleFileError, RoleStringError
-from familiar.roles import PRESETS, SHIPPED_KINDS, parse_role_string
 
 
 def write(path: Path, text: str) -> None:

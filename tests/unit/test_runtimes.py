@@ -1,4 +1,4 @@
-"""Runtimes described once: every consumer derives from ``familiar.runtimes.RUNTIMES``, so
+"""Runtimes described once: every consumer derives from ``familiar.config.runtimes.RUNTIMES``, so
 adding a runtime (TGI here) is one entry."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from familiar import runtimes
+from familiar.config import runtimes
+from familiar.config.runtimes import RUNTIMES, RuntimeInfo, provider_name
+from familiar.config.slots import SCHEMA_RUNTIMES, Slot
 from familiar.fleetcheck import runtime as rt
 from familiar.fleetcheck.sweep import IGNORE_EOS_RUNTIMES, Target, Workload
-from familiar.runtimes import RUNTIMES, RuntimeInfo, provider_name
-from familiar.slots import SCHEMA_RUNTIMES, Slot
 from familiar.telemetry.events import PROVIDERS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,7 +67,7 @@ _TGI = textwrap.dedent(
     from pathlib import Path
     from types import MappingProxyType
 
-    import familiar.runtimes as r
+    import familiar.config.runtimes as r
 
     def max_requests(data):
         return r._positive(data.get("max_concurrent_requests")) if isinstance(data, dict) else None
@@ -80,7 +80,7 @@ _TGI = textwrap.dedent(
 
     from familiar.fleetcheck.health import check
     from familiar.fleetcheck.sweep import Target, Workload
-    from familiar.slots import Slot
+    from familiar.config.slots import Slot
     from familiar.telemetry.events import PROVIDERS, provider_name
     from familiar.wire import HTTP
 

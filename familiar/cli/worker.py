@@ -7,8 +7,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from familiar import signals
-from familiar.config import load_config
+from familiar.cli import signals
+from familiar.config.workspace import load_config
 from familiar.logs import set_details_log
 
 #: SIGTERM or Ctrl-C ends a worker within this long whatever its connections are doing

@@ -22,16 +22,16 @@ from pydantic import (
     model_validator,
 )
 
+from familiar.config.runtimes import DEFAULT, RUNTIMES
 from familiar.errors import SlotsFileError
 from familiar.logs import redact_url
-from familiar.runtimes import DEFAULT, RUNTIMES
 
 if TYPE_CHECKING:
     from familiar.ledger import FleetSettings
 
     Runtime = str
 else:
-    #: the runtimes a slot may name: every entry of ``familiar.runtimes.RUNTIMES``
+    #: the runtimes a slot may name: every entry of ``familiar.config.runtimes.RUNTIMES``
     Runtime = Literal[tuple(RUNTIMES)]
 EMBEDDED = "embedded"
 #: Runtimes known to honour ``response_format`` with ``json_schema``.

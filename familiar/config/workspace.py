@@ -24,13 +24,21 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from familiar import claude_md
+from familiar.config import claude_md
+from familiar.config.roles import (
+    PRESETS,
+    ROLES,
+    SLOT_PATTERN,
+    WORKER,
+    Kind,
+    RoleConfig,
+    parse_role_string,
+)
+from familiar.config.slots import Slot, load_slots_file
 from familiar.errors import ConfigError, RoleFileError, SlotsFileError, StateError
 from familiar.ledger import FleetSettings
-from familiar.roles import PRESETS, ROLES, SLOT_PATTERN, WORKER, Kind, RoleConfig, parse_role_string
-from familiar.slots import Slot, load_slots_file
 
-_PKG = Path(__file__).resolve().parent
+_PKG = Path(__file__).resolve().parents[1]  # the familiar package
 DEFAULT_ROLE_STRING = "standard"
 
 
