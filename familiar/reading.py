@@ -10,6 +10,7 @@ was measured (time to first token, usage) survives a failure for telemetry.
 from __future__ import annotations
 
 import json
+import json.scanner
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -65,28 +66,48 @@ async def read_stream(
         await reply.close(ended)
 
 
+#: the JSON decoder's value scanner (C): a value at an index of a longer string, without
+#: slicing it out first nor ``json.loads``' encoding sniffing and whitespace regexes
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[no-untyped-call]
+
+
 async def _read_events(chunks: AsyncIterator[bytes], kind: Kind, acc: Answer, start: float) -> bool:
-    """The events of one stream into ``acc``; True once ``[DONE]`` came."""
+    """The events of one stream into ``acc``; True once ``[DONE]`` came.
+
+    Whole lines are cut off the bytes read so far (a partial line waits for the next read),
+    decoded at once, and every ``data:`` line's JSON is scanned where it stands; other
+    lines (blank separators, comments, ``event:``) are skipped by the search."""
     chat = kind == "chat"
     text = acc.text
-    loads = json.loads
+    scan = _scan
     rest = b""
     async for data in _ended(chunks):
         if rest:
             data = rest + data
-        if b"\r" in data:  # CRLF (or CR) line ends: all the same to a line reader
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        lines = data.split(b"\n")
-        rest = lines.pop()
-        for line in lines:
-            if line[:5] != b"data:":
-                continue  # blank separators, comments, "event:" lines
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
+        cut = data.rfind(b"\n") + 1
+        rest = data[cut:]
+        if not cut:
+            continue
+        lines = "\n" + data[:cut].decode()  # bad UTF-8 is a ValueError: malformed
+        if "\r" in lines:  # CRLF (or CR) line ends: all the same to a line reader
+            lines = lines.replace("\r\n", "\n").replace("\r", "\n")
+        i = lines.find("\ndata:")
+        while i >= 0:
+            j = i + 6
+            if lines[j] == " ":
+                j += 1
+            if lines[j] == "[" and lines.startswith("[DONE]", j):
                 return True
-            chunk = loads(payload)
+            try:
+                chunk, end = scan(lines, j)
+            except StopIteration:  # no JSON value where the line's data starts
+                end = lines.find("\n", j)
+                chunk = json.loads(lines[j:end])  # raises, saying what is wrong
+            if lines[end] != "\n" and lines[end : lines.find("\n", end)].strip():
+                raise ValueError(f"extra data after a stream event: {lines[j : end + 80]!r}")
+            i = lines.find("\ndata:", end)
             if type(chunk) is not dict:
-                raise ValueError(f"a stream event is not an object: {payload[:80]!r}")
+                raise ValueError(f"a stream event is not an object: {lines[j:end][:80]!r}")
             acc.chunks += 1
             if acc.response_id is None:
                 acc.response_id = chunk.get("id")
