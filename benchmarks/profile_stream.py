@@ -36,9 +36,10 @@ from typing import Any
 import _common  # puts the repo on sys.path
 
 from familiar import transport
-from familiar.backend import SlotClient, _dumps, _Target
+from familiar.backend import SlotClient
 from familiar.reading import Answer, _read_events, check_finished
 from familiar.slots import Slot
+from familiar.transport import Target, dumps
 from familiar.wire import HTTP
 from tests.support.fake_openai import spawn_fake_server
 
@@ -61,13 +62,13 @@ async def _replay(chunks: list[bytes]) -> AsyncIterator[bytes]:
 
 
 async def one_call(
-    pipe: transport.Pipe, target: _Target, msg: list[dict[str, str]], times: dict[str, list[int]]
+    pipe: transport.Pipe, target: Target, msg: list[dict[str, str]], times: dict[str, list[int]]
 ) -> tuple[list[bytes], int]:
     ns = time.perf_counter_ns
     t0 = ns()
     payload = {"model": "m", "messages": msg, "stream": True}
     payload["stream_options"] = {"include_usage": True}
-    content = _dumps(payload).encode()
+    content = dumps(payload).encode()
     headers = target.headers
     t1 = ns()
     reply = await pipe.post(target.chat, headers, content)
@@ -102,7 +103,7 @@ async def profile_pipe(name: str, url: str, args: argparse.Namespace) -> dict[st
     pipe: transport.Pipe = (
         transport.AiohttpPipe(limits) if name == "aiohttp" else transport.HttpxPipe(limits)
     )
-    target = _Target.of(pipe, url, None)
+    target = Target.of(pipe, url, None)
     times: dict[str, list[int]] = {p: [] for p in PHASES}
     events = 0
     try:

@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import json
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,7 +25,6 @@ import structlog
 from asyncio_throttle.throttler import Throttler
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from familiar import __version__
 from familiar.context import correlation_id, current_affinity
 from familiar.errors import (
     BackendError,
@@ -39,7 +37,7 @@ from familiar.reading import Answer, Kind, check_finished, read_stream, read_who
 from familiar.replicas import Replica, ReplicaSet
 from familiar.seats import Seats
 from familiar.slots import Slot
-from familiar.transport import Limits, Pipe, pipe_for
+from familiar.transport import Limits, Target, dumps, pipe_for
 from familiar.warm import WarmGate
 from familiar.wire import RetryPolicy, Sent, map_errors, retryable
 
@@ -162,7 +160,7 @@ class SlotClient:
         for url in slot.url:
             register_url_secrets(url)  # the token or password, and its Basic-auth form
         replicas = [
-            Replica(url=url, label=redact_url(url), client=_Target.of(self._pipe, url, key))
+            Replica(url=url, label=redact_url(url), client=Target.of(self._pipe, url, key))
             for url in slot.url
         ]
         self.replica_set = ReplicaSet(
@@ -384,7 +382,7 @@ class SlotClient:
     async def _request(
         self, replica: Replica, kind: Kind, body: dict[str, Any], acc: Answer, start: float
     ) -> None:
-        target: _Target = replica.client
+        target: Target = replica.client
         cid = correlation_id.get()
         headers = {**target.headers, "x-correlation-id": cid} if cid else target.headers
         name, url = self.slot.name, replica.label
@@ -395,7 +393,7 @@ class SlotClient:
                 if self.stream:
                     payload["stream"] = True
                     payload["stream_options"] = _USAGE
-                content = _dumps(payload).encode()
+                content = dumps(payload).encode()
                 where = target.chat if kind == "chat" else target.completion
                 if self.stream:
                     await read_stream(self._pipe, where, headers, content, kind, acc, start, sent)
@@ -459,34 +457,6 @@ class SlotClient:
 
 
 _USAGE = {"include_usage": True}  # usage in the last chunk of a stream
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-
-
-@dataclass(frozen=True)
-class _Target:
-    """Where one replica is asked, and the headers every request to it carries."""
-
-    chat: Any  # HTTP.URL of <url>/chat/completions
-    completion: Any  # HTTP.URL of <url>/completions
-    headers: dict[str, str]
-
-    @classmethod
-    def of(cls, pipe: Pipe, url: str, key: str | None) -> _Target:
-        parts = urllib.parse.urlsplit(url)
-        path = parts.path.rstrip("/")
-        headers = {
-            "content-type": "application/json",
-            "accept": "application/json",
-            "user-agent": f"familiar/{__version__}",
-        }
-        if not (parts.username or parts.password):  # else Basic credentials from the URL
-            # no key: a placeholder, as the openai SDK sent
-            headers["authorization"] = f"Bearer {key or 'sk-no-key'}"
-        return cls(
-            chat=pipe.url(parts._replace(path=f"{path}/chat/completions").geturl()),
-            completion=pipe.url(parts._replace(path=f"{path}/completions").geturl()),
-            headers=headers,
-        )
 
 
 def _throttler(rps: float | None) -> Throttler | None:

@@ -68,7 +68,7 @@ async def read_stream(
 
 #: the JSON decoder's value scanner (C): a value at an index of a longer string, without
 #: slicing it out first nor ``json.loads``' encoding sniffing and whitespace regexes
-_scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[no-untyped-call]
+_scan: Any = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
 
 async def _read_events(chunks: AsyncIterator[bytes], kind: Kind, acc: Answer, start: float) -> bool:

@@ -18,12 +18,14 @@ to the error tree by :func:`familiar.wire.map_errors`.
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from familiar import __version__
 from familiar.wire import HTTP
 
 try:
@@ -66,6 +68,38 @@ class Pipe(Protocol):
     async def post(self, url: Any, headers: Mapping[str, str], content: bytes) -> Reply: ...
 
     async def aclose(self) -> None: ...
+
+
+#: the request body: compact JSON, UTF-8 as it is; NaN refused (no server reads it)
+dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one replica is asked (URLs in the pipe's own type, made once), and the
+    headers every request to it carries."""
+
+    chat: Any  # <url>/chat/completions
+    completion: Any  # <url>/completions
+    headers: dict[str, str]
+
+    @classmethod
+    def of(cls, pipe: Pipe, url: str, key: str | None) -> Target:
+        parts = urllib.parse.urlsplit(url)
+        path = parts.path.rstrip("/")
+        headers = {
+            "content-type": "application/json",
+            "accept": "application/json",
+            "user-agent": f"familiar/{__version__}",
+        }
+        if not (parts.username or parts.password):  # else Basic credentials from the URL
+            # no key: a placeholder, as the openai SDK sent
+            headers["authorization"] = f"Bearer {key or 'sk-no-key'}"
+        return cls(
+            chat=pipe.url(parts._replace(path=f"{path}/chat/completions").geturl()),
+            completion=pipe.url(parts._replace(path=f"{path}/completions").geturl()),
+            headers=headers,
+        )
 
 
 def pipe_for(limits: Limits, transport: Any = None) -> Pipe:
