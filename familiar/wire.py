@@ -39,7 +39,6 @@ try:
 except ImportError:  # pragma: no cover - an install without httpx2
     HTTP = httpx
 _TIMEOUT_ERRORS: tuple[type[Exception], ...] = (httpx.TimeoutException, HTTP.TimeoutException)
-_TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.TransportError, HTTP.TransportError)
 _DECODING_ERRORS: tuple[type[Exception], ...] = (httpx.DecodingError, HTTP.DecodingError)
 _REQUEST_ERRORS: tuple[type[Exception], ...] = (httpx.RequestError, HTTP.RequestError)
 try:  # familiar.transport's default client, where installed
