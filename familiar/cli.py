@@ -415,12 +415,12 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 def cmd_config_use(args: argparse.Namespace) -> int:
     from familiar import claude_md
-    from familiar.roles import parse_role_string
 
-    parsed = parse_role_string(args.role_string)  # validate before touching anything
-    cfg = load(args, roles=parsed.canonical())  # the slots and role files must fit too
-    claude_md.write_role_line(cfg.claude_md, parsed.canonical())
-    print(f"{cfg.claude_md}: familiar: {parsed.canonical()}")
+    # validated with the workspace's roles, slots and role files before touching anything
+    cfg = load(args, roles=args.role_string)
+    canonical = cfg.role_config.canonical()
+    claude_md.write_role_line(cfg.claude_md, canonical)
+    print(f"{cfg.claude_md}: familiar: {canonical}")
     return 0
 
 

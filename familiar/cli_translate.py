@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from familiar import signals
-from familiar.config import Config, load_config
-from familiar.context import bound_correlation_id, correlation_id, new_correlation_id
-from familiar.errors import ConfigError, StateError
+from familiar.config import load_config
+from familiar.context import bound_correlation_id, new_correlation_id
 from familiar.logs import set_details_log
 
 
@@ -77,87 +76,39 @@ def add_translate_command(sub: Any, common: Callable[[argparse.ArgumentParser], 
     p.set_defaults(func=cmd_translate)
 
 
-def _options(args: argparse.Namespace, cfg: Config) -> Any:
-    from familiar.translate.batch import BatchOptions
-    from familiar.translate.formats import FormatName
-
-    if args.in_place and args.out:
-        raise ConfigError("--in-place and --out exclude each other")
-    if args.source != "auto" and args.source == args.to:
-        raise ConfigError(f"--from and --to are both {args.to}")
-    slot = cfg.slots_for("translator")[0]
-    fmt: FormatName = (
-        args.format
-        or slot.translate_format
-        or ("plamo" if "plamo" in slot.model.lower() else "chat")
-    )
-    tokens = args.chunk_tokens or min(700, max(128, (slot.max_tokens or 2048) // 3))
-    if tokens < 32:
-        raise ConfigError("--chunk-tokens must be at least 32")
-    return BatchOptions(
-        to=args.to,
-        source_lang=args.source,
-        fmt=fmt,
-        out_dir=args.out,
-        in_place=args.in_place,
-        force=args.force,
-        chunk_tokens=tokens,
-        glossary=_glossary(args.glossary) if args.glossary else {},
-    )
-
-
-def _glossary(path: Path) -> dict[str, str]:
-    """The glossary file's term pairs; a FIFO, device or loop is exit 2, never a wait."""
-    from familiar.translate.files import not_regular
-    from familiar.translate.glossary import load_glossary
-
-    if path.exists() or path.is_symlink():
-        reason = not_regular(path)
-        if reason is not None:
-            raise ConfigError(f"--glossary {path}: {reason}")
-    return load_glossary(path)
-
-
 def cmd_translate(args: argparse.Namespace) -> int:
-    from familiar.translate.files import check_targets, default_out_dir, discover
-    from familiar.translate.report import ArticleReport, print_report
+    from familiar.translate.report import print_report
+    from familiar.translate.service import prepare_batch, submit_to_queue, translate_files
 
     cfg = load_config(args.workspace, args.slots, args.roles)
     set_details_log(cfg.home / "logs" / "details.jsonl")  # long log lines: whole there
-    if not cfg.role_config.has("translator"):
-        raise ConfigError(
-            f"the translator role is not active in {cfg.role_config.canonical()!r}"
-            " (familiar config use standard, or --roles)"
-        )
-    # a path that is not there is its row; a dangling symlink or a loop is discovery's
-    missing = [str(p) for p in args.paths if not p.exists() and not p.is_symlink()]
-    opts = _options(args, cfg)
-    for slot in cfg.slots_for("translator"):
-        slot.api_key()  # a key with surrounding whitespace: exit 2 before anything runs
-    fleet_settings = cfg.fleet.resolved()  # a bad FAMILIAR_NATS_URL: exit 2, nothing made
-    roots = [p for p in args.paths if p.exists() or p.is_symlink()]
-    problems: list[tuple[Path, str]] = []
-    # a default output tree inside an input directory is never taken as input
-    files = discover(roots, skip=() if args.out else (default_out_dir(args.to),), problems=problems)
-    if not files and not missing and not problems:
-        raise ConfigError("no Markdown files found under the given paths")
-    check_targets(roots, files, to=opts.to, out_dir=opts.out_dir, in_place=opts.in_place)
-    reports = [ArticleReport(path=str(f)) for f, _ in files]
-    errors = [ArticleReport(path=m, status="error", error="no such file") for m in missing]
-    errors += [ArticleReport(path=str(f), status="error", error=why) for f, why in problems]
-    from familiar.progress import heartbeat_seconds
-
-    heartbeat_seconds()  # a bad FAMILIAR_HEARTBEAT_S: exit 2 before anything runs
+    batch = prepare_batch(
+        cfg,
+        args.paths,
+        to=args.to,
+        source=args.source,
+        fmt=args.format,
+        out_dir=args.out,
+        in_place=args.in_place,
+        force=args.force,
+        chunk_tokens=args.chunk_tokens,
+        glossary=args.glossary,
+    )
+    reports, errors = batch.reports, batch.errors
     batch_id = new_correlation_id()  # the batch's, in its report and its telemetry
-    if not files:  # nothing to translate: the error rows are the report
+    if not batch.files:  # nothing to translate: the error rows are the report
         print_report(errors, as_json=args.json, correlation_id=batch_id, quiet=_quiet(args))
         return 1
+    progress = _progress_factory(reports, _quiet(args))
     try:
         with bound_correlation_id(batch_id):
             if args.nats:
-                signals.run(_run_queue(cfg, opts, files, reports, args.nats, _quiet(args)))
+                work = submit_to_queue(cfg, args.nats, batch.opts, batch.files, reports, progress)
             else:
-                signals.run(_run(cfg, fleet_settings, opts, files, reports, _quiet(args)))
+                work = translate_files(
+                    cfg, batch.settings, batch.opts, batch.files, reports, progress
+                )
+            signals.run(work)
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM (Terminated)
         # the interpreter's last garbage collection walks every object the batch made
         # (0.3-0.7 s measured): exempt them, so an interrupted batch ends within a second
@@ -171,96 +122,13 @@ def cmd_translate(args: argparse.Namespace) -> int:
     return 0 if all(r.status in ("ok", "skipped") for r in reports) else 1
 
 
-async def _run(
-    cfg: Config,
-    settings: Any,
-    opts: Any,
-    files: list[tuple[Path, Path]],
-    reports: list[Any],
-    quiet: bool = False,
-) -> list[Any]:
-    from familiar.dispatch import Pool
-    from familiar.fleet import Fleet
-    from familiar.ledger import make_ledger
-    from familiar.telemetry import Telemetry
-    from familiar.translate.batch import Translator
-    from familiar.translate.cache import ChunkCache
-
-    slots = {s.name: s for s in cfg.slots_for("translator")}
-    ledger = make_ledger(settings)
-    _check_home(cfg.home)
-    with bound_correlation_id(correlation_id.get() or new_correlation_id()):
-        telemetry = Telemetry(cfg.home)
-        async with (
-            telemetry,
-            Fleet(
-                slots, home=cfg.home, hooks=[telemetry.hook], ledger=ledger, kind="batch"
-            ) as fleet,
-        ):
-            # made once the fleet stands: a configuration error leaves FAMILIAR_HOME as it was
-            try:
-                cfg.home.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StateError(f"state directory {cfg.home}: {exc.strerror or exc}") from None
-            cache = ChunkCache(cfg.home / "cache" / "chunks.sqlite", warn=_warn)
-            try:
-                pools = [Pool("translator", n, fleet[n].seats.total, fleet[n]) for n in slots]
-                with _progress(reports, quiet) as progress:
-                    translator = Translator(
-                        pools, opts, cache, telemetry=telemetry, progress=progress
-                    )
-                    return await translator.run(files, reports)
-            finally:
-                cache.close()
-
-
-async def _run_queue(
-    cfg: Config,
-    opts: Any,
-    files: list[tuple[Path, Path]],
-    reports: list[Any],
-    url: str,
-    quiet: bool = False,
-) -> list[Any]:
-    from familiar.cli_worker import check_nats_url
-    from familiar.queue.submit import submit_batch
-
-    url = check_nats_url(url)
-    with _progress(reports, quiet) as progress:
-        return await submit_batch(
-            url,
-            cfg.home,
-            opts,
-            files,
-            reports,
-            progress=progress,
-            wait_s=cfg.fleet.ledger_wait_s,
-            collect_timeout_s=cfg.fleet.collect_timeout_s,
-        )
-
-
-def _check_home(home: Path) -> None:
-    """StateError (exit 2) when FAMILIAR_HOME can never be made (a file where a directory
-    should be, a parent not writable); checked without creating anything."""
-    import os
-
-    for at in (home, *home.parents):
-        if not at.exists():
-            continue
-        if not at.is_dir():
-            raise StateError(f"state directory {home}: {at} is not a directory")
-        if at != home and not os.access(at, os.W_OK | os.X_OK):
-            raise StateError(f"state directory {home}: cannot create it in {at}")
-        return
-
-
-def _warn(message: str) -> None:
-    print(f"familiar: warning: {message}", file=sys.stderr)
-
-
 def _quiet(args: argparse.Namespace) -> bool:
     """-q anywhere on the command line (before or after the command)."""
     return any(v for k, v in vars(args).items() if k.split("_")[0] == "quiet")
+
+
+def _progress_factory(reports: list[Any], quiet: bool) -> Callable[[], _progress]:
+    return lambda: _progress(reports, quiet)
 
 
 class _progress:

@@ -73,7 +73,7 @@ class Calls:
         self.cached_tokens = 0  # prompt tokens the servers said came from their cache
 
     def client(self, role: str) -> SlotClient:
-        return self.fleet[self.cfg.slots_for(role)[0].name]
+        return self.fleet.client_for(self.cfg, role)
 
     def messages(self, role: str, user: str) -> Messages:
         return chat(self.prompts[self.cfg.roles[role].prompt].text, user)

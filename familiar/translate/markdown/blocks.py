@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Literal
 
 from familiar.translate.markdown.frontmatter import front_matter
 from familiar.translate.markdown.inline import inline_items, norm_label
@@ -19,7 +18,6 @@ from familiar.translate.markdown.model import (
     FieldPart,
     FrontMatter,
     Item,
-    Segment,
     estimate_tokens,
     merge,
     pick_delims,
@@ -57,23 +55,15 @@ def parse(
         fm = FrontMatter(
             "".join(p if isinstance(p, str) else text_of(p[2]) for p in fm_parts), fields
         )
-    body = "".join(c + e for c, e in lines)
-    shape = outline(body)
+    shape = outline("".join(c + e for c, e in lines))  # the body, parsed (then let go)
     labels = set(shape.labels) | {norm_label(m[1]) for c, _ in lines if (m := _REFDEF.match(c))}
     blocks = _blocks(lines, shape.leaves, labels)
-    segs: list[Segment] = []
-    for blk in blocks:
-        kind: Literal["text", "keep"] = "text" if blk.kind == "prose" else "keep"
-        if segs and segs[-1].kind == kind:
-            segs[-1] = Segment(kind, segs[-1].text + text_of(blk.items))
-        else:
-            segs.append(Segment(kind, text_of(blk.items)))
     starts = [0]
     for c, e in lines:
         starts.append(starts[-1] + len(c) + len(e))
     tops = tuple(starts[t] for t in shape.tops)
     inner = tuple(starts[t] for t in shape.inner)
-    return Article(fm, segs, newline, bom, pick_delims(source), fm_parts, blocks, tops, inner)
+    return Article(fm, source, newline, bom, pick_delims(source), fm_parts, blocks, tops, inner)
 
 
 def make_block(items: list[Item], heading: bool = False, keep: bool = False) -> Block:
