@@ -12,8 +12,9 @@ is shown, and per event where the phase is per event:
 * read + parse events: the rest of the body, split into events, parsed into the ``Answer``
 * of which parsing: the same bytes replayed from memory through the reader (no I/O)
 * close + check: the connection back to the pool, ``check_finished``
-* SlotClient around it: a whole ``SlotClient.chat`` minus the phases (seat, replica
-  choice, timeouts, error mapping, the result)
+* SlotClient around it: a whole ``SlotClient.chat`` minus its exchange (``post`` to the
+  reply's close), call by call: seat, replica choice, the JSON body, timeouts, error
+  mapping, ``check_finished``, the result
 
 ``--cprofile`` adds the functions that cost most in C concurrent SlotClient calls.
 
@@ -119,16 +120,54 @@ async def profile_pipe(name: str, url: str, args: argparse.Namespace) -> dict[st
     slot = Slot(name="bench", url=url, model="m", parallel=4)
     forced = None if name == "aiohttp" else HTTP.AsyncHTTPTransport()
     async with SlotClient(slot, transport=forced) as client:
+        timed = client._pipe = _TimedPipe(client._pipe)
         for _ in range(5):
             await client.chat(msg)
         for _ in range(args.calls):
             t = time.perf_counter_ns()
             await client.chat(msg)
-            times["whole SlotClient.chat"].append(time.perf_counter_ns() - t)
+            whole = time.perf_counter_ns() - t
+            times["whole SlotClient.chat"].append(whole)
+            times["SlotClient around it"].append(whole - timed.exchange_ns)
     med = {p: statistics.median(v) / 1000 for p, v in times.items() if v}
-    inner = sum(med[p] for p in [*PHASES[:4], "close + check"])
-    med["SlotClient around it"] = med["whole SlotClient.chat"] - inner
     return {"median_us": med, "events": events}
+
+
+class _TimedPipe:
+    """A SlotClient's pipe, timing its exchange: ``post`` to the reply's ``close``."""
+
+    def __init__(self, pipe: transport.Pipe) -> None:
+        self.pipe, self.name, self.exchange_ns, self._t = pipe, pipe.name, 0, 0
+
+    def url(self, url: str) -> Any:
+        return self.pipe.url(url)
+
+    async def post(self, url: Any, headers: Any, content: bytes) -> Any:
+        self._t = time.perf_counter_ns()
+        return _TimedReply(self, await self.pipe.post(url, headers, content))
+
+    def closed(self) -> None:
+        self.exchange_ns = time.perf_counter_ns() - self._t
+
+    async def aclose(self) -> None:
+        await self.pipe.aclose()
+
+
+class _TimedReply:
+    def __init__(self, pipe: _TimedPipe, reply: Any) -> None:
+        self.pipe, self.reply, self.status, self.headers = pipe, reply, reply.status, reply.headers
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        chunks: AsyncIterator[bytes] = self.reply.chunks()
+        return chunks
+
+    async def body(self) -> bytes:
+        content: bytes = await self.reply.body()
+        return content
+
+    async def close(self, reuse: bool) -> None:
+        await self.reply.close(reuse)
+        self.pipe.closed()
 
 
 async def cprofile_slot_client(url: str, args: argparse.Namespace) -> str:
