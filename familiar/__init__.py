@@ -2,7 +2,7 @@
 
 The public names below are imported on first use (PEP 562 module ``__getattr__``), so
 ``import familiar`` -- and with it ``familiar --version`` and ``familiar --help`` -- does not
-pay for the HTTP stack (openai, httpx) or pydantic. ``from familiar import SlotClient`` works
+pay for the HTTP stack (aiohttp, httpx2) or pydantic. ``from familiar import SlotClient`` works
 as before; type checkers see ordinary imports.
 """
 
