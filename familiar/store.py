@@ -12,7 +12,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +83,22 @@ def _fsync_dir(directory: Path) -> None:
 _PIECE = 1 << 20  # characters encoded at a time when a text is written
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    if len(text) <= _PIECE:
+def write_text_atomic(path: Path, text: str | Iterable[str]) -> None:
+    """``text`` as UTF-8, written atomically; a long text, or pieces of one, is encoded a
+    piece at a time (never a whole second copy in memory)."""
+    if isinstance(text, str) and len(text) <= _PIECE:
         write_bytes_atomic(path, text.encode("utf-8"))
         return
-    pieces = (text[i : i + _PIECE].encode("utf-8") for i in range(0, len(text), _PIECE))
-    write_bytes_atomic(path, pieces)
+    write_bytes_atomic(path, (piece.encode("utf-8") for piece in _pieces(text)))
+
+
+def _pieces(text: str | Iterable[str]) -> Iterator[str]:
+    """``text`` in pieces of at most ``_PIECE`` characters."""
+    for part in [text] if isinstance(text, str) else text:
+        if len(part) <= _PIECE:
+            yield part
+        else:
+            yield from (part[i : i + _PIECE] for i in range(0, len(part), _PIECE))
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

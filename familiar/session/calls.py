@@ -11,8 +11,8 @@ from typing import Any
 
 import structlog
 
-from familiar.backend import CallResult, SlotClient
-from familiar.config import Config
+from familiar.client.backend import CallResult, SlotClient
+from familiar.config.workspace import Config
 from familiar.errors import PlanInvalid
 from familiar.fleet import Fleet
 from familiar.plan import (
@@ -26,10 +26,10 @@ from familiar.plan import (
     plan_schema,
     with_files,
 )
-from familiar.prompts import Prompt
 from familiar.session import answers
 from familiar.session.files import FileOut, FilesPolicy
 from familiar.session.messages import Messages, chat, feedback, follow_up
+from familiar.session.prompts import Prompt
 
 FIX_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -73,7 +73,7 @@ class Calls:
         self.cached_tokens = 0  # prompt tokens the servers said came from their cache
 
     def client(self, role: str) -> SlotClient:
-        return self.fleet[self.cfg.slots_for(role)[0].name]
+        return self.fleet.client_for(self.cfg, role)
 
     def messages(self, role: str, user: str) -> Messages:
         return chat(self.prompts[self.cfg.roles[role].prompt].text, user)

@@ -38,7 +38,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from familiar.backend import SlotClient
+from familiar.client.backend import SlotClient
+from familiar.config.roles import TRANSLATOR
 from familiar.context import bound_affinity
 from familiar.dispatch import Dispatcher, Pool, WorkItem
 from familiar.errors import ArticleError, BackendError, FamiliarError, LedgerUnavailable
@@ -200,7 +201,8 @@ class Translator:
             async def work() -> None:
                 prepared = self._prepare(text, report)
                 if prepared is not None:
-                    done[0] = await self._translate_chunks(dispatcher, 0, *prepared, rel, report)
+                    outcome = await self._translate_chunks(dispatcher, 0, *prepared, rel, report)
+                    done[0] = md.assemble(*outcome)
                 if done[0] is not None:
                     report.status = "failed" if report.failed_chunks else "ok"
 
@@ -273,12 +275,13 @@ class Translator:
         prepared = self._prepare(read_article(src), report)
         if prepared is None:
             return
-        translated = await self._translate_chunks(dispatcher, n, *prepared, rel, report)
-        del prepared  # the chunks are let go before the write (which encodes a copy)
+        chunks, translations = await self._translate_chunks(dispatcher, n, *prepared, rel, report)
+        del prepared
         out = output_path(
             src, rel, to=self.opts.to, out_dir=self.opts.out_dir, in_place=self.opts.in_place
         )
-        write_article(out, translated)
+        # written as it is put together: no whole copy of a big article's translation
+        write_article(out, md.assemble_pieces(chunks, translations))
         report.out = str(out)
         report.status = "failed" if report.failed_chunks else "ok"
 
@@ -303,8 +306,8 @@ class Translator:
         source_lang: str,
         rel: Path,
         report: ArticleReport,
-    ) -> str:
-        """The article's translation."""
+    ) -> tuple[md.Chunking, dict[int, str]]:
+        """The article's chunks and their translations (chunk index -> text)."""
         report.chunks = len(chunks)
         self.progress("chunks-total", len(chunks))
         translations: dict[int, str] = {}
@@ -317,7 +320,7 @@ class Translator:
             jobs = (Job(ch, source_lang, anchor) for ch in islice(chunks, 1, None))
             await self._all(dispatcher, n, rel, report, jobs, translations)
         report.failed_chunks.sort()
-        return md.assemble(chunks, translations)
+        return chunks, translations
 
     async def _all(
         self,
@@ -416,7 +419,7 @@ class Translator:
         fut.add_done_callback(_retrieve)
         self._asked[key] = fut
         try:
-            result = await (await dispatcher.submit(WorkItem(item_id, "translator", job)))
+            result = await (await dispatcher.submit(WorkItem(item_id, TRANSLATOR, job)))
             if result.error is not None:
                 raise result.error
             assert result.value is not None

@@ -200,7 +200,7 @@ def read_article(path: Path) -> str:
         raise ArticleError(f"cannot read: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
-    if not data.strip():
+    if not data or data.isspace():  # (no strip(): a copy of a 50 MB file)
         raise ArticleError("empty file")
     if b"\x00" in data[:8192]:
         raise ArticleError("binary file, not Markdown")
@@ -218,8 +218,9 @@ def read_article(path: Path) -> str:
         raise ArticleError(f"not UTF-8{hint}") from None
 
 
-def write_article(path: Path, text: str) -> None:
-    """Write a translation atomically, or ArticleError naming the path."""
+def write_article(path: Path, text: str | Iterable[str]) -> None:
+    """Write a translation (or its pieces, in order) atomically, or ArticleError naming
+    the path."""
     try:
         write_text_atomic(path, text)
     except OSError as exc:

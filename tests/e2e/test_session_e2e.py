@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from familiar import copycheck
-from familiar.cli import main
-from familiar.prompts import load_prompt
+from familiar.cli.main import main
+from familiar.session.prompts import load_prompt
 
 pytestmark = pytest.mark.e2e
 

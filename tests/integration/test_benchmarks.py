@@ -39,6 +39,9 @@ TINY: dict[str, list[str]] = {
     "mcp_overhead": ["--tiny"],
     "batch_jsonl": ["--tiny"],
     "affinity": ["--tiny"],
+    "profile_stream": [
+        "--tokens", "10", "--calls", "5", "--cprofile", "--answers", "8", "--concurrency", "4",
+    ],
 }  # fmt: skip
 
 

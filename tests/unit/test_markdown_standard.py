@@ -4,6 +4,7 @@ the wrong language; split parts joined the way the target language joins them.""
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
@@ -280,3 +281,24 @@ def test_a_heading_stays_on_one_line_and_crlf_and_prefixes_come_back() -> None:
     assert chunk_problems(ch, "A\nheading⟦P0⟧\nfirst line\nsecond", "stop", dst="en") != []
     out = assemble(chunks, {0: "Heading⟦P0⟧\nfirst line\nsecond line"})
     assert out == "> # Heading ##\r\n> First line\r\n> second line\r\n".replace("First", "first")
+
+
+def test_a_long_text_outlined_window_by_window_is_outlined_as_a_whole() -> None:
+    """A long article is outlined a few thousand lines at a time (its parser tokens would
+    take about 5 bytes a source byte): windows as small as one line give exactly the
+    outline of the whole text, for the spec's examples run together and for their lines
+    mixed at random (unclosed fences, lists, setext underlines, tables, definitions cut by
+    a window's end)."""
+    from familiar.translate.markdown import standard
+
+    rng = random.Random(7)
+    texts = [e.markdown for e in EXAMPLES]
+    lines = [line for t in texts for line in t.split("\n")]
+    docs = ["\n".join(texts), "".join(texts)]
+    docs += ["\n".join(rng.sample(texts, 12)) for _ in range(60)]
+    docs += ["\n".join(rng.choice(lines) for _ in range(40)) for _ in range(120)]
+    for doc in docs:
+        whole = standard.outline(doc, window=10**9)
+        for window in (1, 2, 3, 8):
+            assert standard.outline(doc, window=window) == whole, (window, doc[:300])
+    assert len(standard.outline(docs[0], window=5).leaves) > 500  # the check saw blocks

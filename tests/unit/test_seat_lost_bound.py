@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from familiar import backend
-from familiar.backend import SlotClient
+from familiar.client import backend
+from familiar.client.backend import SlotClient
+from familiar.config.slots import Slot
 from familiar.errors import SeatLost
-from familiar.slots import Slot
 
 
 async def test_an_attempt_gives_up_after_a_bounded_number_of_lost_seats(

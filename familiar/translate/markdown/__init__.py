@@ -55,6 +55,7 @@ from familiar.translate.markdown.model import (
 )
 from familiar.translate.markdown.restore import (
     assemble,
+    assemble_pieces,
     chunk_problems,
     markup_problems,
     validate,
@@ -67,6 +68,7 @@ __all__ = [
     "FrontMatter",
     "Segment",
     "assemble",
+    "assemble_pieces",
     "chunk",
     "chunk_problems",
     "estimate_tokens",

@@ -78,10 +78,11 @@ class Block:
 
 @dataclass(frozen=True)
 class Article:
-    """A parsed document; ``source`` rebuilds the input exactly.  Build it with ``parse``."""
+    """A parsed document.  Build it with ``parse``; ``source`` is the input itself (held, not
+    rebuilt: a 50 MB article is not copied), ``body_segments`` what the blocks rebuild."""
 
     front_matter: FrontMatter | None
-    body_segments: list[Segment]
+    source: str = field(repr=False)
     newline: str  # dominant line ending, "\r\n" or "\n"
     bom: str = ""
     delims: tuple[str, str] = field(default=PAIRS[0], repr=False)  # placeholder brackets
@@ -91,9 +92,16 @@ class Article:
     inner: tuple[int, ...] = field(default=(), repr=False)  # ... and of blocks one level down
 
     @property
-    def source(self) -> str:
-        front = self.front_matter.text if self.front_matter else ""
-        return self.bom + front + "".join(s.text for s in self.body_segments)
+    def body_segments(self) -> list[Segment]:
+        """The body as runs of prose (``text``) and kept (``keep``) blocks."""
+        segs: list[Segment] = []
+        for blk in self.blocks:
+            kind: Literal["text", "keep"] = "text" if blk.kind == "prose" else "keep"
+            if segs and segs[-1].kind == kind:
+                segs[-1] = Segment(kind, segs[-1].text + text_of(blk.items))
+            else:
+                segs.append(Segment(kind, text_of(blk.items)))
+        return segs
 
 
 @dataclass(frozen=True)
@@ -101,10 +109,16 @@ class Slot:
     """A chunk and what putting its translation back needs."""
 
     chunk: Chunk
-    original: str
+    kept: str  # the chunk's source text; "" once its frame holds it (no second copy)
     breaks: tuple[str, ...]  # the source's line endings (with trailing blanks), in order
     style: str | None  # None for body prose, else the front matter quote style
     prefixes: tuple[str, ...] = ()  # each chunk line's prefix (len(breaks) + 1, or none)
+
+    @property
+    def original(self) -> str:
+        """The chunk's source text, byte for byte."""
+        frame = self.chunk.frame
+        return frame.source[frame.start : frame.end] if frame is not None else self.kept
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from itertools import pairwise
 
 from familiar import copycheck
@@ -28,25 +28,34 @@ def assemble(chunking: Chunking, translations: Mapping[int, str]) -> str:
     A missing index keeps that chunk's source.  Raises ``ValueError`` for an unknown index or
     a translation whose placeholders are missing, duplicated or invented.
     """
+    return "".join(assemble_pieces(chunking, translations))
+
+
+def assemble_pieces(chunking: Chunking, translations: Mapping[int, str]) -> Iterator[str]:
+    """``assemble``'s document in pieces, in order, made as they are read (a big article is
+    written out without a second copy of it in memory).  The ``ValueError`` for an unknown
+    index comes before the first piece; one for a bad translation when its piece is made."""
     unknown = set(translations) - set(range(len(chunking.slots)))
     if unknown:
         raise ValueError(f"no chunk with index {sorted(unknown)}")
-    out: list[str] = []
+    return _pieces(chunking, translations)
+
+
+def _pieces(chunking: Chunking, translations: Mapping[int, str]) -> Iterator[str]:
     prev: tuple[str, str] | None = None
     for piece in chunking.layout:
         if isinstance(piece, str):
-            out.append(piece)
+            yield piece
             prev = None
             continue
         slot = chunking.slots[piece]
-        text = slot.original
+        original = text = slot.original
         if piece in translations:
             text = _restore(slot, translations[piece], chunking.newline)
-            if prev:
-                out.append(glue(prev[0], prev[1], text, slot.chunk.text))
-        out.append(text)
-        prev = (slot.chunk.text, text)
-    return "".join(out)
+            if prev:  # judged on the source's bytes (a placeholder's brackets may be CJK)
+                yield glue(prev[0], prev[1], text, original)
+        yield text
+        prev = (original, text)
 
 
 def validate(chunk: Chunk, output: str) -> list[str]:

@@ -5,6 +5,8 @@ targets) (pure)."""
 
 from __future__ import annotations
 
+import re
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -41,8 +43,49 @@ class Outline:
     inner: tuple[int, ...]
 
 
-def outline(text: str) -> Outline:
-    """The leaf blocks of ``text`` as a CommonMark parser finds them."""
+#: lines parsed at once: a long article is outlined window by window, so the parser's tokens
+#: (about 5 bytes a source byte) never exist for the whole of it at once
+WINDOW_LINES = 4_000
+_EOL = re.compile(r"\r\n|\r|\n")
+
+
+def outline(text: str, window: int = WINDOW_LINES) -> Outline:
+    """The leaf blocks of ``text`` as a CommonMark parser finds them.
+
+    A text of more than ``window`` lines is parsed a window at a time.  Block structure is
+    decided going forward: a top-level block followed by the start of another is complete,
+    whatever comes later.  So of each window everything before its last top-level block is
+    kept, and the next window starts at that block (a window holding one block only grows).
+    Reference labels are collected from every window."""
+    starts = array("q", [0])
+    starts.extend(m.end() for m in _EOL.finditer(text))
+    if starts[-1] == len(text):  # a final line end opens no line
+        starts.pop()
+    lines = len(starts) if text else 0
+    if lines <= window:
+        return _outline(text, 0)
+    leaves: list[Leaf] = []
+    labels: set[str] = set()
+    tops: list[int] = []
+    inner: list[int] = []
+    pos, size = 0, window
+    while pos < lines:
+        end = min(lines, pos + size)
+        part = _outline(text[starts[pos] : starts[end] if end < lines else len(text)], pos)
+        cut = max((t for t in part.tops if t > pos), default=pos) if end < lines else end
+        if cut == pos:  # one block fills the window: look further
+            size *= 2
+            continue
+        leaves += (leaf for leaf in part.leaves if leaf.start < cut)
+        labels |= part.labels
+        tops += (t for t in part.tops if t < cut)
+        inner += (t for t in part.inner if t < cut)
+        pos, size = cut, window
+    return Outline(tuple(leaves), frozenset(labels), tuple(tops), tuple(sorted(set(inner))))
+
+
+def _outline(text: str, first: int) -> Outline:
+    """The outline of ``text``, its line numbers counted from ``first``."""
     env: dict[str, dict[str, object]] = {}
     tokens = _BLOCKS.parse(text, env)  # blocks only: inline content is not parsed
     leaves: list[Leaf] = []
@@ -51,7 +94,7 @@ def outline(text: str) -> Outline:
     for k, t in enumerate(tokens):
         if t.map is None or t.nesting < 0:
             continue
-        a, b = t.map
+        a, b = t.map[0] + first, t.map[1] + first
         if t.level == 0:
             tops.append(a)
         elif t.level == 1:
@@ -63,11 +106,11 @@ def outline(text: str) -> Outline:
             if t.markup.startswith("#"):
                 leaves.append(Leaf("atx", a, b, inner.content))
             else:
-                end = inner.map[1] if inner.map else b - 1
+                end = inner.map[1] + first if inner.map else b - 1
                 leaves.append(Leaf("setext", a, end, inner.content))
                 leaves.append(Leaf("keep", end, b))
         elif t.type == "table_open":
-            rows = _rows(tokens, k)
+            rows = tuple(r + first for r in _rows(tokens, k))
             leaves.append(Leaf("table", a, b, rows=rows))
         elif t.type in ("code_block", "fence", "html_block", "hr"):
             leaves.append(Leaf("keep", a, b))

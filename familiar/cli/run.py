@@ -10,8 +10,8 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from familiar import signals
-from familiar.config import find_workspace, state_home
+from familiar.cli import signals
+from familiar.config.workspace import find_workspace, state_home
 from familiar.errors import ConfigError, Terminated
 from familiar.store import read_record
 
@@ -176,7 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
 
     def view(fleet: Fleet) -> AbstractContextManager[Any]:
-        from familiar.view import LiveView, PlainView
+        from familiar.session.view import LiveView, PlainView
 
         if sys.stderr.isatty() and not args.json:
             return LiveView(lambda: service.seat_statistics(fleet))
