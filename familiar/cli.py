@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  familiar completion bash > ~/.local/share/bash-completion/completions/familiar\n"
         "  familiar completion fish > ~/.config/fish/completions/familiar.fish\n"
         "  familiar completion zsh > ~/.familiar-completion.zsh\n"
-        "\nor load it at every start of the shell (in ~/.bashrc; zsh alike; a saved file may be sourced):\n"
+        "\nor load it at every start of the shell (in ~/.bashrc; zsh alike):\n"
         '  eval "$(familiar completion bash)"\n',
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

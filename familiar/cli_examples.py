@@ -84,7 +84,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "bench": (
         "familiar bench naughty --concurrency 1,2,4,8,16",
-        "familiar bench translator --concurrency 1,2,4 --repeat 3 --plot bench.png",
+        "familiar bench translator --rate 1,2,inf --requests 64   # open loop, Poisson",
         "familiar bench --list",
     ),
 }
