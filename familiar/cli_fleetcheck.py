@@ -268,8 +268,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         from familiar.fleetcheck.openloop import rate_text
         from familiar.fleetcheck.report import bench_text
+        from familiar.fleetcheck.termchart import draw
 
         print(rate_text(data, run.levels) if rates else bench_text(data, run.levels))
+        draw(run.levels, sys.stdout, title=f"{run.slot}: {run.model}")  # a terminal only
         if "applied" in data:
             applied = data["applied"]
             done = "written to" if applied["changed"] else "already in"

@@ -93,6 +93,7 @@ async def test_inf_sends_at_once_but_never_more_than_the_seats_held(
         assert code == 0, err
         assert srv.stats["max_in_flight"] == 2
     assert "open loop, Poisson arrivals" in text and "sent/s" in text
+    assert "output tok/s" not in text  # no terminal chart without a terminal
     row = next(line for line in text.splitlines() if line.startswith("inf "))
     assert " 2/2 " in row, row
 
