@@ -428,6 +428,8 @@ def _compare(args: argparse.Namespace) -> int:
     home = state_home(find_workspace(args.workspace))
     a, b = (saved.load(home, ref) for ref in args.compare)
     la, lb = saved.levels(a), saved.levels(b)
+    if any(lv.rate is not None for lv in (*la, *lb)):
+        raise ConfigError("--compare compares concurrency sweeps, not open-loop (--rate) runs")
     differ = saved.different_settings(a, b)
     if differ:
         what = "; ".join(differ)

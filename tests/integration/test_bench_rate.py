@@ -73,7 +73,7 @@ async def test_inf_sends_at_once_but_never_more_than_the_seats_held(
         ws = workspace(tmp_path, srv.url)
         code, data, err = await bench(
             capsys, "naughty", "--workspace", ws, "--rate", "inf,5", "--requests", "12",
-            "--output-tokens", "8", "--input-tokens", "8", "--json",
+            "--output-tokens", "8", "--input-tokens", "8", "--json", "--save",
         )  # fmt: skip
         assert code == 0, err
         most = srv.stats["max_in_flight"]
@@ -88,7 +88,7 @@ async def test_inf_sends_at_once_but_never_more_than_the_seats_held(
         code, text, err = await bench(
             capsys, "naughty", "--workspace", workspace(tmp_path, srv.url), "--rate", "inf",
             "--concurrency", "2",
-            "--requests", "6", "--output-tokens", "4", "--input-tokens", "8",
+            "--requests", "6", "--output-tokens", "4", "--input-tokens", "8", "--save",
         )  # fmt: skip
         assert code == 0, err
         assert srv.stats["max_in_flight"] == 2
@@ -96,6 +96,9 @@ async def test_inf_sends_at_once_but_never_more_than_the_seats_held(
     assert "output tok/s" not in text  # no terminal chart without a terminal
     row = next(line for line in text.splitlines() if line.startswith("inf "))
     assert " 2/2 " in row, row
+    second = err.split("saved as ")[1].split()[0]
+    code, _, err = await bench(capsys, "--workspace", ws, "--compare", data["id"], second)
+    assert code == 2 and "not open-loop (--rate) runs" in err
 
 
 @pytest.mark.parametrize(
