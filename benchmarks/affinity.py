@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from _common import table
 
 from familiar.backend import CallResult, SlotClient
+from familiar.config.slots import Slot
 from familiar.context import bound_correlation_id
 from familiar.logs import configure
-from familiar.slots import Slot
 from familiar.wire import RetryPolicy
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.prefix_cache import PrefixCacheConfig

@@ -32,9 +32,9 @@ from pathlib import Path
 import _common  # puts the repo on sys.path
 
 from familiar.backend import SlotClient
+from familiar.config.slots import Slot
 from familiar.ledger import HostLedger, Ledger, deployment_id, deployment_label
 from familiar.seats import Seats
-from familiar.slots import Slot
 from tests.support.fake_openai import spawn_fake_server
 
 MSG = [{"role": "user", "content": "benchmark"}]

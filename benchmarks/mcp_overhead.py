@@ -22,7 +22,7 @@ from pathlib import Path
 import _common  # puts the repo on sys.path
 
 from familiar.backend import SlotClient
-from familiar.slots import Slot
+from familiar.config.slots import Slot
 from tests.support.fake_openai import spawn_fake_server
 
 MSG = [{"role": "user", "content": "hello"}]

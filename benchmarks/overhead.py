@@ -19,7 +19,7 @@ import _common  # puts the repo on sys.path
 import openai
 
 from familiar.backend import SlotClient
-from familiar.slots import Slot
+from familiar.config.slots import Slot
 from tests.support.fake_openai import spawn_fake_server
 
 MSG = [{"role": "user", "content": "benchmark"}]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import _common  # puts the repo on sys.path
 
-from familiar.config import shipped_dir
+from familiar.config.workspace import shipped_dir
 from familiar.plan import Plan, Subtask
 from familiar.prompts import load_prompt
 from familiar.session import messages as msg

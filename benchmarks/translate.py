@@ -22,8 +22,8 @@ import _common
 import openai
 
 from familiar.backend import SlotClient
+from familiar.config.slots import Slot
 from familiar.dispatch import Pool
-from familiar.slots import Slot
 from familiar.translate import markdown as md
 from familiar.translate.batch import BatchOptions, Translator
 from familiar.translate.cache import ChunkCache

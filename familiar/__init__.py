@@ -2,7 +2,7 @@
 
 The public names below are imported on first use (PEP 562 module ``__getattr__``), so
 ``import familiar`` -- and with it ``familiar --version`` and ``familiar --help`` -- does not
-pay for the HTTP stack (openai, httpx) or pydantic. ``from familiar import SlotClient`` works
+pay for the HTTP stack (aiohttp, httpx2) or pydantic. ``from familiar import SlotClient`` works
 as before; type checkers see ordinary imports.
 """
 
@@ -17,10 +17,10 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _LAZY: dict[str, str] = {
-    "PRESETS": "familiar.roles",
+    "PRESETS": "familiar.config.roles",
     "CallEvent": "familiar.backend",
     "CallResult": "familiar.backend",
-    "Config": "familiar.config",
+    "Config": "familiar.config.workspace",
     "ConfigError": "familiar.errors",
     "Dispatcher": "familiar.dispatch",
     "FamiliarError": "familiar.errors",
@@ -28,27 +28,27 @@ _LAZY: dict[str, str] = {
     "ItemResult": "familiar.dispatch",
     "Pool": "familiar.dispatch",
     "RetryPolicy": "familiar.backend",
-    "RoleConfig": "familiar.roles",
+    "RoleConfig": "familiar.config.roles",
     "RuntimeFailure": "familiar.errors",
     "Seats": "familiar.seats",
-    "Slot": "familiar.slots",
+    "Slot": "familiar.config.slots",
     "SlotClient": "familiar.backend",
     "WorkItem": "familiar.dispatch",
-    "load_config": "familiar.config",
-    "load_slots": "familiar.slots",
-    "parse_role_string": "familiar.roles",
+    "load_config": "familiar.config.workspace",
+    "load_slots": "familiar.config.slots",
+    "parse_role_string": "familiar.config.roles",
     "run_all": "familiar.dispatch",
 }
 
 if TYPE_CHECKING:
     from familiar.backend import CallEvent, CallResult, RetryPolicy, SlotClient
-    from familiar.config import Config, load_config
+    from familiar.config.roles import PRESETS, RoleConfig, parse_role_string
+    from familiar.config.slots import Slot, load_slots
+    from familiar.config.workspace import Config, load_config
     from familiar.dispatch import Dispatcher, ItemResult, Pool, WorkItem, run_all
     from familiar.errors import ConfigError, FamiliarError, RuntimeFailure
     from familiar.fleet import Fleet
-    from familiar.roles import PRESETS, RoleConfig, parse_role_string
     from familiar.seats import Seats
-    from familiar.slots import Slot, load_slots
 
 __all__ = [
     "PRESETS",

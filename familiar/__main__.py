@@ -2,6 +2,6 @@
 
 import sys
 
-from familiar.cli import main
+from familiar.cli.main import main
 
 sys.exit(main())

@@ -19,13 +19,13 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
-import openai
 import structlog
 from asyncio_throttle.throttler import Throttler
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from familiar.config.slots import Slot
 from familiar.context import correlation_id, current_affinity
 from familiar.errors import (
     BackendError,
@@ -37,9 +37,9 @@ from familiar.logs import redact_url, register_secret, register_url_secrets
 from familiar.reading import Answer, Kind, check_finished, read_stream, read_whole
 from familiar.replicas import Replica, ReplicaSet
 from familiar.seats import Seats
-from familiar.slots import Slot
+from familiar.transport import Limits, Target, dumps, pipe_for
 from familiar.warm import WarmGate
-from familiar.wire import HTTP, RetryPolicy, map_errors, retryable
+from familiar.wire import RetryPolicy, Sent, map_errors, retryable
 
 log = structlog.get_logger("familiar.backend")
 
@@ -152,29 +152,15 @@ class SlotClient:
         # client's read timeout is the stall limit: no byte for that long aborts the
         # attempt. A non-streamed answer sends its first byte at the end: no stall limit.
         stall = self._stall_s = min(slot.stall_timeout_s, slot.timeout_s)
-        self._http = HTTP.AsyncClient(
-            transport=transport,
-            timeout=HTTP.Timeout(
-                stall if stream else slot.timeout_s,
-                connect=min(slot.connect_timeout_s, slot.timeout_s),
-            ),
-            limits=HTTP.Limits(max_connections=size, max_keepalive_connections=size),
-        )
+        connect = min(slot.connect_timeout_s, slot.timeout_s)
+        read = stall if stream else slot.timeout_s
+        self._pipe = pipe_for(Limits(size, connect, read), transport)
         key = slot.api_key()
         register_secret(key)
         for url in slot.url:
             register_url_secrets(url)  # the token or password, and its Basic-auth form
         replicas = [
-            Replica(
-                url=url,
-                label=redact_url(url),
-                client=openai.AsyncOpenAI(
-                    base_url=url,
-                    api_key=key or "sk-no-key",
-                    max_retries=0,
-                    http_client=cast(Any, self._http),
-                ),
-            )
+            Replica(url=url, label=redact_url(url), client=Target.of(self._pipe, url, key))
             for url in slot.url
         ]
         self.replica_set = ReplicaSet(
@@ -193,7 +179,7 @@ class SlotClient:
         )
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._pipe.aclose()
 
     async def __aenter__(self) -> SlotClient:
         return self
@@ -396,17 +382,23 @@ class SlotClient:
     async def _request(
         self, replica: Replica, kind: Kind, body: dict[str, Any], acc: Answer, start: float
     ) -> None:
+        target: Target = replica.client
         cid = correlation_id.get()
-        headers = {"X-Correlation-ID": cid} if cid else None
+        headers = {**target.headers, "x-correlation-id": cid} if cid else target.headers
         name, url = self.slot.name, replica.label
-        with map_errors(name, url, timeout_s=self.slot.timeout_s, stall_s=self._stall_s):
+        sent = Sent()
+        with map_errors(name, url, timeout_s=self.slot.timeout_s, stall_s=self._stall_s, sent=sent):
             async with asyncio.timeout(self.slot.timeout_s):
-                api = _api(replica.client, kind)
+                payload = {"model": self.slot.model, **body}
                 if self.stream:
-                    create = api.with_streaming_response.create
-                    await read_stream(create, self.slot.model, kind, body, headers, acc, start)
+                    payload["stream"] = True
+                    payload["stream_options"] = _USAGE
+                content = dumps(payload).encode()
+                where = target.chat if kind == "chat" else target.completion
+                if self.stream:
+                    await read_stream(self._pipe, where, headers, content, kind, acc, start, sent)
                 else:
-                    await read_whole(api.create, self.slot.model, kind, body, headers, acc)
+                    await read_whole(self._pipe, where, headers, content, kind, acc, sent)
         check_finished(acc, name, url)
 
     def _emit(
@@ -464,8 +456,7 @@ class SlotClient:
                 log.exception("event hook failed", hook=repr(hook))
 
 
-def _api(client: Any, kind: Kind) -> Any:
-    return client.chat.completions if kind == "chat" else client.completions
+_USAGE = {"include_usage": True}  # usage in the last chunk of a stream
 
 
 def _throttler(rps: float | None) -> Throttler | None:

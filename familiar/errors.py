@@ -39,7 +39,7 @@ exit code; the CLI prints ``familiar: error: <message>`` and exits with it::
     KeyboardInterrupt
     └── Terminated                  143 SIGTERM, handled like Ctrl-C (which exits 130)
 
-Foreign exceptions (openai, httpx) are mapped in one place, ``backend.map_errors``.
+Foreign exceptions (aiohttp, httpx2, httpx) are mapped in one place, ``wire.map_errors``.
 Retry predicates match these classes, never messages. ``asyncio.CancelledError`` is
 never caught and turned into one of these.
 """

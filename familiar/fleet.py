@@ -1,4 +1,5 @@
-"""Fleet: one SlotClient per active slot, with the embedded backend resolved.
+"""Fleet: one SlotClient per active slot, with the embedded backend resolved; the one
+place a role becomes clients (:meth:`Fleet.pools`, :meth:`Fleet.client_for`).
 
 Seats belong to a deployment (URLs plus model), not to a slot's name: slots that
 point at the same URLs and model (e.g. every role bound to the embedded llama-server)
@@ -14,12 +15,16 @@ from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from familiar.backend import Hook, RetryPolicy, SlotClient
+from familiar.config.slots import Slot
+from familiar.dispatch import Pool
 from familiar.ledger import Kind, Ledger, deployment_id, deployment_label, make_ledger
 from familiar.seats import Seats
-from familiar.slots import Slot
+
+if TYPE_CHECKING:
+    from familiar.config.workspace import Config
 
 Deployment = tuple[tuple[str, ...], str]
 
@@ -75,6 +80,18 @@ class Fleet:
 
     def __getitem__(self, slot: str) -> SlotClient:
         return self.clients[slot]
+
+    def pools(self, cfg: Config, role: str, *, queue: str | None = None) -> list[Pool]:
+        """One dispatcher pool per slot serving ``role`` in ``cfg``, as many seats as its
+        deployment has; ``queue``: the work it takes (default: the role's own)."""
+        return [
+            Pool(queue or role, slot.name, self[slot.name].seats.total, self[slot.name])
+            for slot in cfg.slots_for(role)
+        ]
+
+    def client_for(self, cfg: Config, role: str) -> SlotClient:
+        """The client of the first slot serving ``role``."""
+        return self[cfg.slots_for(role)[0].name]
 
     async def __aenter__(self) -> Fleet:
         try:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from familiar import copycheck
-from familiar.config import overlay_path
+from familiar.config.workspace import overlay_path
 from familiar.errors import PromptError
 
 

@@ -10,12 +10,15 @@ was measured (time to first token, usage) survives a failure for telemetry.
 from __future__ import annotations
 
 import json
+import json.scanner
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from familiar.errors import BackendProtocolError
+from familiar.transport import Pipe
+from familiar.wire import Sent, refusal
 
 Kind = Literal["chat", "completion"]
 
@@ -39,107 +42,163 @@ class Answer:
 
 
 async def read_stream(
-    create: Any,
-    model: str,
+    pipe: Pipe,
+    url: Any,
+    headers: Mapping[str, str],
+    content: bytes,
     kind: Kind,
-    body: Mapping[str, Any],
-    headers: dict[str, str] | None,
     acc: Answer,
     start: float,
+    sent: Sent,
 ) -> None:
-    """Stream a completion. ``create`` is the SDK's
-    ``...completions.with_streaming_response.create``: the SDK builds and sends the
-    request and maps a refused one (status, connection) to its errors; the event stream
-    itself is read here, as plain JSON dicts, because the SDK's typed objects cost more
-    than the rest of the request (``benchmarks/stream.py``)."""
-    body = {**body, "stream_options": {"include_usage": True}}
-    piece_of = _delta if kind == "chat" else _text
-    async with create(**_arguments(kind, model, body, headers), stream=True) as response:
-        async for line in response.http_response.aiter_lines():
-            if not line.startswith("data:"):
-                continue  # blank separators, comments, "event:" lines
-            data = line[5:].strip()
-            if data == "[DONE]":
-                break
-            chunk = json.loads(data)
-            if not isinstance(chunk, dict):
-                raise ValueError(f"a stream event is not an object: {data[:80]}")
+    """Send a streamed request (``stream_options.include_usage`` set by the caller) and
+    read its SSE events into ``acc``, as plain JSON dicts, off the raw bytes: no SDK
+    objects, no text decoding of whole lines (``benchmarks/stream.py``,
+    ``benchmarks/profile_stream.py``). A status that is not 2xx raises ``Refused``."""
+    reply = await pipe.post(url, headers, content)
+    ended = False
+    try:
+        sent.answered = True
+        if not 200 <= reply.status < 300:
+            raise refusal(reply.status, await reply.body(), reply.headers)
+        ended = await _read_events(reply.chunks(), kind, acc, start)
+    finally:
+        await reply.close(ended)
+
+
+#: the JSON decoder's value scanner (C): a value at an index of a longer string, without
+#: slicing it out first nor ``json.loads``' encoding sniffing and whitespace regexes
+_scan: Any = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+
+
+async def _read_events(chunks: AsyncIterator[bytes], kind: Kind, acc: Answer, start: float) -> bool:
+    """The events of one stream into ``acc``; True once ``[DONE]`` came.
+
+    Whole lines are cut off the bytes read so far (a partial line waits for the next read),
+    decoded at once, and every ``data:`` line's JSON is scanned where it stands; other
+    lines (blank separators, comments, ``event:``) are skipped by the search."""
+    chat = kind == "chat"
+    text = acc.text
+    scan = _scan
+    rest = b""
+    async for data in _ended(chunks):
+        if rest:
+            data = rest + data
+        cut = data.rfind(b"\n") + 1
+        rest = data[cut:]
+        if not cut:
+            continue
+        lines = "\n" + data[:cut].decode()  # bad UTF-8 is a ValueError: malformed
+        if "\r" in lines:  # CRLF (or CR) line ends: all the same to a line reader
+            lines = lines.replace("\r\n", "\n").replace("\r", "\n")
+        i = lines.find("\ndata:")
+        while i >= 0:
+            j = i + 6
+            if lines[j] == " ":
+                j += 1
+            if lines[j] == "[" and lines.startswith("[DONE]", j):
+                return True
+            try:
+                chunk, end = scan(lines, j)
+            except StopIteration:  # no JSON value where the line's data starts
+                end = lines.find("\n", j)
+                chunk = json.loads(lines[j:end])  # raises, saying what is wrong
+            if lines[end] != "\n" and lines[end : lines.find("\n", end)].strip():
+                raise ValueError(f"extra data after a stream event: {lines[j : end + 80]!r}")
+            i = lines.find("\ndata:", end)
+            if type(chunk) is not dict:
+                raise ValueError(f"a stream event is not an object: {lines[j:end][:80]!r}")
             acc.chunks += 1
             if acc.response_id is None:
                 acc.response_id = chunk.get("id")
                 acc.response_model = chunk.get("model")
-            if "error" in chunk:
-                raise ValueError(f"the server reported an error mid-answer: {chunk['error']}")
-            usage = chunk.get("usage")
-            if usage:
-                acc.prompt_tokens = usage.get("prompt_tokens")
-                acc.completion_tokens = usage.get("completion_tokens")
-            if usage or "timings" in chunk:
-                read_cached(acc, usage, chunk.get("timings"))
             choices = chunk.get("choices")
-            if not choices:
-                continue
-            acc.choices += 1
-            choice = choices[0]
-            piece = piece_of(choice)
-            if piece:
-                if acc.ttft_s is None:
-                    acc.ttft_s = time.monotonic() - start
-                    if acc.on_first is not None:
-                        acc.on_first()
-                acc.text.append(piece)
-            finish = choice.get("finish_reason")
-            if finish is not None:
-                acc.finish_reason = finish
+            if choices:
+                acc.choices += 1
+                choice = choices[0]
+                if chat:
+                    delta = choice.get("delta")
+                    piece = delta.get("content") if delta else None
+                else:
+                    piece = choice.get("text")
+                if piece:
+                    if acc.ttft_s is None:
+                        acc.ttft_s = time.monotonic() - start
+                        if acc.on_first is not None:
+                            acc.on_first()
+                    text.append(piece)
+                finish = choice.get("finish_reason")
+                if finish is not None:
+                    acc.finish_reason = finish
+            if not choices or "usage" in chunk or "timings" in chunk or "error" in chunk:
+                _read_extra(acc, chunk)
+    return False
 
 
-def _arguments(
-    kind: Kind, model: str, body: Mapping[str, Any], headers: dict[str, str] | None
-) -> dict[str, Any]:
-    """The SDK call's arguments with the body as ``extra_body``: sent as it is, instead
-    of walked through the SDK's typed-dict transform first (2.5 ms per chat request of a
-    translation batch on a 2-core machine: more than the rest of the request)."""
-    empty: dict[str, Any] = {"messages": []} if kind == "chat" else {"prompt": ""}
-    return {"model": model, **empty, "extra_headers": headers, "extra_body": dict(body)}
+async def _ended(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The body's chunks, then a line end (a last line without one is a line too)."""
+    async for data in chunks:
+        yield data
+    yield b"\n"
 
 
-def _delta(choice: Mapping[str, Any]) -> str | None:
-    delta = choice.get("delta")
-    return delta.get("content") if delta else None
-
-
-def _text(choice: Mapping[str, Any]) -> str | None:
-    return choice.get("text")
+def _read_extra(acc: Answer, chunk: dict[str, Any]) -> None:
+    """The rare parts of a stream event: an error, usage, llama-server's timings."""
+    if "error" in chunk:
+        raise ValueError(f"the server reported an error mid-answer: {chunk['error']}")
+    usage = chunk.get("usage")
+    if usage:
+        acc.prompt_tokens = usage.get("prompt_tokens")
+        acc.completion_tokens = usage.get("completion_tokens")
+    if usage or "timings" in chunk:
+        read_cached(acc, usage, chunk.get("timings"))
 
 
 async def read_whole(
-    create: Any,
-    model: str,
+    pipe: Pipe,
+    url: Any,
+    headers: Mapping[str, str],
+    content: bytes,
     kind: Kind,
-    body: Mapping[str, Any],
-    headers: dict[str, str] | None,
     acc: Answer,
+    sent: Sent,
 ) -> None:
     """A non-streamed completion (its first byte comes at the end: no stall limit)."""
-    resp: Any = await create(**_arguments(kind, model, body, headers))
+    reply = await pipe.post(url, headers, content)
+    ended = False
+    try:
+        sent.answered = True
+        raw = await reply.body()
+        ended = True
+    finally:
+        await reply.close(ended)
+    if not 200 <= reply.status < 300:
+        raise refusal(reply.status, raw, reply.headers)
+    resp = json.loads(raw)
+    if type(resp) is not dict:
+        raise ValueError(f"the answer is not an object: {raw[:80]!r}")
     acc.chunks = 1
-    acc.response_id = getattr(resp, "id", None)
-    acc.response_model = getattr(resp, "model", None)
-    if resp.choices:
+    acc.response_id = resp.get("id")
+    acc.response_model = resp.get("model")
+    choices = resp.get("choices")
+    if choices:
         acc.choices = 1
-        choice = resp.choices[0]
-        text = (choice.message.content if kind == "chat" else choice.text) or ""
+        choice = choices[0]
+        if kind == "chat":
+            message = choice.get("message")
+            text = (message.get("content") if message else None) or ""
+        else:
+            text = choice.get("text") or ""
         if text:
             acc.text.append(text)
             if acc.on_first is not None:
                 acc.on_first()
-        acc.finish_reason = choice.finish_reason
-    if resp.usage is not None:
-        acc.prompt_tokens = resp.usage.prompt_tokens
-        acc.completion_tokens = resp.usage.completion_tokens
-    extra = getattr(resp, "model_extra", None) or {}
-    usage = resp.usage.model_dump() if resp.usage is not None else None
-    read_cached(acc, usage, extra.get("timings"))
+        acc.finish_reason = choice.get("finish_reason")
+    usage = resp.get("usage")
+    if usage:
+        acc.prompt_tokens = usage.get("prompt_tokens")
+        acc.completion_tokens = usage.get("completion_tokens")
+    read_cached(acc, usage, resp.get("timings"))
 
 
 def _count(value: Any) -> int | None:

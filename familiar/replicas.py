@@ -32,7 +32,7 @@ class Replica:
 
     url: str
     label: str  # the URL without userinfo: what records, events and messages show
-    client: Any = None  # the HTTP client talking to it (owned by the SlotClient)
+    client: Any = None  # where and how it is asked: a transport.Target (the SlotClient's)
     outstanding: int = 0
     failures: int = 0
     cooldown_until: float = 0.0

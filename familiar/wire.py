@@ -1,15 +1,18 @@
-"""What crosses the wire to LLM servers, in familiar's terms: foreign errors mapped to
-the error tree in one place, ``Retry-After`` parsed, and the retry policy.
+"""What crosses the wire to LLM servers, in familiar's terms: the HTTP client, foreign
+errors mapped to the error tree in one place, ``Retry-After`` parsed, and the retry policy.
 
-:func:`map_errors` is the one context manager that turns what the openai SDK and its
-HTTP client raise into :mod:`familiar.errors` classes (pattern: httpx's
-``map_httpcore_exceptions``), so retry predicates match classes, never messages.
+:func:`map_errors` is the one context manager that turns what the HTTP client raises
+(and :class:`Refused`, a status the reader would not take) into :mod:`familiar.errors`
+classes (pattern: httpx's ``map_httpcore_exceptions``), so retry predicates match classes,
+never messages. Whether a transport error came before the answer's status line or in the
+middle of its body is told by the :class:`Sent` the reader marks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -18,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import openai
 
 from familiar.errors import (
     BackendConnectError,
@@ -28,15 +30,56 @@ from familiar.errors import (
 )
 from familiar.logs import mask
 
-# The openai SDK 3.x speaks httpx2 natively (and converts legacy httpx clients on every
-# request, which costs ~40% of throughput); older SDKs speak httpx. Use the native one.
+# httpx2: its connection pool stays cheap at hundreds of connections, where httpx 1.x's
+# costs ~20 ms of CPU per request at 256 (docs/FLEETCHECK.md); httpx where it is missing.
+# benchmarks/stream.py measures it against httpx and aiohttp as SSE readers.
 HTTP: Any
 try:
     import httpx2 as HTTP
-except ImportError:  # pragma: no cover - openai < 3
+except ImportError:  # pragma: no cover - an install without httpx2
     HTTP = httpx
 _TIMEOUT_ERRORS: tuple[type[Exception], ...] = (httpx.TimeoutException, HTTP.TimeoutException)
-_TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.TransportError, HTTP.TransportError)
+_DECODING_ERRORS: tuple[type[Exception], ...] = (httpx.DecodingError, HTTP.DecodingError)
+_REQUEST_ERRORS: tuple[type[Exception], ...] = (httpx.RequestError, HTTP.RequestError)
+try:  # familiar.transport's default client, where installed
+    import aiohttp
+
+    # its read and connect timeouts are TimeoutErrors too: caught before the whole-request one
+    _TIMEOUT_ERRORS += (aiohttp.ServerTimeoutError,)
+    _REQUEST_ERRORS += (aiohttp.ClientError,)
+except ImportError:  # pragma: no cover - httpx2 serves
+    pass
+
+
+class Refused(Exception):
+    """The server answered with a status that is not 2xx (raised by the readers, mapped to
+    ``BackendHTTPError`` by :func:`map_errors`)."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str]) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+class Sent:
+    """Whether the answer's status line has arrived (set by the reader)."""
+
+    __slots__ = ("answered",)
+
+    def __init__(self) -> None:
+        self.answered = False
+
+
+def refusal(status: int, body: bytes, headers: Mapping[str, str]) -> Refused:
+    """A refused request as the openai SDK worded it: ``Error code: N - <body>``, the body
+    parsed as JSON where it is."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        message = f"Error code: {status} - {json.loads(text)}"
+    except ValueError:
+        message = text or f"Error code: {status}"
+    return Refused(status, message, headers)
 
 
 @dataclass(frozen=True)
@@ -94,44 +137,47 @@ def short(text: str, limit: int = 200) -> str:
 
 
 @contextmanager
-def map_errors(slot: str, replica: str, *, timeout_s: float, stall_s: float) -> Iterator[None]:
-    """Raise familiar's error classes for whatever the SDK or HTTP client raised inside.
+def map_errors(
+    slot: str, replica: str, *, timeout_s: float, stall_s: float, sent: Sent | None = None
+) -> Iterator[None]:
+    """Raise familiar's error classes for whatever the HTTP client or reader raised inside.
 
     ``TimeoutError`` is the whole-request limit (``asyncio.timeout(timeout_s)`` around
-    the request); the HTTP client's timeouts are the stall limit. Messages are masked:
-    servers echo keys back in errors.
+    the request); the HTTP client's timeouts are the stall limit. A transport error before
+    ``sent.answered`` failed the connection or the request; after it, the answer's body.
+    Messages are masked: servers echo keys back in errors.
     """
     try:
         yield
+    except _TIMEOUT_ERRORS:
+        where = "mid-answer" if sent is not None and sent.answered else "or connect timed out"
+        raise BackendTimeout(
+            slot, f"no byte for {stall_s:g}s (stall limit) {where}", replica=replica
+        ) from None
     except TimeoutError:  # the whole request (connect to last byte) took too long
         raise BackendTimeout(
             slot, f"no complete answer within timeout_s={timeout_s:g}s", replica=replica
         ) from None
-    except openai.APITimeoutError:
-        raise BackendTimeout(
-            slot, f"no byte for {stall_s:g}s (stall limit) or connect timed out", replica=replica
-        ) from None
-    except openai.APIConnectionError as exc:
-        raise BackendConnectError(
-            slot, f"connection failed: {mask(str(exc))}", replica=replica
-        ) from None
-    except openai.APIStatusError as exc:
+    except Refused as exc:
         raise BackendHTTPError(
             slot,
-            exc.status_code,
+            exc.status,
             short(mask(exc.message)),
-            retry_after=retry_after(exc.response.headers),
+            retry_after=retry_after(exc.headers),
             replica=replica,
         ) from None
-    except _TIMEOUT_ERRORS:
-        raise BackendTimeout(
-            slot, f"no byte for {stall_s:g}s mid-answer (stall limit)", replica=replica
+    except _DECODING_ERRORS as exc:
+        raise BackendProtocolError(
+            slot, f"malformed answer: {short(mask(str(exc)))}", replica=replica
         ) from None
-    except _TRANSPORT_ERRORS as exc:
-        raise BackendConnectError(
-            slot, f"transport error: {type(exc).__name__}", replica=replica
-        ) from None
-    except (openai.APIResponseValidationError, ValueError, KeyError, TypeError) as exc:
+    except _REQUEST_ERRORS as exc:  # connect, read, write, protocol, proxy, bad URL, payload
+        if sent is not None and sent.answered:
+            raise BackendConnectError(
+                slot, f"transport error: {type(exc).__name__}", replica=replica
+            ) from None
+        reason = short(mask(str(exc) or type(exc).__name__))
+        raise BackendConnectError(slot, f"connection failed: {reason}", replica=replica) from None
+    except (ValueError, KeyError, TypeError) as exc:
         raise BackendProtocolError(
             slot, f"malformed answer: {short(mask(str(exc)))}", replica=replica
         ) from None

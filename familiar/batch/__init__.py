@@ -16,7 +16,7 @@ from typing import Any
 
 from familiar.batch.lines import Request
 from familiar.batch.run import BatchRun, Counts, Writer, check_input, prepare_output
-from familiar.config import Config
+from familiar.config.workspace import Config
 from familiar.context import bound_correlation_id, new_correlation_id
 from familiar.errors import ConfigError
 

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from familiar.config.slots import Slot
 from familiar.fleetcheck.knee import Knee, cap_to_server, find_knee, noise
 from familiar.fleetcheck.openloop import OpenLoop, rate_name
 from familiar.fleetcheck.probe import Prober
@@ -36,7 +37,6 @@ from familiar.ledger import (
     make_ledger,
 )
 from familiar.logs import redact_url, register_url_secrets
-from familiar.slots import Slot
 from familiar.wire import HTTP
 
 Progress = Callable[[str], None]

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from familiar.config.runtimes import EMBEDDED_RUNTIME
+from familiar.config.slots import EMBEDDED, Slot
 from familiar.errors import RuntimeFailure
 from familiar.fleetcheck.probe import Prober, ReplicaHealth, SeatBusy
 from familiar.fleetcheck.runtime import capacity_warnings
 from familiar.ledger import DeploymentView, Ledger, deployment_id, deployment_label
 from familiar.logs import register_url_secrets
-from familiar.slots import EMBEDDED, Slot
 from familiar.wire import HTTP
 
 NOT_RUNNING = "the embedded llama-server is not running (`familiar local up` starts it)"
@@ -186,7 +187,7 @@ def _seat(
 
 
 def _not_running(slot: Slot) -> ReplicaHealth:
-    row = ReplicaHealth(slot.name, EMBEDDED, "llama.cpp", slot.model, slot.parallel)
+    row = ReplicaHealth(slot.name, EMBEDDED, EMBEDDED_RUNTIME, slot.model, slot.parallel)
     row.problems.append(NOT_RUNNING)
     row.finish()
     return row

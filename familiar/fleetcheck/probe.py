@@ -16,9 +16,10 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from familiar.config.runtimes import RUNTIMES
+from familiar.config.slots import Slot
 from familiar.fleetcheck import runtime as rt
 from familiar.logs import mask, redact_url
-from familiar.slots import Slot
 from familiar.wire import HTTP
 
 
@@ -170,7 +171,8 @@ class Prober:
         return row
 
     async def _health(self, row: ReplicaHealth, root: str, headers: dict[str, str]) -> None:
-        path = rt.HEALTH_PATH.get(row.runtime)
+        info = RUNTIMES.get(row.runtime)
+        path = None if info is None else info.health_path
         if path is None:
             return
         row.health_endpoint = path
@@ -186,22 +188,28 @@ class Prober:
             row.problems.append(f"GET {path}: HTTP {status}")
 
     async def _capacity(self, row: ReplicaHealth, root: str, headers: dict[str, str]) -> None:
-        runtime = row.runtime
-        where = rt.VERSION_AT.get(runtime)
-        info = None if where is None else await self._try_json(root + where[0], headers)
-        row.version = rt.version_from(runtime, info)
-        if runtime == "llama.cpp":
-            row.server_parallel = rt.slots_from_props(info)
-            if row.server_parallel is None:
-                row.server_parallel = rt.slots_from_slots(
-                    await self._try_json(root + "/slots", headers)
-                )
-        elif runtime == "sglang":
-            row.server_parallel = rt.slots_from_server_info(info)
-        if runtime in rt.LOAD_METRICS:
+        """Version, capacity and load where the runtime says them (``familiar.config.runtimes``);
+        a document read for one is not asked for again."""
+        info = RUNTIMES.get(row.runtime)
+        if info is None:
+            return
+        read: dict[str, Any] = {}
+
+        async def document(path: str) -> Any:
+            if path not in read:
+                read[path] = await self._try_json(root + path, headers)
+            return read[path]
+
+        if info.version_at is not None:
+            row.version = rt.version_from(info.name, await document(info.version_at[0]))
+        for source in info.capacity:
+            row.server_parallel = source.read(await document(source.path))
+            if row.server_parallel is not None:
+                break
+        if info.load_metrics is not None:
             text = await self._try_text(root + "/metrics", headers)
             if text is not None:
-                row.running, row.waiting = rt.load_from_metrics(runtime, rt.parse_metrics(text))
+                row.running, row.waiting = rt.load_from_metrics(info.name, rt.parse_metrics(text))
 
     async def _try_json(self, url: str, headers: dict[str, str]) -> Any:
         try:

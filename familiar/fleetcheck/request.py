@@ -5,8 +5,8 @@ server past the configured ``parallel`` (SlotClient would hold it to that cap), 
 retries (a failure is a result), and times every piece of text as its bytes arrive. The
 request asks for ``stream_options.include_usage`` so output tokens are the server's count.
 
-The HTTP client is SlotClient's, ``familiar.wire.HTTP``: httpx2 where the openai SDK
-brought it (its connection pool stays cheap at hundreds of connections, where httpx 1.x
+The HTTP client is ``familiar.wire.HTTP`` (SlotClient's too where aiohttp is missing):
+httpx2 (its connection pool stays cheap at hundreds of connections, where httpx 1.x
 spends about 20 ms of CPU per request at concurrency 256 and would cap what a bench can
 measure), else httpx. Clients, transports and exceptions all come from that module.
 """

@@ -1,20 +1,6 @@
-"""Pure: what each runtime says about itself, and where: root URL, health endpoint,
-capacity (from ``/props`` or Prometheus ``/metrics``), version; and the warnings when the
-server's capacity disagrees with the configured ``parallel``.
-
-=========  ==================  ======================================  ====================
-runtime    health              capacity / load                         version
-=========  ==================  ======================================  ====================
-llama.cpp  ``/health``         ``/props`` ``total_slots`` (else        ``/props``
-                               ``/slots``); ``llamacpp:requests_*``    ``build_info``
-vllm       ``/health``         ``vllm:num_requests_running|waiting``   ``/version``
-sglang     ``/health``         ``/get_server_info``                    ``/get_server_info``
-                               ``max_running_requests``;
-                               ``sglang:num_running_reqs|queue_reqs``
-ollama     ``/api/tags``       (not exposed)                           ``/api/version``
-openai     (none)              (none)                                  (none)
-=========  ==================  ======================================  ====================
-"""
+"""Pure: reading what a runtime says about itself (root URL, Prometheus text, capacity,
+version; where each is comes from ``familiar.config.runtimes``), and the warnings when the
+server's capacity disagrees with the configured ``parallel``."""
 
 from __future__ import annotations
 
@@ -22,33 +8,26 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-#: the runtime's own health endpoint, at the server root (None: it has none)
-HEALTH_PATH: dict[str, str | None] = {
-    "llama.cpp": "/health",
-    "vllm": "/health",
-    "sglang": "/health",
-    "ollama": "/api/tags",
-    "openai": None,
-}
-#: the Prometheus gauges of requests running / waiting, per runtime
-LOAD_METRICS: dict[str, tuple[str, str]] = {
-    "llama.cpp": ("llamacpp:requests_processing", "llamacpp:requests_deferred"),
-    "vllm": ("vllm:num_requests_running", "vllm:num_requests_waiting"),
-    "sglang": ("sglang:num_running_reqs", "sglang:num_queue_reqs"),
-}
-#: where the version is, per runtime: (path, key)
-VERSION_AT: dict[str, tuple[str, str]] = {
-    "llama.cpp": ("/props", "build_info"),
-    "vllm": ("/version", "version"),
-    "sglang": ("/get_server_info", "version"),
-    "ollama": ("/api/version", "version"),
-}
+from familiar.config.runtimes import (
+    RUNTIMES,
+    root_url,
+    slots_from_props,
+    slots_from_server_info,
+    slots_from_slots,
+)
 
-
-def root_url(base: str) -> str:
-    """The server root of an OpenAI base URL: ``http://h:8000/v1`` -> ``http://h:8000``."""
-    base = base.rstrip("/")
-    return base[: -len("/v1")] if base.endswith("/v1") else base
+__all__ = [
+    "capacity_warnings",
+    "load_from_metrics",
+    "ollama_models",
+    "parse_metrics",
+    "root_url",
+    "served_models",
+    "slots_from_props",
+    "slots_from_server_info",
+    "slots_from_slots",
+    "version_from",
+]
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -78,7 +57,8 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 def load_from_metrics(runtime: str, metrics: dict[str, float]) -> tuple[int | None, int | None]:
     """(running, waiting) from parsed ``/metrics`` (None where the runtime has no gauge)."""
-    names = LOAD_METRICS.get(runtime)
+    info = RUNTIMES.get(runtime)
+    names = None if info is None else info.load_metrics
     if names is None:
         return None, None
     running, waiting = (metrics.get(n) for n in names)
@@ -88,31 +68,9 @@ def load_from_metrics(runtime: str, metrics: dict[str, float]) -> tuple[int | No
     )
 
 
-def slots_from_props(data: Any) -> int | None:
-    """llama-server's ``total_slots`` (its ``--parallel``) from ``/props``."""
-    if isinstance(data, dict):
-        value = data.get("total_slots")
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
-
-
-def slots_from_slots(data: Any) -> int | None:
-    """llama-server's slot count from ``/slots`` (a list, one object per slot)."""
-    return len(data) if isinstance(data, list) and data else None
-
-
-def slots_from_server_info(data: Any) -> int | None:
-    """SGLang's ``max_running_requests`` from ``/get_server_info``."""
-    if isinstance(data, dict):
-        value = data.get("max_running_requests")
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
-
-
 def version_from(runtime: str, data: Any) -> str | None:
-    where = VERSION_AT.get(runtime)
+    info = RUNTIMES.get(runtime)
+    where = None if info is None else info.version_at
     if where is None or not isinstance(data, dict):
         return None
     value = data.get(where[1])

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from familiar.config.runtimes import RUNTIMES
 from familiar.fleetcheck.prompts import synthetic_prompt
 from familiar.fleetcheck.request import Clock, measure
 from familiar.fleetcheck.results import Level, Sample, summarize
@@ -22,7 +23,7 @@ from familiar.wire import HTTP
 
 Progress = Callable[[str], None]
 #: runtimes that take ``ignore_eos`` (every answer exactly ``max_tokens`` long)
-IGNORE_EOS_RUNTIMES = frozenset({"vllm", "llama.cpp", "sglang"})
+IGNORE_EOS_RUNTIMES = frozenset(n for n, r in RUNTIMES.items() if r.ignore_eos)
 
 
 @dataclass(frozen=True)

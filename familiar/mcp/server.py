@@ -77,8 +77,8 @@ def build(where: Where) -> MCPServer[Any]:
         role: Annotated[
             str | None,
             Field(
-                description="a role: grandpa, naughty, kindergarten, translator (default: "
-                "the planner role)"
+                description="an active role, e.g. naughty or translator (fleet_status lists"
+                " them; default: the planner role)"
             ),
         ] = None,
         slot: Annotated[str | None, Field(description="a slot name instead of a role")] = None,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from familiar.backend import CallResult, SlotClient
-from familiar.config import Config, find_workspace, load_config, state_home
+from familiar.config.workspace import Config, find_workspace, load_config, state_home
 from familiar.errors import ConfigError, FamiliarError
 from familiar.plan import Plan
 

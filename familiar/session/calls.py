@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from familiar.backend import CallResult, SlotClient
-from familiar.config import Config
+from familiar.config.workspace import Config
 from familiar.errors import PlanInvalid
 from familiar.fleet import Fleet
 from familiar.plan import (
@@ -73,7 +73,7 @@ class Calls:
         self.cached_tokens = 0  # prompt tokens the servers said came from their cache
 
     def client(self, role: str) -> SlotClient:
-        return self.fleet[self.cfg.slots_for(role)[0].name]
+        return self.fleet.client_for(self.cfg, role)
 
     def messages(self, role: str, user: str) -> Messages:
         return chat(self.prompts[self.cfg.roles[role].prompt].text, user)

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from familiar.config import Config
+from familiar.config.workspace import Config
 from familiar.dispatch import Dispatcher, ItemResult, Pool, WorkItem
-from familiar.errors import AnswerRejected, SessionFailed
+from familiar.errors import AnswerRejected, ConfigError, SessionFailed
 from familiar.fleet import Fleet
 from familiar.lang import NAMES, detect_lang
 from familiar.plan import MAX_SUBTASKS, Integration, Plan, Subtask
 from familiar.prompts import Prompt, load_prompt
-from familiar.routing import planner_role, revising_role
+from familiar.routing import planner_role, revising_role, steals, translator_role
 from familiar.session import messages as msg
 from familiar.session.calls import Calls
 from familiar.session.context import Context
@@ -80,11 +80,7 @@ def load_prompts(cfg: Config) -> dict[str, Prompt]:
 
 def worker_pools(cfg: Config, fleet: Fleet) -> list[Pool]:
     """One pool per active worker role and slot, as many seats as its deployment has."""
-    return [
-        Pool(role, slot.name, fleet[slot.name].seats.total, fleet[slot.name])
-        for role in cfg.role_config.workers
-        for slot in cfg.slots_for(role)
-    ]
+    return [pool for role in cfg.role_config.workers for pool in fleet.pools(cfg, role)]
 
 
 class Session:
@@ -296,7 +292,8 @@ class Session:
             return await self.worker.run(plan, item.payload, pool, done)
 
         futures: dict[asyncio.Future[ItemResult[SubtaskRecord]], str] = {}
-        async with Dispatcher(worker_pools(self.cfg, self.fleet), work) as dispatcher:
+        pools = worker_pools(self.cfg, self.fleet)
+        async with Dispatcher(pools, work, steals=steals(self.cfg)) as dispatcher:
             while True:
                 step = schedule(plan, done.keys(), failed.keys(), set(futures.values()))
                 failed.update(step.skipped)
@@ -380,13 +377,16 @@ class Session:
         recorded = self.store.read_translation(self.lang)
         if recorded is not None:
             return recorded
-        self.view.step("translating", "translator")
+        role = translator_role(self.cfg)
+        if role is None:
+            raise ConfigError("the result's language differs but no translator role is active")
+        self.view.step("translating", role)
         user = self.prompts["translate_result.md"].render(
             source_lang=NAMES[self.task_lang], target_lang=NAMES[self.lang], text=text
         )
-        client = self.calls.client("translator")
-        messages = self.calls.messages("translator", user)
-        result = await self.calls.ask("translator", client, messages, None, "translation")
+        client = self.calls.client(role)
+        messages = self.calls.messages(role, user)
+        result = await self.calls.ask(role, client, messages, None, "translation")
         text = result.text.strip()
         if result.finish_reason == "length" or not text:  # never a cut result as final
             why = "cut off at max_tokens" if text else "empty"

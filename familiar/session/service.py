@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from familiar.config import Config, find_workspace, load_config, state_home
+from familiar.config.workspace import Config, find_workspace, load_config, state_home
 from familiar.context import bound_correlation_id, new_correlation_id
 from familiar.errors import ConfigError, StateError
 from familiar.lang import detect_lang
@@ -325,7 +325,7 @@ async def final_context(cfg: Config, fleet: Fleet, ws: WorkspacePlan) -> Context
         return ws.context
     planner = planner_role(cfg)
     roles = (planner, *cfg.role_config.workers)
-    clients = [fleet[cfg.slots_for(r)[0].name] for r in dict.fromkeys(roles)]
+    clients = [fleet.client_for(cfg, r) for r in dict.fromkeys(roles)]
     window, source = await smallest_window(clients)
     reserve = cfg.roles[planner].sampling.max_tokens + PROMPT_RESERVE
     return ws.context.within(max(MIN_CONTEXT, window - reserve), source)

@@ -35,7 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from familiar.config import Config
+from familiar.config.workspace import Config
 from familiar.errors import StateError
 from familiar.plan import Integration, Plan
 from familiar.session.check import CheckRun

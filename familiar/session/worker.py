@@ -42,7 +42,7 @@ class SubtaskWorker:
 
     def queued(self, s: Subtask) -> WorkItem[Subtask]:
         """The work item of a subtask ready to run, routed by its difficulty."""
-        role = preferred_role(s.difficulty)
+        role = preferred_role(s.difficulty, self.calls.cfg)
         self.view.subtask(s.id, "queued", role, None)
         self.spans[s.id] = span = new_span_id()
         fields = {"subtask_id": s.id, "role": role, "difficulty": s.difficulty}
@@ -118,7 +118,7 @@ class SubtaskWorker:
             status="ok",
             role=pool.role,
             slot=pool.slot,
-            preferred_role=preferred_role(s.difficulty),
+            preferred_role=preferred_role(s.difficulty, self.calls.cfg),
             revision=bool(revision),
             output=parsed.output,
             decisions_kept=parsed.decisions_kept,

@@ -13,26 +13,21 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
 from familiar.backend import CallEvent
+from familiar.config.runtimes import RUNTIMES, provider_name
 from familiar.context import correlation_id, current_span
 from familiar.logs import mask, mask_any
 
 SERVICE = "familiar"
 _HOST = socket.gethostname()
 
-#: slot runtime -> ``gen_ai.provider.name``. ``openai`` is the convention's well-known
-#: value; the self-hosted servers have none, so they get their own name (custom values are
-#: allowed), dots kept out because the convention reads them as namespaces (``aws.bedrock``).
-PROVIDERS: Mapping[str, str] = {
-    "openai": "openai",
-    "vllm": "vllm",
-    "llama.cpp": "llama_cpp",
-    "sglang": "sglang",
-    "ollama": "ollama",
-}
+#: slot runtime -> ``gen_ai.provider.name`` (``familiar.config.runtimes``: ``openai`` is the
+#: convention's well-known value; the self-hosted servers get their own name, no dots)
+PROVIDERS: Mapping[str, str] = MappingProxyType({n: r.provider for n, r in RUNTIMES.items()})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 _VERSION: list[str] = []
@@ -80,11 +75,6 @@ def make_event(
             value = mask_any(value)
         event[key] = value
     return event
-
-
-def provider_name(runtime: str) -> str:
-    """``gen_ai.provider.name`` for a slot runtime (:data:`PROVIDERS`; others as given)."""
-    return PROVIDERS.get(runtime) or runtime.replace(".", "_")
 
 
 @lru_cache(maxsize=256)

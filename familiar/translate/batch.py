@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import structlog
 
 from familiar.backend import SlotClient
+from familiar.config.roles import TRANSLATOR
 from familiar.context import bound_affinity
 from familiar.dispatch import Dispatcher, Pool, WorkItem
 from familiar.errors import ArticleError, BackendError, FamiliarError, LedgerUnavailable
@@ -418,7 +419,7 @@ class Translator:
         fut.add_done_callback(_retrieve)
         self._asked[key] = fut
         try:
-            result = await (await dispatcher.submit(WorkItem(item_id, "translator", job)))
+            result = await (await dispatcher.submit(WorkItem(item_id, TRANSLATOR, job)))
             if result.error is not None:
                 raise result.error
             assert result.value is not None

@@ -218,9 +218,15 @@ class ChunkCache:
         )
 
     def put(self, key: str, chunk: CachedChunk) -> None:
+        try:
+            # bound as UTF-8 bytes, cast back to text: binding the str itself makes sqlite3
+            # keep a UTF-8 copy inside it for as long as it lives (the whole batch)
+            output = chunk.output.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: not text sqlite can give back
+            return
         values = (
             key,
-            chunk.output,
+            output,
             chunk.model,
             chunk.finish_reason,
             chunk.temperature,
@@ -231,7 +237,7 @@ class ChunkCache:
         self._guard(
             lambda db: db.execute(
                 f"INSERT OR REPLACE INTO {TABLE} (key, output, model, finish_reason, temperature,"
-                " attempt, split, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " attempt, split, created) VALUES (?, CAST(? AS TEXT), ?, ?, ?, ?, ?, ?)",
                 values,
             ),
             None,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from familiar.backend import CallResult, SlotClient
+from familiar.config.roles import TRANSLATOR
 from familiar.translate import markdown as md
 from familiar.translate.cache import cache_key
 from familiar.translate.formats import (
@@ -178,7 +179,7 @@ class ChunkTranslator:
         temperature = params.get("temperature")
         if req.kind == "completion":
             assert req.prompt is not None
-            result = await client.complete(req.prompt, role="translator", **params)
+            result = await client.complete(req.prompt, role=TRANSLATOR, **params)
         else:
-            result = await client.chat(req.messages, role="translator", **params)
+            result = await client.chat(req.messages, role=TRANSLATOR, **params)
         return result, None if temperature is None else float(temperature)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from familiar.cli import main
+from familiar.cli.main import main
 from familiar.local import LocalServer
 
 pytestmark = pytest.mark.e2e

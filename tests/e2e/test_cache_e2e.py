@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from familiar.backend import SlotClient
+from familiar.config.slots import Slot
 from familiar.local import LocalInfo, LocalServer
-from familiar.slots import Slot
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from familiar import copycheck
-from familiar.cli import main
+from familiar.cli.main import main
 from familiar.prompts import load_prompt
 
 pytestmark = pytest.mark.e2e

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from familiar.cli import main
+from familiar.cli.main import main
 from tests.support.scripts import report_rows
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from familiar.cli import main
+from familiar.cli.main import main
 
 pytestmark = pytest.mark.e2e
 

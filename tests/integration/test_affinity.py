@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from familiar.backend import CallEvent, SlotClient
+from familiar.config.slots import Slot
 from familiar.context import bound_affinity, bound_correlation_id
 from familiar.errors import BackendHTTPError
-from familiar.slots import Slot
 from familiar.telemetry import llm_call_fields
 from familiar.wire import RetryPolicy
 from tests.support.fake_openai import FakeOpenAIServer

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from familiar.backend import CallEvent, RetryPolicy, SlotClient
+from familiar.config.slots import Slot
 from familiar.context import bound_correlation_id
 from familiar.errors import BackendHTTPError
 from familiar.fleet import Fleet
-from familiar.slots import Slot
 from tests.support.fake_openai import FakeOpenAIServer
 
 MSG = [{"role": "user", "content": "hello"}]

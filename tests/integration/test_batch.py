@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from familiar.cli import main
+from familiar.cli.main import main
 from tests.support.fake_openai import FakeOpenAIServer, spawn_fake_server
 
 REPO = Path(__file__).resolve().parents[2]

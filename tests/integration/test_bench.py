@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from familiar.cli import main
+from familiar.cli.main import main
+from familiar.config.slots import Slot
 from familiar.fleet import Fleet
 from familiar.fleetcheck.bench import run_bench
 from familiar.fleetcheck.sweep import Workload
 from familiar.ledger import HostLedger, deployment_id
-from familiar.slots import Slot
 from tests.support.fake_openai import FakeOpenAIServer
 
 LEVEL_KEYS = {

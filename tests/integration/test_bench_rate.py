@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from familiar.cli import main
+from familiar.cli.main import main
 from familiar.fleetcheck.openloop import parse_rates
 from tests.support.fake_openai import FakeOpenAIServer
 

@@ -43,6 +43,9 @@ TINY: dict[str, list[str]] = {
         "--threads-max", "1", "--tokens", "4", "--rounds", "1", "--prompts", "2",
         "--prompt-words", "20", "--cache-ram", "0",
     ],
+    "profile_stream": [
+        "--tokens", "10", "--calls", "5", "--cprofile", "--answers", "8", "--concurrency", "4",
+    ],
 }  # fmt: skip
 
 

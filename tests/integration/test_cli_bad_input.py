@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from familiar.cli import main
+from familiar.cli.main import main
 
 SLOTS = """
 [slots.naughty]

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from familiar.backend import CallResult, RetryPolicy, SlotClient
+from familiar.config.slots import Slot
 from familiar.dispatch import Dispatcher, Pool, WorkItem, run_all
 from familiar.errors import BackendHTTPError, DispatchError
-from familiar.slots import Slot
 from tests.support.fake_openai import FakeOpenAIServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,7 +134,7 @@ def test_ctrl_c_leaves_nothing_running() -> None:
         import asyncio, sys
         from familiar.backend import SlotClient
         from familiar.dispatch import Pool, WorkItem, run_all
-        from familiar.slots import Slot
+        from familiar.config.slots import Slot
         from tests.support.fake_openai import FakeOpenAIServer
 
         async def handler(item, pool):

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from familiar.cli import main
+from familiar.cli.main import main
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.scripts import report_rows, write_fleet
 

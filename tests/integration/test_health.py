@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from familiar.cli import main
+from familiar.cli.main import main
 from familiar.ledger import HostLedger, deployment_id, deployment_label
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.fake_vector import FakeVector

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from familiar.config.slots import load_slots_file
 from familiar.errors import LedgerSetupError, SlotsFileError
 from familiar.ledger import FleetSettings, Holder, HostLedger, Kind, default_dir, make_ledger
 from familiar.ledger.host import HostSeats
-from familiar.slots import load_slots_file
 
 DEP = "0123456789abcdef0123"
 

@@ -17,7 +17,7 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from familiar.cli import main
+from familiar.cli.main import main
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.scripts import ARTICLE, PLAN, SessionScript, echo_translated
 

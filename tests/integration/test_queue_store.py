@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from familiar.cli import main
+from familiar.cli.main import main
 from familiar.queue.jobs import JobResult
 from familiar.queue.kvcache import KvChunkCache
 from familiar.queue.store import OBJECTS, QueueStore

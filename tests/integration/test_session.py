@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from familiar.cli import main
+from familiar.cli.main import main
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.scripts import PLAN, SessionScript, integration, work
 

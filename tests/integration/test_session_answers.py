@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from familiar.cli import main
+from familiar.cli.main import main
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.prefix_cache import PrefixCache, PrefixCacheConfig
 from tests.support.scripts import write_fleet

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from familiar import copycheck
-from familiar.cli import main
+from familiar.cli.main import main
 from familiar.translate.formats import FEWSHOT_EXAMPLES
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.scripts import write_fleet

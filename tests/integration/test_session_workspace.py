@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from familiar.cli import main
+from familiar.cli.main import main
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.scripts import last_user, schema_name, write_fleet
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from familiar.cli import main
+from familiar.cli.main import main
 from familiar.context import bound_correlation_id
 from familiar.telemetry import Telemetry
 from tests.support.fake_openai import FakeOpenAIServer

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from familiar.cli import main
+from familiar.cli.main import main
 from familiar.errors import TelemetryUnavailable
 from familiar.telemetry import Telemetry, make_event
 from tests.support.fake_vector import FakeVector

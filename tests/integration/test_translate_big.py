@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from familiar.backend import SlotClient
+from familiar.config.slots import Slot
 from familiar.dispatch import Pool, WorkBoard, WorkItem
 from familiar.errors import BackendHTTPError
 from familiar.lang import detect_lang
-from familiar.slots import Slot
 from familiar.translate import markdown as md
 from familiar.translate.batch import BatchOptions, ChunkOutcome, Job, Translator
 from familiar.translate.cache import ChunkCache

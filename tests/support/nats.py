@@ -230,9 +230,9 @@ def worker_main(url: str, dep_id: str, cap: int, cycles: int, counter: str) -> N
 
 
 async def _one_request(nats_url: str, llm_url: str, cap: int, ttl: float, home: str) -> None:
+    from familiar.config.slots import Slot
     from familiar.fleet import Fleet
     from familiar.ledger.nats import NatsLedger
-    from familiar.slots import Slot
 
     slot = Slot(
         name="t", url=(llm_url,), model="general-llm", runtime="vllm", parallel=cap, timeout_s=300

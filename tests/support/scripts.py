@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from familiar.cli import main
+from familiar.cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""Tests for familiar.claude_md: reading and rewriting the ``familiar:`` line of CLAUDE.md."""
+"""Tests for familiar.config.claude_md: reading and rewriting the ``familiar:`` line."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from familiar.claude_md import find_workspace, read_role_line, write_role_line
+from familiar.config.claude_md import find_workspace, read_role_line, write_role_line
 from familiar.errors import StateError
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 import familiar
-from familiar import cli, logs
+from familiar import logs
+from familiar.cli import main as cli
 from familiar.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from familiar.cli import build_parser, main
-from familiar.cli_examples import EXAMPLES, commands, example_lines
+from familiar.cli.examples import EXAMPLES, commands, example_lines
+from familiar.cli.main import build_parser, main
 
 PARSERS = commands(build_parser())
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from familiar.config import load_config, slots_path
+from familiar.config.slots import Slot, load_slots
+from familiar.config.workspace import load_config, slots_path
 from familiar.errors import PromptError, RoleFileError, RoleStringError, SlotsFileError
 from familiar.prompts import load_prompt
-from familiar.slots import Slot, load_slots
 
 FLEET = """
 [slots.naughty]

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from familiar.config.slots import Slot
 from familiar.errors import ConfigError
 from familiar.fleetcheck.bench import default_levels, new_run_id, parse_levels, seat_plan
 from familiar.fleetcheck.prompts import load_prompts, synthetic_prompt
 from familiar.ledger import DeploymentView, deployment_id
-from familiar.slots import Slot
 
 
 def test_synthetic_prompts_have_the_length_and_differ() -> None:

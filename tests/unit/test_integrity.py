@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from familiar.config.slots import Slot, parse_slots
 from familiar.errors import SlotsFileError, StateError
 from familiar.fleet import parallel_conflicts
 from familiar.logs import mask, mask_any, redact_url, register_secret
-from familiar.slots import Slot, parse_slots
 from familiar.store import read_record, write_bytes_atomic, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,7 +114,7 @@ def test_sigterm_cancels_the_work_and_exits_143(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import asyncio, sys
-        from familiar import signals
+        from familiar.cli import signals
         async def work():
             try:
                 print("ready", flush=True)

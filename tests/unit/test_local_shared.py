@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from familiar import local
-from familiar.cli import main
+from familiar.cli.main import main
 from familiar.local import LocalServer, default_threads, local_dir
 from tests.unit.test_local import FAKE_SERVER, _gguf, _gone, _script
 

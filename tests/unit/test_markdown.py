@@ -125,6 +125,7 @@ def parsed(source: str = ARTICLE, budget: int = 4000) -> tuple[Chunking, list[Ch
     "source",
     [
         ARTICLE,
+        "[\u27e6\u27ea]()\u2983",  # the placeholders' brackets are CJK: glue reads the source
         ARTICLE.replace("\n", "\r\n"),
         ARTICLE.rstrip("\n"),
         "\ufeff" + ARTICLE,

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from familiar.backend import SlotClient
+from familiar.config.slots import Slot
 from familiar.errors import BackendProtocolError
-from familiar.slots import Slot
 from familiar.wire import HTTP, RetryPolicy
 
 
@@ -121,3 +121,45 @@ async def test_cached_prompt_tokens_are_read_from_usage_or_llama_timings(
     async with client(sse(delta("Hi"), delta(None, "stop"), last)) as c:
         result = await c.chat([{"role": "user", "content": "x"}])
     assert result.cached_tokens == cached and result.prompt_tokens == prompt
+
+
+def split_client(body: bytes, at: list[int]) -> SlotClient:
+    """A client whose server sends ``body`` in pieces cut at the byte offsets ``at``."""
+
+    async def pieces() -> Any:
+        last = 0
+        for cut in [*at, len(body)]:
+            yield body[last:cut]
+            last = cut
+
+    def handler(request: Any) -> Any:
+        return HTTP.Response(200, content=pieces(), headers={"content-type": "text/event-stream"})
+
+    slot = Slot(name="s", url="http://fake.test/v1", model="m", parallel=1)
+    return SlotClient(slot, transport=HTTP.MockTransport(handler), retry=RetryPolicy(attempts=1))
+
+
+async def test_lines_split_anywhere_crlf_and_a_last_line_without_an_end_are_read() -> None:
+    events = [delta("data: é"), delta("ü\n"), delta(None, "stop")]
+    body = "".join(f"data: {json.dumps(e, ensure_ascii=False)}\r\n\r\n" for e in events).encode()
+    body = body.replace(b"data: ", b"data:", 1) + b'data: {"choices": []}'
+    cuts = sorted({1, 5, body.index("é".encode()) + 1, body.index(b"\r\n") + 1, len(body) - 3})
+    async with split_client(body, cuts) as c:
+        result = await c.chat([{"role": "user", "content": "x"}])
+    assert (result.text, result.finish_reason) == ("data: éü\n", "stop")
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        ('{"choices": []} trailing', "extra data"),
+        ("   {not json", "malformed"),
+        (b"\xff\xfe", "malformed"),
+    ],
+)
+async def test_a_bad_event_line_is_a_protocol_error(event: str | bytes, message: str) -> None:
+    raw = event if isinstance(event, bytes) else event.encode()
+    body = sse(delta("Hel"), done=False) + b"data: " + raw + b"\n\n" + sse(delta(None, "stop"))
+    async with split_client(body, [7]) as c:
+        with pytest.raises(BackendProtocolError, match=message):
+            await c.chat([{"role": "user", "content": "x"}])

@@ -1,4 +1,4 @@
-"""Tests for familiar.roles: the role configuration string grammar and its errors."""
+"""Tests for familiar.config.roles: the role configuration string grammar and its errors."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from familiar.errors import ConfigError, RoleStringError
-from familiar.roles import (
+from familiar.config.roles import (
     PRESETS,
     ROLES,
     TIMES,
@@ -16,6 +15,7 @@ from familiar.roles import (
     RoleConfig,
     parse_role_string,
 )
+from familiar.errors import ConfigError, RoleStringError
 
 
 def pairs(config: RoleConfig) -> list[tuple[str, str]]:

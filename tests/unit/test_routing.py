@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from familiar import dispatch, routing
-from familiar.config import Config, load_config
+from familiar.config.workspace import Config, load_config
 from familiar.dispatch import Dispatcher, Pool, WorkBoard, WorkItem
 from familiar.errors import ConfigError
 from familiar.routing import (

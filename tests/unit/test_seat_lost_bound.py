@@ -9,8 +9,8 @@ import pytest
 
 from familiar import backend
 from familiar.backend import SlotClient
+from familiar.config.slots import Slot
 from familiar.errors import SeatLost
-from familiar.slots import Slot
 
 
 async def test_an_attempt_gives_up_after_a_bounded_number_of_lost_seats(

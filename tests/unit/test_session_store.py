@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from familiar.config import load_config
+from familiar.config.workspace import load_config
 from familiar.errors import StateError
 from familiar.plan import Plan, Subtask
 from familiar.session import (

@@ -12,7 +12,7 @@ import pytest
 
 STUBBORN = """
 import asyncio, sys
-from familiar import signals
+from familiar.cli import signals
 
 async def stubborn() -> None:
     print("ready", flush=True)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from familiar.backend import CallEvent
-from familiar.slots import Slot
+from familiar.config.slots import Slot
 from familiar.telemetry import llm_call_fields
 from familiar.telemetry.events import PROVIDERS, provider_name, server_address
 

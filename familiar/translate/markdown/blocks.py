@@ -8,7 +8,9 @@ block-quote and list markers, task boxes, heading marks) stay out of the chunk t
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterator, Sequence
+from typing import overload
 
 from familiar.translate.markdown.frontmatter import front_matter
 from familiar.translate.markdown.inline import inline_items, norm_label
@@ -42,7 +44,7 @@ def parse(
 ) -> Article:
     """Split ``source`` into front matter, keep segments and prose segments."""
     bom = "\ufeff" if source.startswith("\ufeff") else ""
-    lines = _lines(source[len(bom) :])
+    lines = Lines(source[len(bom) :])
     crlf = source.count("\r\n")
     newline = "\r\n" if crlf > source.count("\n") - crlf else "\n"
     fm: FrontMatter | None = None
@@ -55,14 +57,12 @@ def parse(
         fm = FrontMatter(
             "".join(p if isinstance(p, str) else text_of(p[2]) for p in fm_parts), fields
         )
-    shape = outline("".join(c + e for c, e in lines))  # the body, parsed (then let go)
+    shape = outline(lines.text())  # the body, parsed (then let go)
     labels = set(shape.labels) | {norm_label(m[1]) for c, _ in lines if (m := _REFDEF.match(c))}
     blocks = _blocks(lines, shape.leaves, labels)
-    starts = [0]
-    for c, e in lines:
-        starts.append(starts[-1] + len(c) + len(e))
-    tops = tuple(starts[t] for t in shape.tops)
-    inner = tuple(starts[t] for t in shape.inner)
+    base = lines.offset(0)
+    tops = tuple(lines.offset(t) - base for t in shape.tops)
+    inner = tuple(lines.offset(t) - base for t in shape.inner)
     return Article(fm, source, newline, bom, pick_delims(source), fm_parts, blocks, tops, inner)
 
 
@@ -78,13 +78,61 @@ def make_block(items: list[Item], heading: bool = False, keep: bool = False) -> 
     return Block("prose" if prose else "keep", items, estimate_tokens(shown), heading)
 
 
-def _lines(text: str) -> list[tuple[str, str]]:
-    parts = _EOL.split(text)
-    lines = [(parts[k], parts[k + 1]) for k in range(0, len(parts) - 1, 2)]
-    return [*lines, (parts[-1], "")] if parts[-1] else lines
+class Lines(Sequence[tuple[str, str]]):
+    """The lines of a text as ``(content, line end)`` pairs, each made when it is read (a
+    list of them would be a second copy of a 50 MB article and 100 bytes a line more).  A
+    final line end opens no line; a slice is a view."""
+
+    def __init__(self, text: str, ends: array[int] | None = None, lo: int = 0, hi: int = -1):
+        self._text = text
+        if ends is None:  # per line: where its content ends, where its line end ends
+            ends = array("q")
+            for m in _EOL.finditer(text):
+                ends.extend((m.start(), m.end()))
+            if (ends[-1] if ends else 0) < len(text):
+                ends.extend((len(text), len(text)))
+        self._ends = ends
+        self._lo = lo
+        self._hi = len(ends) // 2 if hi < 0 else hi
+
+    def __len__(self) -> int:
+        return self._hi - self._lo
+
+    def offset(self, k: int) -> int:
+        """Where line ``k`` starts in the text (``len(self)``: where the last one ends)."""
+        n = self._lo + k
+        return self._ends[2 * n - 1] if n else 0
+
+    def text(self) -> str:
+        """The text of these lines."""
+        return self._text[self.offset(0) : self.offset(len(self))]
+
+    def _line(self, n: int) -> tuple[str, str]:
+        start = self._ends[2 * n - 1] if n else 0
+        stop, end = self._ends[2 * n], self._ends[2 * n + 1]
+        return self._text[start:stop], self._text[stop:end]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return (self._line(n) for n in range(self._lo, self._hi))
+
+    @overload
+    def __getitem__(self, k: int) -> tuple[str, str]: ...
+    @overload
+    def __getitem__(self, k: slice) -> Lines: ...
+    def __getitem__(self, k: int | slice) -> tuple[str, str] | Lines:
+        if isinstance(k, slice):
+            a, b, step = k.indices(len(self))
+            if step != 1:
+                raise ValueError("a step over lines")
+            return Lines(self._text, self._ends, self._lo + a, self._lo + max(a, b))
+        if not -len(self) <= k < len(self):
+            raise IndexError(k)
+        return self._line(self._lo + (k % len(self)))
 
 
-def _blocks(lines: list[tuple[str, str]], leaves: Sequence[Leaf], labels: set[str]) -> list[Block]:
+def _blocks(
+    lines: Sequence[tuple[str, str]], leaves: Sequence[Leaf], labels: set[str]
+) -> list[Block]:
     out: list[Block] = []
     i = 0
     for leaf in leaves:
@@ -101,7 +149,7 @@ def _blocks(lines: list[tuple[str, str]], leaves: Sequence[Leaf], labels: set[st
 
 
 def _kept(
-    lines: list[tuple[str, str]],
+    lines: Sequence[tuple[str, str]],
     a: int,
     b: int,
     whole: bool = False,
@@ -140,7 +188,7 @@ def _kept(
     return [*out, make_block(items, keep=True)] if items else out
 
 
-def _prose(lines: list[tuple[str, str]], leaf: Leaf, labels: set[str]) -> Block | None:
+def _prose(lines: Sequence[tuple[str, str]], leaf: Leaf, labels: set[str]) -> Block | None:
     """The prose block of a paragraph, heading or table; None when its lines do not hold
     the content the parser found (then it is kept whole)."""
     if leaf.kind == "table":

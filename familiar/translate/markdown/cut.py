@@ -97,7 +97,7 @@ def _framed(article: Article, layout: list[str | int], slots: list[Slot]) -> tup
                 a, b = top_a, top_b
                 break
         frame = Frame(source, a, start, end, b, slot.prefixes, slot.breaks, article.newline)
-        out[piece] = replace(slot, chunk=replace(slot.chunk, frame=frame))
+        out[piece] = replace(slot, chunk=replace(slot.chunk, frame=frame), kept="")
     return tuple(out)
 
 

@@ -4,7 +4,7 @@ so the YAML still means the same (pure)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from familiar.translate.markdown.inline import inline_items
 from familiar.translate.markdown.model import FieldPart
@@ -20,7 +20,7 @@ _PLAIN_UNSAFE = re.compile(
 
 
 def front_matter(
-    lines: list[tuple[str, str]], keys: set[str]
+    lines: Sequence[tuple[str, str]], keys: set[str]
 ) -> tuple[int, list[str | FieldPart]] | None:
     """The number of front matter lines and their parts: kept text, or a value of ``keys``."""
     if not lines or lines[0][0].rstrip(" \t") != "---":

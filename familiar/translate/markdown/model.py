@@ -109,10 +109,16 @@ class Slot:
     """A chunk and what putting its translation back needs."""
 
     chunk: Chunk
-    original: str
+    kept: str  # the chunk's source text; "" once its frame holds it (no second copy)
     breaks: tuple[str, ...]  # the source's line endings (with trailing blanks), in order
     style: str | None  # None for body prose, else the front matter quote style
     prefixes: tuple[str, ...] = ()  # each chunk line's prefix (len(breaks) + 1, or none)
+
+    @property
+    def original(self) -> str:
+        """The chunk's source text, byte for byte."""
+        frame = self.chunk.frame
+        return frame.source[frame.start : frame.end] if frame is not None else self.kept
 
 
 @dataclass(frozen=True)

@@ -49,13 +49,13 @@ def _pieces(chunking: Chunking, translations: Mapping[int, str]) -> Iterator[str
             prev = None
             continue
         slot = chunking.slots[piece]
-        text = slot.original
+        original = text = slot.original
         if piece in translations:
             text = _restore(slot, translations[piece], chunking.newline)
-            if prev:
-                yield glue(prev[0], prev[1], text, slot.chunk.text)
+            if prev:  # judged on the source's bytes (a placeholder's brackets may be CJK)
+                yield glue(prev[0], prev[1], text, original)
         yield text
-        prev = (slot.chunk.text, text)
+        prev = (original, text)
 
 
 def validate(chunk: Chunk, output: str) -> list[str]:

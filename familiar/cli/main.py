@@ -28,7 +28,7 @@ from familiar.errors import FamiliarError, Terminated
 from familiar.logs import LEVELS
 
 if TYPE_CHECKING:
-    from familiar.config import Config
+    from familiar.config.workspace import Config
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -186,8 +186,8 @@ def _non_negative(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from familiar.cli_local import local_command
-    from familiar.roles import PRESETS
+    from familiar.cli.local import local_command
+    from familiar.config.roles import PRESETS
 
     parser = _Parser(
         prog="familiar",
@@ -260,14 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
             )
         p.set_defaults(func=local_command(name))
 
-    from familiar.cli_batch import add_batch_command
-    from familiar.cli_examples import add_examples
-    from familiar.cli_fleet import add_fleet_command
-    from familiar.cli_fleetcheck import add_fleetcheck_commands
-    from familiar.cli_mcp import add_mcp_command
-    from familiar.cli_run import add_run_commands
-    from familiar.cli_translate import add_translate_command
-    from familiar.cli_worker import add_worker_command
+    from familiar.cli.batch import add_batch_command
+    from familiar.cli.examples import add_examples
+    from familiar.cli.fleet import add_fleet_command
+    from familiar.cli.fleetcheck import add_fleetcheck_commands
+    from familiar.cli.mcp import add_mcp_command
+    from familiar.cli.run import add_run_commands
+    from familiar.cli.translate import add_translate_command
+    from familiar.cli.worker import add_worker_command
 
     add_run_commands(sub, _common)
     add_translate_command(sub, _common)
@@ -359,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def load(args: argparse.Namespace, roles: str | None = None) -> Config:
-    from familiar.config import load_config
+    from familiar.config.workspace import load_config
 
     return load_config(workspace=args.workspace, slots=args.slots, roles=roles)
 
@@ -418,13 +418,13 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config_use(args: argparse.Namespace) -> int:
-    from familiar import claude_md
-    from familiar.roles import parse_role_string
+    from familiar.config import claude_md
 
-    parsed = parse_role_string(args.role_string)  # validate before touching anything
-    cfg = load(args, roles=parsed.canonical())  # the slots and role files must fit too
-    claude_md.write_role_line(cfg.claude_md, parsed.canonical())
-    print(f"{cfg.claude_md}: familiar: {parsed.canonical()}")
+    # validated with the workspace's roles, slots and role files before touching anything
+    cfg = load(args, roles=args.role_string)
+    canonical = cfg.role_config.canonical()
+    claude_md.write_role_line(cfg.claude_md, canonical)
+    print(f"{cfg.claude_md}: familiar: {canonical}")
     return 0
 
 

@@ -7,9 +7,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from familiar import signals
-from familiar.config import Config, load_config
-from familiar.errors import ConfigError
+from familiar.cli import signals
+from familiar.config.workspace import load_config
 from familiar.logs import set_details_log
 
 #: SIGTERM or Ctrl-C ends a worker within this long whatever its connections are doing
@@ -78,72 +77,23 @@ def add_worker_command(sub: Any, common: Callable[[argparse.ArgumentParser], Non
     p.set_defaults(func=cmd_worker)
 
 
-def check_nats_url(url: str) -> str:
-    """``--nats`` checked as the ledger checks its URL (a ConfigError otherwise)."""
-    from familiar.ledger import FleetSettings
-
-    try:
-        checked = FleetSettings._check_url(url)
-    except ValueError as exc:
-        raise ConfigError(f"--nats: {exc}") from None
-    if checked is None:
-        raise ConfigError("--nats needs a URL, nats://HOST:PORT")
-    return checked
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
+    from familiar.translate.service import check_nats_url, run_worker, translator_slots
+
     cfg = load_config(args.workspace, args.slots, args.roles)
     set_details_log(cfg.home / "logs" / "details.jsonl")  # long log lines: whole there
-    if not cfg.role_config.has("translator"):
-        raise ConfigError(
-            f"the translator role is not active in {cfg.role_config.canonical()!r}"
-            " (familiar config use standard, or --roles)"
-        )
+    translator_slots(cfg)  # no translator role, or a bad key: exit 2 before anything runs
     url = check_nats_url(args.nats)
-    signals.run(_run(cfg, url, args), stop_within_s=STOP_WITHIN_S)
-    return 0
-
-
-async def _run(cfg: Config, url: str, args: argparse.Namespace) -> None:
-    from familiar.dispatch import Pool
-    from familiar.fleet import Fleet
-    from familiar.ledger import make_ledger
-    from familiar.queue.kvcache import KvChunkCache
-    from familiar.queue.store import QueueStore
-    from familiar.queue.worker import Worker, WorkerSettings
-    from familiar.telemetry import Telemetry
-    from familiar.translate.cache import ChunkCache
-
-    slots = {s.name: s for s in cfg.slots_for("translator")}
-    local = ChunkCache(cfg.home / "cache" / "chunks.sqlite", warn=_warn)
-    settings = WorkerSettings(
-        ack_wait_s=args.ack_wait, max_deliver=args.max_deliver, jobs_at_once=args.jobs
+    work = run_worker(
+        cfg,
+        url,
+        ack_wait_s=args.ack_wait,
+        max_deliver=args.max_deliver,
+        jobs_at_once=args.jobs,
+        announce=None if _quiet(args) else _announce,
     )
-    try:
-        telemetry = Telemetry(cfg.home)
-        async with (
-            telemetry,
-            QueueStore(url, wait_s=cfg.fleet.ledger_wait_s, name="familiar worker") as store,
-            Fleet(
-                slots,
-                home=cfg.home,
-                hooks=[telemetry.hook],
-                ledger=make_ledger(cfg.fleet),
-                kind="batch",
-            ) as fleet,
-        ):
-            pools = [Pool("translator", n, fleet[n].seats.total, fleet[n]) for n in slots]
-            worker = Worker(
-                store,
-                pools,
-                KvChunkCache(store, local),
-                settings=settings,
-                telemetry=telemetry,
-                announce=None if _quiet(args) else _announce,
-            )
-            await worker.run()
-    finally:
-        local.close()
+    signals.run(work, stop_within_s=STOP_WITHIN_S)
+    return 0
 
 
 def _quiet(args: argparse.Namespace) -> bool:
@@ -153,7 +103,3 @@ def _quiet(args: argparse.Namespace) -> bool:
 
 def _announce(line: str) -> None:
     print(f"familiar: {line}", file=sys.stderr, flush=True)
-
-
-def _warn(message: str) -> None:
-    print(f"familiar: warning: {message}", file=sys.stderr)

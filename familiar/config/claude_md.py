@@ -4,7 +4,7 @@ Only that line's value is ever changed: every other byte of the file (line endin
 missing final newline, even invalid UTF-8) is preserved. Lines inside fenced code blocks
 (````` ``` ````` or ``~~~``) are ignored. Writes are atomic (temp file in the same directory,
 fsync, ``os.replace``) and keep the file's mode. This module does not validate the role
-string; the caller does (see :func:`familiar.roles.parse_role_string`).
+string; the caller does (see :func:`familiar.config.roles.parse_role_string`).
 """
 
 from __future__ import annotations

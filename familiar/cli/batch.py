@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from familiar import signals
-from familiar.config import load_config
+from familiar.cli import signals
+from familiar.config.workspace import load_config
 from familiar.errors import ConfigError
 
 

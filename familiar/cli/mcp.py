@@ -34,7 +34,7 @@ def add_mcp_command(sub: Any, common: Callable[[argparse.ArgumentParser], None])
 
 
 def cmd_mcp(args: argparse.Namespace) -> int:
-    from familiar.config import find_workspace
+    from familiar.config.workspace import find_workspace
 
     workspace = find_workspace(args.workspace)
     try:

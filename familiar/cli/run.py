@@ -10,8 +10,8 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from familiar import signals
-from familiar.config import find_workspace, state_home
+from familiar.cli import signals
+from familiar.config.workspace import find_workspace, state_home
 from familiar.errors import ConfigError, Terminated
 from familiar.store import read_record
 

@@ -22,16 +22,20 @@ from pydantic import (
     model_validator,
 )
 
+from familiar.config.runtimes import DEFAULT, RUNTIMES
 from familiar.errors import SlotsFileError
 from familiar.logs import redact_url
 
 if TYPE_CHECKING:
     from familiar.ledger import FleetSettings
 
-Runtime = Literal["vllm", "llama.cpp", "sglang", "ollama", "openai"]
+    Runtime = str
+else:
+    #: the runtimes a slot may name: every entry of ``familiar.config.runtimes.RUNTIMES``
+    Runtime = Literal[tuple(RUNTIMES)]
 EMBEDDED = "embedded"
 #: Runtimes known to honour ``response_format`` with ``json_schema``.
-SCHEMA_RUNTIMES: frozenset[str] = frozenset({"vllm", "llama.cpp", "sglang", "openai"})
+SCHEMA_RUNTIMES: frozenset[str] = frozenset(n for n, r in RUNTIMES.items() if r.json_schema)
 
 
 class Slot(BaseModel):
@@ -42,7 +46,7 @@ class Slot(BaseModel):
     name: str
     url: tuple[str, ...]
     model: str
-    runtime: Runtime = "openai"
+    runtime: Runtime = DEFAULT
     parallel: Annotated[int, Field(ge=1, le=4096)] = 1
     #: seats kept out of reach of translation batches, so an interactive session started
     #: while a batch runs gets one at once (0: a batch may fill the deployment)
@@ -139,7 +143,7 @@ class Slot(BaseModel):
 
     @property
     def supports_json_schema(self) -> bool:
-        return self.runtime in SCHEMA_RUNTIMES
+        return RUNTIMES[self.runtime].json_schema
 
     def api_key(self) -> str | None:
         """The key from the named environment variable (never stored on the object).

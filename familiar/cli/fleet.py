@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from familiar import signals
-from familiar.config import Config, load_config
+from familiar.cli import signals
+from familiar.config.workspace import Config, load_config
 from familiar.ledger import DeploymentView, Ledger, deployment_id, make_ledger
 
 

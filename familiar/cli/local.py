@@ -17,8 +17,8 @@ def _uptime(seconds: float) -> str:
 
 def local_command(action: str) -> Command:
     def run(args: argparse.Namespace) -> int:
-        from familiar import signals
-        from familiar.config import find_workspace, state_home
+        from familiar.cli import signals
+        from familiar.config.workspace import find_workspace, state_home
         from familiar.local import DEFAULT_CACHE_RAM_MIB, LocalServer
 
         home = state_home(find_workspace(args.workspace))

@@ -7,7 +7,8 @@ Lookup rules:
 * slots file: ``--slots PATH``, else ``$FAMILIAR_SLOTS``, else ``<workspace>/slots.toml``,
   else the shipped ``roles/slots.toml``;
 * role files and prompts: ``<workspace>/roles/<file>`` and ``<workspace>/prompts/<file>``
-  override the shipped defaults file by file;
+  override the shipped defaults file by file; a role file of another name
+  (``<workspace>/roles/toddler.toml``) adds a role, which does what its ``kind`` says;
 * state (sessions, caches, spill files): ``$FAMILIAR_HOME``, else
   ``<workspace>/.familiar``.
 """
@@ -15,20 +16,29 @@ Lookup rules:
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from familiar import claude_md
+from familiar.config import claude_md
+from familiar.config.roles import (
+    PRESETS,
+    ROLES,
+    SLOT_PATTERN,
+    WORKER,
+    Kind,
+    RoleConfig,
+    parse_role_string,
+)
+from familiar.config.slots import Slot, load_slots_file
 from familiar.errors import ConfigError, RoleFileError, SlotsFileError, StateError
 from familiar.ledger import FleetSettings
-from familiar.roles import ROLES, RoleConfig, parse_role_string
-from familiar.slots import Slot, load_slots_file
 
-_PKG = Path(__file__).resolve().parent
+_PKG = Path(__file__).resolve().parents[1]  # the familiar package
 DEFAULT_ROLE_STRING = "standard"
 
 
@@ -53,16 +63,27 @@ class Sampling(BaseModel):
 
 
 class RoleSpec(BaseModel):
-    """The contents of ``roles/<role>.toml``."""
+    """The contents of ``roles/<role>.toml``. ``kind`` decides what the role does: a
+    ``planner`` plans and integrates, a ``worker`` runs subtasks (those of the
+    difficulties it ``takes`` are queued for it; it stands in for any other worker), a
+    ``translator`` translates."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    kind: Literal["planner", "worker", "translator"]
+    kind: Kind
     description: str = ""
     prompt: str
     default_slot: str
+    #: the subtask difficulties queued for this worker (the first worker taking one gets it)
+    takes: tuple[Literal["hard", "easy"], ...] = ()
     sampling: Sampling = Sampling()
+
+    @model_validator(mode="after")
+    def _takes_only_workers(self) -> RoleSpec:
+        if self.takes and self.kind != WORKER:
+            raise ValueError(f"takes: only a worker takes subtasks, not a {self.kind}")
+        return self
 
 
 def load_role(workspace: Path, role: str) -> RoleSpec:
@@ -80,6 +101,38 @@ def load_role(workspace: Path, role: str) -> RoleSpec:
     if spec.name != role:
         raise RoleFileError(f"{path}: name is {spec.name!r}, expected {role!r}")
     return spec
+
+
+_ROLE_NAME = re.compile(SLOT_PATTERN)
+
+
+def role_names(workspace: Path) -> tuple[str, ...]:
+    """The roles a workspace knows: the shipped ones, then its own role files
+    (``<workspace>/roles/<name>.toml`` with a name a role string can spell), by name."""
+    own = workspace / "roles"
+    try:
+        found = [p.stem for p in own.glob("*.toml") if p.is_file()]
+    except OSError:
+        found = []
+    extra = sorted(
+        n
+        for n in found
+        if _ROLE_NAME.fullmatch(n)
+        and n not in ROLES
+        and n not in PRESETS
+        and n != "x"
+        and not n.startswith("slots")
+    )
+    return (*ROLES, *extra)
+
+
+def load_roles(workspace: Path) -> dict[str, RoleSpec]:
+    """Every known role's file (:func:`role_names`), read and checked."""
+    return {r: load_role(workspace, r) for r in role_names(workspace)}
+
+
+def role_kinds(specs: dict[str, RoleSpec]) -> dict[str, Kind]:
+    return {name: spec.kind for name, spec in specs.items()}
 
 
 def _first_error(exc: Exception) -> str:
@@ -158,8 +211,8 @@ def load_config(
             )
         line = claude_md.read_role_line(md) if md.is_file() else None
         text, source = (line, "CLAUDE.md") if line is not None else (DEFAULT_ROLE_STRING, "default")
-    role_config = parse_role_string(text)
-    specs = {r: load_role(ws, r) for r in ROLES}
+    specs = load_roles(ws)
+    role_config = parse_role_string(text, role_kinds(specs))
     path = slots_path(ws, slots)
     all_slots, fleet = load_slots_file(path)
     active: dict[str, Slot] = {}

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from familiar import signals
-from familiar.config import Config, find_workspace, load_config, shipped_dir, state_home
+from familiar.cli import signals
+from familiar.config.workspace import Config, find_workspace, load_config, shipped_dir, state_home
 from familiar.errors import ConfigError, RuntimeFailure, Terminated
 
 Common = Callable[[argparse.ArgumentParser], None]
