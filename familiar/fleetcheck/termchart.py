@@ -93,7 +93,7 @@ def draw(levels: Sequence[Level], stream: TextIO, *, title: str = "") -> bool:
         text = render(
             levels, width=size[0], height=size[1], title=title, color="NO_COLOR" not in os.environ
         )
-    except ImportError:
+    except (ImportError, AttributeError):  # no plotext, or its 6.x API (another one)
         return False  # the plot extra is optional: the table said everything
     print(text, file=stream, flush=True)
     return True
