@@ -10,7 +10,7 @@ import time
 
 import _common  # noqa: F401 - puts the repo on sys.path
 
-from familiar.backend import CallEvent, SlotClient
+from familiar.client.backend import CallEvent, SlotClient
 from familiar.config.slots import Slot
 from familiar.ledger import HostLedger, Ledger, deployment_id, deployment_label
 from familiar.seats import Seats

@@ -7,7 +7,7 @@ SlotClient is driven directly.
 
 * shared: ``--groups`` session-like groups start together; each sends ``--fanout`` requests at
   once (its correlation id is the affinity key) sharing a ``--prefix``-token prefix, each with
-  its own ``--suffix`` tokens. With ``warm`` (the slot option, familiar/warm.py), a group's
+  its own ``--suffix`` tokens. With ``warm`` (the slot option, familiar/client/warm.py), a group's
   first request goes alone and the rest follow at its first token. Reported: the share of
   prompt tokens served from cache, TTFT p50/p99 (from the group's start: waits for a seat or
   for the warm-up count), makespan.
@@ -30,11 +30,11 @@ from dataclasses import dataclass
 
 from _common import table
 
-from familiar.backend import CallResult, SlotClient
+from familiar.client.backend import CallResult, SlotClient
+from familiar.client.wire import RetryPolicy
 from familiar.config.slots import Slot
 from familiar.context import bound_correlation_id
 from familiar.logs import configure
-from familiar.wire import RetryPolicy
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.prefix_cache import PrefixCacheConfig
 

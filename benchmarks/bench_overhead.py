@@ -5,7 +5,7 @@ process; every answer exactly --output-tokens pieces, as with ``ignore_eos``), r
 
 * a minimal SSE reader: ``client.stream`` + ``aiter_lines`` + ``json.loads`` per event,
   bodies built before the clock starts, nothing timed, nothing kept; once with httpx
-  1.x and once with ``familiar.wire.HTTP`` (httpx2, the stack SlotClient and the bench
+  1.x and once with ``familiar.client.wire.HTTP`` (httpx2, the stack SlotClient and the bench
   use);
 * ``familiar bench``'s sweep (``Sweep.run([C])``): a synthetic prompt per request, every
   piece timed as it arrives, usage read, finish checked, the level summarised.
@@ -32,8 +32,8 @@ from typing import Any
 import _common  # puts the repo on sys.path
 import httpx
 
+from familiar.client.wire import HTTP
 from familiar.fleetcheck.sweep import Sweep, Target, Workload
-from familiar.wire import HTTP
 from tests.support.fake_openai import spawn_fake_server
 
 Runner = Callable[[], Awaitable[None]]

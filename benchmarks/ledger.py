@@ -31,7 +31,7 @@ from pathlib import Path
 
 import _common  # puts the repo on sys.path
 
-from familiar.backend import SlotClient
+from familiar.client.backend import SlotClient
 from familiar.config.slots import Slot
 from familiar.ledger import HostLedger, Ledger, deployment_id, deployment_label
 from familiar.seats import Seats

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import _common  # puts the repo on sys.path
 import openai
 
-from familiar.backend import SlotClient
+from familiar.client.backend import SlotClient
 from familiar.config.slots import Slot
 from tests.support.fake_openai import spawn_fake_server
 

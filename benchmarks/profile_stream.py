@@ -3,7 +3,8 @@
 One chat answer of T tokens (one SSE event each) from the fake server in its own process,
 N calls one after another on a kept-alive connection, for each HTTP client SlotClient can
 use (aiohttp, httpx2). Each phase is timed with ``perf_counter_ns`` around the very code
-``SlotClient`` runs (``familiar.transport``, ``familiar.reading``); the median per call
+``SlotClient`` runs (``familiar.client.transport``, ``familiar.client.reading``); the
+median per call
 is shown, and per event where the phase is per event:
 
 * build request: the JSON body and headers
@@ -36,12 +37,12 @@ from typing import Any
 
 import _common  # puts the repo on sys.path
 
-from familiar import transport
-from familiar.backend import SlotClient
+from familiar.client import transport
+from familiar.client.backend import SlotClient
+from familiar.client.reading import Answer, _read_events, check_finished
+from familiar.client.transport import Target, dumps
+from familiar.client.wire import HTTP
 from familiar.config.slots import Slot
-from familiar.reading import Answer, _read_events, check_finished
-from familiar.transport import Target, dumps
-from familiar.wire import HTTP
 from tests.support.fake_openai import spawn_fake_server
 
 PHASES = [

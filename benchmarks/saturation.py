@@ -17,7 +17,7 @@ import time
 
 import _common  # puts the repo on sys.path
 
-from familiar.backend import CallResult, SlotClient
+from familiar.client.backend import CallResult, SlotClient
 from familiar.config.slots import Slot
 from familiar.dispatch import Dispatcher, Pool, WorkItem, run_all
 from tests.support.fake_openai import spawn_fake_server

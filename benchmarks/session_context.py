@@ -20,9 +20,9 @@ import _common  # puts the repo on sys.path
 
 from familiar.config.workspace import shipped_dir
 from familiar.plan import Plan, Subtask
-from familiar.prompts import load_prompt
 from familiar.session import messages as msg
 from familiar.session.context import gather
+from familiar.session.prompts import load_prompt
 
 REPO = Path(_common.__file__).resolve().parents[1]
 

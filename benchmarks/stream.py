@@ -33,9 +33,9 @@ from typing import Any
 
 import _common  # puts the repo on sys.path
 
-from familiar.backend import SlotClient
+from familiar.client.backend import SlotClient
+from familiar.client.wire import HTTP
 from familiar.config.slots import Slot
-from familiar.wire import HTTP
 from tests.support.fake_openai import spawn_fake_server
 
 Runner = Callable[[int, int, list[dict[str, str]]], Awaitable[int]]

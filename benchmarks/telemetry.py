@@ -21,7 +21,7 @@ from pathlib import Path
 
 import _common
 
-from familiar.backend import SlotClient
+from familiar.client.backend import SlotClient
 from familiar.config.slots import Slot
 from familiar.telemetry import Telemetry
 from tests.support.fake_openai import spawn_fake_server

@@ -21,7 +21,7 @@ from pathlib import Path
 import _common
 import openai
 
-from familiar.backend import SlotClient
+from familiar.client.backend import SlotClient
 from familiar.config.slots import Slot
 from familiar.dispatch import Pool
 from familiar.translate import markdown as md

@@ -18,8 +18,8 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it
 _LAZY: dict[str, str] = {
     "PRESETS": "familiar.config.roles",
-    "CallEvent": "familiar.backend",
-    "CallResult": "familiar.backend",
+    "CallEvent": "familiar.client.backend",
+    "CallResult": "familiar.client.backend",
     "Config": "familiar.config.workspace",
     "ConfigError": "familiar.errors",
     "Dispatcher": "familiar.dispatch",
@@ -27,12 +27,12 @@ _LAZY: dict[str, str] = {
     "Fleet": "familiar.fleet",
     "ItemResult": "familiar.dispatch",
     "Pool": "familiar.dispatch",
-    "RetryPolicy": "familiar.backend",
+    "RetryPolicy": "familiar.client.backend",
     "RoleConfig": "familiar.config.roles",
     "RuntimeFailure": "familiar.errors",
     "Seats": "familiar.seats",
     "Slot": "familiar.config.slots",
-    "SlotClient": "familiar.backend",
+    "SlotClient": "familiar.client.backend",
     "WorkItem": "familiar.dispatch",
     "load_config": "familiar.config.workspace",
     "load_slots": "familiar.config.slots",
@@ -41,7 +41,7 @@ _LAZY: dict[str, str] = {
 }
 
 if TYPE_CHECKING:
-    from familiar.backend import CallEvent, CallResult, RetryPolicy, SlotClient
+    from familiar.client.backend import CallEvent, CallResult, RetryPolicy, SlotClient
     from familiar.config.roles import PRESETS, RoleConfig, parse_role_string
     from familiar.config.slots import Slot, load_slots
     from familiar.config.workspace import Config, load_config

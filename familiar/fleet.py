@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from familiar.backend import Hook, RetryPolicy, SlotClient
+from familiar.client.backend import Hook, RetryPolicy, SlotClient
 from familiar.config.slots import Slot
 from familiar.dispatch import Pool
 from familiar.ledger import Kind, Ledger, deployment_id, deployment_label, make_ledger

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from familiar.backend import RetryPolicy
+from familiar.client.backend import RetryPolicy
 
 
 async def _no_sleep(_seconds: float) -> None:

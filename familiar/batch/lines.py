@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from familiar.backend import CallResult
+from familiar.client.backend import CallResult
 
 Kind = Literal["chat", "completion"]
 URLS: dict[str, Kind] = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}

@@ -22,7 +22,6 @@ from typing import Any, BinaryIO
 
 import jsonschema
 
-from familiar.backend import CallResult, SlotClient
 from familiar.batch.lines import (
     LineError,
     Request,
@@ -33,6 +32,7 @@ from familiar.batch.lines import (
     ok_line,
     parse,
 )
+from familiar.client.backend import CallResult, SlotClient
 from familiar.errors import BackendError, ConfigError, FamiliarError, StateError
 
 _STOP = object()

@@ -176,7 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
 
     def view(fleet: Fleet) -> AbstractContextManager[Any]:
-        from familiar.view import LiveView, PlainView
+        from familiar.session.view import LiveView, PlainView
 
         if sys.stderr.isatty() and not args.json:
             return LiveView(lambda: service.seat_statistics(fleet))

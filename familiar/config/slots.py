@@ -68,7 +68,7 @@ class Slot(BaseModel):
     #: "none": least outstanding requests only
     affinity: Literal["session", "none"] = "session"
     #: warm, then fan out: of requests that share a long prompt prefix (and affinity key)
-    #: and start together, the first goes alone until its first token (familiar/warm.py)
+    #: and start together, the first goes alone until its first token (familiar/client/warm.py)
     warm: bool = True
     #: prompt format for translation on this slot (default: plamo for PLaMo, else chat;
     #: ``fewshot`` suits base models that are not instruction-tuned)

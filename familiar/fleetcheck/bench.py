@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from familiar.client.wire import HTTP
 from familiar.config.slots import Slot
 from familiar.fleetcheck.knee import Knee, cap_to_server, find_knee, noise
 from familiar.fleetcheck.openloop import OpenLoop, rate_name
@@ -37,7 +38,6 @@ from familiar.ledger import (
     make_ledger,
 )
 from familiar.logs import redact_url, register_url_secrets
-from familiar.wire import HTTP
 
 Progress = Callable[[str], None]
 MAX_CONCURRENCY = 4096

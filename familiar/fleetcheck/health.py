@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from familiar.client.wire import HTTP
 from familiar.config.runtimes import EMBEDDED_RUNTIME
 from familiar.config.slots import EMBEDDED, Slot
 from familiar.errors import RuntimeFailure
@@ -25,7 +26,6 @@ from familiar.fleetcheck.probe import Prober, ReplicaHealth, SeatBusy
 from familiar.fleetcheck.runtime import capacity_warnings
 from familiar.ledger import DeploymentView, Ledger, deployment_id, deployment_label
 from familiar.logs import register_url_secrets
-from familiar.wire import HTTP
 
 NOT_RUNNING = "the embedded llama-server is not running (`familiar local up` starts it)"
 
@@ -70,7 +70,7 @@ async def check(
     timeout_s: float = 10.0,
 ) -> HealthReport:
     """Probe every replica of every deployment of ``slots`` once (embedded ones resolved
-    through ``home``); ``transport``: one of ``familiar.wire.HTTP``'s, for tests.
+    through ``home``); ``transport``: one of ``familiar.client.wire.HTTP``'s, for tests.
 
     Slots naming one deployment (URLs + model) share its probes: one per replica, however
     many slot names point there. The one-token answer, the only request that occupies a

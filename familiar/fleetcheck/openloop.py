@@ -21,10 +21,10 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from familiar.client.wire import HTTP
 from familiar.fleetcheck.request import measure
 from familiar.fleetcheck.results import Level, Sample, summarize
 from familiar.fleetcheck.sweep import Sweep, _done_line
-from familiar.wire import HTTP
 
 KEYS = ("mean", "p50", "p99")
 MAX_RATE = 1e6  # requests/s: past it the arrival times are below the clock's resolution

@@ -16,11 +16,11 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from familiar.client.wire import HTTP
 from familiar.config.runtimes import RUNTIMES
 from familiar.config.slots import Slot
 from familiar.fleetcheck import runtime as rt
 from familiar.logs import mask, redact_url
-from familiar.wire import HTTP
 
 
 @dataclass
@@ -117,7 +117,7 @@ def auth_headers(slot: Slot) -> dict[str, str]:
 
 
 class Prober:
-    """Probes replicas through one ``familiar.wire.HTTP.AsyncClient`` (its transport
+    """Probes replicas through one ``familiar.client.wire.HTTP.AsyncClient`` (its transport
     injectable)."""
 
     def __init__(self, client: Any, *, timeout_s: float = 10.0) -> None:

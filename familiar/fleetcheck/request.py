@@ -1,11 +1,11 @@
 """One bench request: streamed, timed piece by piece, counted only when finished.
 
-A direct HTTP stream, not :class:`familiar.backend.SlotClient`: the bench measures the
+A direct HTTP stream, not :class:`familiar.client.backend.SlotClient`: the bench measures the
 server past the configured ``parallel`` (SlotClient would hold it to that cap), never
 retries (a failure is a result), and times every piece of text as its bytes arrive. The
 request asks for ``stream_options.include_usage`` so output tokens are the server's count.
 
-The HTTP client is ``familiar.wire.HTTP`` (SlotClient's too where aiohttp is missing):
+The HTTP client is ``familiar.client.wire.HTTP`` (SlotClient's too where aiohttp is missing):
 httpx2 (its connection pool stays cheap at hundreds of connections, where httpx 1.x
 spends about 20 ms of CPU per request at concurrency 256 and would cap what a bench can
 measure), else httpx. Clients, transports and exceptions all come from that module.
@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from familiar.client.wire import HTTP
 from familiar.fleetcheck.results import Sample
-from familiar.wire import HTTP
 
 Clock = Callable[[], float]
 #: how a kept-alive connection the server closed meanwhile fails, before any answer

@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from familiar.client.wire import HTTP
 from familiar.config.runtimes import RUNTIMES
 from familiar.fleetcheck.prompts import synthetic_prompt
 from familiar.fleetcheck.request import Clock, measure
 from familiar.fleetcheck.results import Level, Sample, summarize
-from familiar.wire import HTTP
 
 Progress = Callable[[str], None]
 #: runtimes that take ``ignore_eos`` (every answer exactly ``max_tokens`` long)
@@ -98,7 +98,7 @@ class Workload:
 
 class Sweep:
     """Runs levels one after another against ``target``; ``transport`` (one of
-    ``familiar.wire.HTTP``'s) is injectable."""
+    ``familiar.client.wire.HTTP``'s) is injectable."""
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from familiar.backend import CallResult, SlotClient
+from familiar.client.backend import CallResult, SlotClient
 from familiar.config.workspace import Config, find_workspace, load_config, state_home
 from familiar.errors import ConfigError, FamiliarError
 from familiar.plan import Plan

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from familiar import copycheck
-from familiar.backend import CallResult
+from familiar.client.backend import CallResult
 from familiar.errors import PlanInvalid
 from familiar.plan import (
     INTEGRATION_SCHEMA,

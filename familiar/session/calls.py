@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 
-from familiar.backend import CallResult, SlotClient
+from familiar.client.backend import CallResult, SlotClient
 from familiar.config.workspace import Config
 from familiar.errors import PlanInvalid
 from familiar.fleet import Fleet
@@ -26,10 +26,10 @@ from familiar.plan import (
     plan_schema,
     with_files,
 )
-from familiar.prompts import Prompt
 from familiar.session import answers
 from familiar.session.files import FileOut, FilesPolicy
 from familiar.session.messages import Messages, chat, feedback, follow_up
+from familiar.session.prompts import Prompt
 
 FIX_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -19,13 +19,14 @@ from familiar.errors import AnswerRejected, ConfigError, SessionFailed
 from familiar.fleet import Fleet
 from familiar.lang import NAMES, detect_lang
 from familiar.plan import MAX_SUBTASKS, Integration, Plan, Subtask
-from familiar.prompts import Prompt, load_prompt
 from familiar.routing import planner_role, revising_role, steals, translator_role
 from familiar.session import messages as msg
 from familiar.session.calls import Calls
 from familiar.session.context import Context
+from familiar.session.prompts import Prompt, load_prompt
 from familiar.session.schedule import schedule
 from familiar.session.store import SessionStore, SubtaskRecord
+from familiar.session.view import SessionView
 from familiar.session.worker import SubtaskWorker
 from familiar.session.workspace import (
     WorkspaceOptions,
@@ -34,7 +35,6 @@ from familiar.session.workspace import (
     subtask_files,
 )
 from familiar.telemetry import Telemetry
-from familiar.view import SessionView
 
 TASK_PROMPTS = (
     "plan.md",

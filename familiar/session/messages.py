@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from familiar.plan import Plan, Subtask
-from familiar.prompts import Prompt
 from familiar.session.context import Context
 from familiar.session.files import FileOut
+from familiar.session.prompts import Prompt
 
 Messages = list[dict[str, str]]
 

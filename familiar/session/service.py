@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from familiar.fleet import Fleet
     from familiar.session.context import Context
     from familiar.session.flow import SessionOutcome
-    from familiar.view import SessionView
+    from familiar.session.view import SessionView
 
 Notice = Callable[[str], None]
 ViewFactory = Callable[["Fleet"], AbstractContextManager["SessionView"]]

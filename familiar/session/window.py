@@ -9,9 +9,9 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
-from familiar.backend import SlotClient
+from familiar.client.backend import SlotClient
+from familiar.client.wire import HTTP
 from familiar.config.runtimes import RUNTIMES, root_url
-from familiar.wire import HTTP
 
 ASSUMED = 8192
 _TIMEOUT_S = 5.0

@@ -15,8 +15,8 @@ from familiar.session import messages as msg
 from familiar.session.calls import Calls
 from familiar.session.context import Context
 from familiar.session.store import SessionStore, SubtaskRecord
+from familiar.session.view import SessionView
 from familiar.telemetry import Telemetry, current_span, new_span_id
-from familiar.view import SessionView
 
 
 class SubtaskWorker:

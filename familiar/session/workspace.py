@@ -37,9 +37,9 @@ from familiar.session.files import (
     write_tree,
 )
 from familiar.session.store import SessionStore, SubtaskRecord
+from familiar.session.view import SessionView
 from familiar.session.worker import SubtaskWorker
 from familiar.telemetry import Telemetry
-from familiar.view import SessionView
 
 log = structlog.get_logger("familiar.session")
 

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from familiar.backend import CallEvent
+from familiar.client.backend import CallEvent
 from familiar.config.runtimes import RUNTIMES, provider_name
 from familiar.context import correlation_id, current_span
 from familiar.logs import mask, mask_any

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import structlog
 
-from familiar.backend import CallEvent
+from familiar.client.backend import CallEvent
 from familiar.context import current_span
 from familiar.errors import TelemetryUnavailable
 from familiar.logs import register_url_secrets

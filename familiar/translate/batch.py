@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from familiar.backend import SlotClient
+from familiar.client.backend import SlotClient
 from familiar.config.roles import TRANSLATOR
 from familiar.context import bound_affinity
 from familiar.dispatch import Dispatcher, Pool, WorkItem

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from familiar.backend import CallResult, SlotClient
+from familiar.client.backend import CallResult, SlotClient
 from familiar.config.roles import TRANSLATOR
 from familiar.translate import markdown as md
 from familiar.translate.cache import cache_key

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from familiar.backend import SlotClient
+from familiar.client.backend import SlotClient
 from familiar.config.slots import Slot
 from familiar.local import LocalInfo, LocalServer
 

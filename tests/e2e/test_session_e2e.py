@@ -18,7 +18,7 @@ import pytest
 
 from familiar import copycheck
 from familiar.cli.main import main
-from familiar.prompts import load_prompt
+from familiar.session.prompts import load_prompt
 
 pytestmark = pytest.mark.e2e
 

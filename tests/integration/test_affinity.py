@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from familiar.backend import CallEvent, SlotClient
+from familiar.client.backend import CallEvent, SlotClient
+from familiar.client.wire import RetryPolicy
 from familiar.config.slots import Slot
 from familiar.context import bound_affinity, bound_correlation_id
 from familiar.errors import BackendHTTPError
 from familiar.telemetry import llm_call_fields
-from familiar.wire import RetryPolicy
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.prefix_cache import PrefixCacheConfig
 from tests.support.scripts import articles, echo_translated, report, translate

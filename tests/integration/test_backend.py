@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from familiar.backend import CallEvent, RetryPolicy, SlotClient
+from familiar.client.backend import CallEvent, RetryPolicy, SlotClient
 from familiar.config.slots import Slot
 from familiar.context import bound_correlation_id
 from familiar.errors import BackendHTTPError

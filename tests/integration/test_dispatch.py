@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from familiar.backend import CallResult, RetryPolicy, SlotClient
+from familiar.client.backend import CallResult, RetryPolicy, SlotClient
 from familiar.config.slots import Slot
 from familiar.dispatch import Dispatcher, Pool, WorkItem, run_all
 from familiar.errors import BackendHTTPError, DispatchError
@@ -132,7 +132,7 @@ def test_ctrl_c_leaves_nothing_running() -> None:
     """A real process running the dispatcher gets SIGINT mid-run and exits cleanly."""
     script = textwrap.dedent("""
         import asyncio, sys
-        from familiar.backend import SlotClient
+        from familiar.client.backend import SlotClient
         from familiar.dispatch import Pool, WorkItem, run_all
         from familiar.config.slots import Slot
         from tests.support.fake_openai import FakeOpenAIServer

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from familiar.backend import SlotClient
+from familiar.client.backend import SlotClient
 from familiar.config.slots import Slot
 from familiar.dispatch import Pool, WorkBoard, WorkItem
 from familiar.errors import BackendHTTPError

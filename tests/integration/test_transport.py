@@ -1,4 +1,4 @@
-"""SlotClient on each of its HTTP clients (familiar/transport.py): aiohttp, the default,
+"""SlotClient on each of its HTTP clients (familiar/client/transport.py): aiohttp, the default,
 and httpx2 (forced by an injected transport). The same answers, and every failure maps to
 the same class of the error tree, on either."""
 
@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from familiar import transport
-from familiar.backend import SlotClient
+from familiar.client import transport
+from familiar.client.backend import SlotClient
+from familiar.client.wire import HTTP, RetryPolicy
 from familiar.config.slots import Slot
 from familiar.errors import (
     BackendConnectError,
@@ -20,7 +21,6 @@ from familiar.errors import (
     BackendProtocolError,
     BackendTimeout,
 )
-from familiar.wire import HTTP, RetryPolicy
 from tests.support.fake_openai import FakeOpenAIServer
 
 MSG = [{"role": "user", "content": "hello there"}]

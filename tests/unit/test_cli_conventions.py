@@ -267,7 +267,7 @@ def test_public_names_are_sorted_and_all_resolve() -> None:
         assert name in dir(familiar)
     from familiar import Fleet, SlotClient, parse_role_string  # the old spelling still works
 
-    assert SlotClient.__module__ == "familiar.backend" and Fleet.__name__ == "Fleet"
+    assert SlotClient.__module__ == "familiar.client.backend" and Fleet.__name__ == "Fleet"
     assert parse_role_string("minimal").canonical()
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         familiar.Nope  # noqa: B018

@@ -9,7 +9,7 @@ import pytest
 from familiar.config.slots import Slot, load_slots
 from familiar.config.workspace import load_config, slots_path
 from familiar.errors import PromptError, RoleFileError, RoleStringError, SlotsFileError
-from familiar.prompts import load_prompt
+from familiar.session.prompts import load_prompt
 
 FLEET = """
 [slots.naughty]

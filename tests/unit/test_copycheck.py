@@ -27,7 +27,7 @@ from familiar.plan import (
     WorkerOutput,
     parse_plan,
 )
-from familiar.prompts import load_prompt
+from familiar.session.prompts import load_prompt
 
 # Prompts with example blocks, as a workspace's own prompts/ may have them. Of the shipped
 # session prompts only plan.md keeps one (worker and integration answers get their shape

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from familiar.backend import CallEvent
+from familiar.client.backend import CallEvent
 from familiar.context import bound_correlation_id
 from familiar.telemetry import llm_call_fields, make_event
 

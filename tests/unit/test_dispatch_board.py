@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from familiar.backend import RetryPolicy
+from familiar.client.backend import RetryPolicy
 from familiar.dispatch import WorkBoard, WorkItem
 from familiar.errors import BoardClosed
 from familiar.seats import Seats

@@ -6,10 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from familiar.client.wire import HTTP
 from familiar.config.slots import Slot
 from familiar.fleetcheck.health import NOT_RUNNING, check, events
 from familiar.fleetcheck.report import health_text
-from familiar.wire import HTTP
 
 FINISHED = {"choices": [{"index": 0, "message": {"content": "OK"}, "finish_reason": "length"}]}
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from familiar.client.wire import HTTP
 from familiar.fleetcheck.request import SseEvents, measure
 from familiar.fleetcheck.sweep import Sweep, Target, Workload
-from familiar.wire import HTTP
 
 
 def _event(obj: dict[str, Any]) -> bytes:

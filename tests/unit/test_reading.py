@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from familiar.backend import SlotClient
+from familiar.client.backend import SlotClient
+from familiar.client.wire import HTTP, RetryPolicy
 from familiar.config.slots import Slot
 from familiar.errors import BackendProtocolError
-from familiar.wire import HTTP, RetryPolicy
 
 
 def sse(*events: Any, done: bool = True, extra: str = "") -> bytes:

@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+from familiar.client.replicas import Replica, ReplicaSet
+from familiar.client.wire import retry_after, retryable
 from familiar.errors import (
     BackendConnectError,
     BackendHTTPError,
     BackendProtocolError,
     BackendTimeout,
 )
-from familiar.replicas import Replica, ReplicaSet
-from familiar.wire import retry_after, retryable
 
 
 class Clock:

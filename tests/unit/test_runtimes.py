@@ -82,7 +82,7 @@ _TGI = textwrap.dedent(
     from familiar.fleetcheck.sweep import Target, Workload
     from familiar.config.slots import Slot
     from familiar.telemetry.events import PROVIDERS, provider_name
-    from familiar.wire import HTTP
+    from familiar.client.wire import HTTP
 
     def server(request):
         path = request.url.path

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from familiar import backend
-from familiar.backend import SlotClient
+from familiar.client import backend
+from familiar.client.backend import SlotClient
 from familiar.config.slots import Slot
 from familiar.errors import SeatLost
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from familiar.backend import CallEvent
+from familiar.client.backend import CallEvent
 from familiar.context import bound_correlation_id
 from familiar.telemetry import Telemetry, current_span, llm_call_fields, make_event
 

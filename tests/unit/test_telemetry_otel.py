@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from familiar.backend import CallEvent
+from familiar.client.backend import CallEvent
 from familiar.config.slots import Slot
 from familiar.telemetry import llm_call_fields
 from familiar.telemetry.events import PROVIDERS, provider_name, server_address

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from familiar.warm import WarmGate, prompt_head
+from familiar.client.warm import WarmGate, prompt_head
 
 LONG = "x" * 3000
 

@@ -7,13 +7,13 @@ by :func:`pipe_for`:
   installed. A streamed answer arrives as one HTTP chunk per SSE event, and httpx2 parses
   each of those in Python (h11) before the reader sees a byte: about half of a streamed
   call's CPU (``benchmarks/stream.py --stacks``, ``benchmarks/profile_stream.py``).
-* :class:`HttpxPipe` (``familiar.wire.HTTP``: httpx2, else httpx): where aiohttp is
+* :class:`HttpxPipe` (``familiar.client.wire.HTTP``: httpx2, else httpx): where aiohttp is
   missing, and whenever a test injects an httpx transport (``MockTransport``).
 
 Both honour the same limits (connect timeout, the stall limit as the read timeout),
 proxies from the environment (``HTTP(S)_PROXY``, ``ALL_PROXY``, ``NO_PROXY``), Basic
 credentials in a URL's userinfo, and keep connections alive. What they raise is mapped
-to the error tree by :func:`familiar.wire.map_errors`.
+to the error tree by :func:`familiar.client.wire.map_errors`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from familiar import __version__
-from familiar.wire import HTTP
+from familiar.client.wire import HTTP
 
 try:
     import aiohttp

@@ -41,7 +41,7 @@ except ImportError:  # pragma: no cover - an install without httpx2
 _TIMEOUT_ERRORS: tuple[type[Exception], ...] = (httpx.TimeoutException, HTTP.TimeoutException)
 _DECODING_ERRORS: tuple[type[Exception], ...] = (httpx.DecodingError, HTTP.DecodingError)
 _REQUEST_ERRORS: tuple[type[Exception], ...] = (httpx.RequestError, HTTP.RequestError)
-try:  # familiar.transport's default client, where installed
+try:  # familiar.client.transport's default client, where installed
     import aiohttp
 
     # its read and connect timeouts are TimeoutErrors too: caught before the whole-request one

@@ -25,6 +25,11 @@ import structlog
 from asyncio_throttle.throttler import Throttler
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from familiar.client.reading import Answer, Kind, check_finished, read_stream, read_whole
+from familiar.client.replicas import Replica, ReplicaSet
+from familiar.client.transport import Limits, Target, dumps, pipe_for
+from familiar.client.warm import WarmGate
+from familiar.client.wire import RetryPolicy, Sent, map_errors, retryable
 from familiar.config.slots import Slot
 from familiar.context import correlation_id, current_affinity
 from familiar.errors import (
@@ -34,14 +39,9 @@ from familiar.errors import (
 )
 from familiar.ledger.lost import SeatGuard
 from familiar.logs import redact_url, register_secret, register_url_secrets
-from familiar.reading import Answer, Kind, check_finished, read_stream, read_whole
-from familiar.replicas import Replica, ReplicaSet
 from familiar.seats import Seats
-from familiar.transport import Limits, Target, dumps, pipe_for
-from familiar.warm import WarmGate
-from familiar.wire import RetryPolicy, Sent, map_errors, retryable
 
-log = structlog.get_logger("familiar.backend")
+log = structlog.get_logger("familiar.client.backend")
 
 Message = Mapping[str, Any]
 
@@ -221,7 +221,7 @@ class SlotClient:
         key = gate.key(current_affinity(), body) if gate is not None else None
         if gate is None or key is None:
             return await self._attempts(kind, body, role, _COLD)
-        warmer = await gate.enter(key)  # warm, then fan out (familiar/warm.py)
+        warmer = await gate.enter(key)  # warm, then fan out (familiar/client/warm.py)
         if warmer is None:
             return await self._attempts(kind, body, role, _Prefix(cached=True))
         try:

@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from familiar.client.transport import Pipe
+from familiar.client.wire import Sent, refusal
 from familiar.errors import BackendProtocolError
-from familiar.transport import Pipe
-from familiar.wire import Sent, refusal
 
 Kind = Literal["chat", "completion"]
 
