@@ -39,7 +39,10 @@ exit code; the CLI prints ``familiar: error: <message>`` and exits with it::
     KeyboardInterrupt
     └── Terminated                  143 SIGTERM, handled like Ctrl-C (which exits 130)
 
-Foreign exceptions (aiohttp, httpx2, httpx) are mapped in one place, ``wire.map_errors``.
+Foreign exceptions of the LLM client (aiohttp, httpx2, httpx) are mapped in one place,
+``client/wire.map_errors``; two callers handle httpx's transport errors where they happen
+and never raise them (the telemetry sender retries or spills, ``local.py`` waits for the
+embedded server to answer its health endpoint).
 Retry predicates match these classes, never messages. ``asyncio.CancelledError`` is
 never caught and turned into one of these.
 """
