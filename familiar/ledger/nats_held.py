@@ -40,6 +40,9 @@ class HeldSeat:
     value: bytes
     seen: Seen  # the deployment's mirror
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: when the last write that reset its TTL was sent (monotonic): the key is surely
+    #: still this process's until this plus the TTL
+    written: float = field(default_factory=time.monotonic)
     lost: bool = False
     released: bool = False
     #: resolved when the seat is found expired and taken: its request is cancelled
@@ -84,11 +87,12 @@ class HeldSeats:
         holder = replace(self.holder, kind=kind, since=time.time())
         key = f"{dep_id}.s.{seat}"
         value = self.key.seal("seat", key, holder.to_json())
+        sent = time.monotonic()
         try:
             new = await self.kv.update(key, value, rev)
         except KeyWrongLastRevisionError:
             return None
-        held = HeldSeat(dep_id, label, seat, new, value, seen)
+        held = HeldSeat(dep_id, label, seat, new, value, seen, written=sent)
         self._held[held.key] = held
         seen(seat, new, holder)
         return held
@@ -97,16 +101,26 @@ class HeldSeats:
         async with held.lock:
             if held.released or held.lost:
                 return
+            sent = time.monotonic()
             try:
                 try:
                     held.rev = await self.kv.update(held.key, held.value, held.rev)
                 except KeyWrongLastRevisionError:  # changed behind us: expired meanwhile?
                     held.rev = await self._retake(held)
+                held.written = sent
                 held.seen(held.seat, held.rev, Holder.from_json(held.value))
             except KeyWrongLastRevisionError as exc:
                 self.lose(held, exc.holder)
             except Exception as exc:
                 log.debug("ledger renewal failed", key=held.key, error=repr(exc))
+
+    def fresh(self, held: HeldSeat) -> bool:
+        """Whether ``held`` is surely still this process's without asking the server: its
+        last write is younger than half the TTL (renewals come every third). A process
+        paused (SIGSTOP) or cut off past the TTL may have lost it unbeknown to it yet."""
+        return not (held.lost or held.released) and (
+            time.monotonic() - held.written < self.kv.ttl_s / 2
+        )
 
     def renew_now(self, held: HeldSeat) -> None:
         self._spawn(self.renew(held))
@@ -197,9 +211,12 @@ class Spares:
         self._since = 0.0
 
     def _prune(self) -> None:
+        """Drop the spares lost, released, or not surely ours any more (this process was
+        paused or cut off: another may hold the seat now); given back, never handed out."""
         for seat, h in list(self._spare.items()):
-            if h.lost or h.released:
+            if not self._held.fresh(h):
                 del self._spare[seat]
+                self._spawn(self._held.release(h, reachable=self._reachable()))
 
     def __bool__(self) -> bool:
         self._prune()
@@ -215,6 +232,7 @@ class Spares:
         return sorted(self._spare)
 
     def pop(self, seat: int) -> HeldSeat | None:
+        self._prune()
         return self._spare.pop(seat, None)
 
     def linger_left(self) -> float:

@@ -1,0 +1,183 @@
+"""Hostile tests of the seat ledgers: real ``familiar`` ledgers in several processes
+against a real nats-server and the fake OpenAI server, whose in-flight count is the judge
+(``parallel`` is never exceeded), and a paused process (SIGSTOP, or its event loop
+blocked) that must neither hand out a seat it lost nor block the others for long."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from familiar.ledger.nats import NatsLedger
+from tests.support import nats as nats_support
+from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.nats import NatsServer
+
+nats_server = nats_support.nats_server  # the fixture
+HERE = "tests.integration.test_ledger_hostile"
+
+
+# -- the worker processes ------------------------------------------------------------------
+
+
+async def _hammer(nats_url: str, llm_url: str, cap: int, seconds: float, home: str) -> None:
+    from familiar.config.slots import Slot
+    from familiar.fleet import Fleet
+
+    slot = Slot(name="t", url=(llm_url,), model="m", runtime="vllm", parallel=cap, timeout_s=60)
+    ledger = NatsLedger(nats_url, ttl_s=2.0, wait_s=60)
+    done = 0
+    async with Fleet({"t": slot}, home=Path(home), ledger=ledger) as fleet:
+        client = fleet["t"]
+        print("ready", flush=True)
+        end = time.monotonic() + seconds
+
+        async def loop() -> None:
+            nonlocal done
+            while time.monotonic() < end:
+                await client.chat([{"role": "user", "content": "x"}], max_tokens=1)
+                done += 1
+
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(4):
+                tg.create_task(loop())
+    print(f"done {done}", flush=True)
+
+
+def hammer_main(nats_url: str, llm_url: str, cap: str, seconds: str, home: str) -> None:
+    """4 concurrent loops of 1-token requests for ``seconds``, then ``done <count>``."""
+    asyncio.run(_hammer(nats_url, llm_url, int(cap), float(seconds), home))
+
+
+async def _hold(nats_url: str, dep: str, cap: int, ttl: float, hold_s: float) -> None:
+    async with NatsLedger(nats_url, ttl_s=ttl, wait_s=120) as ledger:
+        seats = ledger.deployment(dep, "hostile", cap)
+        print("waiting", flush=True)
+        lease = await seats.acquire("interactive")
+        print(f"held {lease.seat} {time.time():.3f}", flush=True)
+        await asyncio.sleep(hold_s)
+        await seats.release(lease)
+        print(f"released {time.time():.3f}", flush=True)
+        await asyncio.sleep(0.5)
+
+
+def hold_main(nats_url: str, dep: str, cap: str, ttl: str, hold_s: str) -> None:
+    """Take one seat, print ``held <seat> <time>``, hold it ``hold_s``, give it back."""
+    asyncio.run(_hold(nats_url, dep, int(cap), float(ttl), float(hold_s)))
+
+
+async def spawn(main: str, *args: object) -> asyncio.subprocess.Process:
+    code = f"import sys; from {HERE} import {main}; {main}(*sys.argv[1:])"
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-c", code, *(str(a) for a in args)),
+        env={**os.environ, "FAMILIAR_TELEMETRY": "off"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def line_with(proc: asyncio.subprocess.Process, word: str, limit: float) -> str:
+    assert proc.stdout is not None
+    async with asyncio.timeout(limit):
+        while True:
+            line = (await proc.stdout.readline()).decode()
+            assert line, f"exited before saying {word!r}"
+            if line.startswith(word):
+                return line
+
+
+def kill_all(procs: list[asyncio.subprocess.Process]) -> None:
+    for p in procs:
+        if p.returncode is None:
+            os.kill(p.pid, signal.SIGCONT)
+            p.kill()
+
+
+# -- the attacks ---------------------------------------------------------------------------
+
+
+async def test_three_processes_hammering_one_token_requests_never_exceed_two(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """3 processes, parallel = 2, 4 loops of zero-latency 1-token requests each for 20 s:
+    seat hand-offs (spares, batched takes, tickets) all the time; never 3 in flight."""
+    async with FakeOpenAIServer(latency_s=0.0, reply_mode="identity") as srv:
+        procs = [
+            await spawn("hammer_main", nats_server.url, srv.url, 2, 20, tmp_path / f"h{i}")
+            for i in range(3)
+        ]
+        try:
+            for p in procs:
+                await line_with(p, "ready", 30)
+            counts = [int((await line_with(p, "done", 90)).split()[1]) for p in procs]
+        finally:
+            kill_all(procs)
+            for p in procs:
+                await p.wait()
+        print(f"requests per process {counts}, stats {srv.stats}")
+        assert srv.stats["max_in_flight"] <= 2, srv.stats
+        assert min(counts) > 0, counts  # every process had turns
+
+
+async def test_a_spare_is_not_handed_out_after_a_pause_past_the_ttl(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """A seat released just before this process's event loop froze (SIGSTOP, a blocked
+    loop) is kept as a spare; past the TTL its key expired and another process took the
+    seat: the spare must not go to this process's next acquirer."""
+    ttl = 2.0  # frozen 2.5 TTLs: past the TTL, not yet past the sweep's 3 TTLs
+    async with NatsLedger(nats_server.url, ttl_s=ttl, wait_s=30) as ledger:
+        seats = ledger.deployment("hostile-spare", "hostile", 1)
+        lease = await seats.acquire("interactive")
+        await seats.release(lease)
+        lease = await seats.acquire("interactive")  # the pump and the mirror are running
+        nextone = asyncio.create_task(seats.acquire("interactive"))  # queued behind it
+        await asyncio.sleep(0.3)
+        other = await spawn("hold_main", nats_server.url, "hostile-spare", 1, ttl, 30)
+        try:
+            await seats.release(lease)  # a spare now, for the next acquirer (this tick)
+            time.sleep(2.5 * ttl)  # noqa: ASYNC251 - frozen before the pump ran, as by SIGSTOP
+            try:
+                again = await asyncio.wait_for(asyncio.shield(nextone), 1.0)
+            except TimeoutError:
+                again = None
+            held = await line_with(other, "held", 10)  # the other took it meanwhile
+            assert again is None, f"seat {again.seat} handed out while the other {held.strip()}"
+            nextone.cancel()
+        finally:
+            kill_all([other])
+            await other.wait()
+
+
+async def test_a_stopped_waiter_ahead_blocks_the_next_for_about_patience(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """Cap 1, TTL 10 s: A holds, B waits and is SIGSTOPped (its waiter key lives on), C
+    waits behind it. When A gives the seat back, C has it after about 2 s (patience), not
+    after B's waiter key expires."""
+    url, dep = nats_server.url, "hostile-patience"
+    a = await spawn("hold_main", url, dep, 1, 10, 6)
+    procs = [a]
+    try:
+        await line_with(a, "held", 30)
+        b = await spawn("hold_main", url, dep, 1, 10, 1)
+        procs.append(b)
+        await line_with(b, "waiting", 30)
+        await asyncio.sleep(1.0)  # its waiter key is written
+        os.kill(b.pid, signal.SIGSTOP)
+        c = await spawn("hold_main", url, dep, 1, 10, 1)
+        procs.append(c)
+        await line_with(c, "waiting", 30)
+        released = float((await line_with(a, "released", 30)).split()[1])
+        got = float((await line_with(c, "held", 15)).split()[2])
+        print(f"C had the seat {got - released:.2f} s after A gave it back")
+        assert got - released < 3.5, got - released
+    finally:
+        kill_all(procs)
+        for p in procs:
+            await p.wait()
