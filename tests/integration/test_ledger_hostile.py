@@ -15,6 +15,8 @@ from pathlib import Path
 import nats
 import pytest
 
+from familiar.ledger.base import Ledger
+from familiar.ledger.host import HostLedger
 from familiar.ledger.nats import NatsLedger
 from tests.support import nats as nats_support
 from tests.support.fake_openai import FakeOpenAIServer
@@ -22,6 +24,22 @@ from tests.support.nats import NatsServer
 
 nats_server = nats_support.nats_server  # the fixture
 HERE = "tests.integration.test_ledger_hostile"
+
+
+def ledger_at(where: str, ttl: float) -> Ledger:
+    """A directory: the host ledger there; else a NATS URL: the NATS ledger."""
+    if where.startswith("/"):
+        return HostLedger(Path(where))
+    return NatsLedger(where, ttl_s=ttl, wait_s=120)
+
+
+@pytest.fixture(params=["host", "nats"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where the processes of a test share seats: a host-ledger directory, or NATS."""
+    if request.param == "host":
+        return str(tmp_path / "host-ledger")
+    server: NatsServer = request.getfixturevalue("nats_server")
+    return server.url
 
 
 # -- the worker processes ------------------------------------------------------------------
@@ -32,7 +50,7 @@ async def _hammer(nats_url: str, llm_url: str, cap: int, seconds: float, home: s
     from familiar.fleet import Fleet
 
     slot = Slot(name="t", url=(llm_url,), model="m", runtime="vllm", parallel=cap, timeout_s=60)
-    ledger = NatsLedger(nats_url, ttl_s=2.0, wait_s=60)
+    ledger = ledger_at(nats_url, 2.0)
     done = 0
     async with Fleet({"t": slot}, home=Path(home), ledger=ledger) as fleet:
         client = fleet["t"]
@@ -57,7 +75,7 @@ def hammer_main(nats_url: str, llm_url: str, cap: str, seconds: str, home: str) 
 
 
 async def _hold(nats_url: str, dep: str, cap: int, ttl: float, hold_s: float) -> None:
-    async with NatsLedger(nats_url, ttl_s=ttl, wait_s=120) as ledger:
+    async with ledger_at(nats_url, ttl) as ledger:
         seats = ledger.deployment(dep, "hostile", cap)
         print("waiting", flush=True)
         lease = await seats.acquire("interactive")
@@ -105,13 +123,13 @@ def kill_all(procs: list[asyncio.subprocess.Process]) -> None:
 
 
 async def test_three_processes_hammering_one_token_requests_never_exceed_two(
-    tmp_path: Path, nats_server: NatsServer
+    tmp_path: Path, ledger_url: str
 ) -> None:
     """3 processes, parallel = 2, 4 loops of 1-token (3 ms) requests each for 20 s:
     seat hand-offs (spares, batched takes, tickets) all the time; never 3 in flight."""
     async with FakeOpenAIServer(latency_s=0.003, reply_mode="identity") as srv:
         procs = [
-            await spawn("hammer_main", nats_server.url, srv.url, 2, 20, tmp_path / f"h{i}")
+            await spawn("hammer_main", ledger_url, srv.url, 2, 20, tmp_path / f"h{i}")
             for i in range(3)
         ]
         try:
@@ -158,12 +176,12 @@ async def test_a_spare_is_not_handed_out_after_a_pause_past_the_ttl(
 
 
 async def test_a_stopped_waiter_ahead_blocks_the_next_for_about_patience(
-    tmp_path: Path, nats_server: NatsServer
+    tmp_path: Path, ledger_url: str
 ) -> None:
     """Cap 1, TTL 10 s: A holds, B waits and is SIGSTOPped (its waiter key lives on), C
     waits behind it. When A gives the seat back, C has it after about 2 s (patience), not
     after B's waiter key expires."""
-    url, dep = nats_server.url, "hostile-patience"
+    url, dep = ledger_url, "hostile-patience"
     a = await spawn("hold_main", url, dep, 1, 10, 6)
     procs = [a]
     try:
@@ -297,3 +315,33 @@ async def test_a_stricter_cap_key_purged_by_a_stranger_keeps_the_cap(
                 await p.wait()
         print(f"max in flight with the cap key purged: {srv.stats['max_in_flight']}")
         assert srv.stats["max_in_flight"] <= 1, srv.stats
+
+
+async def test_hammering_through_a_sigkill_and_a_nats_restart_never_exceeds_two(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """3 processes hammering parallel = 2 (spares and batched renewals all the time): one
+    SIGKILLed mid-run, then nats-server restarted; never 3 in flight, the others finish."""
+    async with FakeOpenAIServer(latency_s=0.003, reply_mode="identity") as srv:
+        procs = [
+            await spawn("hammer_main", nats_server.url, srv.url, 2, 16, tmp_path / f"h{i}")
+            for i in range(3)
+        ]
+        try:
+            for p in procs:
+                await line_with(p, "ready", 30)
+            await asyncio.sleep(4.0)
+            procs[0].kill()
+            await asyncio.sleep(3.0)
+            before = srv.stats["requests"]
+            nats_server.stop()
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(nats_server.start)
+            counts = [int((await line_with(p, "done", 90)).split()[1]) for p in procs[1:]]
+        finally:
+            kill_all(procs)
+            for p in procs:
+                await p.wait()
+        print(f"requests before the restart {before}, survivors {counts}, stats {srv.stats}")
+        assert srv.stats["max_in_flight"] <= 2, srv.stats
+        assert srv.stats["requests"] > before, srv.stats  # work went on after the restart
