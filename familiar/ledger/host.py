@@ -322,14 +322,16 @@ class HostSeats(DeploymentSeats):
     def _grant(self) -> bool:
         granted = False
         while self._waiters:
-            kind, fut = self._waiters[0]
-            if fut.done():
-                self._waiters.popleft()
-                continue
+            live = [w for w in self._waiters if not w[1].done()]
+            if not live:
+                self._waiters.clear()
+                break
+            # sessions before batches (this process's own, too), else first come
+            kind, fut = min(live, key=lambda w: w[0] == "batch")
             seat = self._take(kind)
             if seat is None:
                 break
-            self._waiters.popleft()
+            self._waiters.remove((kind, fut))
             fut.set_result(seat)
             granted = True
             self._drop_ticket(kind)  # to the back of the line for the next one

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import nats
@@ -110,6 +111,15 @@ async def line_with(proc: asyncio.subprocess.Process, word: str, limit: float) -
             assert line, f"exited before saying {word!r}"
             if line.startswith(word):
                 return line
+
+
+async def until(check: Callable[[], bool], limit: float) -> float:
+    """Wait until ``check()``; the seconds it took (fails past ``limit``)."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < limit, "timed out waiting"
+        await asyncio.sleep(0.005)
+    return time.monotonic() - started
 
 
 def kill_all(procs: list[asyncio.subprocess.Process]) -> None:
@@ -214,8 +224,7 @@ async def test_the_stricter_process_killed_its_cap_relaxes_only_after_its_ttl(
         procs = [narrow]
         try:
             await line_with(narrow, "ready", 30)
-            while srv.stats["requests"] < 5:
-                await asyncio.sleep(0.02)
+            await until(lambda: srv.stats["requests"] >= 5, 30)
             wide = await spawn("hammer_main", nats_server.url, srv.url, 3, 12, tmp_path / "w")
             procs.append(wide)
             await line_with(wide, "ready", 30)
@@ -261,8 +270,7 @@ async def test_a_forged_strict_cap_key_is_ignored_with_a_fleet_key(
         )
         try:
             await line_with(wide, "ready", 30)
-            while srv.stats["requests"] < 3:
-                await asyncio.sleep(0.02)
+            await until(lambda: srv.stats["requests"] >= 3, 30)
             nc, kv = await stranger_kv(nats_server.url)
             keys = await kv.keys()  # type: ignore[attr-defined]
             dep = next(k for k in keys if ".c." in k).split(".")[0]
@@ -293,8 +301,7 @@ async def test_a_stricter_cap_key_purged_by_a_stranger_keeps_the_cap(
         procs = [n]
         try:
             await line_with(n, "ready", 30)
-            while srv.stats["requests"] < 3:
-                await asyncio.sleep(0.02)
+            await until(lambda: srv.stats["requests"] >= 3, 30)
             w = await spawn(
                 "hammer_main", nats_server.url, srv.url, 3, 8, tmp_path / "w", **FLEET_KEY
             )
@@ -345,3 +352,25 @@ async def test_hammering_through_a_sigkill_and_a_nats_restart_never_exceeds_two(
         print(f"requests before the restart {before}, survivors {counts}, stats {srv.stats}")
         assert srv.stats["max_in_flight"] <= 2, srv.stats
         assert srv.stats["requests"] > before, srv.stats  # work went on after the restart
+
+
+async def test_a_session_queued_after_a_batch_in_one_process_goes_first(
+    ledger_url: str,
+) -> None:
+    """Cap 1: a batch acquirer queued, then a session's: the seat given back goes to the
+    session (a spare in the NATS ledger: the same rule), then to the batch."""
+    async with ledger_at(ledger_url, 2.0) as ledger:
+        seats = ledger.deployment("hostile-kinds", "hostile", 1)
+        for _ in range(20):  # again and again: the spare, the take, the ticket
+            lease = await seats.acquire("interactive")
+            batch = asyncio.create_task(seats.acquire("batch"))
+            await asyncio.sleep(0.05)
+            session = asyncio.create_task(seats.acquire("interactive"))
+            await asyncio.sleep(0.05)
+            await seats.release(lease)
+            done, _ = await asyncio.wait({batch, session}, return_when=asyncio.FIRST_COMPLETED)
+            assert done == {session}, "the batch went first"
+            await asyncio.sleep(0.05)
+            assert not batch.done()
+            await seats.release(session.result())
+            await seats.release(await asyncio.wait_for(batch, 5))
