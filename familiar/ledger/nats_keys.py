@@ -149,7 +149,7 @@ class Mirror:
         2.15 after a SIGKILL), which would leave seats held and waiters queued by
         processes long gone. True when it purged something."""
         stale = time.monotonic() - stale_s
-        keep = keep | {f"w.{self._nonce}", f"c.{self._nonce}"}
+        keep = keep | {"meta", f"w.{self._nonce}", f"c.{self._nonce}"}  # (meta: no TTL)
         purged = False
         for name, (seen, rev) in list(self.touched.items()):
             if seen > stale or name in keep:

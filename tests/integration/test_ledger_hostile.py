@@ -15,6 +15,8 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.aio.client import Client
+from nats.js.kv import KeyValue
 
 from familiar.ledger.base import Ledger
 from familiar.ledger.host import HostLedger
@@ -253,7 +255,7 @@ async def test_the_stricter_process_killed_its_cap_relaxes_only_after_its_ttl(
 FLEET_KEY = {"FAMILIAR_FLEET_KEY": "hostile-test-fleet-secret-0123456789"}
 
 
-async def stranger_kv(url: str) -> tuple[nats.NATS, object]:
+async def stranger_kv(url: str) -> tuple[Client, KeyValue]:
     """A stranger on the bus: it can write and purge keys, but lacks the fleet key."""
     nc = await nats.connect(url)
     return nc, await nc.jetstream().key_value("familiar_seats")
@@ -272,9 +274,9 @@ async def test_a_forged_strict_cap_key_is_ignored_with_a_fleet_key(
             await line_with(wide, "ready", 30)
             await until(lambda: srv.stats["requests"] >= 3, 30)
             nc, kv = await stranger_kv(nats_server.url)
-            keys = await kv.keys()  # type: ignore[attr-defined]
+            keys = await kv.keys()
             dep = next(k for k in keys if ".c." in k).split(".")[0]
-            await kv.put(f"{dep}.c.stranger", b'{"cap": 1}')  # type: ignore[attr-defined]
+            await kv.put(f"{dep}.c.stranger", b'{"cap": 1}')
             srv.reset()
             await asyncio.sleep(2.0)
             await nc.close()
@@ -311,9 +313,9 @@ async def test_a_stricter_cap_key_purged_by_a_stranger_keeps_the_cap(
             assert srv.stats["max_in_flight"] == 1, srv.stats
             nc, kv = await stranger_kv(nats_server.url)
             for _ in range(20):  # the stranger purges every cap key it sees, for 2 s
-                for key in await kv.keys():  # type: ignore[attr-defined]
+                for key in await kv.keys():
                     if ".c." in key:
-                        await kv.purge(key)  # type: ignore[attr-defined]
+                        await kv.purge(key)
                 await asyncio.sleep(0.1)
             await nc.close()
         finally:
@@ -374,3 +376,44 @@ async def test_a_session_queued_after_a_batch_in_one_process_goes_first(
             assert not batch.done()
             await seats.release(session.result())
             await seats.release(await asyncio.wait_for(batch, 5))
+
+
+async def test_hammering_with_a_process_stopped_past_the_ttl_never_exceeds_two(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """3 processes hammering parallel = 2; one SIGSTOPped 3 s (past the 2 s TTL: its seats
+    and spares expire and go to the others), then SIGCONT, three times: whatever it held
+    or kept as a spare, it never runs a request on a seat another process holds."""
+    async with FakeOpenAIServer(latency_s=0.003, reply_mode="identity") as srv:
+        procs = [
+            await spawn("hammer_main", nats_server.url, srv.url, 2, 22, tmp_path / f"h{i}")
+            for i in range(3)
+        ]
+        try:
+            for p in procs:
+                await line_with(p, "ready", 30)
+            for _ in range(3):
+                await asyncio.sleep(2.0)
+                os.kill(procs[0].pid, signal.SIGSTOP)
+                await asyncio.sleep(3.0)
+                os.kill(procs[0].pid, signal.SIGCONT)
+            counts = [int((await line_with(p, "done", 90)).split()[1]) for p in procs]
+        finally:
+            kill_all(procs)
+            for p in procs:
+                await p.wait()
+        print(f"requests per process {counts}, stats {srv.stats}")
+        assert srv.stats["max_in_flight"] <= 2, srv.stats
+
+
+async def test_the_meta_key_is_not_swept_as_stale(nats_server: NatsServer) -> None:
+    """The deployment's meta is written once (no TTL): a process that uses the deployment
+    for more than three TTLs must not purge it as "a key nobody renewed"."""
+    async with NatsLedger(nats_server.url, ttl_s=1.0) as ledger:
+        seats = ledger.deployment("hostile-meta", "hostile meta", 1)
+        await seats.release(await seats.acquire("interactive"))
+        await asyncio.sleep(4.0)
+        await seats.release(await seats.acquire("interactive"))
+        await asyncio.sleep(0.5)
+        last = await ledger.kv.last("hostile-meta.meta")
+        assert last.live, "the meta key was purged"
