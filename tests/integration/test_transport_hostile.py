@@ -6,12 +6,15 @@ bounded, no secret leaks, and a kept-alive connection never mixes answers."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from familiar.cli.main import main
 from familiar.client import reading
 from familiar.client.backend import CallResult, SlotClient
 from familiar.client.wire import HTTP, RetryPolicy
@@ -505,3 +508,82 @@ async def test_a_hanging_server_never_gets_more_than_the_seats(pipe: str) -> Non
         got = await asyncio.gather(*calls, return_exceptions=True)
     assert all(isinstance(g, BackendTimeout) for g in got), got
     assert peak == 2
+
+
+@pytest.mark.parametrize("pipe", PIPES)
+async def test_a_compressed_bomb_fails_cleanly(pipe: str) -> None:
+    """40 MiB without a line end, gzipped to ~40 KiB: inflated, it still meets the cap."""
+    bomb = gzip.compress(b"data: " + b"0" * (40 << 20), compresslevel=9)
+    h = head(extra="content-encoding: gzip\r\n", length=len(bomb))
+    got, took = await timed(once(h, bomb, then="hang"), pipe, timeout_s=20)
+    assert isinstance(got, BackendProtocolError) and "line" in str(got), got
+    assert took < 10
+
+
+# -- through the whole command: familiar batch ----------------------------------------------
+
+
+def batch_line(cid: str, text: str) -> str:
+    body = {"model": "naughty", "messages": [{"role": "user", "content": text}]}
+    return json.dumps(
+        {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": body}
+    )
+
+
+async def test_batch_through_hostile_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``good``: a cut stream, a ``[DONE]`` without finish, then the exact text split byte by
+    byte with CR line ends; ``html``: always a 200 HTML page; ``key``: a 401 echoing the key.
+    The output holds the exact text, error lines for the others, no key; exit code 1."""
+    key = "sk-batch-5ecret-0123456789abcdef"
+    monkeypatch.setenv("BATCH_KEY", key)
+    tries: dict[str, int] = {}
+
+    async def handle(conn: Conn) -> None:
+        while (req := await conn.request()) is not None:
+            what = req["body"]["messages"][-1]["content"]
+            n = tries[what] = tries.get(what, 0) + 1
+            if what == "key":
+                body = json.dumps({"error": {"message": f"bad {key}"}}).encode()
+                await conn.send(head(401, ctype="application/json", length=len(body)) + body)
+            elif what == "html":
+                page = b"<html>data: [DONE]</html>\n"
+                await conn.send(head(ctype="text/html", length=len(page)) + page)
+            elif n == 1:
+                await conn.send(STREAMED + event("half"))
+                return
+            elif n == 2:
+                body = event("half") + DONE
+                await conn.send(head(length=len(body)) + body)
+            else:
+                raw = (event(TRICKY[:4]) + event(TRICKY[4:], "stop") + DONE).replace(b"\n", b"\r")
+                await conn.send(head(close=True))
+                for i in range(len(raw)):
+                    await conn.send(raw[i : i + 1])
+                return
+
+    async with RawServer(handle) as srv:
+        (tmp_path / "slots.toml").write_text(
+            f'[slots.naughty]\nurl = "{srv.url}"\nmodel = "big"\nruntime = "vllm"\n'
+            'parallel = 2\ntimeout_s = 5\napi_key_env = "BATCH_KEY"\n'
+        )
+        (tmp_path / "CLAUDE.md").write_text("familiar: naughty\n")
+        lines = [batch_line("good", "good"), batch_line("html", "html"), batch_line("key", "key")]
+        src = tmp_path / "req.jsonl"
+        src.write_text("\n".join(lines) + "\n")
+        out = tmp_path / "res.jsonl"
+        args = ["batch", "--workspace", str(tmp_path), str(src), "--out", str(out)]
+        code = await asyncio.to_thread(main, args)
+    assert code == 1
+    raw_out = out.read_bytes()
+    rows = {r["custom_id"]: r for r in map(json.loads, raw_out.decode().splitlines())}
+    assert set(rows) == {"good", "html", "key"}
+    good = rows["good"]["response"]["body"]["choices"][0]["message"]
+    assert good["content"] == TRICKY and rows["good"]["error"] is None
+    assert rows["html"]["response"] is None and "content-type" in rows["html"]["error"]["message"]
+    assert rows["key"]["response"] is None and "401" in rows["key"]["error"]["message"]
+    assert tries == {"good": 3, "html": 4, "key": 1}  # html retried, 401 not
+    said = capsys.readouterr()
+    for text in (raw_out.decode(), said.out, said.err):
+        assert key not in text and "Traceback" not in text
