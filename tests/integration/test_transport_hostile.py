@@ -587,3 +587,39 @@ async def test_batch_through_hostile_answers(
     said = capsys.readouterr()
     for text in (raw_out.decode(), said.out, said.err):
         assert key not in text and "Traceback" not in text
+
+
+@pytest.mark.parametrize("pipe", PIPES)
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "plain"])
+async def test_an_informational_status_before_the_answer_is_skipped(pipe: str, stream: bool) -> None:
+    early = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n"
+    if stream:
+        body = event("Hi", "stop") + DONE
+        h = head(length=len(body))
+    else:
+        body = whole("Hi")
+        h = head(ctype="application/json", length=len(body))
+    got = await ask(once(early + h + body), pipe, stream=stream)
+    assert isinstance(got, CallResult) and got.text == "Hi", got
+
+
+@pytest.mark.parametrize("pipe", PIPES)
+@pytest.mark.parametrize("status", [200, 204])
+async def test_an_answer_without_a_body_is_an_error(pipe: str, status: int) -> None:
+    got = await ask(once(head(status, length=0)), pipe)
+    assert isinstance(got, BackendProtocolError), got
+
+
+@pytest.mark.parametrize("pipe", PIPES)
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "plain"])
+async def test_an_endless_error_body_is_not_waited_for(pipe: str, stream: bool) -> None:
+    async def handle(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(head(500, ctype="text/plain", close=True))
+        while True:
+            await conn.send(b"overloaded " * 1000)
+            await asyncio.sleep(0.01)
+
+    got, took = await timed(handle, pipe, stream=stream, timeout_s=10)
+    assert isinstance(got, BackendHTTPError) and got.status == 500, got
+    assert took < 3 and len(str(got)) < 400
