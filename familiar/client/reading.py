@@ -9,6 +9,7 @@ was measured (time to first token, usage) survives a failure for telemetry.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import json.scanner
 import time
@@ -64,7 +65,8 @@ async def read_stream(
         if not 200 <= reply.status < 300:
             raise refusal(reply.status, await _error_body(reply), reply.headers)
         _check_type(reply.headers, "text/event-stream")
-        ended = await _read_events(reply.chunks(), kind, acc, start, stall_s)
+        chunks = reply.chunks()
+        ended = await _read_events(chunks, kind, acc, start, stall_s) and await _drain(chunks)
     finally:
         await reply.close(ended)
 
@@ -76,6 +78,38 @@ MAX_LINE = 8 << 20
 MAX_BODY = 256 << 20
 #: the most of a refused request's body read for its message
 MAX_ERROR_BODY = 64 << 10
+
+
+async def _capped(chunks: AsyncIterator[bytes]) -> bytes:
+    """A body of unknown length, up to ``MAX_BODY``."""
+    parts: list[bytes] = []
+    size = 0
+    async for data in chunks:
+        size += len(data)
+        if size > MAX_BODY:
+            raise ValueError(f"the answer is too large (over {MAX_BODY} bytes)")
+        parts.append(data)
+    return b"".join(parts)
+
+
+#: how long the body's end may take to come after ``[DONE]``
+DRAIN_S = 0.1
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> bool:
+    """After ``[DONE]``: read the rest of the body (its end, which usually follows at once),
+    so that the connection can serve again; False (drop it) when more than a little comes,
+    or it does not end soon, or it fails: the answer is complete either way."""
+    size = 0
+    try:
+        async with asyncio.timeout(DRAIN_S):
+            async for data in chunks:
+                size += len(data)
+                if size > MAX_ERROR_BODY:
+                    return False
+    except Exception:  # whatever comes after the answer is not its failure
+        return False
+    return True
 
 
 def _check_type(headers: Mapping[str, str], *wanted: str) -> None:
@@ -125,10 +159,10 @@ async def _read_events(
     partial: list[bytes] = []  # reads that ended no line yet (joined once a line ends)
     waiting = 0  # their bytes
     since = 0.0  # when the first of them came
-    total = 0
+    left = MAX_BODY  # bytes the answer may still take
     async for data in _ended(chunks):
-        total += len(data)
-        cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+        left -= len(data)
+        cut = data.rfind(b"\n") + 1 or data.rfind(b"\r") + 1  # LF; CR-only lines too
         if not cut:  # no line end: keep the bytes, unless too many or too slow
             if not partial:
                 since = time.monotonic()
@@ -143,7 +177,7 @@ async def _read_events(
             if time.monotonic() - since > stall_s:
                 raise Stalled
             continue
-        if total > MAX_BODY:
+        if left < 0:
             raise ValueError(f"the answer is too large (over {MAX_BODY} bytes)")
         if partial:
             partial.append(data)
@@ -243,14 +277,11 @@ async def read_whole(
         if not 200 <= reply.status < 300:
             raise refusal(reply.status, await _error_body(reply), reply.headers)
         _check_type(reply.headers, "application/json")
-        parts: list[bytes] = []
-        size = 0
-        async for data in reply.chunks():
-            size += len(data)
-            if size > MAX_BODY:
-                raise ValueError(f"the answer is too large (over {MAX_BODY} bytes)")
-            parts.append(data)
-        raw = b"".join(parts)
+        length = reply.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) <= MAX_BODY:
+            raw = await reply.body()  # as long as it says (the usual answer: one read)
+        else:
+            raw = await _capped(reply.chunks())
         resp = json.loads(raw)
         if type(resp) is not dict:
             raise ValueError(f"the answer is not an object: {raw[:80]!r}")

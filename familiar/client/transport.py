@@ -249,7 +249,7 @@ if aiohttp is not None:
             super().set_response_params(*args, **kwargs)
 
         def data_received(self, data: bytes) -> None:
-            if self.idle and self.transport is not None:
+            if data and self.idle and self.transport is not None:
                 self.force_close()
                 self.transport.close()
                 return

@@ -26,6 +26,7 @@ from familiar.errors import (
     BackendProtocolError,
     BackendTimeout,
 )
+from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.raw_http import DONE, Conn, Handler, RawServer, chunk, event, head, whole
 
 MSG = [{"role": "user", "content": "hello"}]
@@ -591,7 +592,9 @@ async def test_batch_through_hostile_answers(
 
 @pytest.mark.parametrize("pipe", PIPES)
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "plain"])
-async def test_an_informational_status_before_the_answer_is_skipped(pipe: str, stream: bool) -> None:
+async def test_an_informational_status_before_the_answer_is_skipped(
+    pipe: str, stream: bool
+) -> None:
     early = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n"
     if stream:
         body = event("Hi", "stop") + DONE
@@ -623,3 +626,31 @@ async def test_an_endless_error_body_is_not_waited_for(pipe: str, stream: bool) 
     got, took = await timed(handle, pipe, stream=stream, timeout_s=10)
     assert isinstance(got, BackendHTTPError) and got.status == 500, got
     assert took < 3 and len(str(got)) < 400
+
+
+@pytest.mark.parametrize("pipe", PIPES)
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "plain"])
+async def test_a_well_behaved_server_keeps_its_connection(pipe: str, stream: bool) -> None:
+    """The guard against bytes on idle connections must not drop good ones."""
+    async with FakeOpenAIServer() as srv, client(srv.url, pipe, stream=stream) as c:
+        for _ in range(20):
+            assert (await c.chat(MSG)).text
+        assert srv.stats["connections"] == 1, srv.stats
+
+
+@pytest.mark.parametrize("pipe", PIPES)
+@pytest.mark.parametrize("after", ["hang", "endless"])
+async def test_what_follows_done_never_spoils_the_answer(pipe: str, after: str) -> None:
+    """``[DONE]``, then no end of the body (or bytes without end): the answer stands, soon."""
+
+    async def handle(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(head() + chunk(event("Hi", "stop") + DONE))
+        while after == "endless":
+            await conn.send(chunk(b"data: junk\n\n" * 100))
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(3600)
+
+    got, took = await timed(handle, pipe, stall_timeout_s=2)
+    assert isinstance(got, CallResult) and got.text == "Hi", got
+    assert took < 1
