@@ -654,3 +654,40 @@ async def test_what_follows_done_never_spoils_the_answer(pipe: str, after: str) 
     got, took = await timed(handle, pipe, stall_timeout_s=2)
     assert isinstance(got, CallResult) and got.text == "Hi", got
     assert took < 1
+
+
+@pytest.mark.parametrize(
+    "value", ["nan", "inf", "-5", "1e400", "Wed, 21 Oct 2999 07:28:00 GMT", "x"]
+)
+async def test_a_lying_retry_after_never_makes_a_long_wait(value: str) -> None:
+    async def handle(conn: Conn) -> None:
+        while await conn.request() is not None:
+            await conn.send(
+                head(503, ctype="text/plain", length=4, extra=f"retry-after: {value}\r\n")
+            )
+            await conn.send(b"busy")
+
+    waits: list[float] = []
+
+    async def nap(s: float) -> None:
+        waits.append(s)
+
+    async with RawServer(handle) as srv:
+        slot = Slot(name="s", url=srv.url, model="m", parallel=1, timeout_s=5)
+        async with SlotClient(slot, retry=RetryPolicy(attempts=3, sleep=nap)) as c:
+            with pytest.raises(BackendHTTPError, match="HTTP 503"):
+                await c.chat(MSG)
+    assert len(waits) == 2 and all(0 <= w <= 120 for w in waits), waits
+
+
+@pytest.mark.parametrize("pipe", PIPES)
+async def test_an_endless_header_fails_cleanly(pipe: str) -> None:
+    async def handle(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nx-junk: ")
+        while True:
+            await conn.send(b"a" * 65536)
+
+    got, took = await timed(handle, pipe, timeout_s=20)
+    assert isinstance(got, BackendConnectError | BackendProtocolError), got
+    assert took < 5 and len(str(got)) < 400
