@@ -21,9 +21,15 @@ def add_fleet_command(sub: Any, common: Callable[[argparse.ArgumentParser], None
         description="Show the seat ledger every familiar process shares (the host ledger, or"
         " NATS JetStream when FAMILIAR_NATS_URL or [fleet] nats_url is set): per deployment"
         " its cap, the seats in use and who holds them (host, pid, command), and how many"
-        " processes wait.",
+        " processes wait. Live deployments come first; one that no live process holds, waits"
+        " for or has open is hidden unless --all.",
     )
     common(p)
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="also show deployments no live process uses (records of finished processes)",
+    )
     p.add_argument(
         "--json", action="store_true", help="print the ledger and its deployments as JSON on stdout"
     )
@@ -33,18 +39,25 @@ def add_fleet_command(sub: Any, common: Callable[[argparse.ArgumentParser], None
 def cmd_fleet(args: argparse.Namespace) -> int:
     cfg = load_config(workspace=args.workspace, slots=args.slots)
     ledger = make_ledger(cfg.fleet)
-    views = signals.run(_views(ledger))
+    views, hidden = shown(signals.run(_views(ledger)), everything=args.all)
     names = _slot_names(cfg)
     if args.json:
         out = {
             "ledger": {"kind": ledger.kind, "where": ledger.where},
-            "deployments": [{**v.to_json(), "slots": names.get(v.id, [])} for v in views],
+            "deployments": [
+                {**v.to_json(), "live": live(v), "slots": names.get(v.id, [])} for v in views
+            ],
+            "hidden": hidden,
         }
         print(json.dumps(out, indent=2))
         return 0
     print(f"ledger: {ledger.kind} ({ledger.where})")
     if not views:
-        print("no deployment has been used through this ledger yet")
+        print(
+            f"no live deployment; {hidden} with no live process hidden (--all shows them)"
+            if hidden
+            else "no deployment has been used through this ledger yet"
+        )
         return 0
     now = time.time()
     for v in views:
@@ -71,8 +84,24 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         f"{len(views)} deployment(s): {in_use} seat(s) in use of"
         f" {sum(v.effective_cap for v in views)}, {waiting} process(es) waiting"
     )
+    if hidden:
+        print(f"{hidden} deployment(s) with no live process hidden (--all shows them)")
     sys.stdout.flush()
     return 0
+
+
+def live(view: DeploymentView) -> bool:
+    """Whether a live process holds a seat of ``view``, waits for one or has it open (its
+    cap is advertised); a finished process's record is none of these."""
+    return bool(view.holders or view.waiting or view.live_caps)
+
+
+def shown(views: list[DeploymentView], *, everything: bool) -> tuple[list[DeploymentView], int]:
+    """The views to show, live ones first (stable order otherwise), and how many were hidden
+    (those with no live process, unless ``everything``)."""
+    ordered = sorted(views, key=lambda v: not live(v))
+    kept = ordered if everything else [v for v in ordered if live(v)]
+    return kept, len(views) - len(kept)
 
 
 async def _views(ledger: Ledger) -> list[DeploymentView]:

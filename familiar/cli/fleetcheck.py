@@ -45,7 +45,9 @@ def add_fleetcheck_commands(sub: Any, common: Common) -> None:
         " end-to-end latency (mean, p50, p99), from streamed answers. Holds every seat of"
         " the deployment in the seat ledger while it runs, goes past parallel on purpose,"
         " and suggests parallel: the smallest concurrency reaching 90% of the peak"
-        " throughput. `familiar bench --compare A B` compares two saved runs.",
+        " throughput. `familiar bench --compare A B` compares two saved runs. With --rate,"
+        " an open loop instead: requests arrive at R per second (Poisson, as vllm bench"
+        " serve --request-rate), whether or not earlier ones ended.",
     )
     common(b)
     b.add_argument("slot", nargs="?", help="the slot to bench")
@@ -53,6 +55,12 @@ def add_fleetcheck_commands(sub: Any, common: Common) -> None:
         "--concurrency",
         metavar="LIST",
         help="levels, e.g. 1,2,4,8 or 1..256 (powers of two); default 1 .. 4 x parallel",
+    )
+    b.add_argument(
+        "--rate",
+        metavar="LIST",
+        help="open loop: Poisson arrivals at R requests/s per level, e.g. 1,2,inf (inf: all"
+        " at once), at most the seats held in flight (or the one --concurrency given)",
     )
     b.add_argument(
         "--requests",
@@ -197,6 +205,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         levels = parse_levels(args.concurrency) if args.concurrency is not None else None
     except ValueError as exc:
         raise ConfigError(f"--concurrency: {exc}") from None
+    rates = _rates(args, levels)
     requests = _number("--requests", args.requests)
     workload = Workload(
         input_tokens=_number("--input-tokens", args.input_tokens) or 512,
@@ -228,6 +237,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             home=cfg.home,
             fleet=cfg.fleet,
             progress=lambda line: _stderr(f"bench: {line}"),
+            rates=rates,
         )
     )
     data = run.to_json()
@@ -256,9 +266,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
     else:
+        from familiar.fleetcheck.openloop import rate_text
         from familiar.fleetcheck.report import bench_text
+        from familiar.fleetcheck.termchart import draw
 
-        print(bench_text(data, run.levels))
+        print(rate_text(data, run.levels) if rates else bench_text(data, run.levels))
+        draw(run.levels, sys.stdout, title=f"{run.slot}: {run.model}")  # a terminal only
         if "applied" in data:
             applied = data["applied"]
             done = "written to" if applied["changed"] else "already in"
@@ -269,6 +282,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.apply and run.knee.suggested is None:
         raise RuntimeFailure("nothing to apply: no level passed (see the failures above)")
     return 0
+
+
+def _rates(args: argparse.Namespace, levels: list[int] | None) -> list[float] | None:
+    from familiar.fleetcheck.openloop import parse_rates
+
+    if args.rate is None:
+        return None
+    try:
+        rates = parse_rates(args.rate)
+    except ValueError as exc:
+        raise ConfigError(f"--rate: {exc}") from None
+    if levels is not None and len(levels) > 1:
+        raise ConfigError("--rate takes one --concurrency: the most requests in flight")
+    for name, on in (("--apply", args.apply), ("--plot", args.plot is not None)):
+        if on:
+            raise ConfigError(f"{name} is for a concurrency sweep, not --rate")
+    return rates
 
 
 def _check_applicable(cfg: Config, slot: str) -> None:
@@ -389,6 +419,7 @@ def _compare(args: argparse.Namespace) -> int:
             ("--prompts", args.prompts),
             ("--plot", args.plot),
             ("--repeat", args.repeat),
+            ("--rate", args.rate),
         )
         if value is not None
     ] + [name for name, on in (("--save", args.save), ("--apply", args.apply)) if on]
@@ -397,6 +428,8 @@ def _compare(args: argparse.Namespace) -> int:
     home = state_home(find_workspace(args.workspace))
     a, b = (saved.load(home, ref) for ref in args.compare)
     la, lb = saved.levels(a), saved.levels(b)
+    if any(lv.rate is not None for lv in (*la, *lb)):
+        raise ConfigError("--compare compares concurrency sweeps, not open-loop (--rate) runs")
     differ = saved.different_settings(a, b)
     if differ:
         what = "; ".join(differ)

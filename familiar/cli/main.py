@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=local_command(name))
 
     from familiar.cli.batch import add_batch_command
+    from familiar.cli.examples import add_examples
     from familiar.cli.fleet import add_fleet_command
     from familiar.cli.fleetcheck import add_fleetcheck_commands
     from familiar.cli.mcp import add_mcp_command
@@ -280,14 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the shell completion script (bash, zsh or fish)",
         description="Print a script that completes familiar's commands and options.",
         epilog="examples:\n"
-        '  eval "$(familiar completion bash)"            # in ~/.bashrc\n'
-        '  eval "$(familiar completion zsh)"             # in ~/.zshrc\n'
-        "  familiar completion fish > ~/.config/fish/completions/familiar.fish\n",
+        "  familiar completion bash > ~/.local/share/bash-completion/completions/familiar\n"
+        "  familiar completion fish > ~/.config/fish/completions/familiar.fish\n"
+        "  familiar completion zsh > ~/.familiar-completion.zsh\n"
+        "\nor load it at every start of the shell (in ~/.bashrc; zsh alike):\n"
+        '  eval "$(familiar completion bash)"\n',
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     comp.add_argument("shell", choices=("bash", "zsh", "fish"))
     comp.set_defaults(func=cmd_completion)
     _add_global_options(parser)
+    add_examples(parser)
     return parser
 
 

@@ -19,6 +19,8 @@ def add_mcp_command(sub: Any, common: Callable[[argparse.ArgumentParser], None])
         "JSON-RPC goes to stdout; logs go to stderr.",
         epilog="examples:\n"
         "  familiar mcp --print-config          # the `claude mcp add` line and a .mcp.json entry\n"
+        "  familiar mcp --workspace ~/project   # serve that workspace's fleet on stdio\n"
+        "\nregistered with Claude Code:\n"
         "  claude mcp add familiar -- familiar mcp --workspace ~/project\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

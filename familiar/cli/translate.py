@@ -77,8 +77,9 @@ def add_translate_command(sub: Any, common: Callable[[argparse.ArgumentParser], 
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
+    from familiar.queue.service import submit_to_queue
     from familiar.translate.report import print_report
-    from familiar.translate.service import prepare_batch, submit_to_queue, translate_files
+    from familiar.translate.service import prepare_batch, translate_files
 
     cfg = load_config(args.workspace, args.slots, args.roles)
     set_details_log(cfg.home / "logs" / "details.jsonl")  # long log lines: whole there

@@ -78,7 +78,8 @@ def add_worker_command(sub: Any, common: Callable[[argparse.ArgumentParser], Non
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from familiar.translate.service import check_nats_url, run_worker, translator_slots
+    from familiar.queue.service import run_worker
+    from familiar.translate.service import check_nats_url, translator_slots
 
     cfg = load_config(args.workspace, args.slots, args.roles)
     set_details_log(cfg.home / "logs" / "details.jsonl")  # long log lines: whole there

@@ -24,6 +24,7 @@ from typing import Any
 from familiar.client.wire import HTTP
 from familiar.config.slots import Slot
 from familiar.fleetcheck.knee import Knee, cap_to_server, find_knee, noise
+from familiar.fleetcheck.openloop import OpenLoop, rate_name
 from familiar.fleetcheck.probe import Prober
 from familiar.fleetcheck.results import Level
 from familiar.fleetcheck.sweep import Sweep, Target, Workload
@@ -82,6 +83,13 @@ def honest_knee(levels: Sequence[Level], server_parallel: Any) -> Knee:
     spreads = {lv.concurrency: lv.spread for lv in levels if lv.runs_tok_per_s}
     knee = dataclasses.replace(knee, noise=noise(levels, knee, spreads))
     return cap_to_server(knee, server_parallel if isinstance(server_parallel, int) else None)
+
+
+def open_knee(levels: Sequence[Level]) -> Knee:
+    """An open-loop run suggests no ``parallel`` (its levels are rates, not concurrency)."""
+    peak = max(levels, key=lambda lv: lv.output_tok_per_s, default=None)
+    tok = peak.output_tok_per_s if peak is not None else 0.0
+    return Knee(None, tok, None, 0.9, None, True)
 
 
 def default_levels(parallel: int) -> list[int]:
@@ -173,8 +181,11 @@ async def run_bench(
     fleet: FleetSettings | None = None,
     transport: Any = None,
     progress: Progress = lambda _line: None,
+    rates: Sequence[float] | None = None,
 ) -> BenchRun:
-    """Bench slot ``name`` of ``slots`` (see the module docstring)."""
+    """Bench slot ``name`` of ``slots`` (see the module docstring); with ``rates``, the
+    open loop (``familiar.fleetcheck.openloop``): one level per rate, at most the one
+    ``levels`` value (default: the seats held) in flight."""
     slot = slots[name]
     started = time.time()
     async with contextlib.AsyncExitStack() as stack:
@@ -184,10 +195,12 @@ async def run_bench(
             progress("the embedded llama-server: reusing the running one or starting one ...")
             info = await stack.enter_async_context(LocalServer(home).running(owned=True))
             slot = slot.model_copy(update={"url": (info.base_url,), "parallel": info.seats})
-        levels = list(levels) if levels else default_levels(slot.parallel)
-        raise_fd_limit(max(levels))
         ledger = await stack.enter_async_context(make_ledger(fleet))
         cap, reserve = seat_plan(slots, slot, await ledger.views())
+        if rates:
+            levels = [levels[0] if levels else cap]
+        levels = list(levels) if levels else default_levels(slot.parallel)
+        raise_fd_limit(max(levels))
         label = deployment_label(slot.url, slot.model)
         seats = ledger.deployment(deployment_id(slot.url, slot.model), label, cap, reserve)
         progress(f"taking all {cap} seats of {label} in the seat ledger ({ledger.kind}) ...")
@@ -211,8 +224,12 @@ async def run_bench(
             stall_s=min(slot.stall_timeout_s, slot.timeout_s),
             connect_s=min(slot.connect_timeout_s, slot.timeout_s),
         )
-        sweep = Sweep(target, workload, run_id=run_id, transport=transport, progress=progress)
-        measured = await sweep.run(levels)
+        if rates:
+            loop = OpenLoop(target, workload, run_id=run_id, transport=transport, progress=progress)
+            measured = await loop.run_rates(rates, levels[0])
+        else:
+            sweep = Sweep(target, workload, run_id=run_id, transport=transport, progress=progress)
+            measured = await sweep.run(levels)
     return BenchRun(
         id=run_id,
         slot=name,
@@ -221,9 +238,14 @@ async def run_bench(
         urls=tuple(redact_url(u) for u in slot.url),
         parallel=slot.parallel,
         server=server,
-        settings={**workload.settings(), "concurrency": levels, "replicas": len(slot.url)},
+        settings={
+            **workload.settings(),
+            "concurrency": levels,
+            "replicas": len(slot.url),
+            **({"request_rate": [rate_name(r) for r in rates]} if rates else {}),
+        },
         levels=tuple(measured),
-        knee=honest_knee(measured, server.get("server_parallel")),
+        knee=open_knee(measured) if rates else honest_knee(measured, server.get("server_parallel")),
         started_at=started,
         duration_s=time.time() - started,
     )

@@ -15,6 +15,7 @@ else is a failure with its reason counted in ``errors``.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,12 @@ class Level:
     reconnects: int = 0
     #: output tok/s of each ``--repeat`` run of this level (empty: one run)
     runs_tok_per_s: tuple[float, ...] = ()
+    #: open loop (``bench --rate``): the Poisson arrival rate asked for (``math.inf``: all
+    #: at once), the rate the requests were really sent at, and the most in flight
+    #: (``concurrency`` is then the cap on requests in flight); None: a closed-loop level
+    rate: float | None = None
+    achieved_rate: float | None = None
+    max_in_flight: int | None = None
 
     @property
     def spread(self) -> float:
@@ -104,6 +111,16 @@ class Level:
             "errors": dict(self.errors),
             "reconnects": self.reconnects,
             "runs_output_tok_per_s": [round(x, 2) for x in self.runs_tok_per_s],
+            **self._open_json(),
+        }
+
+    def _open_json(self) -> dict[str, Any]:
+        if self.rate is None:
+            return {}
+        return {
+            "request_rate": "inf" if math.isinf(self.rate) else self.rate,
+            "achieved_rate": None if self.achieved_rate is None else round(self.achieved_rate, 3),
+            "max_in_flight": self.max_in_flight,
         }
 
     @classmethod
@@ -132,6 +149,13 @@ class Level:
                 errors={str(k): int(v) for k, v in dict(errors).items()},
                 reconnects=int(data.get("reconnects", 0)),
                 runs_tok_per_s=tuple(float(x) for x in data.get("runs_output_tok_per_s") or ()),
+                rate=None if data.get("request_rate") is None else float(data["request_rate"]),
+                achieved_rate=None
+                if data.get("achieved_rate") is None
+                else float(data["achieved_rate"]),
+                max_in_flight=None
+                if data.get("max_in_flight") is None
+                else int(data["max_in_flight"]),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a bench level: {exc}") from None

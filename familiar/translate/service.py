@@ -4,9 +4,9 @@ both need, wired in one place.
 :func:`open_batch` opens a batch's parts in their order (telemetry, anything the caller
 adds such as the work queue, the fleet of translator slots on batch seats, then the state
 directory and the chunk cache) and yields them with the translator pools;
-:func:`translate_files` runs a local batch on them, :func:`run_worker` the queue's worker,
-:func:`submit_to_queue` hands a batch to the queue. The CLI parses, calls these and maps
-errors to exit codes.
+:func:`translate_files` runs a local batch on them (``queue/service.py`` hands a batch to
+the work queue and runs its worker over the same parts). The CLI parses, calls these and
+maps errors to exit codes.
 """
 
 from __future__ import annotations
@@ -274,58 +274,3 @@ async def translate_files(
                     batch.pools, opts, batch.cache, telemetry=batch.telemetry, progress=shown
                 )
                 return await translator.run(files, reports)
-
-
-async def submit_to_queue(
-    cfg: Config,
-    url: str,
-    opts: BatchOptions,
-    files: list[tuple[Path, Path]],
-    reports: list[ArticleReport],
-    progress: ProgressFactory,
-) -> list[ArticleReport]:
-    """A batch handed to the work queue at ``url``; its results collected and written."""
-    from familiar.queue.submit import submit_batch
-
-    url = check_nats_url(url)
-    with progress() as shown:
-        return await submit_batch(
-            url,
-            cfg.home,
-            opts,
-            files,
-            reports,
-            progress=shown,
-            wait_s=cfg.fleet.ledger_wait_s,
-            collect_timeout_s=cfg.fleet.collect_timeout_s,
-        )
-
-
-async def run_worker(
-    cfg: Config,
-    url: str,
-    *,
-    ack_wait_s: float,
-    max_deliver: int,
-    jobs_at_once: int | None,
-    announce: Callable[[str], None] | None,
-) -> None:
-    """The queue's worker on this host's translator slots, until cancelled."""
-    from familiar.queue.kvcache import KvChunkCache
-    from familiar.queue.store import QueueStore
-    from familiar.queue.worker import Worker, WorkerSettings
-
-    settings = WorkerSettings(
-        ack_wait_s=ack_wait_s, max_deliver=max_deliver, jobs_at_once=jobs_at_once
-    )
-    store = QueueStore(url, wait_s=cfg.fleet.ledger_wait_s, name="familiar worker")
-    async with open_batch(cfg, cfg.fleet, before_fleet=store) as batch:
-        worker = Worker(
-            store,
-            batch.pools,
-            KvChunkCache(store, batch.cache),
-            settings=settings,
-            telemetry=batch.telemetry,
-            announce=announce,
-        )
-        await worker.run()

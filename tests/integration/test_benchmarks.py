@@ -39,6 +39,10 @@ TINY: dict[str, list[str]] = {
     "mcp_overhead": ["--tiny"],
     "batch_jsonl": ["--tiny"],
     "affinity": ["--tiny"],
+    "local_threads": [
+        "--threads-max", "1", "--tokens", "4", "--rounds", "1", "--prompts", "2",
+        "--prompt-words", "20", "--cache-ram", "0",
+    ],
     "profile_stream": [
         "--tokens", "10", "--calls", "5", "--cprofile", "--answers", "8", "--concurrency", "4",
     ],

@@ -724,7 +724,8 @@ class FakeOpenAIServer(LoopbackServer):
 
     @property
     def requests(self) -> list[dict[str, Any]]:
-        """Recorded completion requests: ``{"path", "body", "headers"}`` each (a copy)."""
+        """Recorded completion requests: ``{"path", "body", "headers", "at"}`` each (a copy;
+        ``at``: ``time.monotonic()`` when the request arrived)."""
         return list(self._requests)
 
     def reset(self) -> None:
@@ -901,6 +902,7 @@ class FakeOpenAIServer(LoopbackServer):
                 "path": req.path,
                 "body": body,
                 "headers": {h: headers[h] for h in RECORDED_HEADERS if h in headers},
+                "at": time.monotonic(),
             }
         )
         self._in_flight += 1
