@@ -8,9 +8,15 @@ import asyncio
 import json
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
+
+from familiar.client.backend import CallResult, SlotClient
+from familiar.client.wire import HTTP, RetryPolicy
+from familiar.config.slots import Slot
+from familiar.errors import BackendError
 
 
 class Conn:
@@ -135,3 +141,62 @@ def head(
 def chunk(data: bytes) -> bytes:
     """One HTTP/1.1 chunk (an empty ``data``: the last one)."""
     return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+# -- SlotClient against such a server -----------------------------------------------------
+
+MSG = [{"role": "user", "content": "hello"}]
+
+
+PIPES = ["aiohttp", "httpx2"]
+
+
+def client(url: str, pipe: str, *, stream: bool = True, attempts: int = 1, **kw: Any) -> SlotClient:
+    kw.setdefault("timeout_s", 5)
+    slot = Slot(name="s", url=url, model="m", parallel=kw.pop("parallel", 2), **kw)
+    forced = HTTP.AsyncHTTPTransport() if pipe == "httpx2" else None
+
+    async def nap(_: float) -> None:
+        pass
+
+    retry = RetryPolicy(attempts=attempts, sleep=nap)
+    c = SlotClient(slot, transport=forced, stream=stream, retry=retry)
+    assert c._pipe.name == pipe
+    return c
+
+
+async def ask(handler: Handler, pipe: str, **kw: Any) -> CallResult | BackendError:
+    """One chat call against a raw server: its result, or the error of the tree it raised
+    (anything else fails the test)."""
+    async with RawServer(handler) as srv, client(srv.url, pipe, **kw) as c:
+        try:
+            return await c.chat(MSG)
+        except BackendError as exc:
+            return exc
+
+
+def once(*parts: bytes, pause: float = 0.0, then: str = "close") -> Handler:
+    """Read one request, write ``parts`` (pausing between them), then close, reset or hang."""
+
+    async def handle(conn: Conn) -> None:
+        if await conn.request() is None:
+            return
+        for part in parts:
+            await conn.send(part)
+            if pause:
+                await asyncio.sleep(pause)
+        if then == "reset":
+            conn.reset()
+        elif then == "hang":
+            await asyncio.sleep(3600)
+
+    return handle
+
+
+STREAMED = head(close=True)
+
+
+async def timed(handler: Handler, pipe: str, **kw: Any) -> tuple[CallResult | BackendError, float]:
+    start = time.monotonic()
+    got = await ask(handler, pipe, **kw)
+    return got, time.monotonic() - start
