@@ -1,6 +1,10 @@
 """What fleet-wide seats cost, and whether they hold: in-process seats vs the host ledger
 vs the NATS ledger.
 
+0. The ledger alone: C tasks acquire and release one seat each of a C-seat deployment
+   (``Seats`` in front, as SlotClient holds them), no HTTP: acquire+release pairs per
+   second and the time they add per call at C in flight. The most stable figure on a
+   noisy machine (no server process competes for the cores).
 1. Overhead: N chat calls at concurrency C through one SlotClient against the
    zero-latency fake server (its own process), the seats held in-process only, in the
    host ledger, or in NATS JetStream (a real nats-server on loopback). Interleaved
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -86,6 +91,39 @@ async def nats_server(wanted: bool) -> AsyncIterator[str | None]:
             yield server.url
         finally:
             server.stop()
+
+
+async def ledger_alone(args: argparse.Namespace, nats_url: str | None, ledger_dir: Path) -> None:
+    rows = []
+    for kind in ["in-process", *args.ledger]:
+        ledger = make_ledger(kind, nats_url, ledger_dir)
+        async with contextlib.AsyncExitStack() as stack:
+            dep = None
+            if ledger is not None:
+                await stack.enter_async_context(ledger)
+                dep = ledger.deployment("b" * 20, "benchmark", args.concurrency)
+            seats = Seats(args.concurrency, ledger=dep)
+            per_task = max(1, args.calls // args.concurrency)
+
+            async def one(n: int, seats: Seats = seats) -> None:
+                for _ in range(n):
+                    async with seats.hold():
+                        await asyncio.sleep(0)
+
+            await asyncio.gather(*(one(min(per_task, 20)) for _ in range(args.concurrency)))
+            times = []
+            for _ in range(args.rounds):
+                start = time.perf_counter()
+                await asyncio.gather(*(one(per_task) for _ in range(args.concurrency)))
+                times.append(time.perf_counter() - start)
+        t = _common.median(times)
+        pairs = per_task * args.concurrency
+        rows.append([kind, pairs / t, t / pairs * args.concurrency * 1e6])
+    print(
+        f"\n0. the ledger alone: {args.concurrency} tasks x {per_task} acquire+release of a"
+        f" {args.concurrency}-seat deployment, no HTTP, median of {args.rounds} rounds"
+    )
+    print(_common.table(["seats held", "pairs/s", "us/call at C in flight"], rows))
 
 
 async def overhead(args: argparse.Namespace, nats_url: str | None, ledger_dir: Path) -> None:
@@ -186,6 +224,7 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ledger_dir = Path(tmp) / "ledger"
         async with nats_server("nats" in args.ledger) as nats_url:
+            await ledger_alone(args, nats_url, ledger_dir)
             await overhead(args, nats_url, ledger_dir)
             for kind in args.ledger:
                 sharing(args, kind, nats_url, ledger_dir)

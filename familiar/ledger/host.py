@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import socket
@@ -51,29 +50,28 @@ from familiar.ledger.base import (
     Ledger,
     this_process,
 )
+from familiar.ledger.host_caps import HostCaps, write_meta
 from familiar.ledger.host_files import (
     RECORD,
+    TICKETS,
     default_dir,
-    listdir,
-    live_cap,
+    free_seats,
     live_waiters,
     read_view,
+    ticket,
+    ticket_queue,
 )
 from familiar.ledger.host_locks import (
     OFD_GETLK,
     OFD_SETLK,
-    first_free,
     first_lock,
+    locks,
     try_lock,
     unlock,
 )
+from familiar.ledger.policy import Waiter, choose
 
-_BASE: dict[Kind, int] = {"interactive": 1 << 61, "batch": 1 << 62}
-_SPAN = 1 << 60
-_TICKETS = (_BASE["interactive"], _BASE["batch"] + _SPAN)  # [start, end) of all tickets
 _BELL = "\0familiar-ledger-"
-_PATIENCE_S = 2.0  # a free seat left this long by the waiter ahead goes to the next
-_CAPS_EVERY_S = 1.0  # how often the caps other processes use are read again
 
 
 # -- the ledger ---------------------------------------------------------------------------
@@ -215,7 +213,7 @@ class HostSeats(DeploymentSeats):
             self._records = os.open(self._dir / "holders", flags, 0o600)
         except OSError as exc:
             raise LedgerSetupError(f"seat ledger {self._dir}: {exc.strerror}") from None
-        self._write_meta()
+        write_meta(self._dir, label, cap, reserve)
         self._held: set[int] = set()
         self._waiters: deque[tuple[Kind, asyncio.Future[int]]] = deque()
         self._tickets: dict[Kind, int] = {}
@@ -223,26 +221,7 @@ class HostSeats(DeploymentSeats):
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._idle_since: float | None = None  # a seat seen free while others were ahead
-        self._caps_at = -1.0
-        self._strictest = cap
-        self._cap_fd = self._advertise_cap()
-
-    def _write_meta(self) -> None:
-        data = json.dumps({"label": self.label, "cap": self.cap, "reserve": self.reserve})
-        path = self._dir / "meta.json"
-        try:
-            if path.read_text(encoding="utf-8") == data:
-                return
-        except (OSError, UnicodeDecodeError):
-            pass
-        tmp = self._dir / f".meta.{os.getpid()}.{secrets.token_hex(4)}"
-        try:
-            tmp.write_text(data, encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise LedgerSetupError(f"seat ledger {self._dir}: {exc.strerror}") from None
+        self._caps = HostCaps(self._dir, ledger.token, cap, label)
 
     @property
     def held(self) -> int:
@@ -284,88 +263,44 @@ class HostSeats(DeploymentSeats):
             self._ring_others()
 
     def _take(self, kind: Kind) -> int | None:
-        """A free seat for ``kind`` if it is this process's turn, else None. A waiter
-        ahead that leaves a seat free for ``_PATIENCE_S`` (stopped with Ctrl-Z, its event
-        loop blocked) loses its turn: seats never sit idle behind it."""
-        n = min(self.usable(kind), self._effective_cap(kind))
-        if self._others_ahead(kind):
-            free = first_free(self._fd, n, self._held)
-            now = time.monotonic()
-            if free is None:
-                self._idle_since = None
+        """A free seat for ``kind`` if the policy gives this process one now, else None
+        (``policy.choose``: ticket order, sessions first, reserve, the strictest live cap,
+        patience with a waiter ahead that leaves a seat free)."""
+        for _ in range(self.cap + 1):  # a seat taken between the look and the lock: again
+            turn = choose(
+                self.cap,
+                self.reserve,
+                self._free(),
+                self._queue(kind),
+                kind,
+                live_caps=self._caps.others(),
+                idle_since=self._idle_since,
+                now=time.monotonic(),
+            )
+            self._idle_since = turn.idle_since
+            seat = turn.seat
+            if seat is None:
                 return None
-            if self._idle_since is None:
-                self._idle_since = now
-            if now - self._idle_since < _PATIENCE_S:
-                return None
-        self._idle_since = None
-        # interactive work tries the reserved (top) seats first, leaving the rest to batches
-        order = range(n - 1, -1, -1) if kind == "interactive" else range(n)
-        for seat in order:
-            if seat not in self._held and try_lock(self._fd, seat):
-                self._held.add(seat)
-                record = self._ledger.holder
-                data = Holder(record.host, record.pid, record.command, kind, time.time()).to_json()
-                with contextlib.suppress(OSError):
-                    os.pwrite(
-                        self._records,
-                        data.ljust(RECORD - 1)[: RECORD - 1] + b"\n",
-                        seat * RECORD,
-                    )
-                return seat
+            if seat in self._held or not try_lock(self._fd, seat):
+                continue
+            self._held.add(seat)
+            record = self._ledger.holder
+            data = Holder(record.host, record.pid, record.command, kind, time.time()).to_json()
+            with contextlib.suppress(OSError):
+                os.pwrite(
+                    self._records, data.ljust(RECORD - 1)[: RECORD - 1] + b"\n", seat * RECORD
+                )
+            return seat
         return None
 
-    def _advertise_cap(self) -> int | None:
-        """``caps/<token>``: this process's cap, locked while it runs (for the others)."""
-        try:
-            (self._dir / "caps").mkdir(mode=0o700, exist_ok=True)
-            path = self._dir / "caps" / self._ledger.token
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError:
-            return None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(self.cap).encode(), 0)
-        try_lock(fd, 0)
-        return fd
+    def _free(self) -> list[int]:
+        """The seats no process holds (other processes' locks, and this one's)."""
+        return free_seats(self.cap, set(locks(self._fd, 0, self.cap)) | self._held)
 
-    def _effective_cap(self, kind: Kind) -> int:
-        """The strictest cap any live process uses for this deployment (processes whose
-        slots files disagree on ``parallel``): read at most once a second."""
-        now = time.monotonic()
-        if now - self._caps_at < _CAPS_EVERY_S:
-            return self._strictest
-        self._caps_at = now
-        strictest = self.cap
-        folder = self._dir / "caps"
-        for name in listdir(folder):
-            if name == self._ledger.token:
-                continue
-            other = live_cap(folder / name)
-            if other is not None and other < strictest:
-                strictest = other
-        if strictest < self._strictest and strictest < self.cap:
-            import structlog  # only now: `familiar --help` never loads the logger
-
-            structlog.get_logger("familiar.ledger").warning(
-                "another familiar process uses a smaller parallel for this deployment;"
-                " the strictest applies",
-                deployment=self.label,
-                parallel=strictest,
-                ours=self.cap,
-            )
-        self._strictest = strictest
-        return strictest
-
-    def _others_ahead(self, kind: Kind) -> bool:
-        mine = self._tickets.get(kind)
-        base = _BASE[kind]
-        end = mine if mine is not None else base + _SPAN
-        if first_lock(self._fd, base, end) is not None:
-            return True
-        if kind == "batch":  # waiting interactive work goes first
-            inter = _BASE["interactive"]
-            return first_lock(self._fd, inter, inter + _SPAN) is not None
-        return False
+    def _queue(self, kind: Kind) -> list[Waiter]:
+        """The waiting processes in ticket order: the others' tickets (locks this open
+        file does not hold) and this process's ticket for ``kind``, if it has one."""
+        return ticket_queue(locks(self._fd, *TICKETS), self._tickets.get(kind), kind)
 
     # -- waiting -------------------------------------------------------------------------
 
@@ -410,7 +345,7 @@ class HostSeats(DeploymentSeats):
         fresh = False
         for kind in kinds:
             if kind not in self._tickets:
-                at = _BASE[kind] + time.monotonic_ns()
+                at = ticket(kind, time.monotonic_ns())
                 while not try_lock(self._fd, at):
                     at += 1
                 self._tickets[kind] = at
@@ -460,7 +395,7 @@ class HostSeats(DeploymentSeats):
 
     def _ring_others(self) -> None:
         """Wake the other waiting processes (cheap when there are none)."""
-        if first_lock(self._fd, *_TICKETS) is None:
+        if first_lock(self._fd, *TICKETS) is None:
             return
         mine = self._ledger.token
         folder = self._dir / "waiters"
@@ -482,11 +417,7 @@ class HostSeats(DeploymentSeats):
         self._closed = True
         self._held.clear()
         self._tickets.clear()
-        if self._cap_fd is not None:
-            with contextlib.suppress(OSError):
-                (self._dir / "caps" / self._ledger.token).unlink()
-            with contextlib.suppress(OSError):
-                os.close(self._cap_fd)
+        self._caps.close()
         for fd in (self._fd, self._records):
             with contextlib.suppress(OSError):
                 os.close(fd)  # the kernel drops every lock of this open file

@@ -1,6 +1,7 @@
 """The host ledger's files as other processes see them: a deployment's view for
-``familiar fleet``, the live waiters (doorbells to ring), the caps live processes use.
-A file's lock, not its content, says whether its process is alive."""
+``familiar fleet``, the live waiters (doorbells to ring), the caps live processes use,
+and the queue of waiter tickets as the seat policy takes it. A file's lock, not its
+content, says whether its process is alive."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import os
 import socket
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from familiar.ledger.base import DeploymentView, Holder
+from familiar.ledger.base import DeploymentView, Holder, Kind
 from familiar.ledger.host_locks import first_lock, locks
+from familiar.ledger.policy import Waiter
 
 RECORD = 512  # bytes per seat in a deployment's ``holders`` file
 SEATS_END = 1 << 61  # seat locks live below the tickets
@@ -160,3 +162,30 @@ def live_waiters(folder: Path, *, prune: bool) -> Iterator[tuple[str, Holder]]:
             os.close(fd)
         if holder is not None:
             yield name, holder
+
+
+# -- the queue: ticket locks in the seats file -------------------------------------------
+
+_BASE: dict[Kind, int] = {"interactive": 1 << 61, "batch": 1 << 62}
+_SPAN = 1 << 60
+TICKETS = (_BASE["interactive"], _BASE["batch"] + _SPAN)  # [start, end) of all tickets
+
+
+def ticket(kind: Kind, stamp: int) -> int:
+    """The lock offset of a waiter's ticket: by kind, then by ``stamp`` (monotonic_ns)."""
+    return _BASE[kind] + stamp
+
+
+def ticket_queue(tickets: Iterable[int], mine: int | None, kind: Kind) -> list[Waiter]:
+    """The waiting processes in ticket order, as the seat policy takes them: the other
+    processes' ``tickets`` and this process's own (``mine``, for ``kind``), if any."""
+    line = [(at, Waiter("interactive" if at < _BASE["batch"] else "batch")) for at in tickets]
+    if mine is not None:
+        line.append((mine, Waiter(kind, True)))
+    return [waiter for _at, waiter in sorted(line, key=lambda t: t[0])]
+
+
+def free_seats(cap: int, taken: Iterable[int]) -> list[int]:
+    """Seats ``0 .. cap-1`` not in ``taken``."""
+    held = set(taken)
+    return [seat for seat in range(cap) if seat not in held]

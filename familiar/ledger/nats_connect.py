@@ -27,12 +27,14 @@ import ipaddress
 import os
 import re
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import nats.errors
+import nats.js.errors
 import structlog
 from nats.aio.client import Client
 
@@ -40,7 +42,25 @@ from familiar.errors import ConfigError, LedgerSetupError
 
 log = structlog.get_logger("familiar.ledger")
 
-__all__ = ["NatsAuth", "connect", "denial", "public_url", "split_urls"]
+__all__ = [
+    "TRANSIENT",
+    "NatsAuth",
+    "NatsConnection",
+    "connect",
+    "denial",
+    "public_url",
+    "split_urls",
+]
+
+T = TypeVar("T")
+
+#: what a call to an absent or restarting server raises
+TRANSIENT: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    OSError,
+    nats.errors.Error,
+    nats.js.errors.ServiceUnavailableError,
+)
 
 _warned_open: set[str] = set()
 
@@ -257,3 +277,164 @@ async def connect(
         )
         raise refused(f"the NATS server at {public_url(url)} {what}: {exc}")
     raise TimeoutError  # the callers name the last connect error (their error_cb saw it)
+
+
+class NatsConnection:
+    """One connection to NATS as the seat ledger and the work queue both hold it: the
+    bounded first connect, the outage state (down since, up since), one warning per
+    outage, and :meth:`call` (an operation retried while the server is away, up to
+    ``wait_s``, then ``unavailable``).
+
+    ``what`` names the service in messages ("seat ledger", "work queue"); ``waits`` says
+    what waits during an outage; ``unavailable`` and ``refused`` are the errors raised
+    (a ``LedgerUnavailable``/``QueueUnavailable``, a ``ConfigError``). The ledger warns
+    while it opens and then only through :meth:`warn` (``quiet=True``); the queue warns
+    at the first error of an outage. ``on_change(up)`` runs on every loss and return.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        wait_s: float,
+        what: str,
+        waits: str,
+        unavailable: type[Exception],
+        refused: type[ConfigError] = LedgerSetupError,
+        name: str = "familiar",
+        quiet: bool = False,
+        on_change: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.url, self.where = url, public_url(url)
+        self.wait_s, self.what, self.waits, self.name = wait_s, what, waits, name
+        self._unavailable, self._refused, self._quiet = unavailable, refused, quiet
+        self._on_change = on_change
+        self.nc: Client | None = None
+        self.error = ""
+        self.denied = ""  # what the server's permissions refused, if anything
+        self.warned = False
+        self.down_since: float | None = None
+        self.up_since = float("-inf")
+        #: set when the connection comes back after a loss
+        self.reconnected = asyncio.Event()
+        self._opening = False
+
+    async def open(self) -> Client:
+        """Connect, waiting at most ``wait_s``; ``unavailable`` when that is not enough."""
+        nc = Client()
+        self._opening = True
+        try:
+            await connect(
+                nc,
+                self.url,
+                wait_s=self.wait_s,
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnect,
+                reconnected_cb=self._on_reconnect,
+                name=self.name,
+                refused=self._refused,
+            )
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            if isinstance(exc, TimeoutError | OSError | nats.errors.Error):
+                raise self.unavailable(str(exc)) from exc
+            raise
+        finally:
+            self._opening = False
+        self.nc, self.warned = nc, False
+        return nc
+
+    async def close(self, *, flush: bool = False) -> None:
+        nc, self.nc = self.nc, None
+        if nc is None:
+            return
+        if flush:  # what is still buffered goes out first
+            with contextlib.suppress(Exception):
+                await nc.flush(timeout=2)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 5)
+
+    @property
+    def up(self) -> bool:
+        return self.nc is not None and self.down_since is None
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.debug("nats error", url=self.where, error=repr(exc))
+        self.error = str(exc) or type(exc).__name__
+        denied = denial(self.error)
+        if denied:
+            if not self.denied and self._quiet:
+                log.warning(
+                    f"the NATS server at {self.where} does not let this user {denied}: the "
+                    f"{self.what} cannot work (docs/QUEUE.md lists the permissions familiar"
+                    " needs)"
+                )
+            self.denied = self.denied or denied
+            if not self._quiet:
+                return  # the request then times out; ``call`` says why
+        if self._opening and self._quiet and not self.warned:
+            self.warned = True
+            log.warning(
+                f"waiting for the {self.what} at {self.where} (unreachable: {self.error}); "
+                f"giving up in {self.wait_s:g} s"
+            )
+        elif not self._quiet:
+            self.warn()
+
+    async def _on_disconnect(self) -> None:
+        log.debug("nats disconnected", url=self.where)
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+        if self._on_change is not None:
+            self._on_change(False)
+
+    async def _on_reconnect(self) -> None:
+        log.debug("nats reconnected", url=self.where)
+        self.down_since, self.up_since, self.warned = None, time.monotonic(), False
+        self.reconnected.set()
+        if self._on_change is not None:
+            self._on_change(True)
+
+    def warn(self, error: str = "") -> None:
+        """The one warning of this outage."""
+        if not self.warned:
+            self.warned = True
+            log.warning(
+                f"the {self.what} at {self.where} is unreachable ({error or self.error}); "
+                f"{self.waits} at most {self.wait_s:g} s"
+            )
+
+    def unavailable(self, error: str = "") -> Exception:
+        error = error or self.error
+        return self._unavailable(
+            f"the {self.what} at {self.where} stayed unreachable for {self.wait_s:g} s"
+            + (f" ({error})" if error else "")
+        )
+
+    def refusal(self) -> ConfigError:
+        """What the server's permissions refused, as the configuration error it is."""
+        return self._refused(
+            f"the NATS server at {self.where} does not let this user {self.denied}"
+            " (docs/QUEUE.md lists the permissions familiar needs)"
+        )
+
+    async def call(self, op: Callable[[], Awaitable[T]], what: str = "") -> T:
+        """``await op()``, retried while the server is away, up to ``wait_s``."""
+        deadline = asyncio.get_running_loop().time() + self.wait_s
+        pause = 0.1
+        while True:
+            try:
+                return await op()
+            except TRANSIENT as exc:
+                refused = isinstance(exc, nats.js.errors.APIError)
+                if refused and not isinstance(exc, nats.js.errors.ServiceUnavailableError):
+                    raise  # the server answered: no use asking again
+                if self.denied:
+                    raise self.refusal() from exc
+                self.error = f"{what + ': ' if what else ''}{exc or type(exc).__name__}"
+                if asyncio.get_running_loop().time() + pause > deadline:
+                    raise self.unavailable() from exc
+                self.warn()
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)

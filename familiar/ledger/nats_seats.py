@@ -1,64 +1,75 @@
-"""One deployment's seats in the NATS ledger (see ``familiar.ledger.nats``): a mirror of
-its keys kept by a KV watcher, a FIFO of this process's acquirers, and the pump that
-takes seats in turn."""
+"""One deployment's seats in the NATS ledger (see ``familiar.ledger.nats``): the mirror
+of its keys kept by a KV watcher (``nats_keys.Mirror``), a FIFO of this process's
+acquirers, and the pump that asks the seat policy (``policy.choose``) and takes the seat
+its turn gives it. What it uses of the ledger is ``SeatsHost``, and no more."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import structlog
-from nats.js.kv import KeyValue
 
-from familiar.ledger.base import (
-    DeploymentSeats,
-    Holder,
-    Kind,
-    Lease,
-    wait_event,
-)
-from familiar.ledger.nats_rules import choose_seat
+from familiar.ledger.base import DeploymentSeats, Holder, Kind, Lease, wait_event
+from familiar.ledger.nats_held import HeldSeat, HeldSeats, Spares
+from familiar.ledger.nats_keys import Mirror, Presence
+from familiar.ledger.nats_kv import TtlKeyValue
+from familiar.ledger.nats_trust import FleetKey
+from familiar.ledger.policy import PATIENCE_S, Turn, choose
 
-if TYPE_CHECKING:
-    from familiar.ledger.nats import NatsLedger
+__all__ = ["NatsSeats", "SeatsHost"]
 
 log = structlog.get_logger("familiar.ledger")
-_UNKNOWN = Holder("?", 0, "?")
 
 
-class _Conflict(Exception):
-    """A conditional write found another last revision (``actual``, when the server says;
-    ``holder``, when it is known who holds the key now)."""
+class SeatsHost(Protocol):
+    """What one deployment's seats use of their ledger (``NatsLedger``), and no more."""
 
-    def __init__(self, actual: int | None, holder: Holder | None = None) -> None:
-        self.actual = actual
-        self.holder = holder
-
-
-def _future() -> asyncio.Future[None]:
-    return asyncio.get_running_loop().create_future()
-
-
-@dataclass(eq=False)
-class _Held:
-    seats: _Seats
-    seat: int
-    rev: int
-    value: bytes
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    lost: bool = False
-    released: bool = False
-    #: resolved when the seat is found expired and taken: its request is cancelled
-    lost_future: asyncio.Future[None] = field(default_factory=_future)
+    ttl_s: float
+    wait_s: float
+    nonce: str
+    key: FleetKey
+    holder: Holder
+    kv: TtlKeyValue
+    held: HeldSeats
 
     @property
-    def key(self) -> str:
-        return f"{self.seats.id}.s.{self.seat}"
+    def connected(self) -> bool: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
+
+    def outage_since(self, failing_since: float | None) -> float | None: ...
+
+    def grace_left(self) -> float: ...
+
+    def warn_outage(self, error: str) -> None: ...
+
+    def clear_warning(self) -> None: ...
+
+    def unavailable(self, error: str) -> Exception: ...
+
+    def reachable(self) -> bool: ...
+
+    def opened(self) -> bool: ...
+
+
+def fail_overdue(queue: deque[_Req], outage: float, host: SeatsHost, error: str) -> float:
+    """Fail the acquirers that waited ``wait_s`` during this outage; the next deadline."""
+    now, nearest = time.monotonic(), host.ttl_s
+    for req in list(queue):
+        left = max(req.since, outage) + host.wait_s - now
+        if left <= 0:
+            queue.remove(req)
+            if not req.future.done():
+                req.future.set_exception(host.unavailable(error))
+        else:
+            nearest = min(nearest, left)
+    return nearest
 
 
 @dataclass(eq=False)
@@ -68,32 +79,28 @@ class _Req:
     since: float  # monotonic
 
 
-class _Seats(DeploymentSeats):
+class NatsSeats(DeploymentSeats):
     """One deployment: a mirror of its keys, a FIFO of local acquirers and their pump."""
 
-    def __init__(self, ledger: NatsLedger, dep_id: str, label: str, cap: int, reserve: int):
+    def __init__(self, host: SeatsHost, dep_id: str, label: str, cap: int, reserve: int):
         super().__init__(dep_id, label, cap, reserve)
-        self._ledger = ledger
-        self._queue: deque[_Req] = deque()
-        self._mirror: dict[int, tuple[int, Holder | None]] = {}  # seat -> (rev, holder|free)
-        self._waiters: dict[str, tuple[int, Kind]] = {}  # other ledgers: (ticket, kind)
-        self._synced = False
+        self._host = host
         self._wake = asyncio.Event()
-        self._wlock = asyncio.Lock()  # our waiter key's writes
-        self._ticket: int | None = None
-        self._wrev = 0  # last revision of our waiter key
-        self._wkind: Kind = "interactive"
-        self._wsince = 0.0  # when this process joined the queue (wall clock)
+        self._queue: deque[_Req] = deque()
+        self._mirror = Mirror(dep_id, host.nonce, host.key, self._wake.set, host.held)
+        meta = {"id": dep_id, "label": label, "cap": cap, "reserve": reserve}
+        self._me = Presence(host.kv, host.key, host.holder, host.nonce, meta)
+        self._spares = Spares(host.held, host.reachable, host.spawn)
+        self._synced = False
         self._tried: dict[int, int] = {}  # seat -> mirror revision a take failed at
-        self._touched: dict[str, tuple[float, int]] = {}  # "s.3"/"w.x" -> (last seen, rev)
+        self._idle_since: float | None = None  # a seat left free by the waiters ahead
         self._failing_since: float | None = None
         self._error = ""
-        self._wkey = f"{dep_id}.w.{ledger.nonce}"
         self.pump: asyncio.Task[None] | None = None
         self.watch: asyncio.Task[None] | None = None
 
     async def acquire(self, kind: Kind) -> Lease:
-        self._ledger.start_seats(self)
+        self.start()
         req = _Req(kind, asyncio.get_running_loop().create_future(), time.monotonic())
         self._queue.append(req)
         self._wake.set()
@@ -108,71 +115,69 @@ class _Seats(DeploymentSeats):
             raise
 
     async def release(self, lease: Lease) -> None:
-        await self._ledger._release(lease)
+        held = lease.token
+        if not isinstance(held, HeldSeat):
+            return
+        reachable = self._host.reachable()
+        if held.lost or held.released or not reachable or self.pump is None:
+            await self._host.held.release(held, reachable=reachable)
+            return
+        self._spares.add(held)  # the pump gives it to the next acquirer, or back
+        if self._mirror.waiters and not self._mine_next():
+            self._spares.give_back()  # another process's turn: at once, not after the pump
+        self._wake.set()
+
+    def _mine_next(self) -> bool:
+        """Whether the policy gives one of the spares to this process's waiting acquirers."""
+        reqs = [r for r in self._queue if not r.future.done()]
+        if not reqs:
+            return False
+        mine: Kind = "interactive" if any(r.kind == "interactive" for r in reqs) else "batch"
+        return self._turn(self._spares.seats(), mine, None).seat is not None
 
     def lost(self, lease: Lease) -> asyncio.Future[None] | None:
-        return lease.token.lost_future if isinstance(lease.token, _Held) else None
+        return lease.token.lost_future if isinstance(lease.token, HeldSeat) else None
 
-    # -- the mirror -------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the watcher and the pump (once)."""
+        if not self._host.opened():
+            raise RuntimeError("the NATS ledger is not open")
+        if self.pump is None:
+            self.watch = self._host.spawn(self.watch_loop())
+            self.pump = self._host.spawn(self.pump_loop())
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def resync(self) -> None:
+        """The connection came back: the mirror is rebuilt before the next take."""
+        self._synced = False
+        self._wake.set()
+
+    @property
+    def live_caps(self) -> list[int]:
+        """The caps the other live processes use for this deployment."""
+        return list(self._mirror.caps.values())
+
+    async def renew(self) -> None:
+        """Renew this process's waiter key and cap key (the held seats renew apart)."""
+        if self.pump is not None:  # this process uses the deployment: it said its cap
+            await asyncio.gather(self._me.renew_ticket(), self._me.renew_cap())
+
+    async def goodbye(self) -> None:
+        await self._me.goodbye()
+
+    # -- the mirror ---------------------------------------------------------------
 
     def seen(self, seat: int, rev: int, holder: Holder | None) -> None:
-        old_rev, old = self._mirror.get(seat, (0, None))
-        if rev > old_rev:
-            self._mirror[seat] = (rev, holder)
-            if (old is None) != (holder is None):
-                self._wake.set()
-
-    def _apply(self, entry: KeyValue.Entry) -> None:
-        _dep, _, rest = entry.key.partition(".")
-        what, _, name = rest.partition(".")
-        live = entry.operation is None
-        if live:
-            self._touched[rest] = (time.monotonic(), entry.revision or 0)
-        else:
-            self._touched.pop(rest, None)
-        check = self._ledger.key.check
-        if what == "s" and name.isdigit():
-            holder = None
-            if live:  # a record failing the key check still fills its seat, unbelieved
-                data = check("seat", entry.key, entry.value or b"")
-                holder = Holder.from_json(data or b"") or _UNKNOWN
-            self._mine(entry, live, holder)
-            self.seen(int(name), entry.revision or 0, holder)
-        elif what == "w" and name != self._ledger.nonce:
-            data = check("waiter", entry.key, entry.value or b"") if live else None
-            if data is None:  # gone, or not a familiar's (a forged ticket jumps no queue)
-                if self._waiters.pop(name, None) is not None:
-                    self._wake.set()
-                return
-            try:
-                obj = json.loads(data)
-                ticket = int(obj.get("ticket") or entry.revision or 0)
-                kind: Kind = "batch" if obj.get("kind") == "batch" else "interactive"
-            except (ValueError, TypeError, AttributeError, OverflowError):
-                return
-            if self._waiters.get(name) != (ticket, kind):
-                self._waiters[name] = (ticket, kind)
-                self._wake.set()
-
-    def _mine(self, entry: KeyValue.Entry, live: bool, holder: Holder | None) -> None:
-        """A change to a seat this process holds, not made by it: taken by another (lost:
-        its request is cancelled now), or deleted, purged or expired (re-taken at once,
-        unless another process is quicker)."""
-        ledger = self._ledger
-        held = ledger._held.get(entry.key)
-        if held is None or held.lost or held.released or (entry.revision or 0) <= held.rev:
-            return
-        if live and entry.value != held.value:
-            ledger.lose(held, holder)
-        elif not live:
-            ledger.renew_now(held)
+        self._mirror.seen(seat, rev, holder)
 
     async def watch_loop(self) -> None:
         """Keep the mirror; restarted (and rebuilt from a snapshot) after each reconnect."""
         while True:
             self._synced = False
             try:
-                watcher = await self._ledger.kv.watch(f"{self.id}.>")
+                watcher = await self._host.kv.kv.watch(f"{self.id}.>")
             except Exception as exc:
                 log.debug("ledger watch failed", deployment=self.id, error=repr(exc))
                 self._error = str(exc) or type(exc).__name__
@@ -180,7 +185,7 @@ class _Seats(DeploymentSeats):
                 self._wake.set()
                 await asyncio.sleep(0.5)
                 continue
-            self._mirror, self._waiters, self._touched = {}, {}, {}
+            self._mirror.reset()
             self._failing_since = None
             try:
                 async for entry in watcher:
@@ -188,7 +193,7 @@ class _Seats(DeploymentSeats):
                         self._synced = True
                         self._wake.set()
                     else:
-                        self._apply(entry)
+                        self._mirror.apply(entry)
             finally:
                 with contextlib.suppress(Exception):
                     await watcher.stop()  # type: ignore[no-untyped-call]
@@ -196,31 +201,39 @@ class _Seats(DeploymentSeats):
     # -- the pump: hands seats to local acquirers, first come first served ------------
 
     async def pump_loop(self) -> None:
-        ledger = self._ledger
-        await ledger.put_meta(self)
+        ledger = self._host
+        await self._me.announce()
         while True:
             self._wake.clear()
             while self._queue and self._queue[0].future.done():
                 self._queue.popleft()
             if not self._queue:
-                if self._ticket is not None:
-                    await self.leave()
+                if self._spares:  # released just now: this process may want it again
+                    left = self._spares.linger_left()
+                    if left > 0 and not self._mirror.waiters and ledger.connected:
+                        await wait_event(self._wake, left)
+                        continue
+                    self._spares.give_back()
+                if self._me.ticket is not None:
+                    await self._me.leave()
                 else:
                     await self._wake.wait()
                 continue
             timeout = ledger.ttl_s  # the safety net: nothing is lost if a wake-up is
             outage = ledger.outage_since(self._failing_since)
             if outage is not None:
-                timeout = self._fail_overdue(outage)
+                ledger.warn_outage(self._error)
+                timeout = fail_overdue(self._queue, outage, ledger, self._error)
             if not self._queue or not ledger.connected:
-                pass
+                self._spares.give_back()
             elif not self._synced or ledger.grace_left() > 0:
                 timeout = min(timeout, max(0.05, ledger.grace_left()))
             else:
                 try:
                     progressed = await self._step()
                     if self._failing_since is not None:  # that outage is over
-                        self._failing_since, ledger.warned = None, False
+                        self._failing_since = None
+                        ledger.clear_warning()
                     if progressed:
                         continue
                 except Exception as exc:  # a timeout, JetStream gone: an outage, retried
@@ -228,117 +241,87 @@ class _Seats(DeploymentSeats):
                     self._error = str(exc) or type(exc).__name__
                     self._failing_since = self._failing_since or time.monotonic()
                     timeout = min(timeout, 1.0)
+            if self._idle_since is not None:  # the patience with the waiters ahead
+                left = self._idle_since + PATIENCE_S - time.monotonic()
+                timeout = min(timeout, max(0.01, left))
             if not await wait_event(self._wake, timeout):
                 self._tried.clear()
 
-    def _fail_overdue(self, outage: float) -> float:
-        """Fail the acquirers that waited ``wait_s`` during this outage; the next deadline."""
-        ledger, now = self._ledger, time.monotonic()
-        ledger.warn_outage(self._error)
-        nearest = ledger.ttl_s
-        for req in list(self._queue):
-            left = max(req.since, outage) + ledger.wait_s - now
-            if left <= 0:
-                self._queue.remove(req)
-                if not req.future.done():
-                    req.future.set_exception(ledger.unavailable(self._error))
-            else:
-                nearest = min(nearest, left)
-        return nearest
-
-    async def _sweep(self) -> bool:
-        """Purge keys nobody renewed for three TTLs: the server should have expired them,
-        but a server that crashed and came back can keep them for good (seen with
-        nats-server 2.15 after a SIGKILL), which would leave seats held and waiters queued
-        by processes long gone. True when it purged something."""
-        stale = time.monotonic() - 3 * self._ledger.ttl_s
-        mine = {f"s.{h.seat}" for h in self._ledger.held_by(self)} | {f"w.{self._ledger.nonce}"}
-        purged = False
-        for name, (seen, rev) in list(self._touched.items()):
-            if seen > stale or name in mine:
-                continue
-            self._touched.pop(name, None)
-            with contextlib.suppress(Exception):
-                await self._ledger.purge(f"{self.id}.{name}", rev)
-                purged = True
-                log.warning(
-                    "freed a seat-ledger key nobody renewed (its holder is gone; the server"
-                    " kept it past its TTL)",
-                    deployment=self.label,
-                    key=name,
-                )
-        return purged
-
     async def _step(self) -> bool:
-        """One try at a seat; ``True`` when something changed (look again at once)."""
-        if await self._sweep():
+        """One try at seats; ``True`` when something changed (look again at once)."""
+        host = self._host
+        keep = {f"s.{h.seat}" for h in host.held.of(self.id)}
+        if await self._mirror.sweep(host.kv, 3 * host.ttl_s, keep, self.label):
             return True
         reqs = [r for r in self._queue if not r.future.done()]
         mine: Kind = "interactive" if any(r.kind == "interactive" for r in reqs) else "batch"
-        free = [
-            s
-            for s in range(self.cap)
-            if self._mirror.get(s, (0, None))[1] is None
-            and self._tried.get(s) != self._mirror.get(s, (0, None))[0]
-        ]
-        queue = [(kind, False, t) for t, kind in self._waiters.values()]
-        if self._ticket is not None:
-            queue.append((mine, True, self._ticket))
-        queue.sort(key=lambda q: q[2])
-        seat = choose_seat(self.cap, self.reserve, free, [(k, me) for k, me, _ in queue], mine)
+        spares = self._spares.seats()
+        free = self._mirror.free(self.cap, self._tried) + spares
+        turn = self._turn(free, mine, self._idle_since)
+        self._idle_since, seat = turn.idle_since, turn.seat
         if seat is None:
-            if self._ticket is None or mine != self._wkind:  # join, or say what we wait for
-                await self._waiter_write(mine, self._ticket)
+            self._spares.give_back()  # the others' turn (or no seat this process may use)
+            if self._me.ticket is None or mine != self._me.kind:  # join, or say what we want
+                await self._me.join(mine, self._me.ticket)
                 return True
             return False
-        rev = self._mirror.get(seat, (0, None))[0]
-        held = await self._ledger.take(self, seat, rev, mine)
-        if held is None:
-            self._tried[seat] = rev
-            return True
-        ready = [r for r in self._queue if not r.future.done() and self.usable(r.kind) > seat]
-        ready.sort(key=lambda r: r.kind != mine)  # sessions first, else first come
-        taker = next(iter(ready), None)
-        if taker is None:  # cancelled meanwhile
-            await self._ledger.drop(held)
-            return True
-        self._queue.remove(taker)
-        taker.future.set_result(Lease(seat, held))
-        if self._ticket is not None and len(reqs) > 1:
-            await self._waiter_write(mine, None)  # a new ticket: the back of the queue
+        seats = [seat]
+        while len(seats) < len(reqs) and not self._mirror.waiters:  # nobody else waits
+            more = self._turn([s for s in free if s not in seats], mine, None).seat
+            if more is None:
+                break
+            seats.append(more)
+        given = False
+        for seat in [s for s in seats if s in spares]:  # no round trip: still held
+            spare = self._spares.pop(seat)
+            if spare is not None:
+                given |= self._give(spare, mine)
+        taking = [s for s in seats if s not in spares]
+        revs = [self._mirror.rev(s) for s in taking]
+        take = self._host.held.take
+        got = await asyncio.gather(
+            *(
+                take(self.id, self.label, s, rev, mine, self.seen)
+                for s, rev in zip(taking, revs, strict=True)
+            )
+        )  # each conditional write is itself the grant
+        for s, rev, held in zip(taking, revs, got, strict=True):
+            if held is None:
+                self._tried[s] = rev
+            else:
+                given |= self._give(held, mine)
+        if any(not r.future.done() for r in self._queue):
+            self._spares.give_back()  # what is left over, no waiting acquirer may use
+        if given and self._me.ticket is not None and len(reqs) > 1:
+            await self._me.join(mine, None)  # a new ticket: the back of the queue
         return True
 
-    async def _waiter_write(self, kind: Kind, ticket: int | None) -> None:
-        """Join the queue or take a new ticket (a write without one, ``ticket=None``)."""
-        async with self._wlock:
-            self._wsince = self._wsince if ticket else time.time()
-            record = asdict(replace(self._ledger.holder, kind=kind, since=self._wsince))
-            await self._write_waiter({**record, "ticket": ticket} if ticket else record)
-            self._ticket, self._wkind = ticket or self._wrev, kind
+    def _turn(self, free: list[int], mine: Kind, idle_since: float | None) -> Turn:
+        return choose(
+            self.cap,
+            self.reserve,
+            free,
+            self._mirror.line(self._me.ticket, mine),
+            mine,
+            live_caps=self._mirror.caps.values(),
+            idle_since=idle_since,
+            now=time.monotonic(),
+        )
 
-    async def leave(self) -> None:
-        async with self._wlock:
-            if self._ticket is not None:
-                self._ticket = None
-                with contextlib.suppress(Exception):
-                    self._wrev = await self._ledger.purge(self._wkey, self._wrev)
+    def _give(self, held: HeldSeat, mine: Kind) -> bool:
+        """Hand ``held`` to the first acquirer that may use it (sessions first); kept as a
+        spare when there is none (cancelled meanwhile)."""
+        ready = [r for r in self._queue if not r.future.done() and self.usable(r.kind) > held.seat]
+        ready.sort(key=lambda r: r.kind != mine)  # sessions first, else first come
+        if not ready:
+            self._spares.add(held)
+            return False
+        self._queue.remove(ready[0])
+        ready[0].future.set_result(Lease(held.seat, held))
+        return True
 
-    async def renew_ticket(self) -> None:
-        async with self._wlock:
-            if self._ticket is not None:
-                holder = replace(self._ledger.holder, kind=self._wkind, since=self._wsince)
-                record = asdict(holder)
-                with contextlib.suppress(Exception):
-                    await self._write_waiter({**record, "ticket": self._ticket})
-
-    async def _write_waiter(self, record: dict[str, Any]) -> None:
-        value = self._ledger.key.seal("waiter", self._wkey, json.dumps(record).encode())
-        try:
-            self._wrev = await self._ledger.write(self._wkey, value, self._wrev)
-        except _Conflict as exc:  # our own key changed (expired while cut off): rewrite it
-            if exc.actual is None:
-                raise
-            self._wrev = await self._ledger.write(self._wkey, value, exc.actual)
-
-    def waiting(self) -> list[_Req]:
-        return list(self._queue)
+    def fail_all(self, error: Exception) -> None:
+        """The ledger closes: every acquirer still waiting fails with ``error``."""
+        for req in self._queue:
+            if not req.future.done():
+                req.future.set_exception(error)

@@ -7,23 +7,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
 from nats.js.kv import KeyValue
 
-from familiar.ledger.base import DeploymentView, Holder
-
-if TYPE_CHECKING:
-    from familiar.ledger.nats import NatsLedger
+from familiar.ledger.base import DeploymentSeats, DeploymentView, Holder
+from familiar.ledger.nats_trust import FleetKey
 
 UNKNOWN = Holder("?", 0, "?")
 
 
-async def read_views(ledger: NatsLedger) -> list[DeploymentView]:
-    watcher = await ledger.kv.watch(">")
+async def read_views(
+    kv: KeyValue, fleet_key: FleetKey, known: Iterable[DeploymentSeats], within_s: float
+) -> list[DeploymentView]:
+    """Every deployment in the bucket (and the ``known`` ones of this process), read once
+    within ``within_s``."""
+    watcher = await kv.watch(">")
     entries: dict[str, KeyValue.Entry] = {}
     try:
-        async with asyncio.timeout(ledger._op_timeout * 4):
+        async with asyncio.timeout(within_s):
             async for entry in watcher:
                 if entry is None:
                     break
@@ -32,11 +35,12 @@ async def read_views(ledger: NatsLedger) -> list[DeploymentView]:
         with contextlib.suppress(Exception):
             await watcher.stop()  # type: ignore[no-untyped-call]
     metas: dict[str, dict[str, Any]] = {
-        d.id: {"label": d.label, "cap": d.cap, "reserve": d.reserve} for d in ledger._deps.values()
+        d.id: {"label": d.label, "cap": d.cap, "reserve": d.reserve} for d in known
     }
     holders: dict[str, dict[int, Holder]] = {d: {} for d in metas}
     waiting: dict[str, list[Holder]] = {d: [] for d in metas}
-    check = ledger.key.check
+    caps: dict[str, list[int]] = {d: [] for d in metas}
+    check = fleet_key.check
     for key, entry in sorted(entries.items()):
         dep, _, rest = key.partition(".")
         what, _, name = rest.partition(".")
@@ -44,6 +48,7 @@ async def read_views(ledger: NatsLedger) -> list[DeploymentView]:
             continue
         holders.setdefault(dep, {})
         waiting.setdefault(dep, [])
+        caps.setdefault(dep, [])
         if what == "meta":
             data = check("meta", key, entry.value)
             with contextlib.suppress(ValueError, TypeError):
@@ -52,6 +57,12 @@ async def read_views(ledger: NatsLedger) -> list[DeploymentView]:
         elif what == "s" and name.isdigit():
             data = check("seat", key, entry.value)
             holders[dep][int(name)] = Holder.from_json(data or b"") or UNKNOWN
+        elif what == "c":
+            data = check("cap", key, entry.value)
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                cap = int(json.loads(data or b"")["cap"])
+                if 1 <= cap <= 4096:
+                    caps[dep].append(cap)
         elif what == "w":
             data = check("waiter", key, entry.value)
             if data is not None:
@@ -61,5 +72,7 @@ async def read_views(ledger: NatsLedger) -> list[DeploymentView]:
         meta = metas.get(dep, {})
         cap = int(meta.get("cap") or max(holders[dep], default=-1) + 1)
         label, reserve = str(meta.get("label") or dep), int(meta.get("reserve") or 0)
-        views.append(DeploymentView(dep, label, cap, reserve, holders[dep], waiting[dep]))
+        views.append(
+            DeploymentView(dep, label, cap, reserve, holders[dep], waiting[dep], caps[dep])
+        )
     return views

@@ -19,7 +19,6 @@ while the server is away it is retried for up to ``wait_s`` (one warning), then
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
@@ -34,7 +33,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from familiar.errors import QueueSetupError, QueueUnavailable
-from familiar.ledger.nats_connect import connect, denial, public_url
+from familiar.ledger.nats_connect import TRANSIENT, NatsConnection, public_url
 from familiar.ledger.nats_trust import FleetKey
 from familiar.queue.jobs import JobResult
 
@@ -54,13 +53,6 @@ JOB = "Familiar-Job"
 DUPLICATE_WINDOW_S = 6 * 3600.0
 DAY = 86400.0
 _HEADROOM = 8192  # headers and JSON around a text that must still fit one message
-#: what a call to an absent or restarting server raises
-TRANSIENT: tuple[type[BaseException], ...] = (
-    TimeoutError,
-    OSError,
-    nats.errors.Error,
-    nats.js.errors.ServiceUnavailableError,
-)
 
 
 class QueueStore:
@@ -81,17 +73,22 @@ class QueueStore:
         self.key = key if key is not None else FleetKey.from_env()
         self.wait_s, self.op_timeout, self.name = wait_s, op_timeout, name
         self._inline_limit = inline_limit
-        self._nc: Client | None = None
+        self.conn = NatsConnection(
+            url,
+            wait_s=wait_s,
+            what="work queue",
+            waits="waiting for it",
+            unavailable=QueueUnavailable,
+            refused=QueueSetupError,
+            name=name,
+        )
         self._js: JetStreamContext | None = None
         self._kv: dict[str, KeyValue] = {}
         self._obs: ObjectStore | None = None
-        self._error = ""
-        self._denied = ""  # what the server's permissions refused, if anything
-        self._warned = False
         #: set when the connection comes back after a loss (the collector re-checks)
-        self.reconnected = asyncio.Event()
+        self.reconnected = self.conn.reconnected
 
-    # -- connection ---------------------------------------------------------------------
+    # -- connection (ledger/nats_connect.py: the one the seat ledger holds too) --------
 
     async def __aenter__(self) -> QueueStore:
         await self.open()
@@ -101,101 +98,35 @@ class QueueStore:
         await self.close()
 
     async def open(self) -> None:
-        nc = Client()
+        nc = await self.conn.open()
         try:
-            await connect(
-                nc,
-                self.url,
-                wait_s=self.wait_s,
-                error_cb=self._on_error,
-                disconnected_cb=self._on_disconnect,
-                reconnected_cb=self._on_reconnect,
-                name=self.name,
-                refused=QueueSetupError,
-            )
-            self._nc = nc
             await self._setup(nc)
         except BaseException as exc:
-            self._nc = None
-            with contextlib.suppress(Exception):
-                await nc.close()
-            if self._denied and isinstance(exc, TRANSIENT):
-                raise self.denied() from exc
+            await self.conn.close()
+            if self.conn.denied and isinstance(exc, TRANSIENT):
+                raise self.conn.refusal() from exc
             if isinstance(exc, TRANSIENT):
-                raise self.unavailable(str(exc) or self._error) from exc
+                raise self.unavailable(str(exc)) from exc
             raise
 
-    def denied(self) -> QueueSetupError:
-        return QueueSetupError(
-            f"the NATS server at {self.where} does not let this user {self._denied}"
-            " (docs/QUEUE.md lists the permissions familiar needs)"
-        )
-
     async def close(self) -> None:
-        nc, self._nc = self._nc, None
-        if nc is not None:  # naks and notices still buffered go out first
-            with contextlib.suppress(Exception):
-                await nc.flush(timeout=2)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), 5)
-
-    async def _on_error(self, exc: Exception) -> None:
-        self._error = str(exc) or type(exc).__name__
-        denied = denial(self._error)
-        if denied:  # the request then times out
-            self._denied = denied
-            return
-        log.debug("nats error", url=self.where, error=repr(exc))
-        self.warn()
-
-    async def _on_disconnect(self) -> None:
-        log.debug("nats disconnected", url=self.where)
-
-    async def _on_reconnect(self) -> None:
-        log.debug("nats reconnected", url=self.where)
-        self._warned = False
-        self.reconnected.set()
+        await self.conn.close(flush=True)  # naks and notices still buffered go out first
 
     def warn(self, error: str = "") -> None:
-        if not self._warned:
-            self._warned = True
-            log.warning(
-                f"the work queue at {self.where} is unreachable ({error or self._error}); "
-                f"waiting for it at most {self.wait_s:g} s"
-            )
+        self.conn.warn(error)
 
-    def unavailable(self, error: str = "") -> QueueUnavailable:
-        error = error or self._error
-        return QueueUnavailable(
-            f"the work queue at {self.where} stayed unreachable for {self.wait_s:g} s"
-            + (f" ({error})" if error else "")
-        )
+    def unavailable(self, error: str = "") -> Exception:
+        return self.conn.unavailable(error)
 
     async def call(self, op: Callable[[], Awaitable[T]], what: str = "") -> T:
         """``await op()``, retried while the server is away, up to ``wait_s``."""
-        deadline = asyncio.get_running_loop().time() + self.wait_s
-        pause = 0.1
-        while True:
-            try:
-                return await op()
-            except TRANSIENT as exc:
-                refused = isinstance(exc, nats.js.errors.APIError)
-                if refused and not isinstance(exc, nats.js.errors.ServiceUnavailableError):
-                    raise  # the server answered: no use asking again
-                if self._denied:
-                    raise self.denied() from exc
-                self._error = f"{what + ': ' if what else ''}{exc or type(exc).__name__}"
-                if asyncio.get_running_loop().time() + pause > deadline:
-                    raise self.unavailable() from exc
-                self.warn()
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 2.0)
+        return await self.conn.call(op, what)
 
     @property
     def nc(self) -> Client:
-        if self._nc is None:
+        if self.conn.nc is None:
             raise self.unavailable("not connected")
-        return self._nc
+        return self.conn.nc
 
     @property
     def js(self) -> JetStreamContext:

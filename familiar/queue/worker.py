@@ -44,9 +44,10 @@ from nats.js import api
 from familiar.context import bound_correlation_id, new_correlation_id
 from familiar.dispatch import Pool
 from familiar.errors import LedgerUnavailable, QueueUnavailable
+from familiar.ledger.nats_connect import TRANSIENT
 from familiar.queue.jobs import JobMessage, JobResult, job_id
 from familiar.queue.kvcache import KvChunkCache
-from familiar.queue.store import CONSUMER, CORRELATION, STREAM, TRANSIENT, QueueStore
+from familiar.queue.store import CONSUMER, CORRELATION, STREAM, QueueStore
 from familiar.telemetry import Telemetry
 from familiar.translate.batch import Translator
 from familiar.translate.report import ArticleReport

@@ -19,7 +19,7 @@ from tests.support.scripts import ARTICLE
 MODEL = "general-llm"
 
 
-def workspace(root: Path, url: str, *, parallel: int, reserve: int = 0) -> Path:
+def workspace(root: Path, url: str, *, parallel: int, reserve: int = 0, articles: int = 4) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "slots.toml").write_text(
         f'[slots.translator]\nurl = "{url}"\nmodel = "{MODEL}"\nruntime = "vllm"\n'
@@ -29,7 +29,7 @@ def workspace(root: Path, url: str, *, parallel: int, reserve: int = 0) -> Path:
     (root / "CLAUDE.md").write_text("familiar: naughty x translator\n")
     src = root / "src"
     src.mkdir()
-    for i in range(4):  # distinct articles: no chunk is a cache hit
+    for i in range(articles):  # distinct articles: no chunk is a cache hit
         (src / f"a{i}.md").write_text(ARTICLE.replace("緑茶", f"緑茶{root.name}{i}"), "utf-8")
     return root
 
@@ -78,6 +78,24 @@ async def test_three_batches_share_one_cap_and_take_turns(tmp_path: Path) -> Non
         order = cids(srv)
         assert len(set(order)) == 3
         assert len(set(order[: len(order) // 2])) == 3, order
+
+
+async def test_two_processes_whose_parallel_disagree_hold_the_smaller_cap(tmp_path: Path) -> None:
+    """Slots files that say parallel = 2 and parallel = 4 for one deployment: while both
+    processes run, never more than 2 requests in flight (the strictest live cap)."""
+    async with FakeOpenAIServer(latency_s=0.3, reply_mode="identity") as srv:
+        narrow = await translate(workspace(tmp_path / "n", srv.url, parallel=2, articles=16))
+        deadline = time.monotonic() + 30
+        while srv.stats["requests"] < 1:  # the narrow process has said its cap
+            assert time.monotonic() < deadline and narrow.returncode is None
+            await asyncio.sleep(0.02)
+        wide = await translate(workspace(tmp_path / "w", srv.url, parallel=4, articles=2))
+        code, text = await finish(wide)
+        assert code == 0, text
+        assert narrow.returncode is None  # both ran the whole time the wide one did
+        assert srv.stats["max_in_flight"] == 2, srv.stats  # 4 with the wide one's cap
+        code, text = await finish(narrow)
+        assert code == 0, text
 
 
 async def test_a_sigkilled_holder_gives_its_seat_back_within_two_seconds(tmp_path: Path) -> None:

@@ -73,6 +73,28 @@ async def test_processes_on_separate_ledger_dirs_share_the_cap_through_nats(
         assert srv.stats["max_in_flight"] == 2, srv.stats  # 6 with per-host ledgers
 
 
+async def test_two_processes_whose_parallel_disagree_hold_the_smaller_cap_through_nats(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """Slots files that say parallel = 2 and parallel = 4 for one deployment, processes
+    with nothing in common but the NATS ledger: never more than 2 requests in flight."""
+    async with FakeOpenAIServer(latency_s=0.3, reply_mode="identity") as srv:
+        ws = workspace(tmp_path / "n", srv.url, parallel=2, articles=16)
+        narrow = await translate(ws, nats_server.url)
+        deadline = time.monotonic() + 30
+        while srv.stats["requests"] < 1:  # the narrow process has said its cap
+            assert time.monotonic() < deadline and narrow.returncode is None
+            await asyncio.sleep(0.02)
+        ws = workspace(tmp_path / "w", srv.url, parallel=4, articles=2)
+        wide = await translate(ws, nats_server.url)
+        code, _out, err = await finish(wide)
+        assert code == 0, err
+        assert narrow.returncode is None  # both ran the whole time the wide one did
+        assert srv.stats["max_in_flight"] == 2, srv.stats  # 4 with the wide one's cap
+        code, _out, err = await finish(narrow)
+        assert code == 0, err
+
+
 async def test_a_sigkilled_holders_seat_comes_back_after_its_ttl(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:

@@ -460,3 +460,52 @@ async def test_keys_nobody_renews_are_freed_even_if_the_server_keeps_them(
             await seats.release(lease)
     finally:
         await nc.close()
+
+
+async def test_the_strictest_parallel_of_live_processes_applies(nats_server: NatsServer) -> None:
+    """Processes whose slots files disagree on ``parallel`` share the smallest cap, as
+    they do through the host ledger (the same policy)."""
+    async with ledgers(nats_server.url, 2, ttl_s=3.0) as (a, b):
+        wide, narrow = a.deployment(DEP, "m", 4), b.deployment(DEP, "m", 2)
+        await narrow.release(await asyncio.wait_for(narrow.acquire("interactive"), 5))
+        await settle(lambda: only_view(a), lambda v: sorted(v.live_caps) == [2])
+        held = [await asyncio.wait_for(wide.acquire("interactive"), 5) for _ in range(2)]
+        assert {lease.seat for lease in held} == {0, 1}  # the top seats of a cap of 2
+        third = asyncio.create_task(wide.acquire("interactive"))
+        await asyncio.sleep(0.5)
+        assert not third.done()  # 2 in use: the other process's cap of 2 holds for everyone
+        view = await only_view(a)
+        assert view.effective_cap == 2 and view.disagree
+        third.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await third
+        for lease in held:
+            await wide.release(lease)
+        await b.close()  # the strict process is gone (its cap key with it): 4 again
+        more = [await asyncio.wait_for(wide.acquire("interactive"), 5) for _ in range(4)]
+        assert len({lease.seat for lease in more}) == 4
+        for lease in more:
+            await wide.release(lease)
+
+
+async def test_a_waiter_that_does_not_take_its_turn_loses_it(nats_server: NatsServer) -> None:
+    """A waiter ahead that leaves a free seat alone (its loop stopped; its waiter key
+    still renewed) does not keep the deployment idle: after the patience (2 s), long
+    before its key could expire (10 s), the next one takes the seat."""
+    async with ledgers(nats_server.url, 3, ttl_s=10.0) as (a, b, c):
+        holder, stuck, nxt = (ledger.deployment(DEP, "m", 1) for ledger in (a, b, c))
+        lease = await holder.acquire("interactive")
+        stuck_waiter = asyncio.create_task(stuck.acquire("interactive"))
+        await settle(lambda: only_view(a), lambda v: len(v.waiting) == 1)
+        assert stuck.pump is not None
+        stuck.pump.cancel()  # it never acts again
+        next_waiter = asyncio.create_task(nxt.acquire("interactive"))
+        await settle(lambda: only_view(a), lambda v: len(v.waiting) == 2)
+        await holder.release(lease)
+        released = time.monotonic()
+        got = await asyncio.wait_for(next_waiter, 10)
+        assert 1.5 < time.monotonic() - released < 6  # the patience, not the key's TTL
+        await nxt.release(got)
+        stuck_waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stuck_waiter

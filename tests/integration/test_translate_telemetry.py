@@ -82,7 +82,7 @@ async def test_a_bug_is_an_error_then_raised_and_the_batch_still_ends(
     def broken(*_args: object, **_kwargs: object) -> str:
         raise ZeroDivisionError("a bug in assembling")
 
-    monkeypatch.setattr(md, "assemble", broken)
+    monkeypatch.setattr(md, "assemble_pieces", broken)  # what a batch writes from
     src = articles(tmp_path, 3)
     with pytest.raises(BaseExceptionGroup) as info:
         await translate(tmp_path, str(src), "--out", str(tmp_path / "o"), "--json")
