@@ -396,7 +396,9 @@ class SlotClient:
                 content = dumps(payload).encode()
                 where = target.chat if kind == "chat" else target.completion
                 if self.stream:
-                    await read_stream(self._pipe, where, headers, content, kind, acc, start, sent)
+                    await read_stream(
+                        self._pipe, where, headers, content, kind, acc, start, sent, self._stall_s
+                    )
                 else:
                     await read_whole(self._pipe, where, headers, content, kind, acc, sent)
         check_finished(acc, name, url)

@@ -18,6 +18,8 @@ to the error tree by :func:`familiar.client.wire.map_errors`.
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import urllib.parse
 import urllib.request
@@ -210,9 +212,7 @@ class AiohttpPipe:
         )
         # an idle connection is dropped after 4 s, before the servers' own 5 s (uvicorn
         # under vLLM and SGLang, llama-server): never a request sent on one they close
-        connector = aiohttp.TCPConnector(
-            limit=limits.connections, limit_per_host=0, keepalive_timeout=4.0
-        )
+        connector = _Connector(limit=limits.connections, limit_per_host=0, keepalive_timeout=4.0)
         # trust_env=False: the proxy is read once per URL (above); with True, aiohttp
         # would also look up ~/.netrc in a thread for every request without credentials
         return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)
@@ -220,8 +220,10 @@ class AiohttpPipe:
     async def post(self, url: Any, headers: Mapping[str, str], content: bytes) -> Reply:
         if self._session is None:
             self._session = self._open()
+        # over 1 MiB, raw bytes make aiohttp warn (ResourceWarning): the same bytes as a file
+        data = io.BytesIO(content) if len(content) > _LARGE else content
         response = await self._session.post(
-            url.url, data=content, headers=headers, proxy=url.proxy, allow_redirects=False
+            url.url, data=data, headers=headers, proxy=url.proxy, allow_redirects=False
         )
         return _AiohttpReply(response)
 
@@ -229,6 +231,43 @@ class AiohttpPipe:
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+
+
+_LARGE = 1 << 20
+
+if aiohttp is not None:
+    from aiohttp.client_proto import ResponseHandler
+
+    class _Handler(ResponseHandler):
+        """aiohttp's protocol, but bytes that come while it waits in the pool (a server's
+        extra bytes after an answer) close it: they must never answer the next request."""
+
+        idle = False
+
+        def set_response_params(self, *args: Any, **kwargs: Any) -> None:
+            self.idle = False  # a request is about to be sent on it
+            super().set_response_params(*args, **kwargs)
+
+        def data_received(self, data: bytes) -> None:
+            if data and self.idle and self.transport is not None:
+                self.force_close()
+                self.transport.close()
+                return
+            super().data_received(data)
+
+    class _Connector(aiohttp.TCPConnector):
+        """Makes :class:`_Handler` protocols and marks them idle when given back."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._factory = functools.partial(_Handler, loop=self._loop)  # type: ignore[assignment]
+
+        def _release(
+            self, key: Any, protocol: ResponseHandler, *, should_close: bool = False
+        ) -> None:
+            super()._release(key, protocol, should_close=should_close)
+            if isinstance(protocol, _Handler):
+                protocol.idle = True
 
 
 @dataclass(frozen=True)

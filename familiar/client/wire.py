@@ -30,6 +30,11 @@ from familiar.errors import (
 )
 from familiar.logs import mask
 
+
+class Stalled(Exception):
+    """Bytes came, but no line ended for the stall limit (raised by the stream reader)."""
+
+
 # httpx2: its connection pool stays cheap at hundreds of connections, where httpx 1.x's
 # costs ~20 ms of CPU per request at 256 (docs/FLEETCHECK.md); httpx where it is missing.
 # benchmarks/stream.py measures it against httpx and aiohttp as SSE readers.
@@ -38,7 +43,11 @@ try:
     import httpx2 as HTTP
 except ImportError:  # pragma: no cover - an install without httpx2
     HTTP = httpx
-_TIMEOUT_ERRORS: tuple[type[Exception], ...] = (httpx.TimeoutException, HTTP.TimeoutException)
+_TIMEOUT_ERRORS: tuple[type[Exception], ...] = (
+    httpx.TimeoutException,
+    HTTP.TimeoutException,
+    Stalled,
+)
 _DECODING_ERRORS: tuple[type[Exception], ...] = (httpx.DecodingError, HTTP.DecodingError)
 _REQUEST_ERRORS: tuple[type[Exception], ...] = (httpx.RequestError, HTTP.RequestError)
 try:  # familiar.client.transport's default client, where installed
@@ -152,7 +161,9 @@ def map_errors(
     except _TIMEOUT_ERRORS:
         where = "mid-answer" if sent is not None and sent.answered else "or connect timed out"
         raise BackendTimeout(
-            slot, f"no byte for {stall_s:g}s (stall limit) {where}", replica=replica
+            slot,
+            f"no byte (or no line end) for {stall_s:g}s (stall limit) {where}",
+            replica=replica,
         ) from None
     except TimeoutError:  # the whole request (connect to last byte) took too long
         raise BackendTimeout(

@@ -43,6 +43,7 @@ TINY: dict[str, list[str]] = {
         "--threads-max", "1", "--tokens", "4", "--rounds", "1", "--prompts", "2",
         "--prompt-words", "20", "--cache-ram", "0",
     ],
+    "affinity_real": ["--sessions", "1", "--fanout", "1", "--context", "20", "--repeat", "1"],
     "profile_stream": [
         "--tokens", "10", "--calls", "5", "--cprofile", "--answers", "8", "--concurrency", "4",
     ],
