@@ -12,7 +12,7 @@ prompt_n``, read by SlotClient as cached tokens) over all requests and over the 
 requests, TTFT p50/p99 (from the group's start) and the makespan; ``--repeat`` runs per
 policy, alternated, each on fresh servers (nothing cached from the run before).
 
-    python benchmarks/affinity_real.py [--sessions 4] [--fanout 3] [--context 1500]
+    python benchmarks/affinity_real.py [--sessions 4] [--fanout 3] [--context 1000]
         [--repeat 2] [--threads 1]
 """
 
@@ -93,6 +93,7 @@ async def run(policy: str, args: argparse.Namespace, home: Path) -> list[float]:
             parallel=2 * SEATS,
             affinity=policy,  # type: ignore[arg-type]
             timeout_s=900,
+            stall_timeout_s=600,  # 4 long prompts on one CPU thread: minutes to a first byte
         )
         client = SlotClient(slot)
         try:
@@ -119,7 +120,7 @@ async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sessions", type=int, default=4)
     p.add_argument("--fanout", type=int, default=3)
-    p.add_argument("--context", type=int, default=1500, help="words of each session's context")
+    p.add_argument("--context", type=int, default=1000, help="words of each session's context")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()

@@ -151,8 +151,15 @@ class HttpxPipe:
         return HTTP.URL(url)
 
     async def post(self, url: Any, headers: Mapping[str, str], content: bytes) -> Reply:
-        request = self._http.build_request("POST", url, content=content, headers=headers)
-        return _HttpxReply(await self._http.send(request, stream=True))
+        for attempt in range(_STALE_TRIES + 1):
+            request = self._http.build_request("POST", url, content=content, headers=headers)
+            try:
+                return _HttpxReply(await self._http.send(request, stream=True))
+            except HTTP.RemoteProtocolError as exc:
+                # a kept-alive connection the server had closed: sent again (see AiohttpPipe)
+                if attempt == _STALE_TRIES or "without sending a response" not in str(exc):
+                    raise
+        raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -220,12 +227,22 @@ class AiohttpPipe:
     async def post(self, url: Any, headers: Mapping[str, str], content: bytes) -> Reply:
         if self._session is None:
             self._session = self._open()
-        # over 1 MiB, raw bytes make aiohttp warn (ResourceWarning): the same bytes as a file
-        data = io.BytesIO(content) if len(content) > _LARGE else content
-        response = await self._session.post(
-            url.url, data=data, headers=headers, proxy=url.proxy, allow_redirects=False
-        )
-        return _AiohttpReply(response)
+        for attempt in range(_STALE_TRIES + 1):
+            # over 1 MiB, raw bytes make aiohttp warn (ResourceWarning): the same bytes as a file
+            data = io.BytesIO(content) if len(content) > _LARGE else content
+            try:
+                response = await self._session.post(
+                    url.url, data=data, headers=headers, proxy=url.proxy, allow_redirects=False
+                )
+            except aiohttp.ServerDisconnectedError:
+                # no byte of an answer: a kept-alive connection the server had closed
+                # (llama-server closes one after a few requests) is not the server's fault;
+                # sent again, on another connection, before it counts as a failure
+                if attempt == _STALE_TRIES:
+                    raise
+                continue
+            return _AiohttpReply(response)
+        raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -234,6 +251,8 @@ class AiohttpPipe:
 
 
 _LARGE = 1 << 20
+#: sends again when a kept-alive connection turns out closed before any answer
+_STALE_TRIES = 2
 
 if aiohttp is not None:
     from aiohttp.client_proto import ResponseHandler

@@ -26,6 +26,7 @@ from tests.support.raw_http import (
     PIPES,
     STREAMED,
     Conn,
+    Handler,
     RawServer,
     ask,
     client,
@@ -270,3 +271,33 @@ async def test_an_endless_header_fails_cleanly(pipe: str) -> None:
     got, took = await timed(handle, pipe, timeout_s=20)
     assert isinstance(got, BackendConnectError | BackendProtocolError), got
     assert took < 5 and len(str(got)) < 400
+
+
+def closes_kept_alive(served: list[int]) -> Handler:
+    """llama-server's way (cpp-httplib): a kept-alive connection answers a request or two,
+    then is closed without a word when the next request comes on it."""
+
+    async def handle(conn: Conn) -> None:
+        for _ in range(2):
+            if await conn.request() is None:
+                return
+            body = whole(f"answer {len(served)}")
+            await conn.send(head(ctype="application/json", length=len(body)) + body)
+            served.append(1)
+        await conn.request()  # the next one is read, never answered: the server closes
+
+    return handle
+
+
+@pytest.mark.parametrize("pipe", PIPES)
+async def test_a_kept_alive_connection_the_server_closed_is_not_a_failure(pipe: str) -> None:
+    """A request sent on a pooled connection the server has closed gets no byte back: it is
+    sent again on a new connection, not counted as the replica's fault (with one attempt
+    and no retries, every call still succeeds; before: "connection failed: Server
+    disconnected" on every third request, and the replica cooled down for 5 s)."""
+    served: list[int] = []
+    async with RawServer(closes_kept_alive(served)) as srv:
+        async with client(srv.url, pipe, stream=False, attempts=1, parallel=1) as c:
+            texts = [(await c.chat(MSG)).text for _ in range(7)]
+        assert texts == [f"answer {n}" for n in range(7)]
+        assert srv.connections >= 4  # two answers a connection: new ones were opened
