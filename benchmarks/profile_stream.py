@@ -45,6 +45,9 @@ from familiar.client.wire import HTTP
 from familiar.config.slots import Slot
 from tests.support.fake_openai import spawn_fake_server
 
+#: the stall limit the reader is given (a slot's default)
+STALL_S = 60.0
+
 PHASES = [
     "build request",
     "send -> headers",
@@ -87,7 +90,7 @@ async def one_call(
             yield c
 
     acc = Answer()
-    ended = await _read_events(rest(), "chat", acc, t0 / 1e9)
+    ended = await _read_events(rest(), "chat", acc, t0 / 1e9, STALL_S)
     t4 = ns()
     await reply.close(ended)
     check_finished(acc, "bench", "r")
@@ -114,7 +117,7 @@ async def profile_pipe(name: str, url: str, args: argparse.Namespace) -> dict[st
         for _ in range(args.calls):
             seen, events = await one_call(pipe, target, msg, times)
             t = time.perf_counter_ns()
-            await _read_events(_replay(seen), "chat", Answer(), 0.0)
+            await _read_events(_replay(seen), "chat", Answer(), 0.0, STALL_S)
             times["of which parsing (replayed)"].append(time.perf_counter_ns() - t)
     finally:
         await pipe.aclose()
