@@ -40,10 +40,10 @@ import httpx
 from familiar.local import (
     HOST,
     LocalServer,
-    _free_port,
     default_threads,
     find_model,
     find_server_binary,
+    free_port,
 )
 
 WORDS = (
@@ -66,7 +66,7 @@ def status_kib(pid: int, key: str) -> int | None:
 async def server(threads: int, cache_ram: str, home: Path) -> AsyncIterator[tuple[str, int]]:
     """A llama-server started as ``familiar local up`` would (``cache_ram`` "default":
     without ``--cache-ram``); yields (base URL, pid)."""
-    binary, model, port = find_server_binary(), find_model(), _free_port()
+    binary, model, port = find_server_binary(), find_model(), free_port()
     mib = 0 if cache_ram == "default" else int(cache_ram)
     cmd = LocalServer(home, threads=threads, cache_ram_mib=mib).command(binary, model, port)
     if cache_ram == "default":

@@ -39,7 +39,7 @@ import _common  # puts the repo on sys.path
 
 from familiar.client import transport
 from familiar.client.backend import SlotClient
-from familiar.client.reading import Answer, _read_events, check_finished
+from familiar.client.reading import Answer, check_finished, read_events
 from familiar.client.transport import Target, dumps
 from familiar.client.wire import HTTP
 from familiar.config.slots import Slot
@@ -90,7 +90,7 @@ async def one_call(
             yield c
 
     acc = Answer()
-    ended = await _read_events(rest(), "chat", acc, t0 / 1e9, STALL_S)
+    ended = await read_events(rest(), "chat", acc, t0 / 1e9, STALL_S)
     t4 = ns()
     await reply.close(ended)
     check_finished(acc, "bench", "r")
@@ -117,7 +117,7 @@ async def profile_pipe(name: str, url: str, args: argparse.Namespace) -> dict[st
         for _ in range(args.calls):
             seen, events = await one_call(pipe, target, msg, times)
             t = time.perf_counter_ns()
-            await _read_events(_replay(seen), "chat", Answer(), 0.0, STALL_S)
+            await read_events(_replay(seen), "chat", Answer(), 0.0, STALL_S)
             times["of which parsing (replayed)"].append(time.perf_counter_ns() - t)
     finally:
         await pipe.aclose()

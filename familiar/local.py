@@ -168,7 +168,7 @@ def find_model() -> Path:
     return check_model_file(target, expected)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
@@ -432,7 +432,7 @@ class LocalServer:
         binary = find_server_binary()
         model = await asyncio.to_thread(find_model)
         for _ in range(1 if self.port else 2):  # a free port may be taken meanwhile: retry
-            port = self.port or _free_port()
+            port = self.port or free_port()
             if self.port and _port_taken(port):
                 break
             with contextlib.suppress(_PortInUse):

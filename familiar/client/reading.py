@@ -66,7 +66,7 @@ async def read_stream(
             raise refusal(reply.status, await _error_body(reply), reply.headers)
         _check_type(reply.headers, "text/event-stream")
         chunks = reply.chunks()
-        ended = await _read_events(chunks, kind, acc, start, stall_s) and await _drain(chunks)
+        ended = await read_events(chunks, kind, acc, start, stall_s) and await _drain(chunks)
     finally:
         await reply.close(ended)
 
@@ -142,7 +142,7 @@ async def _error_body(reply: Reply) -> bytes:
 _scan: Any = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
 
-async def _read_events(
+async def read_events(
     chunks: AsyncIterator[bytes], kind: Kind, acc: Answer, start: float, stall_s: float
 ) -> bool:
     """The events of one stream into ``acc``; True once ``[DONE]`` came.

@@ -24,7 +24,7 @@ from typing import Any
 from familiar.client.wire import HTTP
 from familiar.fleetcheck.request import measure
 from familiar.fleetcheck.results import Level, Sample, summarize
-from familiar.fleetcheck.sweep import Sweep, _done_line
+from familiar.fleetcheck.sweep import Sweep, done_line
 
 KEYS = ("mean", "p50", "p99")
 MAX_RATE = 1e6  # requests/s: past it the arrival times are below the clock's resolution
@@ -95,7 +95,7 @@ class OpenLoop(Sweep):
             max_in_flight=peak,
         )
         achieved = "-" if level.achieved_rate is None else f"{level.achieved_rate:.2f}"
-        self._progress(f"{_done_line(level)}, sent at {achieved} req/s, {peak} in flight at most")
+        self._progress(f"{done_line(level)}, sent at {achieved} req/s, {peak} in flight at most")
         return level
 
     async def _open_once(

@@ -152,7 +152,7 @@ class Sweep:
             if repeat > 1:
                 runs.append(sum(s.output_tokens for s in got if s.ok) / took if took > 0 else 0.0)
         level = summarize(concurrency, samples, duration, runs)
-        self._progress(_done_line(level))
+        self._progress(done_line(level))
         return level
 
     async def _warmup(self, client: Any) -> None:
@@ -210,7 +210,7 @@ class Sweep:
         return samples, self._clock() - start
 
 
-def _done_line(lv: Level) -> str:
+def done_line(lv: Level) -> str:
     ttft = "-" if lv.ttft.p99 is None else f"{lv.ttft.p99:.0f} ms"
     failed = f", {lv.failed} failed" if lv.failed else ""
     first_error = next(iter(lv.errors), None)
