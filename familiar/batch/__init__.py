@@ -20,7 +20,7 @@ from familiar.config.workspace import Config
 from familiar.context import bound_correlation_id, new_correlation_id
 from familiar.errors import ConfigError
 
-__all__ = ["BatchOptions", "Counts", "check_input", "run_batch"]
+__all__ = ["BatchOptions", "Counts", "check_input", "progress_printer", "router", "run_batch"]
 
 
 @dataclass(frozen=True)
@@ -33,21 +33,25 @@ class BatchOptions:
     force: bool = False
 
 
-def _router(cfg: Config, opts: BatchOptions) -> tuple[dict[str, Any], Callable[[Request], str]]:
+def router(
+    cfg: Config, role: str | None = None, slot: str | None = None
+) -> tuple[dict[str, Any], Callable[[Request], str]]:
     """The slots a batch may use and how a request picks one: ``--slot``, ``--role``,
-    else the request's ``body.model`` naming an active role or slot."""
-    if opts.slot and opts.role:
+    else the request's ``body.model`` naming an active role or slot (ConfigError: a bad
+    ``--role``/``--slot``; from the route, that request's ``model_not_found``). The local
+    batch and the queue's workers route with it."""
+    if slot and role:
         raise ConfigError("give --role or --slot, not both")
-    if opts.slot:
-        if opts.slot not in cfg.slots:
-            raise ConfigError(f"unknown slot {opts.slot!r} (slots: {', '.join(sorted(cfg.slots))})")
-        name = opts.slot
+    if slot:
+        if slot not in cfg.slots:
+            raise ConfigError(f"unknown slot {slot!r} (slots: {', '.join(sorted(cfg.slots))})")
+        name = slot
         return {name: cfg.slots[name]}, lambda _req: name
     roles = cfg.role_config.roles
-    if opts.role:
-        if opts.role not in roles:
-            raise ConfigError(f"role {opts.role!r} is not active (active: {', '.join(roles)})")
-        name = cfg.slots_for(opts.role)[0].name
+    if role:
+        if role not in roles:
+            raise ConfigError(f"role {role!r} is not active (active: {', '.join(roles)})")
+        name = cfg.slots_for(role)[0].name
         return {name: cfg.slots[name]}, lambda _req: name
     slots = dict(cfg.active_slots)
     by_role = {r: cfg.slots_for(r)[0].name for r in roles}
@@ -74,7 +78,7 @@ async def run_batch(
     from familiar.ledger import make_ledger
     from familiar.telemetry import Telemetry
 
-    slots, route = _router(cfg, opts)
+    slots, route = router(cfg, opts.role, opts.slot)
     done = prepare_output(opts.out, opts.errors, force=opts.force)
     cid = new_correlation_id()
     counts = Counts(total=total)

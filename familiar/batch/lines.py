@@ -217,3 +217,48 @@ def done_id(raw: bytes) -> tuple[str, bool] | None:
     response = data.get("response")
     ok = isinstance(response, dict) and response.get("status_code") == 200
     return data["custom_id"], ok
+
+
+@dataclass(frozen=True)
+class ResultLine:
+    """A result line read back from another process (a queue worker's answer)."""
+
+    custom_id: str
+    ok: bool
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def read_result(raw: bytes | str) -> ResultLine | None:
+    """A result line in the shape familiar writes: a 200 response with a body and no
+    error, or no response and an error with a code and a message; None otherwise."""
+    try:
+        data = _loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    cid, response, error = data.get("custom_id"), data.get("response"), data.get("error")
+    if not isinstance(cid, str) or not cid:
+        return None
+    if error is None and isinstance(response, dict) and response.get("status_code") == 200:
+        body = response.get("body")
+        if not isinstance(body, dict):
+            return None
+        usage = body.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        return ResultLine(
+            cid, True, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+        )
+    if (
+        response is None
+        and isinstance(error, dict)
+        and isinstance(error.get("code"), str)
+        and isinstance(error.get("message"), str)
+    ):
+        return ResultLine(cid, False)
+    return None

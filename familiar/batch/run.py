@@ -15,10 +15,10 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import jsonschema
 
@@ -66,11 +66,26 @@ class Counts:
         }
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+def numbered_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    """The non-blank lines of ``path``: (1-based line number, byte offset, raw bytes), read
+    one at a time (the offset finds a line again: ``read_line_at``)."""
+    offset = 0
     with path.open("rb") as fh:
         for n, raw in enumerate(fh, 1):
             if raw.strip():
-                yield n, raw
+                yield n, offset, raw
+            offset += len(raw)
+
+
+def read_line_at(fh: BinaryIO, offset: int) -> bytes:
+    """The line that starts at ``offset`` of an open requests file."""
+    fh.seek(offset)
+    return fh.readline()
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    for n, _offset, raw in numbered_lines(path):
+        yield n, raw
 
 
 def check_input(path: Path) -> int:
@@ -131,6 +146,27 @@ def _keep_ok_lines(path: Path) -> set[str]:
     return done
 
 
+class LineSink(Protocol):
+    """Where a batch's result lines go: ``ok`` and ``error`` lines (JSON, no newline)."""
+
+    def ok(self, line: str) -> None: ...
+
+    def error(self, line: str) -> None: ...
+
+
+class KeptLines:
+    """Result lines kept in memory, in finishing order (a queue worker's request group)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def ok(self, line: str) -> None:
+        self.lines.append(line)
+
+    def error(self, line: str) -> None:
+        self.lines.append(line)
+
+
 class Writer:
     """Result lines appended and flushed as they finish (errors apart when asked)."""
 
@@ -186,7 +222,7 @@ class BatchRun:
 
     clients: Mapping[str, SlotClient]
     route: Callable[[Request], str]
-    writer: Writer
+    writer: LineSink
     correlation_id: str
     counts: Counts = field(default_factory=Counts)
     on_progress: Callable[[Counts], None] | None = None
@@ -229,6 +265,13 @@ class BatchRun:
 
     async def run(self, path: Path, done: set[str], workers: int) -> Counts:
         """Every request of ``path`` not in ``done``, ``workers`` at a time."""
+        return await self.run_lines(_lines(path), done, workers)
+
+    async def run_lines(
+        self, lines: Iterable[tuple[int, bytes | str]], done: set[str], workers: int
+    ) -> Counts:
+        """Every request of ``lines`` ((line number, raw line)) not in ``done``,
+        ``workers`` at a time."""
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=workers * 2)
 
         async def work() -> None:
@@ -240,7 +283,7 @@ class BatchRun:
         async with asyncio.TaskGroup() as tg:
             for _ in range(workers):
                 tg.create_task(work())
-            for n, raw in _lines(path):
+            for n, raw in lines:
                 item = parse(n, raw)
                 if item.custom_id in done:
                     self.counts.skipped += 1

@@ -1,4 +1,5 @@
-"""``familiar worker``: run translation jobs from the NATS JetStream work queue."""
+"""``familiar worker``: run translation jobs and batch request groups from the NATS
+JetStream work queue."""
 
 from __future__ import annotations
 
@@ -42,11 +43,15 @@ def _count(low: int) -> Callable[[str], int]:
 def add_worker_command(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     p = sub.add_parser(
         "worker",
-        help="run translation jobs from a NATS JetStream work queue on this host's slots",
-        description="Take translation jobs (submitted by 'familiar translate --nats URL') off "
-        "the queue and run them on this host's translator slot, until stopped (Ctrl-C or "
-        "SIGTERM: running jobs go back to the queue at once). Results and finished chunks "
-        "are stored in JetStream; a worker never needs the submitter's files.",
+        help="run translation jobs and batch requests from a NATS JetStream work queue on "
+        "this host's slots",
+        description="Take translation jobs (submitted by 'familiar translate --nats URL') and "
+        "request groups (submitted by 'familiar batch --nats URL') off the queue and run them "
+        "on this host's slots (the translator's; for batch requests the slot of the batch's "
+        "--role/--slot or of each request's body.model, in this host's slots file), until "
+        "stopped (Ctrl-C or SIGTERM: running jobs go back to the queue at once). Results and "
+        "finished chunks are stored in JetStream; a worker never needs the submitter's "
+        "files.",
     )
     common(p)
     p.add_argument(

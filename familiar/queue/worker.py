@@ -7,16 +7,19 @@ server hands each job to one of them). The worker creates or updates it on start
 
     ack_policy explicit, ack_wait 30 s, max_deliver 4, deliver all
 
-A worker runs up to ``jobs_at_once`` jobs (twice its seats, at least 4, as a local
-batch runs articles), fetching one job whenever one of them is free, so nothing waits in
-its memory while its ack clock runs. For each job:
+A worker runs up to ``jobs_at_once`` jobs (twice its translator seats, at least 4, as a
+local batch runs articles; at least an eighth of all its seats, for request groups of a few
+dozen requests), fetching one job whenever one of them is free, so nothing waits in its
+memory while its ack clock runs. For each job:
 
 1. a job whose result is already stored (a duplicate) is acked at once;
 2. on its ``max_deliver``-th delivery it is not run again: every worker that took it
    stopped or died before it finished (a poison job), so a failure is stored for it;
 3. otherwise the article goes through :meth:`Translator.translate_text` on this host's
    seats (``kind="batch"``), with ``in_progress`` sent every third of ``ack_wait``;
-   chunks come from and go to the shared KV chunk cache (``kvcache.py``);
+   chunks come from and go to the shared KV chunk cache (``kvcache.py``); a request
+   group of ``familiar batch --nats`` (``groups.py``) runs on ``grouprun.GroupRunner``
+   instead, its result the group's result lines;
 4. the result is stored (``familiar_results``, key = job id), announced, then acked.
 
 Stopping (SIGINT/SIGTERM): every running job is cancelled and **nak**ed, so another
@@ -45,6 +48,8 @@ from familiar.context import bound_correlation_id, new_correlation_id
 from familiar.dispatch import Pool
 from familiar.errors import LedgerUnavailable, QueueUnavailable
 from familiar.ledger.nats_connect import TRANSIENT
+from familiar.queue.grouprun import GroupRunner
+from familiar.queue.groups import RequestGroup, decode_job, group_id
 from familiar.queue.jobs import JobMessage, JobResult, job_id
 from familiar.queue.kvcache import KvChunkCache
 from familiar.queue.store import CONSUMER, CORRELATION, STREAM, QueueStore
@@ -89,6 +94,7 @@ class Worker:
         settings: WorkerSettings | None = None,
         telemetry: Telemetry | None = None,
         announce: Callable[[str], None] | None = None,
+        groups: GroupRunner | None = None,
     ) -> None:
         #: one line for a person: ready, then one per job (``familiar worker`` prints them)
         self.announce = announce or (lambda _line: None)
@@ -97,8 +103,11 @@ class Worker:
         self.cache = cache
         self.settings = settings or WorkerSettings()
         self.telemetry = telemetry
+        #: runs request groups (``familiar batch --nats``); None: they fail on this worker
+        self.groups = groups
         seats = sum(p.seats for p in self.pools)
-        self.jobs_at_once = self.settings.jobs_at_once or max(4, 2 * seats)
+        spread = -(-groups.seats // 8) if groups is not None else 0  # groups of a few dozen
+        self.jobs_at_once = self.settings.jobs_at_once or max(4, 2 * seats, spread)
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self.max_deliver = self.settings.max_deliver
         self.ack_wait_s = self.settings.ack_wait_s
@@ -179,7 +188,7 @@ class Worker:
     async def _job(self, msg: Msg) -> None:
         deliveries = int(msg.metadata.num_delivered or 1)
         try:
-            job = JobMessage.decode(msg.data)
+            job = decode_job(msg.data)
         except ValueError as exc:
             log.error("not a job; dropped", error=str(exc))
             with contextlib.suppress(*TRANSIENT):
@@ -228,6 +237,7 @@ class Worker:
                 {
                     "job": job.job,
                     "article": job.rel,
+                    "kind": "requests" if isinstance(job, RequestGroup) else "article",
                     "status": status,
                     "deliveries": deliveries,
                     "worker": self.identity,
@@ -235,23 +245,29 @@ class Worker:
                 },
             )
 
-    async def _result(self, msg: Msg, job: JobMessage, deliveries: int) -> JobResult | None:
+    async def _result(
+        self, msg: Msg, job: JobMessage | RequestGroup, deliveries: int
+    ) -> JobResult | None:
         """The job's result; None when one is stored already."""
         found = await self.store.result(job.job)
         if found is not None and found[0].done:
             return None
         if deliveries >= self.max_deliver:
             log.warning("poison job: failed for good", job=job.job, deliveries=deliveries)
+            what = "group of requests" if isinstance(job, RequestGroup) else "article"
             return JobResult.failure(
                 f"gave up after {deliveries - 1} deliveries: every worker that took this"
-                " article stopped or died before finishing it (max_deliver"
+                f" {what} stopped or died before finishing it (max_deliver"
                 f" {self.max_deliver})",
                 worker=self.identity,
                 deliveries=deliveries,
             )
         async with asyncio.TaskGroup() as tg:
             beat = tg.create_task(self._heartbeat(msg))
-            outcome = await self._translate(job, deliveries)
+            if isinstance(job, RequestGroup):
+                outcome = await self._requests(job, deliveries)
+            else:
+                outcome = await self._translate(job, deliveries)
             beat.cancel()
         if isinstance(outcome, Exception):  # raised outside the group: not wrapped in one
             raise outcome
@@ -298,6 +314,37 @@ class Worker:
             report.error = f"internal error: {type(exc).__name__}: {exc}"
             output = None
         return JobResult.of(report, output, worker=self.identity, deliveries=deliveries)
+
+    async def _requests(
+        self, job: RequestGroup, deliveries: int
+    ) -> JobResult | LedgerUnavailable | QueueUnavailable | _Altered:
+        """A request group's result lines, or the outage that kept it from running."""
+        mine: dict[str, Any] = {"worker": self.identity, "deliveries": deliveries}
+        if self.groups is None:
+            return JobResult.failure("this worker runs no batch requests", status="error", **mine)
+        try:
+            text = job.text
+            if text is None:
+                assert job.text_object is not None
+                text = await self.store.get_text(job.text_object)
+        except QueueUnavailable as exc:
+            return exc
+        except Exception as exc:  # the object is gone (expired, purged)
+            return JobResult.failure(
+                f"the requests {job.text_object} cannot be read from the queue: {exc}",
+                status="error",
+                **mine,
+            )
+        if group_id(text, job.options) != job.job:  # the id is the hash of text and options
+            return _Altered(job.job)
+        try:
+            report, output = await self.groups.run(job, text)
+        except (LedgerUnavailable, QueueUnavailable) as exc:
+            return exc
+        except Exception as exc:  # a bug: this group's error, the worker goes on
+            log.error("job failed", job=job.job, error=f"{type(exc).__name__}: {exc}")
+            return JobResult.failure(f"internal error: {type(exc).__name__}: {exc}", **mine)
+        return JobResult(report, output, **mine)
 
 
 #: what a job's status means to a person reading ``familiar worker``'s lines

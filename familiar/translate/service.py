@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import (
     AbstractAsyncContextManager,
     AbstractContextManager,
@@ -223,16 +223,18 @@ async def open_batch(
     settings: FleetSettings,
     *,
     before_fleet: AbstractAsyncContextManager[Any] | None = None,
+    more_slots: Mapping[str, Slot] | None = None,
 ) -> AsyncIterator[BatchParts]:
     """Telemetry, ``before_fleet`` (e.g. the work queue), the fleet of translator slots
-    on batch seats (``settings``: the ledger), the state directory (made once the fleet
+    (and ``more_slots``: the queue's worker adds the active ones, for batch requests) on
+    batch seats (``settings``: the ledger), the state directory (made once the fleet
     stands: a configuration error leaves FAMILIAR_HOME as it was), the chunk cache."""
     from familiar.fleet import Fleet
     from familiar.ledger import make_ledger
     from familiar.telemetry import Telemetry
     from familiar.translate.cache import ChunkCache
 
-    slots = translator_slots(cfg)
+    slots = {**(more_slots or {}), **translator_slots(cfg)}
     ledger = make_ledger(settings)
     check_home(cfg.home)
     async with AsyncExitStack() as stack:
