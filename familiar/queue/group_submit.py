@@ -88,6 +88,7 @@ class QueueCounts:
     collected_at_once: int = 0  # groups whose result was stored already
     resubmitted: int = 0  # groups lost (neither queued nor stored) or short, sent again
     ignored_lines: int = 0  # result lines not of their group, or not in shape
+    most_out: int = 0  # the most requests out on the queue at once (at most the window)
 
     def fields(self) -> dict[str, Any]:
         return asdict(self)
@@ -187,6 +188,7 @@ class GroupSubmitter:
         job = group_id(text, self.opts)
         self._out[job] = _Out({x.custom_id: (x.n, x.offset) for x in lines}, resent)
         self._in_flight += len(lines)
+        self.queue.most_out = max(self.queue.most_out, self._in_flight)
         again = resent > 0
         found = await self.store.result(job)
         if found is not None:

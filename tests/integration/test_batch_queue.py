@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.integration.test_queue import env, finish, queue_state, stop, until
 from tests.integration.test_nats_trust import KEY, PASSWORD, auth_server
+from tests.integration.test_queue import env, finish, queue_state, stop, until
 from tests.support import nats as nats_support
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.nats import NatsServer
@@ -161,3 +161,219 @@ async def test_the_queue_writes_what_a_local_batch_writes(
         assert "gpt-9" in bad["who"]["error"]["message"]
         assert "Traceback" not in "".join(werrs) + err
         assert await queue_state(nats_server.url) == (0, 0)
+
+
+def plain_requests(ws: Path, n: int) -> Path:
+    src = ws / "req.jsonl"
+    src.write_text("".join(json.dumps(chat(f"r{i}", f"q {i}")) + "\n" for i in range(n)))
+    return src
+
+
+async def test_a_sigkilled_workers_group_is_redelivered_and_no_line_is_lost_or_doubled(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    n = 24
+    async with (
+        FakeOpenAIServer(latency_s=0.5, model="slow") as slow,
+        FakeOpenAIServer(latency_s=0.02, model="fast") as fast,
+    ):
+        ws = workspace(tmp_path / "ws", fast.url, model="fast")
+        host_a = workspace(tmp_path / "host-a", slow.url, model="slow")
+        plain_requests(ws, n)
+        sub = await familiar(ws, ".home-s", *batch_args(nats_server.url))
+        a = await worker(host_a, "a", nats_server.url)
+        await until(lambda: slow.stats["in_flight"] > 0)
+        a.send_signal(signal.SIGKILL)  # mid-group: nothing of its groups stored or acked
+        await a.wait()
+        b = await worker(ws, "b", nats_server.url)
+        try:
+            code, out, err = await finish(sub)
+            assert code == 0, err
+        finally:
+            code_b, err_b = await stop(b)
+        assert code_b == 143, err_b
+        got = rows(ws / "out.jsonl")
+        assert set(got) == {f"r{i}" for i in range(n)}
+        assert all(r["error"] is None for r in got.values())
+        assert not (ws / "err.jsonl").read_text()
+        assert "redelivered" in err_b  # B ran what A held
+        # A finished nothing before it died: every line is B's answer
+        assert {r["response"]["body"]["model"] for r in got.values()} == {"fast"}
+        assert fast.stats["requests"] == n
+        assert json.loads(out)["ok"] == n
+        assert await queue_state(nats_server.url) == (0, 0)
+
+
+async def test_a_killed_submitter_resumes_collecting_what_the_workers_finished(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    n = 80
+    async with FakeOpenAIServer(latency_s=0.1) as srv:
+        ws = workspace(tmp_path / "ws", srv.url, parallel=2)
+        plain_requests(ws, n)
+        out_file = ws / "out.jsonl"
+        workers = [await worker(ws, f"w{i}", nats_server.url) for i in range(2)]
+        try:
+            first = await familiar(ws, ".home-s", *batch_args(nats_server.url))
+
+            def some_written() -> bool:
+                return out_file.exists() and out_file.read_text().count("\n") >= 12
+
+            await until(some_written)
+            first.send_signal(signal.SIGKILL)
+            await first.wait()
+            before = out_file.read_text().count("\n")
+            assert before < n
+            with out_file.open("a") as fh:
+                fh.write('{"id": "batch_req_x", "custom_id": "r79", "respo')  # torn by the kill
+            code, out, err = await finish(
+                await familiar(ws, ".home-s", *batch_args(nats_server.url))
+            )
+            assert code == 0, err
+            report = json.loads(out)
+            assert report["already_done"] == before and report["ok"] == n - before, report
+            # the groups the killed run left queued or stored were collected, not asked again
+            queue = report["queue"]
+            assert queue["collected_at_once"] + queue["duplicates"] > 0, queue
+            got = rows(out_file)
+            assert set(got) == {f"r{i}" for i in range(n)}
+            assert all(r["error"] is None for r in got.values())
+            assert srv.stats["requests"] <= n + 4, srv.stats  # at most a group cut by the kill
+            # --force asks everything again
+            asked = srv.stats["requests"]
+            forced = await familiar(ws, ".home-s", *batch_args(nats_server.url, "--force"))
+            code, out, err = await finish(forced)
+            assert code == 0, err
+            assert srv.stats["requests"] == asked + n
+            assert len(rows(out_file)) == n
+        finally:
+            for w in workers:
+                assert (await stop(w))[0] == 143
+        assert await queue_state(nats_server.url) == (0, 0)
+
+
+async def test_a_group_that_kills_its_workers_is_an_error_line_per_request(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    async with (
+        FakeOpenAIServer(latency_s=60) as hang,
+        FakeOpenAIServer() as fast,
+    ):
+        ws = workspace(tmp_path / "ws", fast.url)
+        host_a = workspace(tmp_path / "host-a", hang.url)
+        plain_requests(ws, 3)
+        sub = await familiar(ws, ".home-s", *batch_args(nats_server.url))
+        a = await worker(host_a, "a", nats_server.url, "--max-deliver", "2")
+        await until(lambda: hang.stats["in_flight"] > 0)
+        a.send_signal(signal.SIGKILL)
+        await a.wait()
+        b = await worker(ws, "b", nats_server.url, "--max-deliver", "2")
+        try:
+            code, _out, err = await finish(sub, 60)
+            assert code == 1, err
+            bad = rows(ws / "err.jsonl")
+            assert set(bad) == {"r0", "r1", "r2"} and not (ws / "out.jsonl").read_text()
+            assert all("gave up after 1 deliveries" in r["error"]["message"] for r in bad.values())
+            assert fast.stats["requests"] == 0  # the last delivery is not run
+            # a rerun asks the failed requests again (a fresh message id)
+            code, _out, err = await finish(
+                await familiar(ws, ".home-s", *batch_args(nats_server.url))
+            )
+            assert code == 0, err
+            assert set(rows(ws / "out.jsonl")) == {"r0", "r1", "r2"}
+        finally:
+            await stop(b)
+
+
+async def test_the_shipped_server_config_and_the_fleet_key(
+    tmp_path: Path, auth: NatsServer
+) -> None:
+    good = auth.url_as(f"familiar:{PASSWORD}")
+    secured = {"FAMILIAR_NATS_URL": good, "FAMILIAR_FLEET_KEY": KEY}
+    async with FakeOpenAIServer(latency_s=0.01) as srv:
+        ws = workspace(tmp_path / "ws", srv.url, parallel=2)
+        plain_requests(ws, 10)
+        workers = [await worker(ws, f"w{i}", good, **secured) for i in range(2)]
+        try:
+            code, out, err = await finish(
+                await familiar(ws, ".home-s", *batch_args(good), **secured)
+            )
+        finally:
+            werrs = [(await stop(w))[1] for w in workers]
+        assert code == 0, err + "".join(werrs)
+        assert len(rows(ws / "out.jsonl")) == 10
+        assert srv.stats["max_in_flight"] <= 2  # the cap held through the NATS ledger
+        for text in (out, err, *werrs, (ws / "out.jsonl").read_text()):
+            assert PASSWORD not in text
+
+
+async def test_a_group_run_twice_writes_its_lines_once(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """Worker A is paused past the ack wait holding its groups: they are redelivered to
+    B, and A, resumed, runs them to the end and stores them too. Each line once."""
+    n = 24
+    async with (
+        FakeOpenAIServer(latency_s=0.5, model="slow") as slow,
+        FakeOpenAIServer(latency_s=0.2, model="fast") as fast,
+    ):
+        ws = workspace(tmp_path / "ws", fast.url, parallel=1, model="fast")
+        host_a = workspace(tmp_path / "host-a", slow.url, model="slow")
+        plain_requests(ws, n)
+        sub = await familiar(ws, ".home-s", *batch_args(nats_server.url))
+        a = await worker(host_a, "a", nats_server.url)
+        b = None
+        try:
+            await until(lambda: slow.stats["in_flight"] > 0)
+            a.send_signal(signal.SIGSTOP)
+            b = await worker(ws, "b", nats_server.url)
+            await asyncio.sleep(4)  # past A's ack wait: its groups go to B
+            a.send_signal(signal.SIGCONT)
+            code, out, err = await finish(sub)
+            assert code == 0, err
+        finally:
+            a.send_signal(signal.SIGCONT)
+            await stop(a)
+            if b is not None:
+                await stop(b)
+        got = rows(ws / "out.jsonl")
+        assert set(got) == {f"r{i}" for i in range(n)}
+        assert all(r["error"] is None for r in got.values())
+        asked = [r["body"]["messages"][0]["content"] for r in slow.requests + fast.requests]
+        assert len(asked) > len(set(asked)) == n  # some requests were asked twice
+        assert json.loads(out)["ok"] == n
+
+
+async def test_the_submitter_keeps_at_most_its_window_out(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    from familiar.batch.run import Counts, KeptLines
+    from familiar.queue.group_submit import GroupSubmitter
+    from familiar.queue.groups import GroupOptions
+    from familiar.queue.store import QueueStore
+
+    n = 40
+    async with FakeOpenAIServer(latency_s=0.05) as srv:
+        ws = workspace(tmp_path / "ws", srv.url)
+        src = plain_requests(ws, n)
+        w = await worker(ws, "w", nats_server.url)
+        kept = KeptLines()
+        try:
+            async with QueueStore(nats_server.url, wait_s=10) as store:
+                submitter = GroupSubmitter(
+                    store,
+                    src,
+                    GroupOptions(role="naughty"),
+                    kept,
+                    Counts(total=n),
+                    set(),
+                    max_requests=3,
+                    window=7,
+                )
+                counts = await asyncio.wait_for(submitter.run(), 120)
+        finally:
+            await stop(w)
+        assert counts.ok == n and len(kept.lines) == n
+        assert submitter.queue.submitted == 14  # 40 requests in groups of 3
+        assert 6 <= submitter.queue.most_out <= 7
+        assert {json.loads(line)["custom_id"] for line in kept.lines} == {f"r{i}" for i in range(n)}
