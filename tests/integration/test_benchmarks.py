@@ -37,7 +37,9 @@ TINY: dict[str, list[str]] = {
     "seat_pause": ["--ttl", "2", "--pause", "0.5"],
     "session_context": ["--tiny"],
     "mcp_overhead": ["--tiny"],
-    "batch_jsonl": ["--tiny"],
+    "batch_jsonl": [
+        "--tiny", "--queue-requests", "40", "--queue-parallel", "4", "--queue-latency", "0.02",
+    ],
     "affinity": ["--tiny"],
     "local_threads": [
         "--threads-max", "1", "--tokens", "4", "--rounds", "1", "--prompts", "2",
