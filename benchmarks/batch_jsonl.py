@@ -123,10 +123,11 @@ def queue_rows(n: int, parallel: int, latency: float, tmp: Path) -> list[list[ob
         def env(name: str) -> dict[str, str]:
             return {**base, "FAMILIAR_HOME": str(ws / f"home-{name}")}
 
+        def busy(rate: float) -> object:  # the share of the cap kept busy
+            return rate * latency / parallel if latency > 0 else "-"
+
         rate = timed_batch(ws, env("local"), src, ws / "local.jsonl")
-        rows.append(
-            ["local", n, parallel, rate, rate * latency / parallel, srv.stats()["max_in_flight"]]
-        )
+        rows.append(["local", n, parallel, rate, busy(rate), srv.stats()["max_in_flight"]])
         for workers in (1, 2):
             srv.reset()
             server = NatsServer(tmp / f"nats-{workers}")
@@ -145,8 +146,7 @@ def queue_rows(n: int, parallel: int, latency: float, tmp: Path) -> list[list[ob
                     proc.wait(timeout=30)
                 server.stop()
             label = f"queue, {workers} worker{'s' if workers > 1 else ''}"
-            seated = rate * latency / parallel  # the share of the cap kept busy
-            rows.append([label, n, parallel, rate, seated, srv.stats()["max_in_flight"]])
+            rows.append([label, n, parallel, rate, busy(rate), srv.stats()["max_in_flight"]])
     return rows
 
 
