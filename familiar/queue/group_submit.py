@@ -11,8 +11,9 @@ results). Per group, as ``submit.py`` does per article:
 
 * a result already stored under its id with no failure (a killed run's workers finished
   it) is collected at once: nothing is published;
-* a stored result with failures is purged and the group published again with a fresh
-  message id (a rerun asks failed requests again, as a local rerun does);
+* a stored result with failed requests (status ``partial``) or a failure is purged and the
+  group published again with a fresh message id (a rerun asks failed requests again, as a
+  local rerun does);
 * anything else is published with ``Nats-Msg-Id`` = group id: a group still queued from
   a killed run is not queued twice; a duplicate neither queued nor stored is published
   again with a fresh id.

@@ -350,6 +350,7 @@ class Worker:
 #: what a job's status means to a person reading ``familiar worker``'s lines
 _SAID = {
     "ok": "done",
+    "partial": "done, with error lines",
     "duplicate": "done already (a redelivered job whose result is stored)",
     "interrupted": "handed back (stopping): another worker takes it",
     "altered": "dropped: its text does not match its id",
