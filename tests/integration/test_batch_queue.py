@@ -377,3 +377,69 @@ async def test_the_submitter_keeps_at_most_its_window_out(
         assert submitter.queue.submitted == 14  # 40 requests in groups of 3
         assert 6 <= submitter.queue.most_out <= 7
         assert {json.loads(line)["custom_id"] for line in kept.lines} == {f"r{i}" for i in range(n)}
+
+
+async def test_usage_mistakes_with_nats_are_one_line_exit_2_and_nothing_queued(
+    tmp_path: Path, nats_server: NatsServer, capsys: Any
+) -> None:
+    from familiar.cli.main import main
+
+    ws = workspace(tmp_path / "ws", "http://127.0.0.1:9")
+    src = ws / "req.jsonl"
+    src.write_text(json.dumps(chat("a", "x")) + "\n" + json.dumps(chat("a", "y")) + "\n")
+    base = ["batch", "--workspace", str(ws), str(src), "--out", str(ws / "o.jsonl")]
+    cases = [
+        (["--nats", nats_server.url], "'a' is on line 1 and line 2"),
+        (["--group-size", "4"], "give --nats URL too"),
+    ]
+    for extra, says in cases:
+        assert await asyncio.to_thread(main, [*base, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+    src.write_text(json.dumps(chat("a", "x")) + "\n")
+    for extra, says in [
+        (["--nats", "http://127.0.0.1:4222"], "--nats"),
+        (["--nats", nats_server.url, "--slot", "nope"], "unknown slot"),
+    ]:
+        assert await asyncio.to_thread(main, [*base, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+    assert not (ws / "o.jsonl").exists()
+    import nats
+
+    nc = await nats.connect(nats_server.url)
+    try:
+        names = [s.config.name for s in await nc.jetstream().streams_info()]
+    finally:
+        await nc.close()
+    assert "familiar_jobs" not in names  # nothing was even set up
+
+
+async def test_the_workers_calls_carry_the_batchs_correlation_id(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    from tests.integration import test_queue
+    from tests.support.fake_vector import FakeVector
+
+    async with FakeVector() as vector, FakeOpenAIServer() as srv:
+        test_queue.TELEMETRY.append(vector.url)
+        try:
+            ws = workspace(tmp_path / "ws", srv.url)
+            plain_requests(ws, 6)
+            w = await worker(ws, "w", nats_server.url)
+            code, out, err = await finish(
+                await familiar(ws, ".home-s", *batch_args(nats_server.url))
+            )
+            assert code == 0, err
+            assert (await stop(w))[0] == 143
+        finally:
+            test_queue.TELEMETRY.clear()
+    cid = json.loads(out)["correlation_id"]
+    (start,) = [e for e in vector.events if e["event"] == "batch.start"]
+    (end,) = [e for e in vector.events if e["event"] == "batch.end"]
+    jobs = [e for e in vector.events if e["event"] == "queue.job"]
+    calls = [e for e in vector.events if e["event"] == "llm.call"]
+    assert start["queue"] is True and end["ok"] == 6 and end["submitted"] == 2
+    assert len(jobs) == 2 and {j["kind"] for j in jobs} == {"requests"}
+    assert len(calls) == 6
+    assert {e["correlation_id"] for e in [start, end, *jobs, *calls]} == {cid}
