@@ -443,3 +443,31 @@ async def test_the_workers_calls_carry_the_batchs_correlation_id(
     assert len(jobs) == 2 and {j["kind"] for j in jobs} == {"requests"}
     assert len(calls) == 6
     assert {e["correlation_id"] for e in [start, end, *jobs, *calls]} == {cid}
+
+
+async def test_nats_restarted_mid_batch_loses_and_doubles_no_line(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    n = 60
+    async with FakeOpenAIServer(latency_s=0.1) as srv:
+        ws = workspace(tmp_path / "ws", srv.url, parallel=2)
+        plain_requests(ws, n)
+        workers = [await worker(ws, f"w{i}", nats_server.url) for i in range(2)]
+        try:
+            sub = await familiar(ws, ".home-s", *batch_args(nats_server.url))
+            await until(lambda: srv.stats["requests"] >= 10)
+            await asyncio.to_thread(nats_server.stop)
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(nats_server.start)
+            code, out, err = await finish(sub)
+            assert code == 0, err
+            assert "Traceback" not in err
+        finally:
+            for w in workers:
+                code_w, err_w = await stop(w)
+                assert code_w == 143, err_w
+        got = rows(ws / "out.jsonl")
+        assert set(got) == {f"r{i}" for i in range(n)}
+        assert all(r["error"] is None for r in got.values())
+        assert srv.stats["requests"] <= 2 * n
+        assert await queue_state(nats_server.url) == (0, 0)
