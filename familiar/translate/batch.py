@@ -165,9 +165,8 @@ class Translator:
     ) -> None:
         """One of ``articles_at_once`` workers: the next article, until none is left."""
         for n, ((src, rel), report) in todo:
-            await self._settle(
-                rel, report, self._translate_article(dispatcher, n, src, rel, report)
-            )
+            work = self._translate_article(dispatcher, n, src, rel, report)
+            await settle_article(rel, report, work, progress=self.progress, emit=self._emit)
 
     async def translate_text(self, text: str, rel: Path, report: ArticleReport) -> str | None:
         """One article's text, no files read or written: the translation (None when the
@@ -184,7 +183,7 @@ class Translator:
                 if done[0] is not None:
                     report.status = "failed" if report.failed_chunks else "ok"
 
-            await self._settle(rel, report, work())
+            await settle_article(rel, report, work(), progress=self.progress, emit=self._emit)
         return done[0]
 
     async def _translate_article(
@@ -318,9 +317,6 @@ class Translator:
             },
         )
         return outcome
-
-    async def _settle(self, rel: Path, report: ArticleReport, work: Awaitable[None]) -> None:
-        await settle_article(rel, report, work, progress=self.progress, emit=self._emit)
 
     # -- one chunk on a translator seat ---------------------------------------------------
 
