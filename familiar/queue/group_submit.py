@@ -95,6 +95,59 @@ class QueueCounts:
         return asdict(self)
 
 
+class ResultLines:
+    """The batch's result files as the submitter appends to them: each custom id once,
+    counted, progress shown."""
+
+    def __init__(
+        self,
+        writer: LineSink,
+        counts: Counts,
+        done: set[str],
+        progress: Callable[[Counts], None] | None = None,
+    ) -> None:
+        self.writer, self.counts = writer, counts
+        #: custom ids with a result line (an earlier run's ok lines, then every line written)
+        self.done = done
+        self.progress = progress or (lambda _c: None)
+
+    def result(self, line: str, got: ResultLine) -> None:
+        """A worker's result line, unless its custom id has one already."""
+        if got.custom_id in self.done:
+            return
+        if got.ok:
+            self.writer.ok(line)
+            self.counts.ok += 1
+            self.counts.prompt_tokens += got.prompt_tokens
+            self.counts.completion_tokens += got.completion_tokens
+        else:
+            self.writer.error(line)
+            self.counts.failed += 1
+        self.done.add(got.custom_id)
+        self.progress(self.counts)
+
+    def error(self, custom_id: str, code: str, message: str) -> None:
+        self.writer.error(error_line(custom_id, code, message))
+        self.counts.failed += 1
+        self.done.add(custom_id)
+        self.progress(self.counts)
+
+
+def _reread(path: Path, wanted: dict[str, tuple[int, int]]) -> tuple[list[_Line], list[str]]:
+    """The wanted lines read again by their offsets, in file order; and the custom ids
+    whose line is not there any more (the file changed during the batch)."""
+    lines: list[_Line] = []
+    changed: list[str] = []
+    with path.open("rb") as fh:
+        for cid, (n, offset) in sorted(wanted.items(), key=lambda kv: kv[1]):
+            raw = read_line_at(fh, offset)
+            if custom_id_of(raw) == cid:
+                lines.append(_Line(n, offset, raw, cid))
+            else:
+                changed.append(cid)
+    return lines, changed
+
+
 class GroupSubmitter:
     """Sends a requests file's groups to the queue and writes their result lines."""
 
@@ -117,11 +170,10 @@ class GroupSubmitter:
         collect_timeout_s: float = 3600.0,
     ) -> None:
         self.store, self.path, self.opts = store, path, opts
-        self.writer, self.counts, self.force = writer, counts, force
-        #: custom ids with a result line (an earlier run's ok lines, then every line written)
-        self.done = done
+        self.counts, self.force = counts, force
+        self.lines = ResultLines(writer, counts, done, progress)
+        self.done = done  # the custom ids with a result line
         self.max_requests, self.max_bytes, self.window = max_requests, max_bytes, window
-        self.progress = progress or (lambda _c: None)
         self.recheck_s, self.lost_check_s = recheck_s, lost_check_s
         self.collect_timeout_s = collect_timeout_s
         self.queue = QueueCounts()
@@ -143,7 +195,7 @@ class GroupSubmitter:
             for group in self._groups():
                 if self._gave_up:
                     for line in group:
-                        self._error(line.custom_id, "batch_expired", _NOT_SENT)
+                        self.lines.error(line.custom_id, "batch_expired", _NOT_SENT)
                     continue
                 while self._out and self._in_flight + len(group) > self.window:
                     await self._collect(block=True)
@@ -178,7 +230,7 @@ class GroupSubmitter:
                 if item.custom_id in self.done:
                     self.counts.skipped += 1
                 else:
-                    self._error(item.custom_id, item.code, item.message)
+                    self.lines.error(item.custom_id, item.code, item.message)
                 continue
             yield _Line(n, offset, raw, item.custom_id)
 
@@ -237,16 +289,13 @@ class GroupSubmitter:
         self._in_flight -= len(out.wanted)
         if out.resent >= MAX_RESENDS:
             for cid in out.wanted:
-                self._error(cid, "failed", f"no result line came back after {out.resent} tries")
+                self.lines.error(
+                    cid, "failed", f"no result line came back after {out.resent} tries"
+                )
             return
-        lines: list[_Line] = []
-        with self.path.open("rb") as fh:
-            for cid, (n, offset) in sorted(out.wanted.items(), key=lambda kv: kv[1]):
-                raw = read_line_at(fh, offset)
-                if custom_id_of(raw) != cid:
-                    self._error(cid, "failed", "the requests file changed during the batch")
-                else:
-                    lines.append(_Line(n, offset, raw, cid))
+        lines, changed = _reread(self.path, out.wanted)
+        for cid in changed:
+            self.lines.error(cid, "failed", "the requests file changed during the batch")
         if lines:
             self.queue.resubmitted += 1
             await self._send(lines, resent=out.resent + 1)
@@ -287,18 +336,9 @@ class GroupSubmitter:
         self._wake.clear()
         if self._arrived:
             return
-        waiter = asyncio.ensure_future(self._wake.wait())
-        reconnect = asyncio.ensure_future(self.store.reconnected.wait())
-        try:
-            done, _ = await asyncio.wait(
-                (waiter, reconnect),
-                timeout=min(self.recheck_s, self.collect_timeout_s - idle),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            waiter.cancel()
-            reconnect.cancel()
-        self._recheck = reconnect in done or not done
+        timeout = min(self.recheck_s, self.collect_timeout_s - idle)
+        woken = await _first_set(self._wake, self.store.reconnected, timeout)
+        self._recheck = woken is not self._wake  # quiet or reconnected: look up them all
         self.store.reconnected.clear()
 
     async def _finish(self, job: str, result: JobResult) -> None:
@@ -322,8 +362,7 @@ class GroupSubmitter:
                 ignored += 1
                 continue
             del out.wanted[got.custom_id]
-            if got.custom_id not in self.done:  # never a line twice
-                self._write(line, got)
+            self.lines.result(line, got)  # never a line twice
         if ignored:
             self.queue.ignored_lines += ignored
             log.warning("result lines not of their group, or not in shape: ignored", job=job)
@@ -332,7 +371,7 @@ class GroupSubmitter:
         if problem or (result.output is None and result.output_object is None):
             why = problem or str(result.report.get("error") or f"the group {result.status}")
             for cid in out.wanted:
-                self._error(cid, "failed", why)
+                self.lines.error(cid, "failed", why)
             return
         self._out[job] = out  # popped again by _resend
         self._in_flight += len(out.wanted)
@@ -350,30 +389,21 @@ class GroupSubmitter:
         )
         for out in self._out.values():
             for cid in out.wanted:
-                self._error(cid, "batch_expired", why)
+                self.lines.error(cid, "batch_expired", why)
         self._out.clear()
         self._in_flight = 0
         self._gave_up = True
 
-    # -- writing ------------------------------------------------------------------------
 
-    def _write(self, line: str, got: ResultLine) -> None:
-        if got.ok:
-            self.writer.ok(line)
-            self.counts.ok += 1
-            self.counts.prompt_tokens += got.prompt_tokens
-            self.counts.completion_tokens += got.completion_tokens
-        else:
-            self.writer.error(line)
-            self.counts.failed += 1
-        self.done.add(got.custom_id)
-        self.progress(self.counts)
-
-    def _error(self, custom_id: str, code: str, message: str) -> None:
-        self.writer.error(error_line(custom_id, code, message))
-        self.counts.failed += 1
-        self.done.add(custom_id)
-        self.progress(self.counts)
+async def _first_set(a: asyncio.Event, b: asyncio.Event, within_s: float) -> asyncio.Event | None:
+    """The first of ``a`` and ``b`` to be set within ``within_s`` (None: neither was)."""
+    waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        done, _ = await asyncio.wait(waits, timeout=within_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+    return a if a.is_set() else (b if done else None)
 
 
 _NOT_SENT = (

@@ -11,16 +11,22 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from familiar.batch import router
 from familiar.batch.lines import Request
 from familiar.batch.run import BatchRun, Counts, KeptLines
 from familiar.context import correlation_id
-from familiar.errors import ConfigError
-from familiar.queue.groups import RequestGroup, split_text
+from familiar.errors import ConfigError, LedgerUnavailable, QueueUnavailable
+from familiar.queue.groups import RequestGroup, group_id, split_text
+from familiar.queue.jobs import AlteredJob, JobResult
 
 if TYPE_CHECKING:
     from familiar.client.backend import SlotClient
     from familiar.config.workspace import Config
+    from familiar.queue.store import QueueStore
+
+log = structlog.get_logger("familiar.queue")
 
 
 class GroupRunner:
@@ -79,3 +85,33 @@ class GroupRunner:
             "seconds": round(counts.summary()["seconds"], 2),
         }
         return report, "".join(line + "\n" for line in kept.lines)
+
+    async def result(
+        self, store: QueueStore, job: RequestGroup, worker: str, deliveries: int
+    ) -> JobResult | LedgerUnavailable | QueueUnavailable | AlteredJob:
+        """The group's result (its text read, checked against its id, run), or the
+        outage or alteration that kept it from running (for the worker to raise)."""
+        mine: dict[str, Any] = {"worker": worker, "deliveries": deliveries}
+        try:
+            text = job.text
+            if text is None:
+                assert job.text_object is not None
+                text = await store.get_text(job.text_object)
+        except QueueUnavailable as exc:
+            return exc
+        except Exception as exc:  # the object is gone (expired, purged)
+            return JobResult.failure(
+                f"the requests {job.text_object} cannot be read from the queue: {exc}",
+                status="error",
+                **mine,
+            )
+        if group_id(text, job.options) != job.job:  # the id is the hash of text and options
+            return AlteredJob(job.job)
+        try:
+            report, output = await self.run(job, text)
+        except (LedgerUnavailable, QueueUnavailable) as exc:
+            return exc
+        except Exception as exc:  # a bug: this group's error, the worker goes on
+            log.error("job failed", job=job.job, error=f"{type(exc).__name__}: {exc}")
+            return JobResult.failure(f"internal error: {type(exc).__name__}: {exc}", **mine)
+        return JobResult(report, output, **mine)

@@ -25,6 +25,10 @@ FORMAT = 1  # of jobs and results; part of the job id, so a new format is a new 
 REPORT_FIELDS = tuple(f.name for f in fields(ArticleReport) if f.name not in ("path", "out"))
 
 
+class AlteredJob(Exception):
+    """A job whose text does not hash to its id: not what its submitter asked for."""
+
+
 def _canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
 

@@ -49,8 +49,8 @@ from familiar.dispatch import Pool
 from familiar.errors import LedgerUnavailable, QueueUnavailable
 from familiar.ledger.nats_connect import TRANSIENT
 from familiar.queue.grouprun import GroupRunner
-from familiar.queue.groups import RequestGroup, decode_job, group_id
-from familiar.queue.jobs import JobMessage, JobResult, job_id
+from familiar.queue.groups import RequestGroup, decode_job
+from familiar.queue.jobs import AlteredJob, JobMessage, JobResult, job_id
 from familiar.queue.kvcache import KvChunkCache
 from familiar.queue.store import CONSUMER, CORRELATION, STREAM, QueueStore
 from familiar.telemetry import Telemetry
@@ -66,10 +66,6 @@ class WorkerSettings:
     max_deliver: int = 4
     jobs_at_once: int | None = None  # default: 2 x seats, at least 4
     fetch_wait_s: float = 2.0  # how long one fetch waits for a job
-
-
-class _Altered(Exception):
-    """A job whose text does not hash to its id: not what its submitter asked for."""
 
 
 def _check_cancelled() -> None:
@@ -212,7 +208,7 @@ class Worker:
                 await asyncio.wait_for(msg.nak(delay=self.settings.fetch_wait_s + 1), 2)
             log.info("job handed back", job=job.job, deliveries=deliveries)
             raise
-        except _Altered:  # not the job its id names: dropped, the real one still runs
+        except AlteredJob:  # not the job its id names: dropped, the real one still runs
             status = "altered"
             log.warning("a job whose text does not match its id (altered on the bus?); dropped")
             with contextlib.suppress(Exception):
@@ -273,6 +269,12 @@ class Worker:
             raise outcome
         return outcome
 
+    async def _requests(self, job: RequestGroup, deliveries: int) -> JobResult | Exception:
+        if self.groups is None:
+            why = "this worker runs no batch requests"
+            return JobResult.failure(why, status="error", worker=self.identity)
+        return await self.groups.result(self.store, job, self.identity, deliveries)
+
     async def _heartbeat(self, msg: Msg) -> None:
         """``in_progress`` every third of ``ack_wait``: a long job keeps its message."""
         while True:
@@ -282,7 +284,7 @@ class Worker:
 
     async def _translate(
         self, job: JobMessage, deliveries: int
-    ) -> JobResult | LedgerUnavailable | QueueUnavailable | _Altered:
+    ) -> JobResult | LedgerUnavailable | QueueUnavailable | AlteredJob:
         """The result, or the outage that kept the job from running (to raise)."""
         try:
             text = job.text
@@ -299,7 +301,7 @@ class Worker:
                 deliveries=deliveries,
             )
         if job_id(text, job.options) != job.job:  # the id is the hash of text and options
-            return _Altered(job.job)
+            return AlteredJob(job.job)
         translator = Translator(
             self.pools, job.options.batch_options(), self.cache, telemetry=self.telemetry
         )
@@ -314,37 +316,6 @@ class Worker:
             report.error = f"internal error: {type(exc).__name__}: {exc}"
             output = None
         return JobResult.of(report, output, worker=self.identity, deliveries=deliveries)
-
-    async def _requests(
-        self, job: RequestGroup, deliveries: int
-    ) -> JobResult | LedgerUnavailable | QueueUnavailable | _Altered:
-        """A request group's result lines, or the outage that kept it from running."""
-        mine: dict[str, Any] = {"worker": self.identity, "deliveries": deliveries}
-        if self.groups is None:
-            return JobResult.failure("this worker runs no batch requests", status="error", **mine)
-        try:
-            text = job.text
-            if text is None:
-                assert job.text_object is not None
-                text = await self.store.get_text(job.text_object)
-        except QueueUnavailable as exc:
-            return exc
-        except Exception as exc:  # the object is gone (expired, purged)
-            return JobResult.failure(
-                f"the requests {job.text_object} cannot be read from the queue: {exc}",
-                status="error",
-                **mine,
-            )
-        if group_id(text, job.options) != job.job:  # the id is the hash of text and options
-            return _Altered(job.job)
-        try:
-            report, output = await self.groups.run(job, text)
-        except (LedgerUnavailable, QueueUnavailable) as exc:
-            return exc
-        except Exception as exc:  # a bug: this group's error, the worker goes on
-            log.error("job failed", job=job.job, error=f"{type(exc).__name__}: {exc}")
-            return JobResult.failure(f"internal error: {type(exc).__name__}: {exc}", **mine)
-        return JobResult(report, output, **mine)
 
 
 #: what a job's status means to a person reading ``familiar worker``'s lines
