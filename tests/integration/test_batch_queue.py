@@ -459,7 +459,7 @@ async def test_nats_restarted_mid_batch_loses_and_doubles_no_line(
             await asyncio.to_thread(nats_server.stop)
             await asyncio.sleep(1.0)
             await asyncio.to_thread(nats_server.start)
-            code, out, err = await finish(sub)
+            code, _out, err = await finish(sub)
             assert code == 0, err
             assert "Traceback" not in err
         finally:
