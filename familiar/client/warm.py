@@ -13,7 +13,8 @@ that is never held (its prefill is cheap). A key warms once: the first request w
 warmer; others arriving while it has no first token wait (without a seat); after it, nobody
 waits (a bounded memory of warm keys). A warmer that fails or is cancelled before its first
 token lets the next waiter warm instead. Waiting never holds a seat, so other work runs.
-``benchmarks/affinity.py`` measures what it buys.
+The prefix key is also what the replica choice places a long prompt by (``prefix_key``;
+familiar/client/replicas.py). ``benchmarks/affinity.py`` measures what it buys.
 """
 
 from __future__ import annotations
