@@ -3,7 +3,8 @@
 A *ledger* holds the seats of deployments so that every familiar process sharing it
 shares each deployment's cap (``parallel``): the host ledger (files with
 kernel-released locks, default) for the processes of one host, the NATS JetStream
-ledger for many hosts. ``Seats`` (seats.py) keeps a per-process FIFO in front of it.
+ledger for many hosts. ``Seats`` (seats.py) is each process's one queue in front of
+it; a ledger keeps no queue of its own.
 
 A deployment's seats are numbered ``0 .. cap-1``. Batch work (translation batches)
 may take only seats ``0 .. cap-reserve-1``; interactive work (sessions) may take any,
@@ -23,10 +24,23 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
-Kind = Literal["interactive", "batch"]
-KINDS: tuple[Kind, ...] = ("interactive", "batch")
+from familiar.seats import KINDS, Held, Kind, Lease, Seats
+
+__all__ = [
+    "KINDS",
+    "DeploymentSeats",
+    "DeploymentView",
+    "Holder",
+    "Kind",
+    "Lease",
+    "Ledger",
+    "deployment_id",
+    "deployment_label",
+    "this_process",
+    "wait_event",
+]
 
 
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:
@@ -100,14 +114,6 @@ def this_process(kind: Kind = "interactive") -> Holder:
 
 
 @dataclass(frozen=True)
-class Lease:
-    """One seat held in a ledger; give it back with ``DeploymentSeats.release``."""
-
-    seat: int
-    token: Any = None  # ledger-specific (a lock's file descriptor, a KV revision)
-
-
-@dataclass(frozen=True)
 class DeploymentView:
     """One deployment as a ledger sees it right now (``familiar fleet``)."""
 
@@ -151,7 +157,10 @@ class DeploymentView:
 
 
 class DeploymentSeats(ABC):
-    """One deployment's seats in a ledger, as one process uses them."""
+    """One deployment's seats in a ledger, as one process uses them: a source of seats
+    for this process's one queue (``familiar.seats.Seats``). It keeps no queue of its
+    own: it takes a seat when the seat policy gives this process one, and hands it to
+    the queue's first acquirer that may use it (``Seats.grant``)."""
 
     def __init__(self, dep_id: str, label: str, cap: int, reserve: int) -> None:
         if cap < 1:
@@ -162,18 +171,51 @@ class DeploymentSeats(ABC):
         self.label = label
         self.cap = cap
         self.reserve = reserve
+        #: this process's queue for the deployment, once one is attached
+        self.attached: Seats | None = None
 
     def usable(self, kind: Kind) -> int:
         """How many seats (``0 .. n-1``) work of this kind may take."""
         return self.cap - self.reserve if kind == "batch" else self.cap
 
-    @abstractmethod
+    @property
+    def queue(self) -> Seats:
+        """This process's one queue for the deployment (made on first use)."""
+        if self.attached is None:
+            Seats(self.cap, ledger=self)
+        assert self.attached is not None
+        return self.attached
+
+    def attach(self, queue: Seats) -> None:
+        if self.attached is not None and self.attached is not queue:
+            raise ValueError(
+                f"the seats of {self.label} have their queue in this process already"
+                " (use its .queue)"
+            )
+        self.attached = queue
+
     async def acquire(self, kind: Kind) -> Lease:
         """Wait for a seat (cancellable; nothing is held when cancelled)."""
+        held = await self.queue.acquire(kind)
+        assert held.lease is not None
+        return held.lease
 
-    @abstractmethod
     async def release(self, lease: Lease) -> None:
         """Give a seat back (never raises; safe in ``finally`` of a cancelled task)."""
+        await self.queue.release(Held(lease, 0.0, 0.0))
+
+    def try_take(self, kind: Kind) -> Lease | None:
+        """A seat at once when nobody of this process waits and the policy allows
+        (``None``: the acquirer queues, and :meth:`wanted` is called)."""
+        return None
+
+    @abstractmethod
+    def wanted(self) -> None:
+        """The queue changed (an acquirer came or left): look again."""
+
+    @abstractmethod
+    async def put_back(self, lease: Lease) -> None:
+        """A seat this process no longer uses (never raises)."""
 
     def lost(self, lease: Lease) -> asyncio.Future[None] | None:
         """A future resolved when ``lease`` is found lost (expired and taken by another

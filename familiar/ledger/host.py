@@ -21,7 +21,8 @@ Waiting is fair and wakes on release, without polling a server:
   it waits for); it may take a free seat only when no other process holds an older ticket
   of its kind (batch work also yields to any waiting interactive work). After a grant it
   queues again with a new ticket, so contending processes take turns (round robin), and
-  within a process acquirers are served first come, first served;
+  within a process the one queue (``familiar.seats.Seats``) serves sessions first, then
+  first come;
 * whoever frees a seat or passes its turn rings the waiting processes' doorbells (an
   abstract Unix datagram socket named in the marker file); a seat freed by a process
   that died rings no bell, so waiters also re-check every ``safety_s`` (0.5 s).
@@ -37,7 +38,6 @@ import os
 import secrets
 import socket
 import time
-from collections import deque
 from pathlib import Path
 
 from familiar.errors import LedgerSetupError
@@ -215,7 +215,6 @@ class HostSeats(DeploymentSeats):
             raise LedgerSetupError(f"seat ledger {self._dir}: {exc.strerror}") from None
         write_meta(self._dir, label, cap, reserve)
         self._held: set[int] = set()
-        self._waiters: deque[tuple[Kind, asyncio.Future[int]]] = deque()
         self._tickets: dict[Kind, int] = {}
         self._marker: int | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -228,29 +227,22 @@ class HostSeats(DeploymentSeats):
         """Seats this process holds right now."""
         return len(self._held)
 
-    # -- acquire / release -------------------------------------------------------------
+    # -- what the queue uses (``familiar.seats.Seats``) --------------------------------
 
-    async def acquire(self, kind: Kind) -> Lease:
+    def try_take(self, kind: Kind) -> Lease | None:
         if self._closed:
             raise RuntimeError("the seat ledger is closed")
-        if not self._waiters:
-            seat = self._take(kind)
-            if seat is not None:
-                return Lease(seat)
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._waiters.append((kind, fut))
-        self.pump()
-        try:
-            return Lease(await fut)
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():  # granted just as we were cancelled
-                self._give_back(fut.result())
-            with contextlib.suppress(ValueError):
-                self._waiters.remove((kind, fut))
-            self.pump()
-            raise
+        seat = self._take(kind)
+        return None if seat is None else Lease(seat)
 
-    async def release(self, lease: Lease) -> None:
+    def wanted(self) -> None:
+        if self._closed:
+            if self.attached is not None:
+                self.attached.fail_all(RuntimeError("the seat ledger is closed"))
+            return
+        self.pump()
+
+    async def put_back(self, lease: Lease) -> None:
         self._give_back(lease.seat)
 
     def _give_back(self, seat: int) -> None:
@@ -320,19 +312,18 @@ class HostSeats(DeploymentSeats):
         return granted
 
     def _grant(self) -> bool:
-        granted = False
-        while self._waiters:
-            live = [w for w in self._waiters if not w[1].done()]
-            if not live:
-                self._waiters.clear()
-                break
-            # sessions before batches (this process's own, too), else first come
-            kind, fut = min(live, key=lambda w: w[0] == "batch")
+        """Seats for the queue's acquirers while the policy gives them (sessions first,
+        this process's own too, else first come)."""
+        queue, granted = self.attached, False
+        while queue is not None and (kind := queue.wants()) is not None:
             seat = self._take(kind)
             if seat is None:
                 break
-            self._waiters.remove((kind, fut))
-            fut.set_result(seat)
+            if not queue.grant(Lease(seat)):  # cannot happen: ``kind`` waits for it
+                self._held.discard(seat)
+                with contextlib.suppress(OSError):
+                    unlock(self._fd, seat)
+                break
             granted = True
             self._drop_ticket(kind)  # to the back of the line for the next one
         return granted
@@ -340,7 +331,7 @@ class HostSeats(DeploymentSeats):
     def _sync_waiting(self) -> bool:
         """Tickets for the kinds still waiting (none for the others), the marker and the
         re-check timer; True when a ticket was newly taken."""
-        kinds = {kind for kind, fut in self._waiters if not fut.done()}
+        kinds = self.attached.kinds() if self.attached is not None else set()
         for kind in list(self._tickets):
             if kind not in kinds:
                 self._drop_ticket(kind)
@@ -412,9 +403,8 @@ class HostSeats(DeploymentSeats):
     def close(self) -> None:
         if self._closed:
             return
-        for _kind, fut in self._waiters:
-            fut.cancel()
-        self._waiters.clear()
+        if self.attached is not None:
+            self.attached.fail_all()  # cancelled, as the ledger closes
         self._unmark_waiting()
         self._closed = True
         self._held.clear()

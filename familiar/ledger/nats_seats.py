@@ -1,16 +1,15 @@
 """One deployment's seats in the NATS ledger (see ``familiar.ledger.nats``): the mirror
-of its keys kept by a KV watcher (``nats_keys.Mirror``), a FIFO of this process's
-acquirers, and the pump that asks the seat policy (``policy.choose``) and takes the seat
-its turn gives it. What it uses of the ledger is ``SeatsHost``, and no more."""
+of its keys kept by a KV watcher (``nats_keys.Mirror``), and the pump that asks the seat
+policy (``policy.choose``), takes the seats its turn gives this process and hands them to
+the process's one queue (``familiar.seats.Seats``). What it uses of the ledger is
+``SeatsHost``, and no more."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -21,6 +20,7 @@ from familiar.ledger.nats_keys import Mirror, Presence
 from familiar.ledger.nats_kv import TtlKeyValue
 from familiar.ledger.nats_trust import FleetKey
 from familiar.ledger.policy import PATIENCE_S, Turn, choose
+from familiar.seats import Seats
 
 __all__ = ["NatsSeats", "SeatsHost"]
 
@@ -58,35 +58,25 @@ class SeatsHost(Protocol):
     def opened(self) -> bool: ...
 
 
-def fail_overdue(queue: deque[_Req], outage: float, host: SeatsHost, error: str) -> float:
+def fail_overdue(queue: Seats, outage: float, host: SeatsHost, error: str) -> float:
     """Fail the acquirers that waited ``wait_s`` during this outage; the next deadline."""
     now, nearest = time.monotonic(), host.ttl_s
-    for req in list(queue):
-        left = max(req.since, outage) + host.wait_s - now
+    for acq in queue.live():
+        left = max(acq.since, outage) + host.wait_s - now
         if left <= 0:
-            queue.remove(req)
-            if not req.future.done():
-                req.future.set_exception(host.unavailable(error))
+            queue.fail(acq, host.unavailable(error))
         else:
             nearest = min(nearest, left)
     return nearest
 
 
-@dataclass(eq=False)
-class _Req:
-    kind: Kind
-    future: asyncio.Future[Lease]
-    since: float  # monotonic
-
-
 class NatsSeats(DeploymentSeats):
-    """One deployment: a mirror of its keys, a FIFO of local acquirers and their pump."""
+    """One deployment: a mirror of its keys, and the pump that feeds this process's queue."""
 
     def __init__(self, host: SeatsHost, dep_id: str, label: str, cap: int, reserve: int):
         super().__init__(dep_id, label, cap, reserve)
         self._host = host
         self._wake = asyncio.Event()
-        self._queue: deque[_Req] = deque()
         self._mirror = Mirror(dep_id, host.nonce, host.key, self._wake.set, host.held)
         meta = {"id": dep_id, "label": label, "cap": cap, "reserve": reserve}
         self._me = Presence(host.kv, host.key, host.holder, host.nonce, meta)
@@ -99,22 +89,13 @@ class NatsSeats(DeploymentSeats):
         self.pump: asyncio.Task[None] | None = None
         self.watch: asyncio.Task[None] | None = None
 
-    async def acquire(self, kind: Kind) -> Lease:
-        self.start()
-        req = _Req(kind, asyncio.get_running_loop().create_future(), time.monotonic())
-        self._queue.append(req)
-        self._wake.set()
-        try:
-            return await req.future
-        except BaseException:
-            with contextlib.suppress(ValueError):
-                self._queue.remove(req)
-            self._wake.set()
-            if req.future.done() and not req.future.cancelled() and not req.future.exception():
-                await self.release(req.future.result())
-            raise
+    # -- what the queue uses (``familiar.seats.Seats``) --------------------------------
 
-    async def release(self, lease: Lease) -> None:
+    def wanted(self) -> None:
+        self.start()
+        self._wake.set()
+
+    async def put_back(self, lease: Lease) -> None:
         held = lease.token
         if not isinstance(held, HeldSeat):
             return
@@ -129,10 +110,9 @@ class NatsSeats(DeploymentSeats):
 
     def _mine_next(self) -> bool:
         """Whether the policy gives one of the spares to this process's waiting acquirers."""
-        reqs = [r for r in self._queue if not r.future.done()]
-        if not reqs:
+        mine = self.attached.wants() if self.attached is not None else None
+        if mine is None:
             return False
-        mine: Kind = "interactive" if any(r.kind == "interactive" for r in reqs) else "batch"
         return self._turn(self._spares.seats(), mine, None).seat is not None
 
     def lost(self, lease: Lease) -> asyncio.Future[None] | None:
@@ -205,9 +185,8 @@ class NatsSeats(DeploymentSeats):
         await self._me.announce()
         while True:
             self._wake.clear()
-            while self._queue and self._queue[0].future.done():
-                self._queue.popleft()
-            if not self._queue:
+            queue = self.attached
+            if queue is None or queue.wants() is None:
                 if self._spares:  # released just now: this process may want it again
                     left = self._spares.linger_left()
                     if left > 0 and not self._mirror.waiters and ledger.connected:
@@ -223,14 +202,14 @@ class NatsSeats(DeploymentSeats):
             outage = ledger.outage_since(self._failing_since)
             if outage is not None:
                 ledger.warn_outage(self._error)
-                timeout = fail_overdue(self._queue, outage, ledger, self._error)
-            if not self._queue or not ledger.connected:
+                timeout = fail_overdue(queue, outage, ledger, self._error)
+            if queue.wants() is None or not ledger.connected:
                 self._spares.give_back()
             elif not self._synced or ledger.grace_left() > 0:
                 timeout = min(timeout, max(0.05, ledger.grace_left()))
             else:
                 try:
-                    progressed = await self._step()
+                    progressed = await self._step(queue)
                     if self._failing_since is not None:  # that outage is over
                         self._failing_since = None
                         ledger.clear_warning()
@@ -247,14 +226,16 @@ class NatsSeats(DeploymentSeats):
             if not await wait_event(self._wake, timeout):
                 self._tried.clear()
 
-    async def _step(self) -> bool:
+    async def _step(self, queue: Seats) -> bool:
         """One try at seats; ``True`` when something changed (look again at once)."""
         host = self._host
         keep = {f"s.{h.seat}" for h in host.held.of(self.id)}
         if await self._mirror.sweep(host.kv, 3 * host.ttl_s, keep, self.label):
             return True
-        reqs = [r for r in self._queue if not r.future.done()]
-        mine: Kind = "interactive" if any(r.kind == "interactive" for r in reqs) else "batch"
+        waiting = len(queue.live())
+        mine = queue.wants()
+        if mine is None:
+            return False
         spares = self._spares.seats()
         free = self._mirror.free(self.cap, self._tried) + spares
         turn = self._turn(free, mine, self._idle_since)
@@ -266,7 +247,7 @@ class NatsSeats(DeploymentSeats):
                 return True
             return False
         seats = [seat]
-        while len(seats) < len(reqs) and not self._mirror.waiters:  # nobody else waits
+        while len(seats) < waiting and not self._mirror.waiters:  # nobody else waits
             more = self._turn([s for s in free if s not in seats], mine, None).seat
             if more is None:
                 break
@@ -275,7 +256,7 @@ class NatsSeats(DeploymentSeats):
         for seat in [s for s in seats if s in spares]:  # no round trip: still held
             spare = self._spares.pop(seat)
             if spare is not None:
-                given |= self._give(spare, mine)
+                given |= self._give(queue, spare)
         taking = [s for s in seats if s not in spares]
         revs = [self._mirror.rev(s) for s in taking]
         take = self._host.held.take
@@ -289,10 +270,10 @@ class NatsSeats(DeploymentSeats):
             if held is None:
                 self._tried[s] = rev
             else:
-                given |= self._give(held, mine)
-        if any(not r.future.done() for r in self._queue):
+                given |= self._give(queue, held)
+        if queue.wants() is not None:
             self._spares.give_back()  # what is left over, no waiting acquirer may use
-        if given and self._me.ticket is not None and len(reqs) > 1:
+        if given and self._me.ticket is not None and waiting > 1:
             await self._me.join(mine, None)  # a new ticket: the back of the queue
         return True
 
@@ -308,20 +289,15 @@ class NatsSeats(DeploymentSeats):
             now=time.monotonic(),
         )
 
-    def _give(self, held: HeldSeat, mine: Kind) -> bool:
-        """Hand ``held`` to the first acquirer that may use it (sessions first); kept as a
-        spare when there is none (cancelled meanwhile)."""
-        ready = [r for r in self._queue if not r.future.done() and self.usable(r.kind) > held.seat]
-        ready.sort(key=lambda r: r.kind != mine)  # sessions first, else first come
-        if not ready:
-            self._spares.add(held)
-            return False
-        self._queue.remove(ready[0])
-        ready[0].future.set_result(Lease(held.seat, held))
-        return True
+    def _give(self, queue: Seats, held: HeldSeat) -> bool:
+        """Hand ``held`` to the queue's first acquirer that may use it (sessions first);
+        kept as a spare when there is none (cancelled meanwhile)."""
+        if queue.grant(Lease(held.seat, held)):
+            return True
+        self._spares.add(held)
+        return False
 
     def fail_all(self, error: Exception) -> None:
         """The ledger closes: every acquirer still waiting fails with ``error``."""
-        for req in self._queue:
-            if not req.future.done():
-                req.future.set_exception(error)
+        if self.attached is not None:
+            self.attached.fail_all(error)
