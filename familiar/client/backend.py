@@ -2,8 +2,8 @@
 
 One client per slot. Per request attempt it takes a seat (the slot's ``parallel``
 cap, shared by all replicas), passes the request-rate throttle, picks the replica
-(the one the request's affinity key prefers unless it is too busy, else the fewest
-outstanding requests; replicas cooling down after a failure skipped), streams the
+(where the requests sharing its prompt prefix went unless it is too busy, else the
+fewest outstanding requests; replicas cooling down after a failure skipped), streams the
 answer so time to first token is measured, and reports a :class:`CallEvent` to
 every hook. Failed attempts (connect errors, timeouts, 429,
 5xx, malformed answers) are retried by tenacity with exponential backoff and
@@ -27,7 +27,7 @@ from asyncio_throttle.throttler import Throttler
 from familiar.client.reading import Answer, Kind, check_finished, read_stream, read_whole
 from familiar.client.replicas import Replica, ReplicaSet
 from familiar.client.transport import Limits, Pipe, Target, dumps, pipe_for
-from familiar.client.warm import WarmGate
+from familiar.client.warm import WarmGate, prefix_key
 from familiar.client.wire import Backoff, RetryPolicy, Sent, map_errors, with_retries
 from familiar.config.slots import Slot
 from familiar.context import correlation_id, current_affinity
@@ -47,8 +47,9 @@ Message = Mapping[str, Any]
 
 @dataclass(frozen=True)
 class _Prefix:
-    """What the warm gate said of a request's prompt prefix."""
+    """Where a request is placed (its placement key) and what the warm gate said of it."""
 
+    key: str | None = None  # the replica choice's placement key (client/warm.py)
     cached: bool = False  # warmed before: the replica its key prefers has it cached
     on_first: Callable[[], None] | None = None  # this request warms it: call at first token
 
@@ -205,16 +206,20 @@ class SlotClient:
         cap = self.slot.max_tokens
         if cap is not None:
             body["max_tokens"] = min(int(body.get("max_tokens") or cap), cap)
+        affinity = current_affinity()
+        key = prefix_key(affinity, body)
+        # placed by its prefix when the prompt is long (requests sharing it follow the first,
+        # long prompts sharing nothing are balanced), else by its affinity key alone
+        place = key or affinity
         gate = self.warm_gate
-        key = gate.key(current_affinity(), body) if gate is not None else None
         if gate is None or key is None:
-            return await self._attempts(kind, body, role, _COLD)
+            return await self._attempts(kind, body, role, _Prefix(place))
         warmer = await gate.enter(key)  # warm, then fan out (familiar/client/warm.py)
         if warmer is None:
-            return await self._attempts(kind, body, role, _Prefix(cached=True))
+            return await self._attempts(kind, body, role, _Prefix(place, cached=True))
         try:
             first = functools.partial(gate.warmed, key, warmer)
-            result = await self._attempts(kind, body, role, _Prefix(on_first=first))
+            result = await self._attempts(kind, body, role, _Prefix(place, on_first=first))
         except BaseException:
             gate.leave(key, warmer)  # no first token: the next one warms
             raise
@@ -271,7 +276,7 @@ class SlotClient:
             waits = (queue_wait - held.ledger_wait_s, held.ledger_wait_s)
             if not first_wait:
                 first_wait.append(queue_wait)
-            replica = self.replica_set.pick(current_affinity(), cached=prefix.cached)
+            replica = self.replica_set.pick(prefix.key, cached=prefix.cached)
             replica.outstanding += 1
             start = time.monotonic()
             acc = Answer(on_first=prefix.on_first)

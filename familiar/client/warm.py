@@ -13,7 +13,8 @@ that is never held (its prefill is cheap). A key warms once: the first request w
 warmer; others arriving while it has no first token wait (without a seat); after it, nobody
 waits (a bounded memory of warm keys). A warmer that fails or is cancelled before its first
 token lets the next waiter warm instead. Waiting never holds a seat, so other work runs.
-``benchmarks/affinity.py`` measures what it buys.
+The prefix key is also what the replica choice places a long prompt by (``prefix_key``;
+familiar/client/replicas.py). ``benchmarks/affinity.py`` measures what it buys.
 """
 
 from __future__ import annotations
@@ -47,6 +48,20 @@ def prompt_head(body: Mapping[str, Any], chars: int = HEAD_CHARS) -> str:
     return prompt[:chars] if isinstance(prompt, str) else ""
 
 
+def prefix_key(
+    affinity: str | None, body: Mapping[str, Any], chars: int = HEAD_CHARS
+) -> str | None:
+    """The prefix key of a request: its affinity key and the first ``chars`` characters of
+    its prompt, hashed (None: no affinity, or a prompt too short to be worth keeping
+    together)."""
+    if affinity is None:
+        return None
+    head = prompt_head(body, chars)
+    if len(head) < chars:
+        return None
+    return hashlib.blake2b(f"{affinity}\0{head}".encode(), digest_size=16).hexdigest()
+
+
 class WarmGate:
     """Which request warms a prefix, and who waits for it (one per SlotClient)."""
 
@@ -59,13 +74,7 @@ class WarmGate:
 
     def key(self, affinity: str | None, body: Mapping[str, Any]) -> str | None:
         """The prefix key of a request (None: never held)."""
-        if affinity is None:
-            return None
-        head = prompt_head(body, self.chars)
-        if len(head) < self.chars:
-            return None
-        digest = hashlib.blake2b(f"{affinity}\0{head}".encode(), digest_size=16)
-        return digest.hexdigest()
+        return prefix_key(affinity, body, self.chars)
 
     async def enter(self, key: str) -> asyncio.Future[None] | None:
         """Wait while another request warms ``key``; returns a future when this request is

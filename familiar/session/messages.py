@@ -2,7 +2,15 @@
 the follow-ups after a refused answer, and the plain merge of last resort.
 
 A worker sees only its role prompt, the plan's goal and pinned decisions verbatim, its
-own subtask, and the outputs of the subtasks it depends on.
+own subtask, the workspace files its subtask names, and the outputs of the subtasks it
+depends on.
+
+Prefix-friendly order: what a session's prompts share comes first and is byte-identical
+wherever it appears, so a server's prefix cache (vLLM, SGLang, llama-server) computes it
+once. The workspace files lead the planner's request and every worker's (after the role's
+system prompt), under one heading, in one session-wide order: a worker whose subtask needs
+the planner's leading files finds them cached from the planner's request, and workers
+needing the same files share them with each other; the instructions follow.
 """
 
 from __future__ import annotations
@@ -70,6 +78,16 @@ def context_block(context: Context, paths: Sequence[str]) -> str:
     return "\n\n".join(fenced(p, context.file(p).text) for p in paths)
 
 
+#: the heading of the workspace files at the start of a planner's or worker's request
+FILES_HEAD = "Workspace files:\n\n"
+
+
+def files_lead(context: Context, paths: Sequence[str]) -> str:
+    """The files a request leads with: the same bytes in the planner's request and in a
+    worker's, as far as they show the same files in the same order."""
+    return f"{FILES_HEAD}{context_block(context, paths)}\n\n" if paths else ""
+
+
 def planner_user(
     prompt: Prompt,
     task: str,
@@ -86,25 +104,27 @@ def planner_user(
     if not context or not context.included:
         return text
     return (
-        "The workspace files given as context (path, size, first lines):\n"
-        f"{manifest(context)}\n\nTheir contents:\n\n{context_block(context, context.paths)}\n\n"
+        files_lead(context, context.paths)
+        + "The workspace files above (path, size, first lines):\n"
+        f"{manifest(context)}\n\n"
         'Give each subtask "files": the paths above it needs to see (only those).\n\n' + text
     )
 
 
 def shared_order(plan: Plan, s: Subtask, context: Context) -> list[str]:
     """The files of ``s`` in a session-wide order: the most shared first, then the
-    manifest's order, so workers' requests share the longest possible prefix."""
+    context's order (the planner's), so workers' requests share the longest possible
+    prefix with each other, and with the planner's when they need its leading files."""
     order = {p: i for i, p in enumerate(context.paths)}
     users = {p: sum(p in t.files for t in plan.subtasks) for p in s.files}
     return sorted((p for p in s.files if p in order), key=lambda p: (-users[p], order[p]))
 
 
 def files_section(plan: Plan, s: Subtask, context: Context | None) -> str:
+    """The workspace files a worker's request leads with ("" when it needs none)."""
     if not context or not s.files:
         return ""
-    block = context_block(context, shared_order(plan, s, context))
-    return f"\nWorkspace files for your subtask:\n\n{block}\n"
+    return files_lead(context, shared_order(plan, s, context))
 
 
 def dependencies(plan: Plan, s: Subtask, outputs: Mapping[str, str]) -> str:
@@ -145,8 +165,9 @@ def worker_user(
     files: str = "",
     writes_files: bool = False,
 ) -> str:
-    """The worker's request. Everything a session's workers share comes first (goal,
-    pinned decisions, the most shared files), so a server's prefix cache can serve it."""
+    """The worker's request. What a session's requests share comes first (the workspace
+    files, most shared first; then the goal and pinned decisions), so a server's prefix
+    cache can serve it."""
     text = prompt.render(
         goal=plan.goal,
         decisions=bullets(plan.decisions),
@@ -159,7 +180,7 @@ def worker_user(
         revision=revision_note(revision),
     )
     if files and "files" not in prompt.fields:  # a workspace's own prompt without {files}
-        text = files.strip() + "\n\n" + text
+        text = files + text
     return text + ("\n" + FILES_ASK if writes_files else "")
 
 

@@ -225,3 +225,45 @@ async def test_a_warmer_that_fails_does_not_hold_the_others() -> None:
             # the warmer's retry is still the warm-up: the others wait and find it cached
             assert sorted(await fan_out(c, 3, other)) == [0, 300, 300]
         assert servers[0].stats["requests"] == 1 + 4 + 4
+
+
+async def test_workers_whose_prompts_begin_like_the_planners_follow_it_and_find_it_cached() -> None:
+    # a session's shape: the planner's request, then workers whose prompts begin like it
+    async with replicas(2, prefill_s_per_token=1e-4) as servers:
+        async with client(servers) as c:
+            with bound_correlation_id("session-p"):
+                await c.chat(
+                    [
+                        {"role": "system", "content": WARM_PREFIX},
+                        {"role": "user", "content": "plan"},
+                    ]
+                )
+                workers = await asyncio.gather(
+                    *(
+                        c.chat(
+                            [
+                                {"role": "system", "content": WARM_PREFIX},
+                                {"role": "user", "content": f"subtask {i}"},
+                            ]
+                        )
+                        for i in range(4)
+                    )
+                )
+    assert homes(servers)["session-p"] in ({0}, {1})  # all where the planner went
+    # the planner warmed the prefix: no worker waited, every one found it cached
+    assert c.warm_gate is not None and c.warm_gate.held == 0
+    assert [w.cached_tokens for w in workers] == [300] * 4
+
+
+async def test_long_prompts_that_share_nothing_are_balanced_within_a_session() -> None:
+    async with replicas(2, prefill_s_per_token=1e-5) as servers:
+        async with client(servers) as c:
+            with bound_correlation_id("session-u"):
+                await asyncio.gather(
+                    *(
+                        c.chat([{"role": "system", "content": f"own{i} {WARM_PREFIX}"}])
+                        for i in range(8)
+                    )
+                )
+    assert [s.stats["requests"] for s in servers] == [4, 4]
+    assert c.warm_gate is not None and c.warm_gate.held == 0

@@ -325,6 +325,43 @@ async def test_workers_of_a_session_share_a_byte_identical_prefix(
     assert len(shared) > 0.7 * min(len(t) for t in texts)
 
 
+async def test_a_workers_request_begins_like_the_planners_as_far_as_their_files_agree(
+    ws: Path, planner_and_worker: dict[str, FakeOpenAIServer], isolated_env: Path
+) -> None:
+    # the worker role plans too (no grandpa): one system prompt for the whole session
+    (ws / "CLAUDE.md").write_text("familiar: naughty\n")
+    (ws / "pkg" / "big.py").write_text("# shared\n" + "x = 1\n" * 200)
+    script = Script(
+        plan({"s1": ["pkg/big.py", "pkg/util.py"], "s2": ["pkg/big.py"], "s3": []}),
+        first={"s1": [], "s2": [], "s3": []},
+    )
+    for srv in planner_and_worker.values():
+        srv.handler = script
+    assert await run(ws, "--context", "pkg") == 0
+    bodies = [r["body"] for r in planner_and_worker["naughty"].requests]
+    texts = {
+        schema_name(b) + (re.findall(r"Your subtask \((s\d)\)", last_user(b)) or [""])[0]: (
+            json.dumps(b["messages"], ensure_ascii=False)
+        )
+        for b in bodies
+    }
+    planner = texts["plan"]
+    util = json.dumps(UTIL)[1:-1]
+    big = "x = 1\\n" * 200
+
+    def shared(a: str, b: str) -> str:
+        return a[: next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), 0)]
+
+    # the planner's request leads with the context's files in its order (pkg/big.py,
+    # pkg/util.py): s1 needs both, s2 the first; each worker's request begins with the
+    # planner's as far as that, byte for byte (a server's prefix cache serves it)
+    assert big in shared(planner, texts["works1"]) and util in shared(planner, texts["works1"])
+    assert big in shared(planner, texts["works2"])
+    assert "Goal of the whole team" not in shared(planner, texts["works2"])
+    # a subtask without files is shown none: its request shares only the system prompt
+    assert "x = 1" not in texts["works3"] and "Workspace files" not in texts["works3"]
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [

@@ -145,3 +145,69 @@ def test_a_prefix_known_cached_tolerates_more_imbalance_before_leaving_home() ->
     assert rs.pick("session-1", cached=True) is home  # its prefix is there: worth the wait
     home.outstanding = 7
     assert rs.pick("session-1", cached=True) is not home
+
+
+def test_new_keys_go_to_the_least_loaded_so_sessions_spread_evenly() -> None:
+    # eight sessions' first requests at once over four replicas: two each, whatever the hash
+    rs = _set(4)
+    for k in range(8):
+        rs.pick(f"session-{k}").outstanding += 1
+    assert [r.outstanding for r in rs.replicas] == [2, 2, 2, 2]
+    # their followers go where each session went
+    for k in range(8):
+        home = rs.placed(f"session-{k}")
+        assert home is not None and rs.pick(f"session-{k}") is home
+
+
+def test_a_key_follows_where_it_went_not_where_it_hashes() -> None:
+    rs = _set(2)
+    favourite = rs.pick("k")  # an even load: the key's rendezvous favourite
+    other = next(r for r in rs.replicas if r is not favourite)
+    rs2 = _set(2)
+    fav2 = next(r for r in rs2.replicas if r.url == favourite.url)
+    fav2.outstanding = 1  # busy: the new key goes to the least loaded instead
+    first = rs2.pick("k")
+    assert first.url == other.url
+    fav2.outstanding = first.outstanding = 0
+    assert rs2.pick("k") is first  # and stays there: its prefix is cached there
+
+
+def test_keys_that_never_repeat_are_balanced_like_least_outstanding() -> None:
+    keyed, plain = _set(4), _set(4)
+    loads = [3, 1, 4, 1]
+    for rs in (keyed, plain):
+        for r, n in zip(rs.replicas, loads, strict=True):
+            r.outstanding = n
+    for i in range(20):  # a prompt each, no prefix shared: each key new
+        a, b = keyed.pick(f"prompt-{i}"), plain.pick()
+        a.outstanding += 1
+        b.outstanding += 1
+        if i % 3 == 0:  # some finish
+            max(keyed.replicas, key=lambda r: r.outstanding).outstanding -= 1
+            max(plain.replicas, key=lambda r: r.outstanding).outstanding -= 1
+    assert sorted(r.outstanding for r in keyed.replicas) == sorted(
+        r.outstanding for r in plain.replicas
+    )
+    assert (
+        max(r.outstanding for r in keyed.replicas) - min(r.outstanding for r in keyed.replicas) <= 1
+    )
+
+
+def test_the_placement_memory_is_bounded_and_a_forgotten_key_is_placed_again() -> None:
+    rs = _set(2, remember=2)
+    for k in ("a", "b", "c"):
+        rs.pick(k)
+    assert rs.placed("a") is None and rs.placed("b") is not None and rs.placed("c") is not None
+    rs.replicas[0].outstanding, rs.replicas[1].outstanding = 5, 0
+    assert rs.pick("a") is rs.replicas[1]  # new again: the least loaded
+
+
+def test_a_key_whose_replica_went_away_stays_where_it_moved() -> None:
+    clock = [0.0]
+    rs = _set(2, clock=lambda: clock[0])
+    home = rs.pick("k")
+    rs.record(home, BackendConnectError("s", "refused"))  # cooling down
+    moved = rs.pick("k")
+    assert moved is not home
+    clock[0] = 60.0  # the old one is back: the key's prefix is cached where it moved
+    assert rs.pick("k") is moved
