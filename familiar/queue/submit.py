@@ -305,36 +305,40 @@ class Submitter:
             output, altered = None, str(exc)
             await self.store.forget(job)
         for a in articles:
-            result.fill(a.report)
-            if altered:
-                a.report.status, a.report.error = "error", f"{altered}: rerun to ask again"
-            elif output is not None:
-                out = output_path(
-                    a.src,
-                    a.rel,
-                    to=self.opts.to,
-                    out_dir=self.opts.out_dir,
-                    in_place=self.opts.in_place,
-                )
-                try:
-                    write_article(out, output)
-                    a.report.out = str(out)
-                except ArticleError as exc:
-                    a.report.status, a.report.error = "error", str(exc)
+            finish_article(a, job, result, output, altered, self.opts)
             self.progress("article", 1)
-            self._emit(
-                "article.finished",
-                {
-                    "article": str(a.rel),
-                    "status": a.report.status,
-                    "chunks": a.report.chunks,
-                    "from_cache": a.report.from_cache,
-                    "failed_chunks": len(a.report.failed_chunks),
-                    "duration_ms": round(a.report.seconds * 1000),
-                    "job": job,
-                    "worker": result.worker,
-                },
-            )
+            self._emit("article.finished", finished_fields(a, job, result))
+
+
+def finish_article(
+    a: _Article, job: str, result: JobResult, output: str | None, altered: str, opts: BatchOptions
+) -> None:
+    """One article's row from its job's result, and its output written where a local
+    batch writes it (atomic); an output altered on the bus is never written."""
+    result.fill(a.report)
+    if altered:
+        a.report.status, a.report.error = "error", f"{altered}: rerun to ask again"
+    elif output is not None:
+        out = output_path(a.src, a.rel, to=opts.to, out_dir=opts.out_dir, in_place=opts.in_place)
+        try:
+            write_article(out, output)
+            a.report.out = str(out)
+        except ArticleError as exc:
+            a.report.status, a.report.error = "error", str(exc)
+
+
+def finished_fields(a: _Article, job: str, result: JobResult) -> dict[str, Any]:
+    """The ``article.finished`` event of an article collected from the queue."""
+    return {
+        "article": str(a.rel),
+        "status": a.report.status,
+        "chunks": a.report.chunks,
+        "from_cache": a.report.from_cache,
+        "failed_chunks": len(a.report.failed_chunks),
+        "duration_ms": round(a.report.seconds * 1000),
+        "job": job,
+        "worker": result.worker,
+    }
 
 
 async def submit_batch(
