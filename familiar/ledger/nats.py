@@ -237,13 +237,14 @@ class NatsLedger(Ledger):
         self._closed = True
         for seats in self._deps.values():
             seats.fail_all(self.unavailable(""))
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _done, stuck = await asyncio.wait(tasks, timeout=5)
-            if stuck:  # never wait without a bound on the way out
-                log.debug("ledger tasks did not stop", url=self.where, tasks=len(stuck))
+        stuck = set(self._tasks)
+        deadline = time.monotonic() + 5  # never wait without a bound on the way out
+        while stuck and time.monotonic() < deadline:
+            for task in stuck:  # again: Python 3.11's wait_for (nats-py's requests) can
+                task.cancel()  # swallow a cancellation that comes as its answer does
+            _done, stuck = await asyncio.wait(stuck, timeout=0.2)
+        if stuck:
+            log.debug("ledger tasks did not stop", url=self.where, tasks=len(stuck))
         nc = self.conn.nc
         if nc is None:
             return

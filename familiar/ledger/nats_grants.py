@@ -40,7 +40,7 @@ from typing import Any
 from familiar.ledger.base import DeploymentSeats, Kind, Lease
 from familiar.ledger.nats_held import HeldSeat, HeldSeats, Seen, Spares
 from familiar.ledger.nats_keys import Mirror, Presence, grant_record
-from familiar.ledger.policy import PATIENCE_S, deal
+from familiar.ledger.policy import PATIENCE_S, deal, effective_cap
 from familiar.seats import Seats
 
 __all__ = ["CONFIRM_S", "FRESH_S", "HandOff"]
@@ -110,10 +110,11 @@ class HandOff:
                 continue
             self._done[seat] = grant.rev
             kind: Kind = (queue.wants() if queue is not None else None) or "interactive"
-            age, d = grant.age + time.monotonic() - grant.seen, self._dep
+            now, d = time.monotonic(), self._dep
+            age, deadline = grant.age + now - grant.seen, now + CONFIRM_S
             held = self._held.adopt(d.id, d.label, seat, grant.rev, kind, self._seen, age)
             fresh = -FRESH_S < age < FRESH_S
-            if not fresh and not await self._held.confirm(held, CONFIRM_S):
+            if not fresh and not await self._held.confirm(held, deadline):
                 self._held.forget(held)  # too old to trust unwritten, and not ours now
                 continue
             adopted = True
@@ -122,8 +123,9 @@ class HandOff:
             if waiting > 1 and self._me.ticket is not None:
                 self._spawn(self._me.join(kind, None))  # to the back of the line (first)
             if fresh:
-                self._spawn(self._confirm(held))
-            if queue is None or not queue.grant(Lease(seat, held)):
+                self._spawn(self._confirm(held, deadline))
+            usable = seat < effective_cap(d.cap, self._mirror.caps.values())
+            if queue is None or not usable or not queue.grant(Lease(seat, held)):
                 self._spares.add(held)  # nobody here may use it now: kept, on, or back
         if len(self._done) > 4 * self._dep.cap:
             self._done = {s: r for s, r in self._done.items() if s in self._mirror.grants}
@@ -136,9 +138,9 @@ class HandOff:
             with contextlib.suppress(Exception):
                 await self._held.kv.purge(f"{self._dep.id}.s.{seat}", grant.rev)
 
-    async def _confirm(self, held: HeldSeat) -> None:
+    async def _confirm(self, held: HeldSeat, deadline: float) -> None:
         """The grantee's own record over a grant it already uses; not in time: lost."""
-        if not await self._held.confirm(held, CONFIRM_S) and not held.released:
+        if not await self._held.confirm(held, deadline) and not held.released:
             self._held.lose(
                 held,
                 None,

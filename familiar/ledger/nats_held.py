@@ -113,16 +113,16 @@ class HeldSeats:
         self._held[held.key] = held
         return held
 
-    async def confirm(self, held: HeldSeat, within: float) -> bool:
+    async def confirm(self, held: HeldSeat, deadline: float) -> bool:
         """Write this process's own record over an adopted seat's grant (a conditional
-        write on the grant's revision), within ``within`` seconds; False when it did not
-        land in time or the seat is no longer the grant (taken by another)."""
+        write on the grant's revision) before ``deadline`` (monotonic); False when it did
+        not land in time or the seat is no longer the grant (taken by another)."""
         async with held.lock:
             if held.released or held.lost:
                 return False
             sent = time.monotonic()
             try:
-                async with asyncio.timeout(within):
+                async with asyncio.timeout(deadline - sent):
                     held.rev = await self.kv.update(held.key, held.value, held.rev)
             except Exception as exc:  # wrong revision, a timeout, the server away
                 log.debug("ledger hand-off not confirmed", key=held.key, error=repr(exc))
