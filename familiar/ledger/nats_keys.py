@@ -139,12 +139,17 @@ class Mirror:
     def free(self, cap: int, tried: Mapping[int, int]) -> list[int]:
         """The free seats, and those granted to another process that left them alone for
         the patience (its turn went by)."""
+        free = free_in(self.seats, cap, tried)
+        if not self.grants:
+            return free
         stale = [s for s in self._stale() if tried.get(s) != self.rev(s) and s < cap]
-        return sorted(free_in(self.seats, cap, tried) + stale)
+        return sorted(free + stale)
 
     def line(self, ticket: int | None, mine: Kind) -> list[Waiter]:
         """The line as the policy takes it, without the waiters being served (a grant to
         them on its way or in the bucket)."""
+        if not self.grants and not self.promised:
+            return waiting_line(self.waiters.values(), ticket, mine)
         served = self.served()
         others = [q for name, q in self.waiters.items() if name not in served]
         return waiting_line(others, ticket, mine)
@@ -176,6 +181,8 @@ class Mirror:
 
     def mine(self) -> list[tuple[int, Grant]]:
         """The grants to this process, not yet adopted."""
+        if not self.grants:
+            return []
         return [
             (seat, g)
             for seat, g in self.grants.items()
@@ -191,16 +198,20 @@ class Mirror:
         ]
 
     def stale_in(self) -> float | None:
-        """Seconds until the next grant to another process goes stale (``None``: none)."""
+        """Seconds until the next grant to another process goes stale (``None``: none
+        pending; a stale one is a free seat already, with the policy's own timers)."""
+        if not self.grants:
+            return None
         now = time.monotonic()
         left = [g.seen + PATIENCE_S - now for g in self.grants.values() if g.to != self._nonce]
-        return max(0.0, min(left)) if left else None
+        left = [t for t in left if t > 0]
+        return min(left) if left else None
 
     def seen(self, seat: int, rev: int, holder: Holder | None, grant: Grant | None = None) -> None:
         old_rev, old = self.seats.get(seat, (0, None))
         if rev > old_rev:
             self.seats[seat] = (rev, holder)
-            was = self.grants.pop(seat, None)
+            was = self.grants.pop(seat, None) if self.grants else None
             if grant is not None:
                 first = not any(g.to != self._nonce for g in self.grants.values())
                 self.grants[seat] = grant

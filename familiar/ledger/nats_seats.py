@@ -184,7 +184,7 @@ class NatsSeats(DeploymentSeats):
         while True:
             self._wake.clear()
             queue = self.attached
-            if self._synced and ledger.connected and self._mirror.mine():
+            if self._mirror.grants and self._synced and ledger.connected and self._mirror.mine():
                 await self.hand_off.adopt(queue)  # handed to this process: no write
             if queue is None or queue.wants() is None:
                 if self._spares:  # released just now: this process may want it again

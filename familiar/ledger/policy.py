@@ -82,18 +82,19 @@ def choose(
     top = effective_cap(cap, live_caps)
     low = min(top, cap - reserve)  # batch work stays below the reserve
     seats = sorted(s for s in set(free) if 0 <= s < top)
-    if _pick(seats, mine, low) is None:
+    own = _pick(seats, mine, low)
+    if own is None:
         return Turn(None)
-    line = [Waiter(mine, True) if w.me else w for w in queue]  # this one wants ``mine``
-    if not any(w.me for w in queue):
-        line.append(Waiter(mine, True))
-    for seat, waiter in _rounds(seats, line, low):
+    if all(w.me for w in queue):  # nobody else waits: the first round is this one's
+        return Turn(own)
+    line = list(queue) if any(w.me for w in queue) else [*queue, _ME[mine]]
+    for seat, waiter in _rounds(seats, line, low, mine):
         if waiter.me:
             return Turn(seat)
     # the waiters ahead get every seat this process could take: wait, with patience
     since = now if idle_since is None else idle_since
     if now - since >= patience_s:
-        return Turn(_pick(seats, mine, low))
+        return Turn(own)
     return Turn(None, since)
 
 
@@ -122,21 +123,26 @@ def _pick(seats: Sequence[int], kind: Kind, low: int) -> int | None:
     return next((s for s in seats if s < low), None)
 
 
-def _rounds(seats: list[int], line: list[Waiter], low: int) -> Iterator[tuple[int, Waiter]]:
+def _rounds(
+    seats: list[int], line: list[Waiter], low: int, mine: Kind | None = None
+) -> Iterator[tuple[int, Waiter]]:
     """Hand ``seats`` round ``line`` (sessions first, then ticket order), one a round each,
-    until none is left or nobody may use the ones left."""
+    until none is left or nobody may use the ones left (this process wanting ``mine``)."""
     seats = list(seats)
     line = sorted(line, key=lambda w: w.kind == "batch")  # stable: ticket order within a kind
     given = True
     while seats and given:
         given = False
         for waiter in line:
-            seat = _pick(seats, waiter.kind, low)
+            seat = _pick(seats, mine if mine and waiter.me else waiter.kind, low)
             if seat is None:
                 continue
             yield seat, waiter
             seats.remove(seat)
             given = True
+
+
+_ME = {kind: Waiter(kind, True) for kind in ("interactive", "batch")}
 
 
 def choose_seat(
