@@ -23,13 +23,12 @@ from typing import Any, Literal
 
 import structlog
 from asyncio_throttle.throttler import Throttler
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from familiar.client.reading import Answer, Kind, check_finished, read_stream, read_whole
 from familiar.client.replicas import Replica, ReplicaSet
-from familiar.client.transport import Limits, Target, dumps, pipe_for
+from familiar.client.transport import Limits, Pipe, Target, dumps, pipe_for
 from familiar.client.warm import WarmGate
-from familiar.client.wire import RetryPolicy, Sent, map_errors, retryable
+from familiar.client.wire import Backoff, RetryPolicy, Sent, map_errors, with_retries
 from familiar.config.slots import Slot
 from familiar.context import correlation_id, current_affinity
 from familiar.errors import (
@@ -141,8 +140,7 @@ class SlotClient:
         self.retry = dataclasses.replace(
             retry or RetryPolicy(), max_retry_after_s=slot.max_retry_after_s
         )
-        self._wait_notice_until = 0.0  # a Retry-After wait already announced lasts till then
-        self._long_retry_after_warned = False
+        self._backoff = Backoff(self.retry, slot.name)  # and Retry-After, announced
         self.hooks: list[Hook] = list(hooks)
         self.stream = stream
         self._throttler = _throttler(slot.rps)
@@ -159,17 +157,7 @@ class SlotClient:
         register_secret(key)
         for url in slot.url:
             register_url_secrets(url)  # the token or password, and its Basic-auth form
-        replicas = [
-            Replica(url=url, label=redact_url(url), client=Target.of(self._pipe, url, key))
-            for url in slot.url
-        ]
-        self.replica_set = ReplicaSet(
-            replicas,
-            cooldown_s=self.retry.cooldown_s,
-            affinity=slot.affinity != "none",
-            # a prefix known cached stays home until its replica has a fair share more
-            balance_abs_cached=max(2, slot.parallel // len(replicas)),
-        )
+        self.replica_set = replica_set(slot, self._pipe, key, self.retry.cooldown_s)
         self.warm_gate = WarmGate() if slot.warm else None
 
     def __repr__(self) -> str:  # never shows a key
@@ -237,29 +225,11 @@ class SlotClient:
         self, kind: Kind, body: dict[str, Any], role: str | None, prefix: _Prefix
     ) -> CallResult:
         first_wait: list[float] = []
-        try:  # the fast path: most calls succeed on the first attempt, no retry machinery
-            return await self._attempt(kind, body, role, 1, first_wait, prefix)
-        except BackendError as exc:
-            if self.retry.attempts <= 1 or not retryable(exc):
-                raise
-            await self.retry.sleep(self._backoff(1, exc))
 
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            return self._backoff(state.attempt_number + 1, exc)
+        async def attempt(n: int) -> CallResult:
+            return await self._attempt(kind, body, role, n, first_wait, prefix)
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.retry.attempts - 1),
-            wait=wait,
-            retry=retry_if_exception(retryable),
-            sleep=self.retry.sleep,
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                n = attempt.retry_state.attempt_number + 1
-                return await self._attempt(kind, body, role, n, first_wait, prefix)
-        raise AssertionError("unreachable: tenacity reraises the last error")
+        return await with_retries(self.retry, self._backoff.wait, attempt)
 
     async def _attempt(
         self,
@@ -320,7 +290,9 @@ class SlotClient:
                 replica.outstanding -= 1
                 latency = time.monotonic() - start
                 if not cancelled:
-                    self._after(replica, error)
+                    cooled = self.replica_set.record(replica, error)
+                    if cooled is not None and error is not None:
+                        warn_cooling(self.slot.name, replica, cooled, error)
                 self._emit(kind, role, n, replica, acc, error, latency, waits, cancelled)
         return CallResult(
             text="".join(acc.text),
@@ -337,47 +309,9 @@ class SlotClient:
             cached_tokens=acc.cached_tokens,
         )
 
-    def _backoff(self, attempt: int, exc: BaseException | None) -> float:
-        """The wait before the next attempt; a server's ``Retry-After`` is announced (one
-        line per wait, however many requests it answered) or, past ``max_retry_after_s``,
-        refused with one warning line for the slot."""
-        ra = exc.retry_after if isinstance(exc, BackendHTTPError) else None
-        wait = self.retry.backoff(attempt, ra)
-        if ra is None:
-            return wait
-        if not self.retry.honours(ra):
-            if not self._long_retry_after_warned:
-                self._long_retry_after_warned = True
-                log.warning(
-                    f"slot {self.slot.name}: the server asked to wait {ra:.0f}s (Retry-After),"
-                    f" longer than max_retry_after_s={self.retry.max_retry_after_s:g};"
-                    " counted as a failed attempt instead",
-                    slot=self.slot.name,
-                )
-            return wait
-        now = time.monotonic()
-        if wait >= 1.0 and now >= self._wait_notice_until:
-            self._wait_notice_until = now + wait
-            log.warning(
-                f"slot {self.slot.name}: waiting {wait:.0f}s as the server asked (Retry-After)",
-                slot=self.slot.name,
-            )
-        return wait
-
     @property
     def replicas(self) -> list[Replica]:
         return self.replica_set.replicas
-
-    def _after(self, replica: Replica, error: BackendError | None) -> None:
-        cooled = self.replica_set.record(replica, error)
-        if cooled is not None and error is not None:
-            log.warning(
-                "replica cooling down",
-                slot=self.slot.name,
-                replica=replica.label,
-                seconds=round(cooled, 2),
-                error=type(error).__name__,
-            )
 
     async def _request(
         self, replica: Replica, kind: Kind, body: dict[str, Any], acc: Answer, start: float
@@ -417,45 +351,91 @@ class SlotClient:
     ) -> None:
         if not self.hooks:
             return
-        status: Literal["ok", "error", "cancelled"] = (
-            "cancelled" if cancelled else "ok" if error is None else "error"
-        )
-        event = CallEvent(
-            slot=self.slot.name,
-            replica=replica.label,
-            model=self.slot.model,
-            runtime=self.slot.runtime,
-            role=role,
-            kind=kind,
-            attempt=attempt,
-            status=status,
-            error_type="CancelledError"
-            if cancelled
-            else (None if error is None else type(error).__name__),
-            http_status=error.status
-            if isinstance(error, BackendHTTPError)
-            else (200 if status == "ok" else None),
-            latency_s=latency,
-            ttft_s=acc.ttft_s,
-            queue_wait_s=waits[0] + waits[1],
-            local_wait_s=waits[0],
-            ledger_wait_s=waits[1],
-            prompt_tokens=acc.prompt_tokens,
-            completion_tokens=acc.completion_tokens,
-            finish_reason=acc.finish_reason,
-            correlation_id=correlation_id.get(),
-            seats_in_use=self.seats.in_use,
-            seats_total=self.seats.total,
-            stream=self.stream,
-            response_id=acc.response_id,
-            response_model=acc.response_model,
-            cached_tokens=acc.cached_tokens,
-        )
+        event = call_event(
+            self.slot, self.seats, self.stream, kind, role, attempt, replica, acc, error,
+            latency, waits, cancelled,
+        )  # fmt: skip
         for hook in self.hooks:
             try:
                 hook(event)
             except Exception:  # a hook must never break the work
                 log.exception("event hook failed", hook=repr(hook))
+
+
+def call_event(
+    slot: Slot,
+    seats: Seats,
+    stream: bool,
+    kind: Kind,
+    role: str | None,
+    attempt: int,
+    replica: Replica,
+    acc: Answer,
+    error: BackendError | None,
+    latency: float,
+    waits: tuple[float, float],
+    cancelled: bool,
+) -> CallEvent:
+    """One attempt as telemetry hooks see it."""
+    status: Literal["ok", "error", "cancelled"] = (
+        "cancelled" if cancelled else "ok" if error is None else "error"
+    )
+    return CallEvent(
+        slot=slot.name,
+        replica=replica.label,
+        model=slot.model,
+        runtime=slot.runtime,
+        role=role,
+        kind=kind,
+        attempt=attempt,
+        status=status,
+        error_type="CancelledError"
+        if cancelled
+        else (None if error is None else type(error).__name__),
+        http_status=error.status
+        if isinstance(error, BackendHTTPError)
+        else (200 if status == "ok" else None),
+        latency_s=latency,
+        ttft_s=acc.ttft_s,
+        queue_wait_s=waits[0] + waits[1],
+        local_wait_s=waits[0],
+        ledger_wait_s=waits[1],
+        prompt_tokens=acc.prompt_tokens,
+        completion_tokens=acc.completion_tokens,
+        finish_reason=acc.finish_reason,
+        correlation_id=correlation_id.get(),
+        seats_in_use=seats.in_use,
+        seats_total=seats.total,
+        stream=stream,
+        response_id=acc.response_id,
+        response_model=acc.response_model,
+        cached_tokens=acc.cached_tokens,
+    )
+
+
+def replica_set(slot: Slot, pipe: Pipe, key: str | None, cooldown_s: float) -> ReplicaSet:
+    """The slot's replicas, one per URL, chosen by affinity with a load escape."""
+    replicas = [
+        Replica(url=url, label=redact_url(url), client=Target.of(pipe, url, key))
+        for url in slot.url
+    ]
+    return ReplicaSet(
+        replicas,
+        cooldown_s=cooldown_s,
+        affinity=slot.affinity != "none",
+        # a prefix known cached stays home until its replica has a fair share more
+        balance_abs_cached=max(2, slot.parallel // len(replicas)),
+    )
+
+
+def warn_cooling(slot: str, replica: Replica, seconds: float, error: BackendError) -> None:
+    log.warning(
+        "replica cooling down",
+        slot=slot,
+        replica=replica.label,
+        seconds=round(seconds, 2),
+        error=type(error).__name__,
+    )
 
 
 _USAGE = {"include_usage": True}  # usage in the last chunk of a stream

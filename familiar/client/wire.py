@@ -18,17 +18,23 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from familiar.errors import (
     BackendConnectError,
+    BackendError,
     BackendHTTPError,
     BackendProtocolError,
     BackendTimeout,
 )
 from familiar.logs import mask
+
+T = TypeVar("T")
+log = structlog.get_logger("familiar.client.backend")
 
 
 class Stalled(Exception):
@@ -114,6 +120,72 @@ class RetryPolicy:
 
     def honours(self, retry_after: float) -> bool:
         return retry_after <= self.max_retry_after_s
+
+
+class Backoff:
+    """The wait before a slot's next attempt (``RetryPolicy.backoff``); a server's
+    ``Retry-After`` is announced (one line per wait, however many requests it answered)
+    or, past ``max_retry_after_s``, refused with one warning line for the slot."""
+
+    def __init__(self, retry: RetryPolicy, slot: str) -> None:
+        self.retry, self.slot = retry, slot
+        self._notice_until = 0.0  # a Retry-After wait already announced lasts till then
+        self._long_warned = False
+
+    def wait(self, attempt: int, exc: BaseException | None) -> float:
+        ra = exc.retry_after if isinstance(exc, BackendHTTPError) else None
+        wait = self.retry.backoff(attempt, ra)
+        if ra is None:
+            return wait
+        if not self.retry.honours(ra):
+            if not self._long_warned:
+                self._long_warned = True
+                log.warning(
+                    f"slot {self.slot}: the server asked to wait {ra:.0f}s (Retry-After),"
+                    f" longer than max_retry_after_s={self.retry.max_retry_after_s:g};"
+                    " counted as a failed attempt instead",
+                    slot=self.slot,
+                )
+            return wait
+        now = time.monotonic()
+        if wait >= 1.0 and now >= self._notice_until:
+            self._notice_until = now + wait
+            log.warning(
+                f"slot {self.slot}: waiting {wait:.0f}s as the server asked (Retry-After)",
+                slot=self.slot,
+            )
+        return wait
+
+
+async def with_retries(
+    retry: RetryPolicy,
+    backoff: Callable[[int, BaseException | None], float],
+    attempt: Callable[[int], Awaitable[T]],
+) -> T:
+    """``attempt(n)`` until it succeeds, ``retry.attempts`` at most, retrying only what is
+    worth another attempt (:func:`retryable`), ``backoff(n, error)`` after attempt ``n``."""
+    try:  # the fast path: most calls succeed on the first attempt, no retry machinery
+        return await attempt(1)
+    except BackendError as exc:
+        if retry.attempts <= 1 or not retryable(exc):
+            raise
+        await retry.sleep(backoff(1, exc))
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        return backoff(state.attempt_number + 1, exc)
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(retry.attempts - 1),
+        wait=wait,
+        retry=retry_if_exception(retryable),
+        sleep=retry.sleep,
+        reraise=True,
+    )
+    async for each in retrying:
+        with each:
+            return await attempt(each.retry_state.attempt_number + 1)
+    raise AssertionError("unreachable: tenacity reraises the last error")
 
 
 def retryable(exc: BaseException) -> bool:

@@ -1,7 +1,7 @@
 """The chunk cache in JetStream KV: finished chunks shared by every worker.
 
 Same keys and rows as the sqlite cache (``translate/cache.py``), read and written with
-awaits (``translate.batch.AsyncChunkCache``). The worker's own sqlite cache stays in
+awaits (``translate.asking.AsyncChunkCache``). The worker's own sqlite cache stays in
 front: a hit there costs no round trip, and every chunk is written to both. The KV cache
 is a help, never a requirement: reads and writes wait for a restarting server (as every
 queue call does, up to its ``wait_s``), and past that a read is a miss and a write is

@@ -1,8 +1,9 @@
 """The flow of a session: plan -> constrained fan-out -> integrate -> translate.
 
-Each step is one method of :class:`Session`, and each writes its result into the session
-directory (:class:`~familiar.session.store.SessionStore`) as soon as it completes; a
-resumed session reads them back and redoes only what is missing.
+Each step is one method of :class:`Session` (the closing ones, integrate and translate,
+in ``integrate.py``), and each writes its result into the session directory
+(:class:`~familiar.session.store.SessionStore`) as soon as it completes; a resumed
+session reads them back and redoes only what is missing.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from typing import Any
 
 from familiar.config.workspace import Config
 from familiar.dispatch import Dispatcher, ItemResult, Pool, WorkItem
-from familiar.errors import AnswerRejected, ConfigError, SessionFailed
+from familiar.errors import SessionFailed
 from familiar.fleet import Fleet
-from familiar.lang import NAMES, detect_lang
-from familiar.plan import MAX_SUBTASKS, Integration, Plan, Subtask
-from familiar.routing import planner_role, revising_role, steals, translator_role
+from familiar.lang import detect_lang
+from familiar.plan import MAX_SUBTASKS, Plan, Subtask
+from familiar.routing import planner_role, steals
 from familiar.session import messages as msg
 from familiar.session.calls import Calls
 from familiar.session.context import Context
+from familiar.session.integrate import Done, Integrator
 from familiar.session.prompts import Prompt, load_prompt
 from familiar.session.schedule import schedule
 from familiar.session.store import SessionStore, SubtaskRecord
@@ -32,7 +34,6 @@ from familiar.session.workspace import (
     WorkspaceOptions,
     WorkspaceSteps,
     result_files_record,
-    subtask_files,
 )
 from familiar.telemetry import Telemetry
 
@@ -43,8 +44,6 @@ TASK_PROMPTS = (
     "integrate.md",
     "translate_result.md",
 )
-
-Done = dict[str, SubtaskRecord]
 
 
 @dataclass
@@ -133,6 +132,18 @@ class Session:
                 self.telemetry,
                 lambda: worker_pools(cfg, fleet),
             )
+        )
+        self.integrator = Integrator(
+            planner=self.planner,
+            task=self.task,
+            prompts=self.prompts,
+            calls=self.calls,
+            store=self.store,
+            view=view,
+            worker=self.worker,
+            workspace=self.workspace,
+            pools=lambda: worker_pools(cfg, fleet),
+            step=self._step,
         )
 
     @property
@@ -312,95 +323,11 @@ class Session:
         return done, failed
 
     async def integrate(self, plan: Plan, done: Done) -> str:
-        """The planner's merge, one bounded revision round for broken decisions, then a
-        final merge; a single subtask without decisions is its own deliverable."""
-        recorded = self.store.read_deliverable()
-        if recorded is not None:
-            return recorded
-        if len(plan.subtasks) == 1 and not plan.decisions:
-            deliverable = done[plan.subtasks[0].id].output
-            self.store.save_integration({"deliverable": deliverable, "violations": [], "rounds": 0})
-            return deliverable
-        self.view.step("integrating", self.planner)
-        integration = await self._merge(plan, done)
-        rounds = 1
-        to_revise = {v.subtask_id: v for v in integration.violations if v.subtask_id in done}
-        unrevised: dict[str, str] = {}  # subtask -> why its revision was refused
-        if to_revise:  # one bounded revision round, then a final merge
-            self.view.step("revising", ", ".join(sorted(to_revise)))
-            pools = {p.role: p for p in worker_pools(self.cfg, self.fleet)}
-            for sid, violation in sorted(to_revise.items()):
-                pool = pools[revising_role(done[sid].role, tuple(pools))]
-                note = msg.decision_note(violation.decision, violation.explanation)
-                try:
-                    done[sid] = await self.worker.run(plan, plan.subtask(sid), pool, done, note)
-                except AnswerRejected as exc:  # the first output stays (it passed its checks);
-                    unrevised[sid] = str(exc)  # the final merge sees the violation again
-            integration = await self._merge(plan, done)
-            rounds = 2
-        revised = sorted(set(to_revise) - set(unrevised))
-        self.store.save_integration(
-            {
-                **integration.model_dump(),
-                "rounds": rounds,
-                "revised": revised,
-                **({"unrevised": unrevised} if unrevised else {}),
-            }
-        )
-        self._step(
-            "integrate",
-            rounds=rounds,
-            revised=revised,
-            checks=integration.checks,
-            fallback=integration.fallback,
-        )
-        return integration.deliverable
-
-    async def _merge(self, plan: Plan, done: Done) -> Integration:
-        outputs = {s.id: _with_files(done[s.id]) for s in plan.subtasks}
-        inputs = msg.merge_inputs(plan, outputs)
-        user = msg.integration_user(self.prompts["integrate.md"], plan, self.task, inputs)
-        if self.workspace is not None:
-            user += msg.files_note(self.workspace.merged(plan, done).conflicts)
-        return await self.calls.merge(
-            self.planner,
-            self.calls.messages(self.planner, user),
-            self.calls.examples("integrate.md", self.planner),
-            msg.integration_allowed(self.task, plan, inputs),
-            msg.plain_merge(plan, {s.id: done[s.id].output for s in plan.subtasks}),
-        )
+        """The integrator's step (``session/integrate.py``)."""
+        return await self.integrator.integrate(plan, done)
 
     async def translate(self, text: str) -> str:
-        """The deliverable in the requested language (the translator role)."""
+        """The deliverable in the requested language (the translator-kind role)."""
         if self.lang == self.task_lang:
             return text
-        recorded = self.store.read_translation(self.lang)
-        if recorded is not None:
-            return recorded
-        role = translator_role(self.cfg)
-        if role is None:
-            raise ConfigError("the result's language differs but no translator role is active")
-        self.view.step("translating", role)
-        user = self.prompts["translate_result.md"].render(
-            source_lang=NAMES[self.task_lang], target_lang=NAMES[self.lang], text=text
-        )
-        client = self.calls.client(role)
-        messages = self.calls.messages(role, user)
-        result = await self.calls.ask(role, client, messages, None, "translation")
-        text = result.text.strip()
-        if result.finish_reason == "length" or not text:  # never a cut result as final
-            why = "cut off at max_tokens" if text else "empty"
-            raise AnswerRejected(
-                f"the translation into {NAMES[self.lang]} was {why}; the untranslated result"
-                f" is kept in integration.json (raise the translator's max_tokens and resume)"
-            )
-        self.store.save_translation(self.lang, text, self.task_lang)
-        self._step("translate", to=self.lang)
-        return text
-
-
-def _with_files(record: SubtaskRecord) -> str:
-    """A worker's output as the integrator sees it: the text, then the files it wrote."""
-    if not record.files:
-        return record.output
-    return f"{record.output}\n\nFiles written:\n\n{msg.written(subtask_files(record))}"
+        return await self.integrator.translate(text, self.cfg, self.task_lang, self.lang)

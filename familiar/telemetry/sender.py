@@ -251,10 +251,8 @@ class Telemetry:
         self._spill_pending = True
 
     def spill_info(self) -> dict[str, int]:
-        """``{"backlog": events in the spill file, "corrupt": unreadable lines waiting}``.
-
-        Never raises (an unreadable file reads as what could be counted).
-        """
+        """``{"backlog": events in the spill file, "corrupt": unreadable lines waiting}``;
+        never raises (an unreadable file reads as what could be counted)."""
         return self.spill.info()
 
     def backlog(self) -> int:
@@ -295,8 +293,7 @@ class Telemetry:
                 self._delivery.warn_refused()
                 self._save_stats()
 
-    def _save_stats(self) -> None:
-        """Add this instance's counts since the last save to ``stats.json``."""
+    def _save_stats(self) -> None:  # this instance's counts since the last save
         add_totals(self.stats_path, self.spill, self.counts, self._saved)
 
     def load_stats(self) -> dict[str, Any]:

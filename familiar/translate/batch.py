@@ -34,19 +34,19 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from familiar.client.backend import SlotClient
-from familiar.config.roles import TRANSLATOR
 from familiar.context import bound_affinity
 from familiar.dispatch import Dispatcher, Pool, WorkItem
 from familiar.errors import ArticleError, BackendError, FamiliarError, LedgerUnavailable
 from familiar.lang import detect_lang
 from familiar.telemetry import Telemetry
 from familiar.translate import markdown as md
-from familiar.translate.cache import CachedChunk, ChunkCache
+from familiar.translate.asking import AsyncChunkCache, ChunkAsker
+from familiar.translate.cache import ChunkCache
 from familiar.translate.chunks import (
     BatchOptions,
     ChunkOutcome,
@@ -68,32 +68,12 @@ __all__ = [
     "chunk_key",
     "chunk_problems",
     "markup_problems",
+    "settle_article",
 ]
 
 log = structlog.get_logger("familiar.translate")
 
 Progress = Callable[[str, int], None]  # (what, amount): "chunk", "article", "tokens"
-
-
-class AsyncChunkCache(Protocol):
-    """A chunk cache read and written with awaits (the queue's JetStream KV cache)."""
-
-    async def aget(self, key: str) -> CachedChunk | None: ...
-
-    async def aput(self, key: str, chunk: CachedChunk) -> None: ...
-
-
-class _Sync:
-    """The sqlite :class:`ChunkCache` as an :class:`AsyncChunkCache` (no awaits inside)."""
-
-    def __init__(self, cache: ChunkCache) -> None:
-        self.cache = cache
-
-    async def aget(self, key: str) -> CachedChunk | None:
-        return self.cache.get(key)
-
-    async def aput(self, key: str, chunk: CachedChunk) -> None:
-        self.cache.put(key, chunk)
 
 
 class Translator:
@@ -116,23 +96,21 @@ class Translator:
         #: chunks of the batch under way at once (cache look-up, board, seat): the rest wait
         self.chunks_at_once = max(16, 4 * seats)
         self._under_way = asyncio.Semaphore(self.chunks_at_once)
-        self._asked: dict[str, asyncio.Future[ChunkOutcome]] = {}
         self.opts = opts
         self.cache = cache
-        self._store: AsyncChunkCache = _Sync(cache) if isinstance(cache, ChunkCache) else cache
         self.telemetry = telemetry
         self.progress = progress or (lambda _what, _n: None)
         client: SlotClient = self.pools[0].client
         self.model = client.slot.model
         self.max_tokens = client.slot.max_tokens or 2048
         self.chunks = ChunkTranslator(opts, self.max_tokens)
+        self.asker = ChunkAsker(
+            opts, cache, self.chunks, model=self.model, max_tokens=self.max_tokens
+        )
 
     def _emit(self, name: str, fields: Mapping[str, Any]) -> None:
         if self.telemetry is not None:
             self.telemetry.emit(name, fields)
-
-    def _key(self, job: Job) -> str:
-        return chunk_key(self.opts, job, model=self.model, max_tokens=self.max_tokens)
 
     async def run(
         self, files: Sequence[tuple[Path, Path]], reports: list[ArticleReport] | None = None
@@ -187,9 +165,8 @@ class Translator:
     ) -> None:
         """One of ``articles_at_once`` workers: the next article, until none is left."""
         for n, ((src, rel), report) in todo:
-            await self._article(
-                rel, report, self._translate_article(dispatcher, n, src, rel, report)
-            )
+            work = self._translate_article(dispatcher, n, src, rel, report)
+            await settle_article(rel, report, work, progress=self.progress, emit=self._emit)
 
     async def translate_text(self, text: str, rel: Path, report: ArticleReport) -> str | None:
         """One article's text, no files read or written: the translation (None when the
@@ -206,62 +183,8 @@ class Translator:
                 if done[0] is not None:
                     report.status = "failed" if report.failed_chunks else "ok"
 
-            await self._article(rel, report, work())
+            await settle_article(rel, report, work(), progress=self.progress, emit=self._emit)
         return done[0]
-
-    async def _article(self, rel: Path, report: ArticleReport, work: Awaitable[None]) -> None:
-        t0 = time.monotonic()
-        try:
-            await work
-        except ArticleError as exc:  # this article cannot be read or written
-            report.status, report.error = "error", str(exc)
-        except BackendError as exc:  # the translator gave up on one of its chunks
-            report.status, report.error = "failed", str(exc)
-        except LedgerUnavailable as exc:  # no seat can be had: the whole batch stops
-            report.status, report.error = "error", str(exc)
-            raise
-        except Exception as exc:  # a bug: say so, and stop the batch
-            report.status, report.error = "error", f"internal error: {type(exc).__name__}: {exc}"
-            raise
-        except BaseException:  # cancelled (or interrupted): never swallowed
-            report.status = "interrupted"
-            raise
-        finally:
-            report.seconds = round(time.monotonic() - t0, 3)
-            self.progress("article", 1)
-            self._emit(
-                "article.finished",
-                {
-                    "article": str(rel),
-                    "status": report.status,
-                    "chunks": report.chunks,
-                    "from_cache": report.from_cache,
-                    "failed_chunks": len(report.failed_chunks),
-                    "duration_ms": round(report.seconds * 1000),
-                },
-            )
-
-    async def _from_cache(self, job: Job, key: str, rel: Path) -> ChunkOutcome | None:
-        """The cached translation, if there is one and it passes today's checks."""
-        found = await self._store.aget(key)
-        if found is None:
-            return None
-        problems = self.chunks.problems(job, found.output, found.finish_reason)
-        if problems:
-            log.info(
-                "cached chunk fails the checks; asking again",
-                article=str(rel),
-                chunk=job.chunk.index,
-                problems=problems,
-            )
-            return None
-        return ChunkOutcome(
-            found.output,
-            ok=True,
-            finish_reason=found.finish_reason,
-            temperature=found.temperature,
-            attempt=found.attempt,
-        )
 
     async def _translate_article(
         self,
@@ -363,7 +286,7 @@ class Translator:
         """One chunk: from the cache, from an identical chunk in flight, or asked."""
         t0 = time.monotonic()
         ch = job.chunk
-        outcome, how = await self._outcome(dispatcher, f"{n}:{rel}#{ch.index}", job, rel)
+        outcome, how = await self.asker.outcome(dispatcher, f"{n}:{rel}#{ch.index}", job, rel)
         if how != "asked":
             report.from_cache += 1
         report.retried += outcome.retried
@@ -395,59 +318,6 @@ class Translator:
         )
         return outcome
 
-    async def _outcome(
-        self, dispatcher: Dispatcher[Job, ChunkOutcome], item_id: str, job: Job, rel: Path
-    ) -> tuple[ChunkOutcome, str]:
-        """The outcome and how it came: ``cache``, ``shared`` (an identical chunk asked
-        at the same time) or ``asked``."""
-        key = self._key(job)
-        while True:
-            if not self.opts.force:
-                cached = await self._from_cache(job, key, rel)
-                if cached is not None:
-                    return cached, "cache"
-            pending = self._asked.get(key)
-            if pending is None:
-                break
-            try:
-                return await asyncio.shield(pending), "shared"
-            except asyncio.CancelledError:
-                if not pending.cancelled():
-                    raise  # we were cancelled ourselves
-                # the asker was cancelled (its article failed): ask ourselves
-        fut: asyncio.Future[ChunkOutcome] = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(_retrieve)
-        self._asked[key] = fut
-        try:
-            result = await (await dispatcher.submit(WorkItem(item_id, TRANSLATOR, job)))
-            if result.error is not None:
-                raise result.error
-            assert result.value is not None
-            outcome = result.value
-            if outcome.ok:
-                await self._store.aput(
-                    key,
-                    CachedChunk(
-                        outcome.text,
-                        self.model,
-                        outcome.finish_reason,
-                        outcome.temperature,
-                        outcome.attempt,
-                        outcome.split,
-                    ),
-                )
-            fut.set_result(outcome)
-            return outcome, "asked"
-        except asyncio.CancelledError:
-            fut.cancel()
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-            raise
-        finally:
-            if self._asked.get(key) is fut:
-                del self._asked[key]
-
     # -- one chunk on a translator seat ---------------------------------------------------
 
     async def _handle(self, item: WorkItem[Job], pool: Pool) -> ChunkOutcome:
@@ -455,10 +325,47 @@ class Translator:
             return await self.chunks.translate(pool.client, item.payload)
 
 
-def _retrieve(fut: asyncio.Future[ChunkOutcome]) -> None:
-    """Mark a shared outcome's exception as seen (its asker raised it already)."""
-    if not fut.cancelled():
-        fut.exception()
+async def settle_article(
+    rel: Path,
+    report: ArticleReport,
+    work: Awaitable[None],
+    *,
+    progress: Progress,
+    emit: Callable[[str, Mapping[str, Any]], None],
+) -> None:
+    """Run one article's ``work`` and give ``report`` an honest status whatever happens:
+    ``error`` (unreadable, unwritable; the seat ledger gone, which stops the batch; a
+    bug, which stops it too), ``failed`` (its translator gave up), ``interrupted``."""
+    t0 = time.monotonic()
+    try:
+        await work
+    except ArticleError as exc:  # this article cannot be read or written
+        report.status, report.error = "error", str(exc)
+    except BackendError as exc:  # the translator gave up on one of its chunks
+        report.status, report.error = "failed", str(exc)
+    except LedgerUnavailable as exc:  # no seat can be had: the whole batch stops
+        report.status, report.error = "error", str(exc)
+        raise
+    except Exception as exc:  # a bug: say so, and stop the batch
+        report.status, report.error = "error", f"internal error: {type(exc).__name__}: {exc}"
+        raise
+    except BaseException:  # cancelled (or interrupted): never swallowed
+        report.status = "interrupted"
+        raise
+    finally:
+        report.seconds = round(time.monotonic() - t0, 3)
+        progress("article", 1)
+        emit(
+            "article.finished",
+            {
+                "article": str(rel),
+                "status": report.status,
+                "chunks": report.chunks,
+                "from_cache": report.from_cache,
+                "failed_chunks": len(report.failed_chunks),
+                "duration_ms": round(report.seconds * 1000),
+            },
+        )
 
 
 def _one_failure(group: BaseExceptionGroup[Any]) -> BaseException:
