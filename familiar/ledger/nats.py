@@ -9,8 +9,10 @@ Keys of the KV bucket (``familiar_seats``; history 1, file storage, per-message 
                       strictest live one applies (processes whose slots files disagree)
 
 A seat is taken with a conditional write (expected last revision of the key: 0, or the
-revision of its delete/expiry marker) and given back with a conditional purge, so two
-holders never share a seat. One task per ledger renews every key it holds every
+revision of its delete/expiry marker) and given back with a conditional purge, or handed
+on: written, conditionally too, as granted to the waiting process whose turn it is, which
+uses it at once (one hop instead of purge, watch, take: ``nats_grants``); so two holders
+never share a seat. One task per ledger renews every key it holds every
 ``ttl_s / 3`` (each write resets the TTL); a holder that dies (SIGKILL, a host gone)
 stops renewing and the server expires its keys after ``ttl_s``. The bucket has a limit
 marker TTL, so an expiry leaves a marker that watchers see like a delete.
@@ -237,13 +239,14 @@ class NatsLedger(Ledger):
         self._closed = True
         for seats in self._deps.values():
             seats.fail_all(self.unavailable(""))
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _done, stuck = await asyncio.wait(tasks, timeout=5)
-            if stuck:  # never wait without a bound on the way out
-                log.debug("ledger tasks did not stop", url=self.where, tasks=len(stuck))
+        stuck = set(self._tasks)
+        deadline = time.monotonic() + 5  # never wait without a bound on the way out
+        while stuck and time.monotonic() < deadline:
+            for task in stuck:  # again: Python 3.11's wait_for (nats-py's requests) can
+                task.cancel()  # swallow a cancellation that comes as its answer does
+            _done, stuck = await asyncio.wait(stuck, timeout=0.2)
+        if stuck:
+            log.debug("ledger tasks did not stop", url=self.where, tasks=len(stuck))
         nc = self.conn.nc
         if nc is None:
             return

@@ -1,12 +1,14 @@
-"""The seats this process holds in the NATS ledger: taken with a conditional write, renewed
-before their TTL runs out, re-asserted after an outage, given back with a conditional
-purge, and found lost when another holder took one while this process was cut off."""
+"""The seats this process holds in the NATS ledger: taken with a conditional write (or
+adopted: handed to it by their releaser, see ``nats_grants``), renewed before their TTL
+runs out, re-asserted after an outage, given back with a conditional purge or handed on
+with a conditional write, and found lost when another holder took one while this
+process was cut off."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -97,6 +99,66 @@ class HeldSeats:
         seen(seat, new, holder)
         return held
 
+    def adopt(
+        self, dep_id: str, label: str, seat: int, rev: int, kind: Kind, seen: Seen, age: float
+    ) -> HeldSeat:
+        """Seat ``seat``, handed to this process by its releaser (a grant at revision
+        ``rev``, written ``age`` seconds ago): held from now on, without a write; its
+        record becomes this process's own at the next write (:meth:`confirm`)."""
+        holder = replace(self.holder, kind=kind, since=time.time())
+        key = f"{dep_id}.s.{seat}"
+        value = self.key.seal("seat", key, holder.to_json())
+        written = time.monotonic() - max(0.0, min(age, self.kv.ttl_s))
+        held = HeldSeat(dep_id, label, seat, rev, value, seen, written=written)
+        self._held[held.key] = held
+        return held
+
+    async def confirm(self, held: HeldSeat, deadline: float) -> bool:
+        """Write this process's own record over an adopted seat's grant (a conditional
+        write on the grant's revision) before ``deadline`` (monotonic); False when it did
+        not land in time or the seat is no longer the grant (taken by another)."""
+        async with held.lock:
+            if held.released or held.lost:
+                return False
+            sent = time.monotonic()
+            try:
+                async with asyncio.timeout(deadline - sent):
+                    held.rev = await self.kv.update(held.key, held.value, held.rev)
+            except Exception as exc:  # wrong revision, a timeout, the server away
+                log.debug("ledger hand-off not confirmed", key=held.key, error=repr(exc))
+                return False
+            held.written = sent
+            held.seen(held.seat, held.rev, Holder.from_json(held.value))
+            return True
+
+    def forget(self, held: HeldSeat) -> None:
+        """An adopted seat never used nor confirmed: no longer held (its grant's TTL, or
+        whoever took it, frees it)."""
+        held.released = True
+        self._held.pop(held.key, None)
+
+    def hand_on(self, held: HeldSeat, record: bytes) -> None:
+        """Give ``held`` to another process: its key written as ``record`` (a grant,
+        sealed here) if it is still ours (a conditional write on its revision), in the
+        background. The key is held all along; if the write fails, the TTL frees it."""
+        if held.released:
+            return
+        held.released = True
+        self._held.pop(held.key, None)
+        if held.lost:
+            return
+        value = self.key.seal("seat", held.key, record)
+        task = asyncio.create_task(self._write_grant(held, value))
+        self._drops.add(task)
+        task.add_done_callback(self._drops.discard)
+
+    async def _write_grant(self, held: HeldSeat, value: bytes) -> None:
+        try:
+            async with asyncio.timeout(min(1.0, self.kv.op_timeout)), held.lock:
+                await self.kv.update(held.key, value, held.rev)
+        except Exception as exc:
+            log.debug("ledger hand-off failed; the TTL frees it", key=held.key, error=repr(exc))
+
     async def renew(self, held: HeldSeat) -> None:
         async with held.lock:
             if held.released or held.lost:
@@ -128,7 +190,7 @@ class HeldSeats:
     async def renew_all(self) -> None:
         await asyncio.gather(*(self.renew(h) for h in self.all()))
 
-    def lose(self, held: HeldSeat, other: Holder | None) -> None:
+    def lose(self, held: HeldSeat, other: Holder | None, why: str = "") -> None:
         """``held`` expired and was taken (this process was paused or cut off past the
         TTL, or the seat was purged): the request on it is cancelled at once (the lease's
         lost future) and asks the ledger again; the TTL or its new holder frees the key."""
@@ -137,11 +199,13 @@ class HeldSeats:
         held.lost = True
         self.lost_count += 1
         who = f"{other.host} pid {other.pid}" if other and other.pid else "another holder"
+        why = why or (
+            f"taken by {who} while this process held it (its key expired while this process"
+            f" was paused or cut off past the {self.kv.ttl_s:g} s TTL, or was purged)"
+        )
         log.warning(
-            f"seat {held.seat} of {held.label} was taken by {who} while this process "
-            f"held it (its key expired while this process was paused or cut off past the "
-            f"{self.kv.ttl_s:g} s TTL, or was purged): its request is cancelled and asks for "
-            "a seat again (seat_lost)"
+            f"seat {held.seat} of {held.label} was {why}: its request is cancelled and asks"
+            " for a seat again (seat_lost)"
         )
         if not held.lost_future.done():
             held.lost_future.set_result(None)
@@ -238,8 +302,12 @@ class Spares:
     def linger_left(self) -> float:
         return self._since + self.LINGER_S - time.monotonic()
 
-    def give_back(self) -> None:
-        """Release every spare (in the background: never blocks the caller)."""
-        spares, self._spare = list(self._spare.values()), {}
+    def give_back(self, seats: Iterable[int] | None = None) -> None:
+        """Release every spare (or those of ``seats``), in the background: never blocks
+        the caller."""
+        if seats is None:
+            spares, self._spare = list(self._spare.values()), {}
+        else:
+            spares = [h for s in seats if (h := self._spare.pop(s, None)) is not None]
         for h in spares:
             self._spawn(self._held.release(h, reachable=self._reachable()))

@@ -6,6 +6,13 @@ tells the others (its waiter key and ticket, its cap, the deployment's meta).
 Keys: ``<dep>.meta``, ``<dep>.s.<seat>`` (a seat held), ``<dep>.w.<ledger>`` (waiting,
 with a ticket), ``<dep>.c.<ledger>`` (the cap a live process uses); every one but the
 meta lives ``ttl_s`` unless written again.
+
+A seat record may be a *grant*: its releaser wrote it for the waiter whose turn it was
+(``"grant": <that ledger's name>``, the grantee's holder fields, sealed like any seat
+record). Until the grantee writes its own record over it, the mirror keeps it as a
+``Grant``: the seat is held, the grantee out of the line (it is being served); a grant
+left alone for the patience (``policy.PATIENCE_S``) counts as a free seat, its grantee
+out of the line (it had its turn): see ``nats_grants``.
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -25,9 +33,9 @@ from familiar.ledger.base import Holder, Kind
 from familiar.ledger.nats_held import UNKNOWN, HeldSeats
 from familiar.ledger.nats_kv import KeyWrongLastRevisionError, TtlKeyValue
 from familiar.ledger.nats_trust import FleetKey
-from familiar.ledger.policy import Waiter
+from familiar.ledger.policy import PATIENCE_S, Waiter
 
-__all__ = ["Mirror", "Presence", "free_in", "waiting_line"]
+__all__ = ["Grant", "Mirror", "Presence", "free_in", "grant_record", "granted_to", "waiting_line"]
 
 log = structlog.get_logger("familiar.ledger")
 
@@ -57,6 +65,42 @@ def waiting_line(
     return [waiter for _t, waiter in sorted(line, key=lambda q: q[0])]
 
 
+@dataclass(frozen=True)
+class Grant:
+    """A seat record written by its releaser for the waiter ``to`` (a ledger's name), at
+    revision ``rev``; ``seen``: when this process saw it (monotonic); ``age``: how old the
+    server's stamp said it was then, by this host's clock (``inf`` when unknown)."""
+
+    rev: int
+    to: str
+    seen: float
+    age: float
+
+
+def grant_record(holder: Holder, to: str) -> bytes:
+    """The seat record that hands a seat to the waiter ``to`` (``holder``: its fields, as
+    its waiter record gave them), before sealing."""
+    return json.dumps({**asdict(holder), "grant": to}, separators=(",", ":")).encode()
+
+
+def granted_to(data: bytes | None) -> str | None:
+    """The ledger a seat record (checked) hands its seat to; ``None``: not a grant."""
+    if not data or b'"grant"' not in data:
+        return None
+    try:
+        to = json.loads(data).get("grant")
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return to if isinstance(to, str) and to else None
+
+
+def _age(created: object) -> float:
+    """Seconds since the server stamped an entry (``inf`` when it did not say)."""
+    if isinstance(created, datetime):
+        return time.time() - created.timestamp()
+    return float("inf")
+
+
 def _cap_of(data: bytes | None) -> int | None:
     """The cap in another process's ``c.<ledger>`` record (``None``: gone or not ours)."""
     if data is None:
@@ -81,24 +125,100 @@ class Mirror:
         self.waiters: dict[str, tuple[int, Kind]] = {}  # other ledgers: (ticket, kind)
         self.caps: dict[str, int] = {}  # other ledgers: the cap (parallel) each one uses
         self.touched: dict[str, tuple[float, int]] = {}  # "s.3"/"w.x" -> (last seen, rev)
+        self.who: dict[str, tuple[Holder, bool]] = {}  # waiters: (holder, takes grants)
+        self.grants: dict[int, Grant] = {}  # seat -> the grant its record is
+        self.promised: dict[str, float] = {}  # a grant this process is writing: to -> since
 
     def reset(self) -> None:
         self.seats, self.waiters, self.caps, self.touched = {}, {}, {}, {}
+        self.who, self.grants, self.promised = {}, {}, {}
 
     def rev(self, seat: int) -> int:
         return self.seats.get(seat, (0, None))[0]
 
     def free(self, cap: int, tried: Mapping[int, int]) -> list[int]:
-        return free_in(self.seats, cap, tried)
+        """The free seats, and those granted to another process that left them alone for
+        the patience (its turn went by)."""
+        free = free_in(self.seats, cap, tried)
+        if not self.grants:
+            return free
+        stale = [s for s in self._stale() if tried.get(s) != self.rev(s) and s < cap]
+        return sorted(free + stale)
 
     def line(self, ticket: int | None, mine: Kind) -> list[Waiter]:
-        return waiting_line(self.waiters.values(), ticket, mine)
+        """The line as the policy takes it, without the waiters being served (a grant to
+        them on its way or in the bucket)."""
+        if not self.grants and not self.promised:
+            return waiting_line(self.waiters.values(), ticket, mine)
+        served = self.served()
+        others = [q for name, q in self.waiters.items() if name not in served]
+        return waiting_line(others, ticket, mine)
 
-    def seen(self, seat: int, rev: int, holder: Holder | None) -> None:
+    def named_line(self, ticket: int | None, mine: Kind | None) -> list[Waiter]:
+        """``line`` with each waiter's name; this process in it only if it waits
+        (``mine``), at its ticket or else the last of its kind."""
+        served = self.served()
+        line = [(t, Waiter(k, name=n)) for n, (t, k) in self.waiters.items() if n not in served]
+        if mine is not None:
+            line.append((ticket if ticket is not None else 1 << 62, Waiter(mine, True)))
+        return [waiter for _t, waiter in sorted(line, key=lambda q: q[0])]
+
+    def served(self) -> set[str]:
+        """The processes a grant is on its way to or in the bucket for (any age)."""
+        now = time.monotonic()
+        for to, since in list(self.promised.items()):
+            if now - since > 1.0:  # the write failed, or its entry never came: forget it
+                del self.promised[to]
+        return {g.to for g in self.grants.values()} | set(self.promised)
+
+    def grantee(self, name: str, within: float) -> Holder | None:
+        """The holder fields of waiter ``name`` if a grant may go to it: it takes grants and
+        its waiter key was written within ``within`` seconds (as this process saw it)."""
+        who, seen = self.who.get(name), self.touched.get(f"w.{name}")
+        if who is None or not who[1] or seen is None or time.monotonic() - seen[0] > within:
+            return None
+        return who[0]
+
+    def mine(self) -> list[tuple[int, Grant]]:
+        """The grants to this process, not yet adopted."""
+        if not self.grants:
+            return []
+        return [
+            (seat, g)
+            for seat, g in self.grants.items()
+            if g.to == self._nonce and self._held.get(f"{self._dep}.s.{seat}") is None
+        ]
+
+    def _stale(self) -> list[int]:
+        now = time.monotonic()
+        return [
+            seat
+            for seat, g in self.grants.items()
+            if g.to != self._nonce and now - g.seen >= PATIENCE_S
+        ]
+
+    def stale_in(self) -> float | None:
+        """Seconds until the next grant to another process goes stale (``None``: none
+        pending; a stale one is a free seat already, with the policy's own timers)."""
+        if not self.grants:
+            return None
+        now = time.monotonic()
+        left = [g.seen + PATIENCE_S - now for g in self.grants.values() if g.to != self._nonce]
+        left = [t for t in left if t > 0]
+        return min(left) if left else None
+
+    def seen(self, seat: int, rev: int, holder: Holder | None, grant: Grant | None = None) -> None:
         old_rev, old = self.seats.get(seat, (0, None))
         if rev > old_rev:
             self.seats[seat] = (rev, holder)
-            if (old is None) != (holder is None):
+            was = self.grants.pop(seat, None) if self.grants else None
+            if grant is not None:
+                first = not any(g.to != self._nonce for g in self.grants.values())
+                self.grants[seat] = grant
+                self.promised.pop(grant.to, None)
+                if grant.to == self._nonce or was is not None or first:
+                    self._wake()  # adopt it; a grantee back in line; its patience from now
+            elif (old is None) != (holder is None) or was is not None:
                 self._wake()
 
     def apply(self, entry: KeyValue.Entry) -> None:
@@ -111,12 +231,16 @@ class Mirror:
             self.touched.pop(rest, None)
         check = self._key.check
         if what == "s" and name.isdigit():
-            holder = None
+            holder, grant = None, None
             if live:  # a record failing the key check still fills its seat, unbelieved
                 data = check("seat", entry.key, entry.value or b"")
                 holder = Holder.from_json(data or b"") or UNKNOWN
+                to = granted_to(data)
+                if to is not None:
+                    rev = entry.revision or 0
+                    grant = Grant(rev, to, time.monotonic(), _age(entry.created))
             self._mine(entry, live, holder)
-            self.seen(int(name), entry.revision or 0, holder)
+            self.seen(int(name), entry.revision or 0, holder, grant)
         elif what == "c" and name != self._nonce:
             cap = _cap_of(check("cap", entry.key, entry.value or b"") if live else None)
             if self.caps.get(name) != cap:
@@ -168,6 +292,7 @@ class Mirror:
 
     def _waiter(self, entry: KeyValue.Entry, name: str, data: bytes | None) -> None:
         if data is None:  # gone, or not a familiar's (a forged ticket jumps no queue)
+            self.who.pop(name, None)
             if self.waiters.pop(name, None) is not None:
                 self._wake()
             return
@@ -177,6 +302,9 @@ class Mirror:
             kind: Kind = "batch" if obj.get("kind") == "batch" else "interactive"
         except (ValueError, TypeError, AttributeError, OverflowError):
             return
+        holder = Holder.from_json(data)
+        if holder is not None:
+            self.who[name] = (holder, obj.get("grants") is True)
         if self.waiters.get(name) != (ticket, kind):
             self.waiters[name] = (ticket, kind)
             self._wake()
@@ -247,6 +375,7 @@ class Presence:
                 await self._kv.purge(self._ckey, self._crev)
 
     async def _write(self, record: dict[str, Any]) -> None:
+        record = {**record, "grants": True}  # a seat may be handed to it (nats_grants)
         value = self._key.seal("waiter", self._wkey, json.dumps(record).encode())
         try:
             self._wrev = await self._kv.update(self._wkey, value, self._wrev)

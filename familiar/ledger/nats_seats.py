@@ -1,8 +1,9 @@
 """One deployment's seats in the NATS ledger (see ``familiar.ledger.nats``): the mirror
 of its keys kept by a KV watcher (``nats_keys.Mirror``), and the pump that asks the seat
 policy (``policy.choose``), takes the seats its turn gives this process and hands them to
-the process's one queue (``familiar.seats.Seats``). What it uses of the ledger is
-``SeatsHost``, and no more."""
+the process's one queue (``familiar.seats.Seats``); a seat given back goes to the next
+process in one hop when the policy says whose turn it is (``nats_grants.HandOff``).
+What it uses of the ledger is ``SeatsHost``, and no more."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 import structlog
 
 from familiar.ledger.base import DeploymentSeats, Holder, Kind, Lease, wait_event
+from familiar.ledger.nats_grants import HandOff
 from familiar.ledger.nats_held import HeldSeat, HeldSeats, Spares
 from familiar.ledger.nats_keys import Mirror, Presence
 from familiar.ledger.nats_kv import TtlKeyValue
@@ -81,6 +83,9 @@ class NatsSeats(DeploymentSeats):
         meta = {"id": dep_id, "label": label, "cap": cap, "reserve": reserve}
         self._me = Presence(host.kv, host.key, host.holder, host.nonce, meta)
         self._spares = Spares(host.held, host.reachable, host.spawn)
+        self.hand_off = HandOff(
+            self, host.held, self._mirror, self._spares, self._me, host.spawn, self.seen
+        )
         self._synced = False
         self._tried: dict[int, int] = {}  # seat -> mirror revision a take failed at
         self._idle_since: float | None = None  # a seat left free by the waiters ahead
@@ -103,17 +108,10 @@ class NatsSeats(DeploymentSeats):
         if held.lost or held.released or not reachable or self.pump is None:
             await self._host.held.release(held, reachable=reachable)
             return
-        self._spares.add(held)  # the pump gives it to the next acquirer, or back
-        if self._mirror.waiters and not self._mine_next():
-            self._spares.give_back()  # another process's turn: at once, not after the pump
+        self._spares.add(held)  # the pump gives it to the next acquirer, on, or back
+        if self._mirror.waiters:  # another process's turn: at once, not after the pump
+            self.hand_off.pass_on(self.attached.wants() if self.attached is not None else None)
         self._wake.set()
-
-    def _mine_next(self) -> bool:
-        """Whether the policy gives one of the spares to this process's waiting acquirers."""
-        mine = self.attached.wants() if self.attached is not None else None
-        if mine is None:
-            return False
-        return self._turn(self._spares.seats(), mine, None).seat is not None
 
     def lost(self, lease: Lease) -> asyncio.Future[None] | None:
         return lease.token.lost_future if isinstance(lease.token, HeldSeat) else None
@@ -145,7 +143,7 @@ class NatsSeats(DeploymentSeats):
             await asyncio.gather(self._me.renew_ticket(), self._me.renew_cap())
 
     async def goodbye(self) -> None:
-        await self._me.goodbye()
+        await asyncio.gather(self._me.goodbye(), self.hand_off.decline())
 
     # -- the mirror ---------------------------------------------------------------
 
@@ -186,12 +184,16 @@ class NatsSeats(DeploymentSeats):
         while True:
             self._wake.clear()
             queue = self.attached
+            if self._mirror.grants and self._synced and ledger.connected and self._mirror.mine():
+                await self.hand_off.adopt(queue)  # handed to this process: no write
             if queue is None or queue.wants() is None:
                 if self._spares:  # released just now: this process may want it again
                     left = self._spares.linger_left()
                     if left > 0 and not self._mirror.waiters and ledger.connected:
                         await wait_event(self._wake, left)
                         continue
+                    if ledger.connected:
+                        self.hand_off.pass_on(None)  # another process's, or back
                     self._spares.give_back()
                 if self._me.ticket is not None:
                     await self._me.leave()
@@ -223,6 +225,9 @@ class NatsSeats(DeploymentSeats):
             if self._idle_since is not None:  # the patience with the waiters ahead
                 left = self._idle_since + PATIENCE_S - time.monotonic()
                 timeout = min(timeout, max(0.01, left))
+            stale = self._mirror.stale_in()  # a grant the next may take (nats_grants)
+            if stale is not None:
+                timeout = min(timeout, max(0.01, stale))
             if not await wait_event(self._wake, timeout):
                 self._tried.clear()
 
@@ -241,7 +246,7 @@ class NatsSeats(DeploymentSeats):
         turn = self._turn(free, mine, self._idle_since)
         self._idle_since, seat = turn.idle_since, turn.seat
         if seat is None:
-            self._spares.give_back()  # the others' turn (or no seat this process may use)
+            self.hand_off.pass_on(mine, keep=False)  # the others' turn (or none may use it)
             if self._me.ticket is None or mine != self._me.kind:  # join, or say what we want
                 await self._me.join(mine, self._me.ticket)
                 return True
@@ -271,8 +276,8 @@ class NatsSeats(DeploymentSeats):
                 self._tried[s] = rev
             else:
                 given |= self._give(queue, held)
-        if queue.wants() is not None:
-            self._spares.give_back()  # what is left over, no waiting acquirer may use
+        if queue.wants() is not None:  # what is left over, no waiting acquirer may use
+            self.hand_off.pass_on(mine, keep=False)
         if given and self._me.ticket is not None and waiting > 1:
             await self._me.join(mine, None)  # a new ticket: the back of the queue
         return True

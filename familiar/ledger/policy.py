@@ -17,16 +17,20 @@ The rules, the same on every host:
   for ``patience_s`` (a waiter stopped with Ctrl-Z, its event loop blocked, a host gone
   whose waiter record has not expired yet), is this process's: seats never sit idle
   behind a waiter that does not act.
+
+``choose`` answers one process ("which seat may I try now?"); ``deal`` answers a
+releaser ("who gets the seats free now, this one among them?"): the same round of the
+same line, so a seat handed on by its releaser goes where the waiter would have taken it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from familiar.ledger.base import Kind
 
-__all__ = ["PATIENCE_S", "Turn", "Waiter", "choose", "choose_seat", "effective_cap"]
+__all__ = ["PATIENCE_S", "Turn", "Waiter", "choose", "choose_seat", "deal", "effective_cap"]
 
 #: how long a free seat may sit idle behind the waiters ahead before it goes to the next
 PATIENCE_S = 2.0
@@ -34,10 +38,12 @@ PATIENCE_S = 2.0
 
 @dataclass(frozen=True)
 class Waiter:
-    """One waiting process in the queue (this one: ``me``)."""
+    """One waiting process in the queue (this one: ``me``; ``name``: the ledger's name for
+    it, when a seat may be handed to it)."""
 
     kind: Kind
     me: bool = False
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,33 +82,67 @@ def choose(
     top = effective_cap(cap, live_caps)
     low = min(top, cap - reserve)  # batch work stays below the reserve
     seats = sorted(s for s in set(free) if 0 <= s < top)
-
-    def pick(kind: Kind) -> int | None:
-        if kind == "interactive":
-            return seats[-1] if seats else None
-        return next((s for s in seats if s < low), None)
-
-    own = pick(mine)
+    own = _pick(seats, mine, low)
     if own is None:
         return Turn(None)
-    line = list(queue) if any(w.me for w in queue) else [*queue, Waiter(mine, True)]
-    line.sort(key=lambda w: w.kind == "batch")  # stable: ticket order within a kind
-    given = True
-    while seats and given:
-        given = False
-        for waiter in line:
-            seat = pick(mine if waiter.me else waiter.kind)
-            if seat is None:
-                continue
-            if waiter.me:
-                return Turn(seat)
-            seats.remove(seat)
-            given = True
+    if all(w.me for w in queue):  # nobody else waits: the first round is this one's
+        return Turn(own)
+    line = list(queue) if any(w.me for w in queue) else [*queue, _ME[mine]]
+    for seat, waiter in _rounds(seats, line, low, mine):
+        if waiter.me:
+            return Turn(seat)
     # the waiters ahead get every seat this process could take: wait, with patience
     since = now if idle_since is None else idle_since
     if now - since >= patience_s:
         return Turn(own)
     return Turn(None, since)
+
+
+def deal(
+    cap: int,
+    reserve: int,
+    free: Iterable[int],
+    queue: Sequence[Waiter],
+    *,
+    live_caps: Iterable[int] = (),
+) -> list[tuple[int, Waiter]]:
+    """The free seats as the policy hands them round ``queue`` (ticket order; this process
+    in it only if it waits): ``(seat, waiter)`` pairs in the order they are given (the
+    same rounds ``choose`` goes through; no patience: the seats are free now)."""
+    top = effective_cap(cap, live_caps)
+    low = min(top, cap - reserve)
+    seats = sorted(s for s in set(free) if 0 <= s < top)
+    return list(_rounds(seats, list(queue), low))
+
+
+def _pick(seats: Sequence[int], kind: Kind, low: int) -> int | None:
+    """The seat work of ``kind`` takes of ``seats`` (sorted): interactive the highest,
+    batch the lowest below the reserve (``low``)."""
+    if kind == "interactive":
+        return seats[-1] if seats else None
+    return next((s for s in seats if s < low), None)
+
+
+def _rounds(
+    seats: list[int], line: list[Waiter], low: int, mine: Kind | None = None
+) -> Iterator[tuple[int, Waiter]]:
+    """Hand ``seats`` round ``line`` (sessions first, then ticket order), one a round each,
+    until none is left or nobody may use the ones left (this process wanting ``mine``)."""
+    seats = list(seats)
+    line = sorted(line, key=lambda w: w.kind == "batch")  # stable: ticket order within a kind
+    given = True
+    while seats and given:
+        given = False
+        for waiter in line:
+            seat = _pick(seats, mine if mine and waiter.me else waiter.kind, low)
+            if seat is None:
+                continue
+            yield seat, waiter
+            seats.remove(seat)
+            given = True
+
+
+_ME = {kind: Waiter(kind, True) for kind in ("interactive", "batch")}
 
 
 def choose_seat(
