@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +71,15 @@ def _group_size(text: str) -> int:
     return value
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one file: by path, symlink or hard link (emptying
+    one in place would empty the other)."""
+    try:
+        return a.exists() and (a.resolve() == b.resolve() or os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     from familiar.batch import BatchOptions, check_input, progress_printer, run_batch
 
@@ -79,9 +89,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if not src.is_file():
         raise ConfigError(f"{src}: no such file (the requests, one JSON object per line)")
     for target in (args.out, args.errors):
-        if target is not None and target.exists() and target.resolve() == src.resolve():
+        if target is not None and _same_file(target, src):
             raise ConfigError(f"{target} is the requests file itself: results go elsewhere")
-    if args.errors is not None and args.errors.resolve() == args.out.resolve():
+    if args.errors is not None and (
+        args.errors.resolve() == args.out.resolve() or _same_file(args.errors, args.out)
+    ):
         raise ConfigError("--errors and --out name the same file")
     cfg = load_config(args.workspace, args.slots, None)
     total = check_input(src)

@@ -1,0 +1,61 @@
+"""Hostile round 3 on ``familiar batch``: the user's own files as its outputs under
+another name (a hard link is the same file; ``resolve()`` does not see it)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from familiar.cli.main import main
+from tests.support.fake_openai import FakeOpenAIServer
+
+
+@pytest.fixture
+async def fake(tmp_path: Path) -> AsyncIterator[FakeOpenAIServer]:
+    async with FakeOpenAIServer(latency_s=0.0) as srv:
+        (tmp_path / "slots.toml").write_text(
+            f'[slots.naughty]\nurl = "{srv.url}"\nmodel = "big"\nruntime = "vllm"\nparallel = 2\n'
+            "timeout_s = 5\n"
+        )
+        (tmp_path / "CLAUDE.md").write_text("familiar: naughty\n")
+        yield srv
+
+
+def _request(cid: str) -> str:
+    body = {"model": "naughty", "messages": [{"role": "user", "content": cid}]}
+    return json.dumps(
+        {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": body}
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--out", "r.jsonl", "--errors", "link.jsonl"],  # errors emptied in place
+        ["--out", "link.jsonl", "--force"],  # --force empties --out in place
+        ["--out", "r.jsonl", "--errors", "link.jsonl", "--force"],
+    ],
+)
+async def test_a_hard_link_to_the_requests_is_refused_and_the_requests_kept(
+    tmp_path: Path,
+    fake: FakeOpenAIServer,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+) -> None:
+    src = tmp_path / "req.jsonl"
+    text = "".join(_request(f"r{i}") + "\n" for i in range(3))
+    src.write_text(text)
+    os.link(src, tmp_path / "link.jsonl")  # the same file under another name
+    argv = ["batch", "--workspace", str(tmp_path), str(src)]
+    argv += [str(tmp_path / a) if a.endswith(".jsonl") else a for a in args]
+    code = await asyncio.to_thread(main, argv)
+    assert src.read_text() == text, "the requests file was overwritten"
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the requests file itself" in err[0]
+    assert fake.stats["requests"] == 0
