@@ -12,6 +12,8 @@ torn last line is cut off), drops the old error lines, and asks only for the res
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import os
 import time
@@ -317,3 +319,28 @@ def prepare_output(out: Path, errors: Path | None, *, force: bool) -> set[str]:
     if errors is not None and errors.exists():
         errors.write_bytes(b"")  # old errors are asked again
     return done
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """The results file ``out`` claimed by this run (an exclusive ``flock`` on
+    ``.OUT.lock`` beside it, kept for the next run): a second batch writing the same file
+    at once is refused (ConfigError), else both would write every line (and one's reset of
+    the file would drop the other's lines)."""
+    lock = out.with_name(f".{out.name}.lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:  # a read-only directory: the run fails on the results file itself
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"{out}: another familiar batch is writing these results now; wait for it"
+                " (a rerun after it asks only what has no line) or give another --out"
+            ) from None
+        yield
+    finally:
+        os.close(fd)

@@ -97,20 +97,21 @@ def cmd_batch(args: argparse.Namespace) -> int:
         raise ConfigError("--errors and --out name the same file")
     cfg = load_config(args.workspace, args.slots, None)
     total = check_input(src)
-    from familiar.batch.run import check_outputs
+    from familiar.batch.run import check_outputs, output_lock
 
     check_outputs(args.out, args.errors)  # before any server is asked
     opts = BatchOptions(src, args.out, args.errors, args.role, args.slot, args.force)
     queue: dict[str, int] | None = None
-    if args.nats:
-        from familiar.queue.service import submit_requests
+    with output_lock(args.out):  # one batch at a time writes these results
+        if args.nats:
+            from familiar.queue.service import submit_requests
 
-        work = submit_requests(
-            cfg, args.nats, opts, total, progress_printer(total), group_size=args.group_size
-        )
-        cid, counts, queue = signals.run(work)
-    else:
-        cid, counts = signals.run(run_batch(cfg, opts, total, progress_printer(total)))
+            work = submit_requests(
+                cfg, args.nats, opts, total, progress_printer(total), group_size=args.group_size
+            )
+            cid, counts, queue = signals.run(work)
+        else:
+            cid, counts = signals.run(run_batch(cfg, opts, total, progress_printer(total)))
     report: dict[str, Any] = {"correlation_id": cid, **counts.summary(), "out": str(args.out)}
     if queue is not None:
         report["queue"] = queue
