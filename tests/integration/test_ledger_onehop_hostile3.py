@@ -1,0 +1,135 @@
+"""Hostile round 3 on one-hop hand-offs (``familiar/ledger/nats_grants.py``), in one
+process against a real ``nats-server -js``: three ledgers of different ``parallel`` and a
+reserve hammer one deployment with both kinds while acquirers are cancelled as grants
+arrive and a ledger closes with grants on their way; the strictest cap and the reserve
+hold at every instant, and afterwards every seat is takeable again within the TTL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+
+import pytest
+
+from familiar.ledger.base import Holder, Kind
+from familiar.ledger.nats import NatsLedger
+from familiar.ledger.nats_seats import NatsSeats
+from tests.support import nats as nats_support
+from tests.support.nats import NatsServer
+
+nats_server = nats_support.nats_server  # the fixture
+DEP = "0123456789abcdef3hop"
+TTL = 3.0
+
+
+class Count:
+    def __init__(self) -> None:
+        self.now = {"interactive": 0, "batch": 0}
+        self.most = {"interactive": 0, "batch": 0, "all": 0}
+        self.held = 0
+
+    def up(self, kind: Kind) -> None:
+        self.now[kind] += 1
+        self.held += 1
+        self.most[kind] = max(self.most[kind], self.now[kind])
+        self.most["all"] = max(self.most["all"], sum(self.now.values()))
+
+    def down(self, kind: Kind) -> None:
+        self.now[kind] -= 1
+
+
+async def _worker(seats: NatsSeats, count: Count, until: float, rng: random.Random) -> None:
+    while time.monotonic() < until:
+        kind: Kind = rng.choice(["interactive", "batch"])
+        try:
+            # often cancelled while waiting: the queue empties as a grant arrives
+            lease = await asyncio.wait_for(seats.acquire(kind), rng.choice([0.01, 0.05, 5.0]))
+        except TimeoutError:
+            continue
+        count.up(kind)
+        try:
+            await asyncio.sleep(rng.uniform(0.0, 0.03))
+        finally:
+            count.down(kind)
+            await seats.release(lease)
+
+
+async def test_a_storm_of_grants_and_cancels_keeps_the_strictest_cap_and_leaks_nothing(
+    nats_server: NatsServer,
+) -> None:
+    rng = random.Random(3)
+    caps = (3, 2, 4)  # the strictest, 2, holds for all (reserve: see the test below)
+    ledgers = [
+        NatsLedger(nats_server.url, ttl_s=TTL, holder=Holder("host", 3000 + i, f"p{i}"))
+        for i in range(3)
+    ]
+    for ledger in ledgers:
+        await ledger.open()
+    try:
+        deps = [x.deployment(DEP, "m", cap, 1) for x, cap in zip(ledgers, caps, strict=True)]
+        count = Count()
+        until = time.monotonic() + 6.0
+        tasks = [
+            asyncio.create_task(_worker(d, count, until, random.Random(rng.random())))
+            for d in deps
+            for _ in range(3)
+        ]
+        # the last ledger leaves mid-storm, grants to it on their way
+        await asyncio.sleep(3.0)
+        for t in tasks[6:]:
+            t.cancel()
+        await ledgers[2].close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        given = sum(d.hand_off.given for d in deps)
+        assert given > 10, "the storm handed few seats on in one hop"
+        assert count.held > 50
+        assert count.most["all"] <= 2, count.most
+        # afterwards every seat of the strictest cap is takeable within the TTL
+        t0 = time.monotonic()
+        both = [
+            await asyncio.wait_for(deps[0].acquire("interactive"), TTL + 2),
+            await asyncio.wait_for(deps[1].acquire("interactive"), TTL + 2),
+        ]
+        assert time.monotonic() - t0 < TTL + 1.5
+        for lease in both:
+            await deps[0 if lease is both[0] else 1].release(lease)
+    finally:
+        for ledger in ledgers:
+            with contextlib.suppress(Exception):
+                await ledger.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="policy: a process's reserve counts from its own cap (low = min(top, cap -"
+    " reserve)), not from the strictest live cap: a cap-3 process with reserve 1 runs batch"
+    " on both seats of the effective cap 2, leaving no seat for sessions. Counting it from"
+    " the effective cap (top - reserve) starves batch when reserve >= the strictest cap:"
+    " the integrator's call",
+)
+async def test_the_reserve_holds_under_a_stricter_live_cap(nats_server: NatsServer) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        big, small = (
+            await stack.enter_async_context(
+                NatsLedger(nats_server.url, ttl_s=TTL, holder=Holder("host", 3100 + i, f"q{i}"))
+            )
+            for i in range(2)
+        )
+        dbig, dsmall = big.deployment(DEP, "m", 3, 1), small.deployment(DEP, "m", 2, 1)
+        await asyncio.sleep(0.3)  # each sees the other's cap
+        first = await asyncio.wait_for(dbig.acquire("batch"), 5)
+        second = asyncio.create_task(dbig.acquire("batch"))
+        await asyncio.sleep(1.0)
+        try:
+            # effective cap 2, reserve 1: one batch seat at most, one kept for sessions
+            assert not second.done(), "a second batch seat under the effective cap 2"
+        finally:
+            second.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                if second.done() and not second.cancelled():
+                    await dbig.release(second.result())
+                await second
+            await dbig.release(first)
+        assert dsmall.cap == 2
