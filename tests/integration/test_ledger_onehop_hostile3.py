@@ -111,12 +111,12 @@ async def test_a_storm_of_grants_and_cancels_keeps_the_strictest_cap_and_leaks_n
 )
 async def test_the_reserve_holds_under_a_stricter_live_cap(nats_server: NatsServer) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        big, small = (
-            await stack.enter_async_context(
-                NatsLedger(nats_server.url, ttl_s=TTL, holder=Holder("host", 3100 + i, f"q{i}"))
-            )
+        big, small = [
+            NatsLedger(nats_server.url, ttl_s=TTL, holder=Holder("host", 3100 + i, f"q{i}"))
             for i in range(2)
-        )
+        ]
+        for ledger in (big, small):
+            await stack.enter_async_context(ledger)
         dbig, dsmall = big.deployment(DEP, "m", 3, 1), small.deployment(DEP, "m", 2, 1)
         await asyncio.sleep(0.3)  # each sees the other's cap
         first = await asyncio.wait_for(dbig.acquire("batch"), 5)
