@@ -11,6 +11,7 @@ from tests.integration.test_batch_queue import (
     batch_args,
     familiar,
     plain_requests,
+    rows,
     worker,
     workspace,
 )
@@ -45,3 +46,69 @@ async def test_two_submitters_of_one_results_file_never_write_a_line_twice(
         refused = next(err for code, _o, err in ends if code == 2).strip().splitlines()
         assert len(refused) == 1 and "another familiar batch is writing" in refused[0]
         assert all("Traceback" not in err for _c, _o, err in ends)
+
+
+KEY = "sk-hostile3-0123456789abcdefSECRET"
+
+
+async def test_a_lying_server_through_the_queue_passes_nothing_off_and_leaks_no_key(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """The worker's slot has an API key; the server echoes it in 401/400 errors, cuts
+    streams, stops at the length limit, answers empty or with HTML: no
+    ok line but a real answer, no key in any file, message or log."""
+    n = 12
+    async with FakeOpenAIServer(latency_s=0.01) as srv:
+        ws = workspace(tmp_path / "ws", srv.url)
+        slots = (ws / "slots.toml").read_text()
+        (ws / "slots.toml").write_text(
+            slots.replace("parallel = 3\n", 'parallel = 3\napi_key_env = "NAUGHTY_KEY"\n', 1)
+        )
+        plain_requests(ws, n)
+        srv.add_faults(
+            [
+                {"kind": "echo_key", "status": 401},
+                {"kind": "echo_key", "status": 400},
+                {"kind": "reply", "text": "half an ans", "finish_reason": "length"},
+                {"kind": "cut"},
+                {"kind": "empty"},
+                {"kind": "status", "status": 500},
+            ]
+        )
+        w = await worker(ws, "w", nats_server.url, NAUGHTY_KEY=KEY)
+        try:
+            code, out, err = await finish(
+                await familiar(ws, ".home-s", *batch_args(nats_server.url))
+            )
+        finally:
+            _wcode, werr = await stop(w)
+        assert code in (0, 1), err
+        assert srv.stats["faults_served"] == 6  # every lie was told
+        got = {**rows(ws / "out.jsonl"), **rows(ws / "err.jsonl")}
+        assert set(got) == {f"r{i}" for i in range(n)}
+        for cid, row in got.items():
+            if row["error"] is None:
+                content = row["response"]["body"]["choices"][0]["message"]["content"]
+                assert content == f"echo: q {cid[1:]}", row  # a real answer, nothing else
+        files = [p.read_bytes().decode("utf-8", "replace") for p in ws.rglob("*") if p.is_file()]
+        texts = [out, err, werr, *files]
+        assert not [t for t in texts if KEY in t], "the API key was written somewhere"
+        assert not [t for t in texts if "Traceback" in t]
+        assert KEY not in "".join(await _bus_text(nats_server.url))
+
+
+async def _bus_text(url: str) -> list[str]:
+    """Everything stored on the bus (results, jobs left), as text."""
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        out: list[str] = []
+        kv = await js.key_value("familiar_results")
+        for key in await kv.keys():
+            entry = await kv.get(key)
+            out.append((entry.value or b"").decode("utf-8", "replace"))
+        return out
+    finally:
+        await nc.close()
