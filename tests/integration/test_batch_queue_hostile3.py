@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tests.integration.test_batch_queue import (
     batch_args,
+    chat,
     familiar,
     plain_requests,
     rows,
@@ -112,3 +113,50 @@ async def _bus_text(url: str) -> list[str]:
         return out
     finally:
         await nc.close()
+
+
+async def test_crlf_huge_and_non_utf8_lines_through_the_queue(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """CRLF endings, a line over the server's payload limit (1 MiB: the object store), a
+    non-UTF-8 line, a malformed one: each custom id one line, the bad ones error lines."""
+    async with FakeOpenAIServer(latency_s=0.01) as srv:
+        ws = workspace(tmp_path / "ws", srv.url)
+        huge = json.dumps(chat("huge", "x" * 1_500_000)).encode()
+        lines = [
+            json.dumps(chat("a", "first")).encode(),
+            huge,
+            b'{"custom_id": "bad\xff", "method": "POST"}',
+            b"{not json",
+            json.dumps(chat("b", "last")).encode(),
+        ]
+        (ws / "req.jsonl").write_bytes(b"".join(line + b"\r\n" for line in lines))
+        w = await worker(ws, "w", nats_server.url)
+        try:
+            code, out, err = await finish(
+                await familiar(ws, ".home-s", *batch_args(nats_server.url))
+            )
+        finally:
+            await stop(w)
+        assert code == 1, err
+        ok, bad = rows(ws / "out.jsonl"), rows(ws / "err.jsonl")
+        assert set(ok) == {"a", "huge", "b"}, (ok.keys(), bad.keys(), err)
+        assert len(bad) == 2 and "Traceback" not in err
+        content = ok["huge"]["response"]["body"]["choices"][0]["message"]["content"]
+        assert content.startswith("echo: xxx")
+        assert json.loads(out)["queue"]["submitted"] >= 2  # the huge line a group of its own
+
+
+async def test_a_file_of_only_malformed_lines_through_the_queue_sends_nothing(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    async with FakeOpenAIServer(latency_s=0.01) as srv:
+        ws = workspace(tmp_path / "ws", srv.url)
+        (ws / "req.jsonl").write_bytes(b"{nope\n[1, 2]\n\xff\xfe\n")
+        code, out, err = await finish(
+            await familiar(ws, ".home-s", *batch_args(nats_server.url)), 60
+        )
+        assert code == 1, err
+        assert len(rows(ws / "err.jsonl")) == 3 and not rows(ws / "out.jsonl")
+        assert json.loads(out)["queue"]["submitted"] == 0
+        assert srv.stats["requests"] == 0
