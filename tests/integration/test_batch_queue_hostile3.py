@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from pathlib import Path
 
 from tests.integration.test_batch_queue import (
@@ -16,7 +17,7 @@ from tests.integration.test_batch_queue import (
     worker,
     workspace,
 )
-from tests.integration.test_queue import finish, stop
+from tests.integration.test_queue import finish, stop, until
 from tests.support import nats as nats_support
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.nats import NatsServer
@@ -160,3 +161,30 @@ async def test_a_file_of_only_malformed_lines_through_the_queue_sends_nothing(
         assert len(rows(ws / "err.jsonl")) == 3 and not rows(ws / "out.jsonl")
         assert json.loads(out)["queue"]["submitted"] == 0
         assert srv.stats["requests"] == 0
+
+
+async def test_ctrl_c_of_the_submitter_then_a_rerun_writes_each_line_once(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    n = 24
+    async with FakeOpenAIServer(latency_s=0.4) as srv:
+        ws = workspace(tmp_path / "ws", srv.url, parallel=2)
+        plain_requests(ws, n)
+        w = await worker(ws, "w", nats_server.url)
+        try:
+            sub = await familiar(ws, ".home-s", *batch_args(nats_server.url))
+            await until(lambda: srv.stats["requests"] >= 3)
+            sub.send_signal(signal.SIGINT)
+            code, _out, err = await finish(sub, 30)
+            assert code == 130 and "Traceback" not in err, (code, err)
+            asked = srv.stats["requests"]
+            code, _out, err = await finish(
+                await familiar(ws, ".home-s", *batch_args(nats_server.url))
+            )
+        finally:
+            await stop(w)
+        assert code == 0, err
+        got = rows(ws / "out.jsonl")
+        assert set(got) == {f"r{i}" for i in range(n)}
+        assert srv.stats["requests"] == n  # the workers went on; nothing asked twice
+        assert asked < n
