@@ -8,19 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import signal
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from familiar.ledger.base import Holder, Kind
+from familiar.ledger.base import Holder, Kind, deployment_id
 from familiar.ledger.nats import NatsLedger
 from familiar.ledger.nats_seats import NatsSeats
+from tests.integration.test_ledger_onehop import REPO, line_with
 from tests.support import nats as nats_support
+from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.nats import NatsServer
 
 nats_server = nats_support.nats_server  # the fixture
 DEP = "0123456789abcdef3hop"
+ONEHOP = "tests.integration.test_ledger_onehop"
 TTL = 3.0
 
 
@@ -133,3 +140,57 @@ async def test_the_reserve_holds_under_a_stricter_live_cap(nats_server: NatsServ
                 await second
             await dbig.release(first)
         assert dsmall.cap == 2
+
+
+async def test_short_sigstops_and_a_sigkill_mid_hand_off_never_exceed_the_cap(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """3 processes hammer a cap of 2 handing seats on in one hop (TTL 2 s); each is
+    SIGSTOPped for 0.2-0.9 s now and then (under two thirds of the TTL, under the
+    grantee's confirm time), then one is SIGKILLed: never 3 in flight; afterwards both
+    seats are takeable again within the TTL."""
+    code = f"import sys; from {ONEHOP} import hammer_main; hammer_main(*sys.argv[1:])"
+    rng = random.Random(33)
+    async with FakeOpenAIServer(latency_s=0.02, reply_mode="identity") as srv:
+        procs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                *("-c", code, nats_server.url, srv.url, "2", "16"),
+                cwd=REPO,
+                env={
+                    **os.environ,
+                    "FAMILIAR_TELEMETRY": "off",
+                    "HAMMER_HOME": str(tmp_path / f"h{i}"),
+                },
+                stdout=asyncio.subprocess.PIPE,
+            )
+            for i in range(3)
+        ]
+        try:
+            for p in procs:
+                await line_with(p, "ready", 30)
+            for _ in range(8):
+                p = rng.choice(procs[:2])
+                await asyncio.sleep(rng.uniform(0.1, 0.4))
+                p.send_signal(signal.SIGSTOP)
+                await asyncio.sleep(rng.uniform(0.2, 0.9))
+                p.send_signal(signal.SIGCONT)
+            procs[2].kill()  # mid-storm, seats or grants in hand
+            await procs[2].wait()
+            dones = [(await line_with(p, "done", 90)).split()[1:] for p in procs[:2]]
+        finally:
+            for p in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGCONT)
+                if p.returncode is None:
+                    p.kill()
+                await p.wait()
+        assert srv.stats["max_in_flight"] <= 2, srv.stats
+        assert all(int(d[0]) > 0 for d in dones)
+        async with NatsLedger(nats_server.url, ttl_s=2.0) as fresh:
+            dep = fresh.deployment(deployment_id([srv.url], "m"), "m", 2)
+            t0 = time.monotonic()
+            both = [await asyncio.wait_for(dep.acquire("interactive"), 5) for _ in range(2)]
+            assert time.monotonic() - t0 < 2.0 + 1.0
+            for lease in both:
+                await dep.release(lease)
