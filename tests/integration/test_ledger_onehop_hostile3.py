@@ -15,11 +15,15 @@ import sys
 import time
 from pathlib import Path
 
+import nats
 import pytest
+from nats.aio.msg import Msg
 
 from familiar.ledger.base import Holder, Kind, deployment_id
 from familiar.ledger.nats import NatsLedger
+from familiar.ledger.nats_held import HeldSeat
 from familiar.ledger.nats_seats import NatsSeats
+from familiar.ledger.nats_trust import FleetKey
 from tests.integration.test_ledger_onehop import REPO, line_with
 from tests.support import nats as nats_support
 from tests.support.fake_openai import FakeOpenAIServer
@@ -194,3 +198,56 @@ async def test_short_sigstops_and_a_sigkill_mid_hand_off_never_exceed_the_cap(
             assert time.monotonic() - t0 < 2.0 + 1.0
             for lease in both:
                 await dep.release(lease)
+
+
+async def test_a_replayed_signed_grant_takes_no_seat_unnoticed(nats_server: NatsServer) -> None:
+    """With a fleet key, a stranger who recorded a genuine grant (A's seat 0 to B) puts
+    it back later while C holds seat 0 and B waits again: the sealed grant has no time of
+    its own, so B may take it as fresh; then C must find its seat lost at once (its
+    request cancelled), never both holding it on."""
+    key = FleetKey(b"hostile3-fleet-secret-0123456789abcdef")
+    nc = await nats.connect(nats_server.url)
+    grants: list[bytes] = []
+
+    async def record(msg: Msg) -> None:
+        if b'"grant"' in msg.data:
+            grants.append(msg.data)
+
+    await nc.subscribe(f"$KV.familiar_seats.{DEP}.s.0", cb=record)
+    ledgers = [
+        NatsLedger(nats_server.url, ttl_s=TTL, holder=Holder("host", 3200 + i, f"r{i}"), key=key)
+        for i in range(3)
+    ]
+    try:
+        for ledger in ledgers:
+            await ledger.open()
+        da, db, dc = (x.deployment(DEP, "m", 1) for x in ledgers)
+        lease = await da.acquire("interactive")
+        waiter = asyncio.create_task(db.acquire("interactive"))
+        await asyncio.sleep(0.5)
+        await da.release(lease)
+        got = await asyncio.wait_for(waiter, 5)
+        assert grants and db.hand_off.adopted == 1
+        await asyncio.sleep(0.3)  # B confirmed
+        await db.release(got)
+        held_c = await asyncio.wait_for(dc.acquire("interactive"), 5)  # C's own record
+        again = asyncio.create_task(db.acquire("interactive"))
+        await asyncio.sleep(0.5)
+        js = nc.jetstream()
+        await js.publish(f"$KV.familiar_seats.{DEP}.s.0", grants[0])  # the replay
+        await asyncio.sleep(0.5)
+        token = held_c.token
+        assert isinstance(token, HeldSeat)
+        if again.done():  # B took the replayed grant: C must have let go at once
+            assert token.lost, "B and C both hold seat 0"
+            await db.release(again.result())
+        else:
+            again.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await again
+        await dc.release(held_c)
+    finally:
+        for ledger in ledgers:
+            with contextlib.suppress(Exception):
+                await ledger.close()
+        await nc.close()
