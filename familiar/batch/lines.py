@@ -214,6 +214,8 @@ def done_id(raw: bytes) -> tuple[str, bool] | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("custom_id"), str):
         return None
+    if "response" not in data or "error" not in data:  # a request line, say: not a result
+        return None
     response = data.get("response")
     ok = isinstance(response, dict) and response.get("status_code") == 200
     return data["custom_id"], ok

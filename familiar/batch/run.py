@@ -121,6 +121,26 @@ def check_input(path: Path) -> int:
     return count
 
 
+def _result_lines(path: Path) -> Iterator[tuple[bytes, tuple[str, bool]]]:
+    """The result lines of an earlier run in ``path`` (a torn last line left out);
+    ConfigError when a line is none (a user's file: never overwritten)."""
+    try:
+        with path.open("rb") as fh:
+            for n, raw in enumerate(fh, 1):
+                if not raw.endswith(b"\n"):
+                    return  # torn by a kill mid-write: asked again
+                found = done_id(raw)
+                if found is None and raw.strip():
+                    raise ConfigError(
+                        f"{path}: line {n} is not a result line of familiar batch; the file"
+                        " is left as it is (give another file, or --force to empty it)"
+                    )
+                if found is not None:
+                    yield raw, found
+    except OSError as exc:
+        raise StateError(f"cannot read the results {path}: {exc.strerror or exc}") from None
+
+
 def _keep_ok_lines(path: Path) -> set[str]:
     """The custom ids already answered in ``path``; the file rewritten with only those
     lines (a torn last line and old error lines dropped, so they are asked again)."""
@@ -128,17 +148,10 @@ def _keep_ok_lines(path: Path) -> set[str]:
         return set()
     done: set[str] = set()
     kept: list[bytes] = []
-    try:
-        with path.open("rb") as fh:
-            for raw in fh:
-                if not raw.endswith(b"\n"):
-                    break  # torn by a kill mid-write: asked again
-                found = done_id(raw)
-                if found is not None and found[1] and found[0] not in done:
-                    done.add(found[0])
-                    kept.append(raw)
-    except OSError as exc:
-        raise StateError(f"cannot read the results {path}: {exc.strerror or exc}") from None
+    for raw, (cid, ok) in _result_lines(path):
+        if ok and cid not in done:
+            done.add(cid)
+            kept.append(raw)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as fh:
         fh.writelines(kept)
@@ -315,6 +328,9 @@ def prepare_output(out: Path, errors: Path | None, *, force: bool) -> set[str]:
             if p is not None and p.exists():
                 p.write_bytes(b"")
         return set()
+    if errors is not None and errors.exists():
+        for _line in _result_lines(errors):  # a user's file: refused before any change
+            pass
     done = _keep_ok_lines(out)
     if errors is not None and errors.exists():
         errors.write_bytes(b"")  # old errors are asked again

@@ -59,3 +59,44 @@ async def test_a_hard_link_to_the_requests_is_refused_and_the_requests_kept(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the requests file itself" in err[0]
     assert fake.stats["requests"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "content"),
+    [
+        (["--out", "notes.txt"], "my precious notes\nline two\n"),
+        (["--out", "notes.txt"], _request("other") + "\n"),  # another batch's requests
+        (["--out", "r.jsonl", "--errors", "notes.txt"], "my precious notes\n"),
+    ],
+)
+async def test_a_file_that_is_not_results_is_never_rewritten(
+    tmp_path: Path,
+    fake: FakeOpenAIServer,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    content: str,
+) -> None:
+    src = tmp_path / "req.jsonl"
+    src.write_text(_request("a") + "\n")
+    notes = tmp_path / "notes.txt"
+    notes.write_text(content)
+    argv = ["batch", "--workspace", str(tmp_path), str(src)]
+    argv += [str(tmp_path / a) if "." in a else a for a in args]
+    code = await asyncio.to_thread(main, argv)
+    assert notes.read_text() == content, "the user's file was rewritten"
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a result line" in err[0], err
+    assert fake.stats["requests"] == 0
+
+
+async def test_a_results_file_is_still_resumed(tmp_path: Path, fake: FakeOpenAIServer) -> None:
+    src = tmp_path / "req.jsonl"
+    src.write_text("".join(_request(f"r{i}") + "\n" for i in range(3)))
+    out = tmp_path / "r.jsonl"
+    argv = ["batch", "--workspace", str(tmp_path), str(src), "--out", str(out)]
+    assert await asyncio.to_thread(main, argv) == 0
+    out.write_bytes(out.read_bytes() + b'{"id": "torn')  # a kill mid-write
+    assert await asyncio.to_thread(main, argv) == 0
+    assert fake.stats["requests"] == 3
+    assert len(out.read_text().splitlines()) == 3
