@@ -100,3 +100,20 @@ async def test_a_results_file_is_still_resumed(tmp_path: Path, fake: FakeOpenAIS
     assert await asyncio.to_thread(main, argv) == 0
     assert fake.stats["requests"] == 3
     assert len(out.read_text().splitlines()) == 3
+
+
+async def test_a_users_out_tmp_file_is_not_overwritten_by_a_resume(
+    tmp_path: Path, fake: FakeOpenAIServer
+) -> None:
+    src = tmp_path / "req.jsonl"
+    src.write_text(_request("a") + "\n")
+    out = tmp_path / "r.jsonl"
+    mine = tmp_path / "r.jsonl.tmp"
+    mine.write_text("the user's own file\n")
+    argv = ["batch", "--workspace", str(tmp_path), str(src), "--out", str(out)]
+    assert await asyncio.to_thread(main, argv) == 0
+    out.chmod(0o640)
+    assert await asyncio.to_thread(main, argv) == 0  # the resume rewrites r.jsonl
+    assert mine.read_text() == "the user's own file\n"
+    assert len(out.read_text().splitlines()) == 1
+    assert out.stat().st_mode & 0o777 == 0o640  # its mode kept
