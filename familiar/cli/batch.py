@@ -125,4 +125,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
             f" done of {counts.total}; results in {args.out}",
             file=sys.stderr,
         )
-    return 0 if counts.failed == 0 else 1
+    unread = counts.total - (counts.ok + counts.failed + counts.skipped)
+    if unread > 0:  # counted up front, never read: the file was cut meanwhile
+        print(
+            f"familiar batch: {unread} requests of {src} were not read: the file changed"
+            " during the batch; rerun to ask them",
+            file=sys.stderr,
+        )
+    return 0 if counts.failed == 0 and unread <= 0 else 1

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from familiar.cli.main import main
+from tests.integration.test_queue import until
 from tests.support.fake_openai import FakeOpenAIServer
 
 
@@ -26,8 +27,8 @@ async def fake(tmp_path: Path) -> AsyncIterator[FakeOpenAIServer]:
         yield srv
 
 
-def _request(cid: str) -> str:
-    body = {"model": "naughty", "messages": [{"role": "user", "content": cid}]}
+def _request(cid: str, pad: str = "") -> str:
+    body = {"model": "naughty", "messages": [{"role": "user", "content": cid + pad}]}
     return json.dumps(
         {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": body}
     )
@@ -117,3 +118,24 @@ async def test_a_users_out_tmp_file_is_not_overwritten_by_a_resume(
     assert mine.read_text() == "the user's own file\n"
     assert len(out.read_text().splitlines()) == 1
     assert out.stat().st_mode & 0o777 == 0o640  # its mode kept
+
+
+async def test_requests_cut_from_the_file_during_the_batch_are_not_a_success(
+    tmp_path: Path, fake: FakeOpenAIServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The requests file truncated while the batch runs: the requests never read are no
+    line at all, so the batch must not say exit 0 ('every request answered')."""
+    fake.configure(latency_s=0.3)
+    src = tmp_path / "req.jsonl"
+    pad = "x" * 100_000  # past the reader's buffer and its queue
+    src.write_text("".join(_request(f"r{i}", pad) + "\n" for i in range(20)))
+    out = tmp_path / "r.jsonl"
+    argv = ["batch", "--workspace", str(tmp_path), str(src), "--out", str(out)]
+    run = asyncio.create_task(asyncio.to_thread(main, argv))
+    await until(lambda: fake.stats["requests"] >= 1)
+    src.write_text("")  # the user's editor, another process
+    code = await run
+    answered = len(out.read_text().splitlines())
+    assert answered < 20
+    assert code == 1
+    assert "changed" in capsys.readouterr().err
