@@ -32,6 +32,7 @@ from tests.support.nats import NatsServer
 nats_server = nats_support.nats_server  # the fixture
 DEP = "0123456789abcdef3hop"
 ONEHOP = "tests.integration.test_ledger_onehop"
+HERE3 = "tests.integration.test_ledger_onehop_hostile3"
 TTL = 3.0
 
 
@@ -251,3 +252,121 @@ async def test_a_replayed_signed_grant_takes_no_seat_unnoticed(nats_server: Nats
             with contextlib.suppress(Exception):
                 await ledger.close()
         await nc.close()
+
+
+async def _hammer(nats_url: str, llm_url: str, ttl: float, seconds: float, home: str) -> None:
+    from familiar.config.slots import Slot
+    from familiar.fleet import Fleet
+
+    slot = Slot(name="t", url=(llm_url,), model="m", runtime="vllm", parallel=2, timeout_s=60)
+    ledger = NatsLedger(nats_url, ttl_s=ttl, wait_s=60)
+    done = 0
+    async with Fleet({"t": slot}, home=Path(home), ledger=ledger) as fleet:
+        client = fleet["t"]
+        print("ready", flush=True)
+        end = time.monotonic() + seconds
+
+        async def loop() -> None:
+            nonlocal done
+            while time.monotonic() < end:
+                await client.chat([{"role": "user", "content": "x"}], max_tokens=1)
+                done += 1
+
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(3):
+                tg.create_task(loop())
+        (dep,) = ledger.deployments
+        print(f"done {done} {dep.hand_off.given} {dep.hand_off.adopted}", flush=True)
+        print(f"lost {ledger.seats_lost}", flush=True)
+
+
+def hammer_main(nats_url: str, llm_url: str, ttl: str, seconds: str, home: str) -> None:
+    asyncio.run(_hammer(nats_url, llm_url, float(ttl), float(seconds), home))
+
+
+async def test_pauses_past_the_grantees_confirm_time_go_over_by_one_at_most(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """TTL 6 s; processes SIGSTOPped for 1.1-2.5 s (under two thirds of the TTL: no
+    expiry window) at random, so now and then between adopting a grant and confirming it
+    (the accepted window: one request over); never two over; no seat leaked after."""
+    code = f"import sys; from {HERE3} import hammer_main; hammer_main(*sys.argv[1:])"
+    rng = random.Random(333)
+    async with FakeOpenAIServer(latency_s=0.05, reply_mode="identity") as srv:
+        procs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                *("-c", code, nats_server.url, srv.url, "6", "22", str(tmp_path / f"h{i}")),
+                cwd=REPO,
+                env={**os.environ, "FAMILIAR_TELEMETRY": "off"},
+                stdout=asyncio.subprocess.PIPE,
+            )
+            for i in range(3)
+        ]
+        try:
+            for p in procs:
+                await line_with(p, "ready", 30)
+            for _ in range(8):
+                p = rng.choice(procs)
+                await asyncio.sleep(rng.uniform(0.05, 0.3))
+                p.send_signal(signal.SIGSTOP)
+                await asyncio.sleep(rng.uniform(1.1, 2.5))
+                p.send_signal(signal.SIGCONT)
+            dones = [(await line_with(p, "done", 90)).split()[1:] for p in procs]
+            lost = [int((await line_with(p, "lost", 10)).split()[1]) for p in procs]
+        finally:
+            for p in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGCONT)
+                if p.returncode is None:
+                    p.kill()
+                await p.wait()
+        print(f"done {dones} lost {lost} stats {srv.stats}")
+        assert srv.stats["max_in_flight"] <= 3, srv.stats
+        assert all(int(d[0]) > 0 for d in dones)
+        async with NatsLedger(nats_server.url, ttl_s=6.0) as fresh:
+            dep = fresh.deployment(deployment_id([srv.url], "m"), "m", 2)
+            both = [await asyncio.wait_for(dep.acquire("interactive"), 3) for _ in range(2)]
+            for lease in both:
+                await dep.release(lease)
+
+
+async def test_every_process_sigkilled_mid_hand_off_leaks_no_seat_past_the_ttl(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """3 processes handing seats on (TTL 3 s) all SIGKILLed at once, grants on their way
+    and unconfirmed: a newcomer has both seats within the TTL (plus the server's expiry
+    lag), never later."""
+    code = f"import sys; from {HERE3} import hammer_main; hammer_main(*sys.argv[1:])"
+    async with FakeOpenAIServer(latency_s=0.01, reply_mode="identity") as srv:
+        procs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                *("-c", code, nats_server.url, srv.url, "3", "60", str(tmp_path / f"h{i}")),
+                cwd=REPO,
+                env={**os.environ, "FAMILIAR_TELEMETRY": "off"},
+                stdout=asyncio.subprocess.PIPE,
+            )
+            for i in range(3)
+        ]
+        try:
+            for p in procs:
+                await line_with(p, "ready", 30)
+            await asyncio.sleep(2.0)
+            for p in procs:
+                p.kill()
+            killed = time.monotonic()
+        finally:
+            for p in procs:
+                if p.returncode is None:
+                    p.kill()
+                await p.wait()
+        assert srv.stats["max_in_flight"] <= 2, srv.stats
+        async with NatsLedger(nats_server.url, ttl_s=3.0) as fresh:
+            dep = fresh.deployment(deployment_id([srv.url], "m"), "m", 2)
+            both = [await asyncio.wait_for(dep.acquire("interactive"), 10) for _ in range(2)]
+            took = time.monotonic() - killed
+            for lease in both:
+                await dep.release(lease)
+        print(f"both seats back {took:.2f} s after the kill")
+        assert took < 3.0 + 2.0, took
