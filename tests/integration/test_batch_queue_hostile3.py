@@ -188,3 +188,31 @@ async def test_ctrl_c_of_the_submitter_then_a_rerun_writes_each_line_once(
         assert set(got) == {f"r{i}" for i in range(n)}
         assert srv.stats["requests"] == n  # the workers went on; nothing asked twice
         assert asked < n
+
+
+async def test_a_worker_killed_and_restarted_again_and_again_loses_and_doubles_nothing(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    n = 20
+    async with FakeOpenAIServer(latency_s=0.3) as srv:
+        ws = workspace(tmp_path / "ws", srv.url, parallel=4)
+        plain_requests(ws, n)
+        sub = await familiar(ws, ".home-s", *batch_args(nats_server.url))
+        for i in range(3):
+            w = await worker(ws, f"w{i}", nats_server.url)
+            seen = srv.stats["requests"]
+            await until(lambda seen=seen: srv.stats["requests"] > seen + 2)
+            w.send_signal(signal.SIGKILL)
+            await w.wait()
+        w = await worker(ws, "last", nats_server.url)
+        try:
+            code, _out, err = await finish(sub, 120)
+        finally:
+            await stop(w)
+        got = {**rows(ws / "out.jsonl"), **rows(ws / "err.jsonl")}
+        assert set(got) == {f"r{i}" for i in range(n)}, err
+        bad = {k: r["error"] for k, r in got.items() if r["error"] is not None}
+        assert code == (1 if bad else 0), (code, bad)
+        assert all(e["code"] == "failed" for e in bad.values()), bad  # gave up: a rerun asks
+        assert "Traceback" not in err
+        assert srv.stats["requests"] > n  # the killed workers' groups were asked again
