@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -70,6 +71,9 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON (out of range)")
 
 
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def _loads(raw: bytes | str) -> Any:
     """A line as JSON: UTF-8 only, no NaN/Infinity; ValueError saying why not (a line
     nested too deep to decode is not JSON either)."""
@@ -78,9 +82,15 @@ def _loads(raw: bytes | str) -> Any:
     except UnicodeDecodeError:
         raise ValueError("it is not UTF-8") from None
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        data = json.loads(text, parse_constant=_no_constant)
     except RecursionError:
         raise ValueError("it is nested too deeply") from None
+    if _SURROGATE.search(text):  # "\ud800" alone decodes to no character UTF-8 can write
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("it holds a lone surrogate escape (\\ud800-\\udfff)") from None
+    return data
 
 
 def _messages_problem(messages: Any) -> str | None:

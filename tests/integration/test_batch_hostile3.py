@@ -139,3 +139,27 @@ async def test_requests_cut_from_the_file_during_the_batch_are_not_a_success(
     assert answered < 20
     assert code == 1
     assert "changed" in capsys.readouterr().err
+
+
+async def test_lone_surrogate_escapes_are_error_lines_not_a_traceback(
+    tmp_path: Path, fake: FakeOpenAIServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """JSON allows "\\ud800" alone; UTF-8 cannot write it: a custom_id or content holding
+    one is that line's error line (named line-<n>), the rest answered."""
+    src = tmp_path / "req.jsonl"
+    good = _request("pairPAIR")  # a valid pair: an emoji
+    lines = [_request("LONE"), _request("c", "LONE2"), good]
+    text = "".join(line + "\n" for line in lines)
+    text = text.replace("LONE2", "\\udc00").replace("LONE", "\\ud800")
+    src.write_text(text.replace("PAIR", "\\ud83d\\ude00"))
+    out = tmp_path / "r.jsonl"
+    argv = ["batch", "--workspace", str(tmp_path), str(src), "--out", str(out)]
+    code = await asyncio.to_thread(main, argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and code == 1, err
+    rows = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    by = {r["custom_id"]: r for r in rows}
+    assert set(by) == {"line-1", "line-2", "pair\U0001f600"}
+    assert by["line-1"]["error"]["code"] == "invalid_json"
+    assert by["pair\U0001f600"]["error"] is None
+    assert fake.stats["requests"] == 1
