@@ -281,7 +281,15 @@ class BatchRun:
         if problem is not None:
             self._record_error(item.custom_id, "schema", problem)
             return
-        self.writer.ok(ok_line(item, result, self.correlation_id))
+        line = ok_line(item, result, self.correlation_id)
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # "\ud800" alone in the server's JSON: no text
+            self._record_error(
+                item.custom_id, "malformed", "the answer holds a lone surrogate: not UTF-8 text"
+            )
+            return
+        self.writer.ok(line)
         self.counts.ok += 1
         self.counts.prompt_tokens += result.prompt_tokens or 0
         self.counts.completion_tokens += result.completion_tokens or 0

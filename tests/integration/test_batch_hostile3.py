@@ -163,3 +163,21 @@ async def test_lone_surrogate_escapes_are_error_lines_not_a_traceback(
     assert by["line-1"]["error"]["code"] == "invalid_json"
     assert by["pair\U0001f600"]["error"] is None
     assert fake.stats["requests"] == 1
+
+
+async def test_an_answer_holding_a_lone_surrogate_is_an_error_line_not_a_crash(
+    tmp_path: Path, fake: FakeOpenAIServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lying server puts "\\ud800" alone in its JSON answer: that request's error line;
+    the batch goes on (it crashed with a traceback writing the line)."""
+    src = tmp_path / "req.jsonl"
+    src.write_text("".join(_request(f"r{i}") + "\n" for i in range(3)))
+    fake.add_faults([{"kind": "reply", "text": "bad \ud800 text"}])
+    out = tmp_path / "r.jsonl"
+    argv = ["batch", "--workspace", str(tmp_path), str(src), "--out", str(out)]
+    code = await asyncio.to_thread(main, argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and code == 1, err
+    rows = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    bad = [r for r in rows if r["error"] is not None]
+    assert len(rows) == 3 and len(bad) == 1 and bad[0]["error"]["code"] == "malformed"
