@@ -370,3 +370,41 @@ async def test_every_process_sigkilled_mid_hand_off_leaks_no_seat_past_the_ttl(
                 await dep.release(lease)
         print(f"both seats back {took:.2f} s after the kill")
         assert took < 3.0 + 2.0, took
+
+
+@pytest.mark.parametrize("close_after", [0.0, 0.003, 0.02])
+async def test_a_grantee_that_closes_its_ledger_as_the_grant_lands_frees_it_at_once(
+    nats_server: NatsServer, close_after: float
+) -> None:
+    """Cap 1, TTL 10 s: A holds, B then C wait; B closes its ledger as A's release grants
+    it the seat: C has the seat within the patience (B gave it back or on), never after
+    the TTL, and never while B holds it."""
+    ledgers = [
+        NatsLedger(nats_server.url, ttl_s=10.0, holder=Holder("host", 3300 + i, f"c{i}"))
+        for i in range(3)
+    ]
+    try:
+        for ledger in ledgers:
+            await ledger.open()
+        b = ledgers[1]
+        da, db, dc = (x.deployment(DEP, "m", 1) for x in ledgers)
+        lease = await da.acquire("interactive")
+        waiter_b = asyncio.create_task(db.acquire("interactive"))
+        await asyncio.sleep(0.3)
+        waiter_c = asyncio.create_task(dc.acquire("interactive"))
+        await asyncio.sleep(0.3)
+        await da.release(lease)
+        released = time.monotonic()
+        await asyncio.sleep(close_after)
+        await b.close()
+        with contextlib.suppress(BaseException):
+            await waiter_b
+        got = await asyncio.wait_for(waiter_c, 12)
+        took = time.monotonic() - released
+        assert not b.held.all()
+        await dc.release(got)
+        assert took < 3.0, f"C waited {took:.2f} s for a seat B left"
+    finally:
+        for ledger in ledgers:
+            with contextlib.suppress(Exception):
+                await ledger.close()
