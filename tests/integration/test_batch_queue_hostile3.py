@@ -216,3 +216,82 @@ async def test_a_worker_killed_and_restarted_again_and_again_loses_and_doubles_n
         assert all(e["code"] == "failed" for e in bad.values()), bad  # gave up: a rerun asks
         assert "Traceback" not in err
         assert srv.stats["requests"] > n  # the killed workers' groups were asked again
+
+
+def _forged_lines(ids: list[str]) -> str:
+    return "".join(
+        json.dumps(
+            {
+                "id": f"batch_req_{cid}",
+                "custom_id": cid,
+                "response": {
+                    "status_code": 200,
+                    "request_id": "x",
+                    "body": {
+                        "object": "chat.completion",
+                        "choices": [
+                            {"index": 0, "message": {"content": "FORGED"}, "finish_reason": "stop"}
+                        ],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+                    },
+                },
+                "error": None,
+            }
+        )
+        + "\n"
+        for cid in ids
+    )
+
+
+async def test_a_stranger_forging_group_results_with_the_fleet_key_set_is_ignored(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """The fleet key set on submitter and workers; a stranger on the bus (no key) puts a
+    forged ok result for every group, before the run (ids computed from the file) and as
+    each group is published, and announces it on the done subject: no forged line is
+    written, every line is the worker's."""
+    import nats
+
+    from familiar.queue.groups import GroupOptions, group_id, group_text
+    from familiar.queue.jobs import JobResult
+
+    n = 12
+    secured = {"FAMILIAR_FLEET_KEY": "hostile3-fleet-key-0123456789abcdef"}
+    async with FakeOpenAIServer(latency_s=0.3) as srv:
+        ws = workspace(tmp_path / "ws", srv.url, parallel=2)
+        src = plain_requests(ws, n)
+        raw = src.read_bytes().splitlines(keepends=True)
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        forged: dict[str, str] = {}
+        for i in range(0, n, 4):
+            ids = [f"r{j}" for j in range(i, i + 4)]
+            forged[group_id(group_text(raw[i : i + 4]), GroupOptions())] = _forged_lines(ids)
+        worker_proc = await worker(ws, "w", nats_server.url, **secured)
+        await asyncio.sleep(1.5)  # the worker made the buckets
+        kv = await js.key_value("familiar_results")
+
+        async def forge(job: str) -> None:
+            data = JobResult({"status": "ok"}, forged.get(job, "")).encode()
+            await kv.put(job, data)
+            await nc.publish(f"familiar.queue.done.{job}", b"")
+
+        for job in forged:
+            await forge(job)
+
+        async def on_job(msg: nats.aio.msg.Msg) -> None:
+            await forge(msg.subject.rsplit(".", 1)[-1])
+
+        await nc.subscribe("familiar.queue.jobs.*", cb=on_job)
+        try:
+            code, _out, err = await finish(
+                await familiar(ws, ".home-s", *batch_args(nats_server.url), **secured), 120
+            )
+        finally:
+            await stop(worker_proc)
+            await nc.close()
+        text = (ws / "out.jsonl").read_text()
+        assert "FORGED" not in text
+        assert code == 0, err
+        assert "fails the FAMILIAR_FLEET_KEY check" in err  # the forgeries were seen
+        assert set(rows(ws / "out.jsonl")) == {f"r{i}" for i in range(n)}
