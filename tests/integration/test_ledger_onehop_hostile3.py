@@ -457,3 +457,41 @@ async def test_nats_restarted_as_a_seat_is_handed_on_leaks_it_no_longer_than_the
         for ledger in ledgers:
             with contextlib.suppress(Exception):
                 await ledger.close()
+
+
+async def test_two_deployments_handing_seats_on_keep_their_own_caps(
+    nats_server: NatsServer,
+) -> None:
+    """Three processes, each on two deployments (caps 1 and 2, the same model name): the
+    grants of one never seat anybody on the other; each cap holds, nothing leaks."""
+    rng = random.Random(7)
+    ledgers = [
+        NatsLedger(nats_server.url, ttl_s=TTL, holder=Holder("host", 3500 + i, f"d{i}"))
+        for i in range(3)
+    ]
+    for ledger in ledgers:
+        await ledger.open()
+    try:
+        one = [x.deployment(DEP, "m", 1) for x in ledgers]
+        two = [x.deployment(DEP[:-1] + "X", "m", 2) for x in ledgers]
+        c1, c2 = Count(), Count()
+        until = time.monotonic() + 5.0
+        tasks = [
+            asyncio.create_task(_worker(d, c, until, random.Random(rng.random())))
+            for group, c in ((one, c1), (two, c2))
+            for d in group
+            for _ in range(2)
+        ]
+        await asyncio.gather(*tasks)
+        assert c1.most["all"] <= 1 and c2.most["all"] <= 2, (c1.most, c2.most)
+        assert sum(d.hand_off.given for d in one + two) > 10
+        held = [
+            (d, await asyncio.wait_for(d.acquire("interactive"), TTL + 2))
+            for d in (one[0], two[0], two[1])
+        ]
+        for d, lease in held:
+            await d.release(lease)
+    finally:
+        for ledger in ledgers:
+            with contextlib.suppress(Exception):
+                await ledger.close()
