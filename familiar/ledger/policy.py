@@ -6,7 +6,8 @@ The rules, the same on every host:
 
 * **the strictest live cap**: when processes' slots files disagree on ``parallel`` for
   one deployment, the smallest cap any live process uses applies to everyone;
-* **reserve**: batch work takes only seats ``0 .. cap-reserve-1``; interactive work
+* **reserve**: batch work takes only seats ``0 .. cap-reserve-1``, ``cap`` the strictest
+  live one (one seat at least: ``batch_seats``); interactive work
   takes the highest free seat (the reserved ones first, leaving the rest to batches),
   batch work the lowest;
 * **sessions before batches**, then **ticket order**: the free seats go round the
@@ -30,7 +31,16 @@ from dataclasses import dataclass
 
 from familiar.ledger.base import Kind
 
-__all__ = ["PATIENCE_S", "Turn", "Waiter", "choose", "choose_seat", "deal", "effective_cap"]
+__all__ = [
+    "PATIENCE_S",
+    "Turn",
+    "Waiter",
+    "batch_seats",
+    "choose",
+    "choose_seat",
+    "deal",
+    "effective_cap",
+]
 
 #: how long a free seat may sit idle behind the waiters ahead before it goes to the next
 PATIENCE_S = 2.0
@@ -80,7 +90,7 @@ def choose(
     ``idle_since``/``now`` carry the patience from one call to the next (see ``Turn``).
     """
     top = effective_cap(cap, live_caps)
-    low = min(top, cap - reserve)  # batch work stays below the reserve
+    low = batch_seats(top, reserve)  # batch work stays below the reserve
     seats = sorted(s for s in set(free) if 0 <= s < top)
     own = _pick(seats, mine, low)
     if own is None:
@@ -110,9 +120,16 @@ def deal(
     in it only if it waits): ``(seat, waiter)`` pairs in the order they are given (the
     same rounds ``choose`` goes through; no patience: the seats are free now)."""
     top = effective_cap(cap, live_caps)
-    low = min(top, cap - reserve)
+    low = batch_seats(top, reserve)
     seats = sorted(s for s in set(free) if 0 <= s < top)
     return list(_rounds(seats, list(queue), low))
+
+
+def batch_seats(top: int, reserve: int) -> int:
+    """How many seats (``0 .. n-1``) batch work may take under the cap that applies: the
+    reserve is counted from the strictest live cap, and like a slot's own (``reserve <
+    parallel``) it leaves batch work one seat at least."""
+    return top - min(reserve, top - 1)
 
 
 def _pick(seats: Sequence[int], kind: Kind, low: int) -> int | None:

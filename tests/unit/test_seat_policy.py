@@ -158,3 +158,15 @@ def test_the_effective_cap_and_the_old_call() -> None:
         choose_seat(3, 0, [0, 2], [("interactive", False), ("interactive", True)], "interactive")
         == 0
     )
+
+
+def test_the_reserve_counts_from_the_strictest_live_cap_and_leaves_batches_one_seat() -> None:
+    from familiar.ledger.policy import batch_seats, choose
+
+    assert batch_seats(3, 1) == 2 and batch_seats(2, 1) == 1 and batch_seats(1, 1) == 1
+    # this process: cap 3, reserve 1; a live process says 2: one batch seat, one for sessions
+    assert choose(3, 1, [0, 1], [], "batch", live_caps=[2]).seat == 0
+    assert choose(3, 1, [1], [], "batch", live_caps=[2]).seat is None
+    assert choose(3, 1, [1], [], "interactive", live_caps=[2]).seat == 1
+    # a live cap of 1 leaves no room for a reserve: batch work still gets the seat
+    assert choose(3, 2, [0], [], "batch", live_caps=[1]).seat == 0
