@@ -351,3 +351,9 @@ def check_finished(acc: Answer, slot: str, replica: str) -> None:
         raise BackendProtocolError(
             slot, f"empty answer (finish_reason={acc.finish_reason})", replica=replica
         )
+    try:
+        "".join(acc.text).encode()
+    except UnicodeEncodeError:  # a JSON escape of a lone surrogate: no text can hold it
+        raise BackendProtocolError(
+            slot, "the answer holds a lone surrogate (\\ud800-\\udfff): not text", replica=replica
+        ) from None

@@ -172,7 +172,9 @@ async def test_an_answer_holding_a_lone_surrogate_is_an_error_line_not_a_crash(
     the batch goes on (it crashed with a traceback writing the line)."""
     src = tmp_path / "req.jsonl"
     src.write_text("".join(_request(f"r{i}") + "\n" for i in range(3)))
-    fake.add_faults([{"kind": "reply", "text": "bad \ud800 text"}])
+    # every attempt of every request (3 x 4): the client refuses such an answer and asks
+    # again, so only an answer that stays malformed is an error line
+    fake.add_faults([{"kind": "reply", "text": "bad \ud800 text"}] * 12)
     out = tmp_path / "r.jsonl"
     argv = ["batch", "--workspace", str(tmp_path), str(src), "--out", str(out)]
     code = await asyncio.to_thread(main, argv)
@@ -180,4 +182,5 @@ async def test_an_answer_holding_a_lone_surrogate_is_an_error_line_not_a_crash(
     assert "Traceback" not in err and code == 1, err
     rows = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
     bad = [r for r in rows if r["error"] is not None]
-    assert len(rows) == 3 and len(bad) == 1 and bad[0]["error"]["code"] == "malformed"
+    assert len(rows) == 3 and len(bad) == 3, rows
+    assert all("lone surrogate" in r["error"]["message"] for r in bad), bad
