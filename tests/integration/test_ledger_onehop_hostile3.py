@@ -184,6 +184,8 @@ async def test_short_sigstops_and_a_sigkill_mid_hand_off_never_exceed_the_cap(
             procs[2].kill()  # mid-storm, seats or grants in hand
             await procs[2].wait()
             dones = [(await line_with(p, "done", 90)).split()[1:] for p in procs[:2]]
+            for p in procs[:2]:  # each closes its ledger (its seats purged) and exits
+                await asyncio.wait_for(p.wait(), 20)
         finally:
             for p in procs:
                 with contextlib.suppress(ProcessLookupError):
@@ -315,6 +317,8 @@ async def test_pauses_past_the_grantees_confirm_time_go_over_by_one_at_most(
                 p.send_signal(signal.SIGCONT)
             dones = [(await line_with(p, "done", 90)).split()[1:] for p in procs]
             lost = [int((await line_with(p, "lost", 10)).split()[1]) for p in procs]
+            for p in procs:  # each closes its ledger (its seats purged) and exits
+                await asyncio.wait_for(p.wait(), 20)
         finally:
             for p in procs:
                 with contextlib.suppress(ProcessLookupError):
@@ -328,6 +332,7 @@ async def test_pauses_past_the_grantees_confirm_time_go_over_by_one_at_most(
         async with NatsLedger(nats_server.url, ttl_s=6.0) as fresh:
             dep = fresh.deployment(deployment_id([srv.url], "m"), "m", 2)
             both = [await asyncio.wait_for(dep.acquire("interactive"), 3) for _ in range(2)]
+            # (the processes exited on their own: nothing of theirs is left to expire)
             for lease in both:
                 await dep.release(lease)
 
